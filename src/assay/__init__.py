@@ -1,0 +1,64 @@
+"""assay: mine a huge unlabelled corpus for the data that matters.
+
+Embed every item once, index the vectors, and do everything else as cheap vector math: duplicate removal,
+text and exemplar search, active-learning selection over SEALS candidate pools, a labelling loop,
+retraining, harvesting and export.
+
+The public API is listed in ``__all__``; heavy dependencies (torch, onnxruntime, transformers) load only
+when an encoder is loaded.
+"""
+
+from __future__ import annotations
+
+from .catalog import Catalog, ItemRow
+from .embed import EmbedReport, embed
+from .encoders.base import Encoder, EncoderOutput, encoder_names, get_encoder
+from .errors import (
+    AssayError,
+    CatalogError,
+    DecodeError,
+    EmptyPoolError,
+    EncoderError,
+    IndexNotBuiltError,
+    InputError,
+    MissingDependencyError,
+    NoEmbeddingsError,
+    NotFoundError,
+    UnknownNameError,
+    WorkspaceError,
+)
+from .ingest import IngestReport, ingest
+from .precomputed import import_embeddings
+from .vectors import VectorStore
+from .workspace import Workspace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Workspace",
+    "Catalog",
+    "ItemRow",
+    "VectorStore",
+    "ingest",
+    "IngestReport",
+    "embed",
+    "EmbedReport",
+    "import_embeddings",
+    "Encoder",
+    "EncoderOutput",
+    "get_encoder",
+    "encoder_names",
+    "AssayError",
+    "InputError",
+    "EmptyPoolError",
+    "UnknownNameError",
+    "NotFoundError",
+    "WorkspaceError",
+    "IndexNotBuiltError",
+    "NoEmbeddingsError",
+    "EncoderError",
+    "DecodeError",
+    "CatalogError",
+    "MissingDependencyError",
+]

@@ -1,0 +1,108 @@
+"""Shared pieces of the CLI: the workspace option, error handling, progress bars, JSON output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import AssayError, InputError, NotFoundError
+from ..workspace import Workspace
+
+console = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+WorkspaceOpt = Annotated[
+    Optional[Path],
+    typer.Option("-w", "--workspace", help="Workspace folder (default: the current directory).", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+
+
+class State:
+    workspace: Path | None = None
+
+
+def open_workspace(path: Path | None) -> Workspace:
+    return Workspace.open(path if path is not None else State.workspace)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Turn assay's errors into a clear message and a non-zero exit code (2 for bad input)."""
+    try:
+        yield
+    except (InputError, NotFoundError) as exc:
+        raise fail(str(exc), 2) from None
+    except AssayError as exc:
+        raise fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; finished work was kept, run the command again to resume", 130) from None
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """Yield ``(start(total), advance(n))`` callbacks driving a rich progress bar with items/s."""
+    if not enabled or not console.is_terminal and not _force_progress():
+        yield (lambda total: None), (lambda n: None)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=False,
+    ) as prog:
+        task = prog.add_task(description, total=None, rate="")
+
+        def start(total: int) -> None:
+            prog.update(task, total=total)
+
+        def advance(n: int) -> None:
+            prog.advance(task, n)
+            speed = prog.tasks[0].speed
+            if speed:
+                prog.update(task, rate=f"{speed:,.1f} items/s")
+
+        yield start, advance
+
+
+def _force_progress() -> bool:
+    import os
+
+    return os.environ.get("ASSAY_PROGRESS", "") == "1"
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -1,0 +1,128 @@
+"""`assay init`, `assay ingest`, `assay embed`, `assay status`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import JsonOpt, WorkspaceOpt, console, errors_to_exit, open_workspace, out, print_json, progress_bar
+
+
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder for the new workspace (created if missing).")],
+    catalog: Annotated[
+        Optional[str], typer.Option("--catalog", help="Catalog database URL, e.g. postgresql://user@host/db (default: SQLite in the workspace).")
+    ] = None,
+    encoder: Annotated[str, typer.Option("--encoder", help="Default encoder of the workspace.")] = "efficientnet-lite0",
+) -> None:
+    """Create a workspace: config, catalog, embedding store."""
+    from ..workspace import Workspace
+
+    with errors_to_exit():
+        ws = Workspace.init(directory, catalog=catalog, default_encoder=encoder)
+        out.print(f"created workspace {ws.root} (catalog: {ws.status()['catalog']}, default encoder: {encoder})")
+
+
+def ingest(
+    sources: Annotated[list[str], typer.Argument(help="Folders, manifests (.csv/.jsonl/.parquet with a uri or text column) or fsspec URLs.")],
+    workspace: WorkspaceOpt = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Reader threads.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Add the items of SOURCES to the catalog (hash, size, image header); re-ingesting adds nothing."""
+    from ..ingest import ingest as run_ingest
+
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        with progress_bar("ingest", enabled=not json_) as (_start, advance):
+            report = run_ingest(ws.catalog, sources, workers=workers, progress=advance)
+        if json_:
+            print_json(report.to_dict())
+            return
+        out.print(
+            f"ingested {report.seen} items from {len(report.sources)} source(s): {report.new} new, "
+            f"{report.already_present} already present, {report.errors} with errors "
+            f"({report.items_per_s:,.0f} items/s); exact duplicates in the catalog: {report.exact_duplicates}"
+        )
+        if report.skipped_files:
+            out.print(f"skipped {report.skipped_files} files that are hidden or have no image extension")
+        for line in report.skipped_rows[:10]:
+            out.print(f"skipped: {line}")
+        for uri, reason in report.error_samples[:10]:
+            out.print(f"error: {uri}: {reason}")
+        if report.seen == 0:
+            console.print("[yellow]warning:[/] the sources hold no items")
+
+
+def embed(
+    workspace: WorkspaceOpt = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder name (default: the workspace's). 'precomputed' imports --from PATH.")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="With --encoder precomputed[:NAME]: embeddings to import (.npy+ids, clip-retrieval folder, .parquet).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Rows per committed shard.")] = 4096,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decode threads.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Embed at most N items.")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Drop this encoder's stored embeddings first.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Embed every ok item not yet embedded by the encoder (resumable: run it again after a crash)."""
+    from ..embed import embed as run_embed
+    from ..errors import InputError
+    from ..precomputed import PRECOMPUTED, import_embeddings
+
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        name = encoder or ws.default_encoder
+        if name.split(":", 1)[0] == PRECOMPUTED:
+            if not from_:
+                raise InputError("--encoder precomputed needs --from PATH (the embeddings to import)")
+            report = import_embeddings(ws, from_, name=name)
+        else:
+            if from_:
+                raise InputError("--from is only for --encoder precomputed")
+            with progress_bar(f"embed {name}", enabled=not json_) as (start, advance):
+                report = run_embed(
+                    ws, name, batch_size=batch_size, shard_size=shard_size, workers=workers, limit=limit,
+                    reset=reset, progress=advance, on_start=start,
+                )
+        if json_:
+            print_json(report.to_dict())
+            return
+        out.print(
+            f"{report.encoder}: embedded {report.embedded} of {report.pending} pending items, {report.errors} failed "
+            f"({report.items_per_s:,.1f} items/s, {report.seconds:.1f} s); {report.total_embedded} stored in all"
+        )
+        for item_id, reason in report.error_samples[:10]:
+            out.print(f"error: item {item_id}: {reason}")
+
+
+def status(workspace: WorkspaceOpt = None, json_: JsonOpt = False) -> None:
+    """Say what the workspace holds."""
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        st = ws.status()
+        if json_:
+            print_json(st)
+            return
+        it = st["items"]
+        out.print(f"workspace  {st['workspace']}")
+        out.print(f"catalog    {st['catalog']}")
+        out.print(f"items      {it['total']} ({it['ok']} ok, {it['error']} error; {it['image']} images, {it['text']} texts)")
+        out.print(f"exact duplicates  {st['exact_duplicates']}")
+        if st["embeddings"]:
+            for name, n in st["embeddings"].items():
+                out.print(f"embeddings {name}: {n}")
+        else:
+            out.print("embeddings none yet (run `assay embed`)")
+        if it["error"]:
+            for item_id, uri, reason in ws.catalog.error_reasons(5):
+                out.print(f"  error {item_id} {uri}: {reason}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("ingest")(ingest)
+    app.command("embed")(embed)
+    app.command("status")(status)

@@ -1,0 +1,58 @@
+"""`assay demo`: the main job on the embedded defaults, end to end, on real data that needs no download."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import errors_to_exit, out, print_json, progress_bar
+
+
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo data and workspace.")] = Path("assay-demo"),
+    data: Annotated[Optional[Path], typer.Option("--data", help="Folder with cifar10/ (the shared data); default: scikit-learn's bundled digits.")] = None,
+    n: Annotated[int, typer.Option("--n", min=10, help="With --data: how many CIFAR-10 photos to use.")] = 2000,
+    encoder: Annotated[str, typer.Option("--encoder")] = "efficientnet-lite0",
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Build a workspace from a real dataset, ingest and embed it, and show what the embeddings know."""
+    from ..datasets import write_cifar10, write_digits
+    from ..demo import run_demo
+    from ..errors import NotFoundError
+
+    with errors_to_exit():
+        t0 = time.perf_counter()
+        if data is not None:
+            npz = Path(data) / "cifar10" / "cifar10_jpeg_bytes.npz"
+            if not npz.exists():
+                raise NotFoundError(f"--data {data} holds no cifar10/cifar10_jpeg_bytes.npz")
+            manifest = write_cifar10(npz, out_dir / "data", n=n)
+            dataset = f"CIFAR-10 ({n} photos)"
+        else:
+            manifest = write_digits(out_dir / "data")
+            dataset = "scikit-learn digits (1,797 real scans)"
+        with progress_bar("demo", enabled=not json_) as (start, advance):
+            result = run_demo(out_dir / "workspace", manifest, encoder=encoder, progress=advance, on_start=start)
+        result["dataset"] = dataset
+        result["seconds_total"] = round(time.perf_counter() - t0, 2)
+        if json_:
+            print_json(result)
+            return
+        out.print(f"dataset      {dataset}")
+        out.print(f"workspace    {result['workspace']}")
+        ing = result["ingest"]
+        out.print(f"ingest       {ing['new']} new items, {ing['errors']} errors, {ing['items_per_s']:.0f} items/s")
+        emb = result["embed"]
+        out.print(f"embed        {emb['embedded']} items with {emb['encoder']} (dim {emb['dim']}), {emb['items_per_s']:.1f} items/s")
+        out.print(
+            f"embeddings   nearest-neighbour label agreement {result['knn_label_agreement']:.3f} "
+            f"(chance {result['chance_agreement']:.3f})"
+        )
+        out.print(f"total        {result['seconds_total']:.1f} s; next: `assay -w {result['workspace']} status`")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,42 @@
+"""Entry point of the `assay` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import corpus, demo
+from ._common import State, setup_logging
+
+app = typer.Typer(
+    name="assay",
+    help="Mine a huge unlabelled corpus for the data that matters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    workspace: Annotated[
+        Optional[Path], typer.Option("-w", "--workspace", help="Workspace folder (default: current directory).")
+    ] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output (-v, -vv).")] = 0,
+) -> None:
+    State.workspace = workspace
+    setup_logging(verbose)
+
+
+corpus.register(app)
+demo.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

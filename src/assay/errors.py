@@ -1,0 +1,112 @@
+"""The one exception tree of assay.
+
+Every error that assay raises on purpose derives from :class:`AssayError`, so a caller can catch them
+all at once, or one branch at a time::
+
+    AssayError
+    ├── InputError (also a ValueError)        bad argument or bad data given at a public boundary
+    │   ├── EmptyPoolError                    a selection or search over nothing
+    │   └── UnknownNameError                  an unknown strategy, encoder, index kind, ...; lists the valid ones
+    ├── NotFoundError (also a LookupError)    an item id, concept, path or source that does not exist
+    ├── WorkspaceError                        no workspace here, or a workspace in a bad state
+    │   ├── IndexNotBuiltError                search or neighbours asked before `assay index`
+    │   └── NoEmbeddingsError                 a step that needs embeddings before `assay embed`
+    ├── EncoderError                          an encoder that cannot load or run
+    ├── DecodeError                           one item's bytes cannot be read or decoded (per-item, recorded)
+    ├── CatalogError                          the catalog database is unreachable or rejects a write
+    └── MissingDependencyError (ImportError)  an optional extra is not installed; names the extra
+
+Messages say what was expected and what came, e.g. ``k must be a positive integer, got 0``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AssayError",
+    "InputError",
+    "EmptyPoolError",
+    "UnknownNameError",
+    "NotFoundError",
+    "WorkspaceError",
+    "IndexNotBuiltError",
+    "NoEmbeddingsError",
+    "EncoderError",
+    "DecodeError",
+    "CatalogError",
+    "MissingDependencyError",
+]
+
+
+class AssayError(Exception):
+    """Base of every error assay raises on purpose."""
+
+
+class InputError(AssayError, ValueError):
+    """A bad argument or bad data at a public boundary."""
+
+
+class EmptyPoolError(InputError):
+    """A selection, search or score over an empty set of items."""
+
+
+class UnknownNameError(InputError):
+    """A name (strategy, encoder, index kind, method) that is not registered.
+
+    The message lists the valid names.
+    """
+
+    def __init__(self, kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> None:
+        self.kind = kind
+        self.name = name
+        self.valid = sorted(valid)
+        super().__init__(f"unknown {kind} {name!r}; expected one of: {', '.join(self.valid)}")
+
+
+class NotFoundError(AssayError, LookupError):
+    """An item id, concept, file or source that does not exist."""
+
+
+class WorkspaceError(AssayError):
+    """No workspace where one was expected, or a workspace in a state that cannot serve the request."""
+
+
+class IndexNotBuiltError(WorkspaceError):
+    """A search was asked for before an index was built (run `assay index`)."""
+
+
+class NoEmbeddingsError(WorkspaceError):
+    """A step needs embeddings that do not exist yet (run `assay embed`)."""
+
+
+class EncoderError(AssayError):
+    """An encoder could not be loaded or run."""
+
+
+class DecodeError(AssayError):
+    """One item's bytes could not be read or decoded. Recorded on the item; never stops a run."""
+
+
+class CatalogError(AssayError):
+    """The catalog database is unreachable or rejected a write."""
+
+
+class MissingDependencyError(AssayError, ImportError):
+    """An optional dependency is missing. The message names the pip extra that provides it."""
+
+    def __init__(self, package: str, extra: str, purpose: str = "") -> None:
+        self.package = package
+        self.extra = extra
+        what = f" for {purpose}" if purpose else ""
+        super().__init__(
+            f"{package} is needed{what} but is not installed; install it with: pip install 'assay[{extra}]'"
+        )
+
+
+def require(module: str, extra: str, purpose: str = ""):
+    """Import an optional module lazily, or raise :class:`MissingDependencyError` naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc

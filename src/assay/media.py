@@ -1,0 +1,160 @@
+"""Read and decode items: bytes through fsspec (plain ``open`` for local paths), images through Pillow.
+
+Decoding is defensive: every way an image can be bad (empty, not an image, truncated, a decompression
+bomb, too large, odd modes such as CMYK, 16-bit, palette with transparency, EXIF rotation) either yields
+an RGB image or raises :class:`~assay.errors.DecodeError` with the reason, which callers record on the item.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DecodeError, MissingDependencyError
+
+__all__ = ["read_bytes", "probe_image", "decode_image", "ImageInfo", "is_local", "local_path", "DEFAULT_MAX_PIXELS"]
+
+#: Images with more pixels than this are refused (Pillow's own bomb limit is about 179 Mpx).
+DEFAULT_MAX_PIXELS = 150_000_000
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def read_bytes(uri: str) -> bytes:
+    """All bytes of ``uri`` (a local path, ``file://`` or any fsspec URL such as ``s3://``)."""
+    try:
+        if is_local(uri):
+            with open(local_path(uri), "rb") as f:
+                return f.read()
+        import fsspec
+
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise DecodeError(f"missing file: {uri}") from exc
+    except IsADirectoryError as exc:
+        raise DecodeError(f"is a directory, not a file: {uri}") from exc
+    except PermissionError as exc:
+        raise DecodeError(f"permission denied: {uri}") from exc
+    except ImportError as exc:  # an fsspec protocol whose package is missing, e.g. s3fs
+        raise MissingDependencyError(str(exc).split("'")[1] if "'" in str(exc) else "s3fs", "s3", uri) from exc
+    except OSError as exc:
+        raise DecodeError(f"cannot read {uri}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str | None
+    mode: str
+
+
+def _open(data: bytes, max_pixels: int):
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise DecodeError("not an image: Pillow cannot identify the format") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DecodeError(f"cannot open image: {exc}") from exc
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise DecodeError(f"image has an empty size {w}x{h}")
+    if w * h > max_pixels:
+        raise DecodeError(
+            f"image is {w}x{h} = {w * h / 1e6:.0f} Mpx, above the limit of {max_pixels / 1e6:.0f} Mpx"
+        )
+    return im
+
+
+def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Read the header only: size, format and mode. Raises :class:`DecodeError` when it is not an image."""
+    im = _open(data, max_pixels)
+    w, h = im.size
+    # EXIF orientations 5-8 swap width and height once the image is turned upright.
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block does not make a broken image
+        orientation = 1
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return ImageInfo(width=w, height=h, format=im.format, mode=im.mode)
+
+
+def decode_image(data: bytes, *, draft_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Decode bytes to an upright RGB :class:`PIL.Image.Image`.
+
+    ``draft_size`` lets JPEG decode at a reduced scale that is still at least that size (much faster for
+    large photos). Alpha is composited on white; 16-bit and float images are scaled to 8 bits.
+    """
+    from PIL import Image, ImageOps
+
+    im = _open(data, max_pixels)
+    try:
+        if draft_size is not None and im.format == "JPEG":
+            im.draft("RGB", draft_size)
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb(im)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"decompression bomb refused: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        msg = str(exc)
+        if "truncated" in msg.lower():
+            raise DecodeError(f"truncated image: {msg}") from exc
+        raise DecodeError(f"cannot decode image: {msg}") from exc
+
+
+def _to_rgb(im):
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        scale = 255.0 / hi if hi > 255 else 1.0
+        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+        return im.convert("RGB")
+    if mode == "F":
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.nan_to_num(arr).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def file_uri(path: str | os.PathLike[str]) -> str:
+    """The URI assay records for a local file: its absolute path (symlinks kept as given)."""
+    return str(Path(path).absolute())

@@ -1,0 +1,358 @@
+"""The embedding store: one folder per encoder, append-only float16 shards, memory-mapped on read.
+
+Layout of ``<workspace>/vectors/<encoder key>/``::
+
+    store.json                      encoder name, version, dim, extras (name -> width)
+    shard-000001.npy                float16 [n, dim], L2-normalised rows
+    shard-000001.ids.npy            int64 [n], the catalog item id of each row
+    shard-000001.<extra>.npy        float16 [n, width], e.g. imagenet_logits
+    shard-000001.json               the commit marker: rows, created, replaces (written last)
+
+A shard exists once its ``.json`` marker exists; arrays are written to temporary names, fsynced and
+renamed first, the marker last. Files of a shard without a marker are the leftovers of a crash and are
+removed when the store is opened for writing. So a kill at any moment loses at most the shard being
+written, which was not acknowledged, and never leaves a half shard that a reader could see.
+
+Rows are removed by rewriting the affected shards (compaction); the new shard's marker names the shard it
+replaces so that a crash between the two steps resolves to exactly one copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, NoEmbeddingsError, NotFoundError, WorkspaceError
+
+__all__ = ["VectorStore", "Shard", "encoder_key"]
+
+_SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")
+
+
+def encoder_key(name: str) -> str:
+    """A folder name for an encoder name (``clip:/models/x`` -> ``clip__models_x``)."""
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+    return key or "encoder"
+
+
+def _fsync_write_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Shard:
+    seq: int
+    rows: int
+    path: Path  # the embeddings .npy
+
+    def ids(self) -> np.ndarray:
+        return np.load(self.path.with_name(self.path.name[:-4] + ".ids.npy"))
+
+    def vectors(self, mmap: bool = True) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r" if mmap else None)
+
+    def extra(self, name: str, mmap: bool = True) -> np.ndarray:
+        p = self.path.with_name(self.path.name[:-4] + f".{name}.npy")
+        if not p.exists():
+            raise NotFoundError(f"shard {self.seq} has no extra {name!r}")
+        return np.load(p, mmap_mode="r" if mmap else None)
+
+
+class VectorStore:
+    """Embeddings of one encoder in one workspace.
+
+    Parameters
+    ----------
+    root : path
+        The store's folder (``<workspace>/vectors/<encoder key>``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._lock_fd: int | None = None
+        self._index_cache: tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "store.json"
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def meta(self) -> dict[str, Any]:
+        if not self.exists():
+            raise NoEmbeddingsError(f"no embeddings at {self.root}; run `assay embed` first")
+        return json.loads(self.meta_path.read_text())
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta()["dim"])
+
+    def create(self, *, encoder: str, version: str, dim: int, extras: dict[str, int] | None = None) -> None:
+        """Create the store, or check that an existing one was made by the same encoder version and dim."""
+        if dim <= 0:
+            raise InputError(f"dim must be a positive integer, got {dim}")
+        meta = {"encoder": encoder, "version": version, "dim": int(dim), "extras": dict(extras or {}), "format": 1}
+        if self.exists():
+            old = self.meta()
+            if old["encoder"] != encoder or int(old["dim"]) != dim or old["version"] != version:
+                raise WorkspaceError(
+                    f"the stored embeddings at {self.root} were made by {old['encoder']} version {old['version']} "
+                    f"(dim {old['dim']}), not {encoder} version {version} (dim {dim}); "
+                    "re-embed with `assay embed --reset` to replace them"
+                )
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        _fsync_write_json(self.meta_path, meta)
+
+    # ------------------------------------------------------------------ locking
+    def lock(self) -> None:
+        """Take the store's writer lock (one embedding run at a time), or fail fast if it is held."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise WorkspaceError(f"another process is writing embeddings to {self.root}; wait for it to finish") from exc
+        self._lock_fd = fd
+        self._cleanup()
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "VectorStore":
+        self.lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
+
+    def _cleanup(self) -> None:
+        """Remove leftovers of an interrupted write: temp files, shards without a marker, replaced shards."""
+        committed = {s.seq for s in self.shards()}
+        for p in self.root.glob("*.tmp"):
+            p.unlink(missing_ok=True)
+        for p in self.root.glob("shard-*.npy"):
+            seq = int(p.name.split(".")[0].split("-")[1])
+            if seq not in committed:
+                p.unlink(missing_ok=True)
+        for s in self.shards():
+            replaces = json.loads((self.root / f"shard-{s.seq:06d}.json").read_text()).get("replaces")
+            if replaces is not None and replaces in committed:
+                self._delete_shard(int(replaces))
+
+    # ------------------------------------------------------------------ reading
+    def shards(self) -> list[Shard]:
+        if not self.root.exists():
+            return []
+        out = []
+        replaced: set[int] = set()
+        for p in sorted(self.root.iterdir()):
+            m = _SHARD_RE.match(p.name)
+            if m:
+                info = json.loads(p.read_text())
+                if info.get("replaces") is not None:
+                    replaced.add(int(info["replaces"]))
+                out.append(Shard(seq=int(m.group(1)), rows=int(info["rows"]), path=p.with_suffix(".npy")))
+        return [s for s in out if s.seq not in replaced]
+
+    def __len__(self) -> int:
+        return sum(s.rows for s in self.shards())
+
+    def ids(self) -> np.ndarray:
+        """Ids of every stored row, int64, in storage order."""
+        parts = [s.ids() for s in self.shards()]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def iter_shards(self, *, extra: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(ids [n], vectors [n, dim] float16, memory-mapped)`` per shard, or the named extra."""
+        for s in self.shards():
+            yield s.ids(), (s.vectors() if extra is None else s.extra(extra))
+
+    def load(self, *, dtype: Any = np.float32, extra: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All rows at once: ``(ids [n], vectors [n, dim])`` (converted to ``dtype``)."""
+        if not self.exists():
+            raise NoEmbeddingsError(f"no embeddings at {self.root}; run `assay embed` first")
+        ids, vecs = [], []
+        for i, v in self.iter_shards(extra=extra):
+            ids.append(i)
+            vecs.append(np.asarray(v, dtype=dtype))
+        if not ids:
+            width = self.dim if extra is None else int(self.meta()["extras"][extra])
+            return np.zeros(0, dtype=np.int64), np.zeros((0, width), dtype=dtype)
+        return np.concatenate(ids), np.concatenate(vecs)
+
+    def _locator(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shards = self.shards()
+        key = tuple(s.seq for s in shards)
+        if self._index_cache is None or self._index_cache[0] != key:
+            ids, shard_no, rows = [], [], []
+            for k, s in enumerate(shards):
+                i = s.ids()
+                ids.append(i)
+                shard_no.append(np.full(len(i), k, dtype=np.int32))
+                rows.append(np.arange(len(i), dtype=np.int64))
+            all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+            order = np.argsort(all_ids, kind="stable")
+            self._index_cache = (
+                key,
+                all_ids[order],
+                (np.concatenate(shard_no) if ids else np.zeros(0, np.int32))[order],
+                (np.concatenate(rows) if ids else np.zeros(0, np.int64))[order],
+            )
+        return self._index_cache[1], self._index_cache[2], self._index_cache[3]
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``ids`` have a stored row."""
+        ids = np.asarray(ids, dtype=np.int64)
+        sorted_ids, _, _ = self._locator()
+        pos = np.searchsorted(sorted_ids, ids)
+        pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+        return (sorted_ids[pos] == ids) if len(sorted_ids) else np.zeros(len(ids), dtype=bool)
+
+    def get(self, ids: np.ndarray | list[int], *, dtype: Any = np.float32, extra: str | None = None) -> np.ndarray:
+        """Rows for ``ids`` in the order given (``[len(ids), dim]``); unknown ids raise NotFoundError."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        sorted_ids, shard_no, rows = self._locator()
+        width = self.dim if extra is None else int(self.meta()["extras"][extra])
+        out = np.empty((len(ids), width), dtype=dtype)
+        if len(ids) == 0:
+            return out
+        pos = np.searchsorted(sorted_ids, ids)
+        ok = pos < len(sorted_ids)
+        ok[ok] = sorted_ids[pos[ok]] == ids[ok]
+        if not ok.all():
+            missing = ids[~ok][:5].tolist()
+            raise NotFoundError(f"{int((~ok).sum())} ids have no stored embedding, e.g. {missing}")
+        shards = self.shards()
+        for k in np.unique(shard_no[pos]):
+            sel = shard_no[pos] == k
+            arr = shards[k].vectors() if extra is None else shards[k].extra(extra)
+            out[sel] = np.asarray(arr[rows[pos[sel]]], dtype=dtype)
+        return out
+
+    # ------------------------------------------------------------------ writing
+    def _next_seq(self) -> int:
+        seqs = [int(p.name[6:12]) for p in self.root.glob("shard-*.json")] if self.root.exists() else []
+        return max(seqs, default=0) + 1
+
+    def append(
+        self, ids: np.ndarray, vectors: np.ndarray, extras: dict[str, np.ndarray] | None = None, *,
+        replaces: int | None = None,
+    ) -> int:
+        """Write one shard durably and return its sequence number.
+
+        ``vectors`` ``[n, dim]`` are stored as float16; they must be finite. Ids already stored raise
+        InputError (a row is embedded exactly once).
+        """
+        meta = self.meta()
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+            raise InputError(f"expected vectors of shape [{len(ids)}, {meta['dim']}], got {list(vectors.shape)}")
+        if vectors.shape[1] != int(meta["dim"]):
+            raise InputError(f"store has dim {meta['dim']}, vectors have dim {vectors.shape[1]}")
+        if len(np.unique(ids)) != len(ids):
+            raise InputError("ids within one shard must be unique")
+        if not np.isfinite(vectors).all():
+            raise InputError("vectors contain NaN or inf")
+        if replaces is None and len(ids) and self.contains(ids).any():
+            dup = ids[self.contains(ids)][:5].tolist()
+            raise InputError(f"ids already embedded in this store, e.g. {dup}")
+        extras = extras or {}
+        for name, arr in extras.items():
+            if name not in meta["extras"]:
+                raise InputError(f"unknown extra {name!r}; the store declares {sorted(meta['extras'])}")
+            if arr.shape != (len(ids), int(meta["extras"][name])):
+                raise InputError(f"extra {name!r} must have shape [{len(ids)}, {meta['extras'][name]}], got {list(arr.shape)}")
+        seq = self._next_seq()
+        base = self.root / f"shard-{seq:06d}"
+        with np.errstate(over="ignore"):
+            _fsync_write_npy(base.with_name(base.name + ".npy"), vectors.astype(np.float16))
+            for name, arr in extras.items():
+                _fsync_write_npy(base.with_name(base.name + f".{name}.npy"), np.asarray(arr).astype(np.float16))
+        _fsync_write_npy(base.with_name(base.name + ".ids.npy"), ids)
+        _fsync_write_json(base.with_name(base.name + ".json"), {"rows": int(len(ids)), "created": time.time(), "replaces": replaces})
+        self._index_cache = None
+        return seq
+
+    def _delete_shard(self, seq: int) -> None:
+        for p in self.root.glob(f"shard-{seq:06d}.*"):
+            p.unlink(missing_ok=True)
+        _fsync_dir(self.root)
+
+    def delete(self, ids: np.ndarray | list[int]) -> int:
+        """Remove the rows of ``ids`` (rewriting the shards that hold them); return how many were removed."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        extras_names = list(self.meta().get("extras", {}))
+        removed = 0
+        for s in self.shards():
+            sid = s.ids()
+            drop = np.isin(sid, ids)
+            if not drop.any():
+                continue
+            keep = ~drop
+            removed += int(drop.sum())
+            if keep.any():
+                self.append(
+                    sid[keep], np.asarray(s.vectors()[keep]),
+                    {n: np.asarray(s.extra(n)[keep]) for n in extras_names}, replaces=s.seq,
+                )
+            else:
+                # An empty replacement shard records the removal durably before the old files go.
+                self.append(
+                    sid[:0], np.zeros((0, self.dim), np.float16),
+                    {n: np.zeros((0, int(self.meta()["extras"][n])), np.float16) for n in extras_names},
+                    replaces=s.seq,
+                )
+            self._delete_shard(s.seq)
+        self._index_cache = None
+        return removed
+
+    def reset(self) -> None:
+        """Remove every shard and the store's metadata."""
+        if self.root.exists():
+            for p in self.root.iterdir():
+                if p.name != ".lock":
+                    p.unlink()
+        self._index_cache = None

@@ -1,0 +1,107 @@
+"""The catalog suite: runs against SQLite and, when ASSAY_TEST_POSTGRES_URL is set, PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from assay.catalog import Catalog, metadata
+from assay.errors import CatalogError, InputError, NotFoundError
+
+
+def _backends():
+    out = ["sqlite"]
+    if os.environ.get("ASSAY_TEST_POSTGRES_URL"):
+        out.append("postgres")
+    return out
+
+
+@pytest.fixture(params=_backends())
+def catalog(request, tmp_path):
+    if request.param == "sqlite":
+        cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+        yield cat
+        cat.close()
+        return
+    # A fresh schema per test on the shared PostgreSQL database.
+    base = os.environ["ASSAY_TEST_POSTGRES_URL"]
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(Catalog(base).url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = Catalog(base).url + ("&" if "?" in base else "?") + f"options=-csearch_path%3D{schema}"
+    cat = Catalog(url).open()
+    yield cat
+    cat.close()
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def _row(uri, sha="a" * 64, **kw):
+    return {"uri": uri, "sha256": sha, "size": 10, "width": 4, "height": 3, **kw}
+
+
+def test_ids_are_stable_int64_and_ingest_is_idempotent(catalog):
+    n = catalog.add_items([_row(f"/x/{i}.png", sha=f"{i:064d}") for i in range(10)])
+    assert n == 10
+    ids = catalog.ids()
+    assert ids.dtype == np.int64 and len(ids) == 10 and len(set(ids.tolist())) == 10
+    assert catalog.add_items([_row(f"/x/{i}.png", sha=f"{i:064d}") for i in range(10)]) == 0
+    assert catalog.add_items([_row("/x/new.png", sha="f" * 64)]) == 1
+    assert catalog.ids()[:10].tolist() == ids.tolist()
+    assert catalog.count()["total"] == 11
+
+
+def test_same_bytes_under_two_uris_are_exact_duplicates(catalog):
+    catalog.add_items([_row("/a.png", sha="1" * 64), _row("/b.png", sha="2" * 64)])
+    catalog.add_items([_row("/c.png", sha="1" * 64), _row("/d.png", sha="1" * 64)])
+    a, c, d = (catalog.id_for_uri(u) for u in ("/a.png", "/c.png", "/d.png"))
+    assert catalog.duplicate_map() == {c: a, d: a}
+    assert catalog.count()["exact_duplicates"] == 2
+    assert catalog.get(a).duplicate_of is None
+
+
+def test_bulk_write_is_batched_and_reads_preserve_order(catalog):
+    rows = [_row(f"/bulk/{i}.png", sha=f"{i:064x}", meta={"label": i % 3}) for i in range(12000)]
+    assert catalog.add_items(rows) == 12000
+    ids = catalog.ids()
+    pick = ids[[5, 3, 11999, 0]]
+    got = catalog.get_many(pick)
+    assert [g.id for g in got] == pick.tolist()
+    assert got[0].meta == {"label": 5 % 3}
+    assert catalog.uris(pick[:2]) == {int(pick[0]): "/bulk/5.png", int(pick[1]): "/bulk/3.png"}
+
+
+def test_errors_are_recorded_with_reason(catalog):
+    catalog.add_items([_row("/e1.png", sha="3" * 64), _row("/e2.png", sha=None, status="error", error="missing file")])
+    i1 = catalog.id_for_uri("/e1.png")
+    catalog.mark_errors([(i1, "truncated image")])
+    c = catalog.count()
+    assert c["error"] == 2 and c["ok"] == 0
+    reasons = {u: r for _, u, r in catalog.error_reasons()}
+    assert reasons == {"/e1.png": "truncated image", "/e2.png": "missing file"}
+
+
+def test_bad_input_and_unknown_ids(catalog):
+    with pytest.raises(InputError, match="uri"):
+        catalog.add_items([{"uri": ""}])
+    with pytest.raises(InputError, match="status"):
+        catalog.add_items([_row("/s.png", status="weird")])
+    with pytest.raises(NotFoundError, match="12345"):
+        catalog.get(12345)
+
+
+def test_bad_url_and_unreachable_database(tmp_path):
+    with pytest.raises(InputError, match="catalog URL"):
+        Catalog("not a url")
+    with pytest.raises(CatalogError, match="cannot open the catalog"):
+        Catalog("postgresql://nobody:x@127.0.0.1:1/none").open()
+
+
+def test_schema_has_the_expected_tables():
+    assert {"items", "sources", "assay_meta"} <= set(metadata.tables)

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assay.errors import InputError, NoEmbeddingsError, NotFoundError, WorkspaceError
+from assay.vectors import VectorStore, encoder_key
+
+
+def _unit(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_append_load_get_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    s = VectorStore(tmp_path / "v")
+    s.create(encoder="e", version="1", dim=8, extras={"logits": 3})
+    a, b = _unit(rng, 5, 8), _unit(rng, 4, 8)
+    s.append(np.arange(10, 15), a, {"logits": np.ones((5, 3))})
+    s.append(np.array([3, 1, 2, 0]), b, {"logits": np.zeros((4, 3))})
+    ids, vecs = s.load()
+    assert ids.tolist() == [10, 11, 12, 13, 14, 3, 1, 2, 0]
+    assert vecs.dtype == np.float32 and np.allclose(vecs[:5], a, atol=1e-3)
+    got = s.get([0, 12])
+    assert np.allclose(got, np.stack([b[3], a[2]]), atol=1e-3)
+    assert s.get([12], extra="logits").tolist() == [[1.0, 1.0, 1.0]]
+    assert s.contains(np.array([0, 99, 14])).tolist() == [True, False, True]
+    with pytest.raises(NotFoundError, match="99"):
+        s.get([99])
+
+
+def test_refuses_bad_rows_and_double_embedding(tmp_path):
+    rng = np.random.default_rng(1)
+    s = VectorStore(tmp_path / "v")
+    s.create(encoder="e", version="1", dim=4)
+    s.append(np.array([1, 2]), _unit(rng, 2, 4))
+    with pytest.raises(InputError, match="already embedded"):
+        s.append(np.array([2, 3]), _unit(rng, 2, 4))
+    bad = _unit(rng, 2, 4)
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        s.append(np.array([5, 6]), bad)
+    with pytest.raises(InputError, match="dim 4"):
+        s.append(np.array([7]), _unit(rng, 1, 5))
+    with pytest.raises(WorkspaceError, match="re-embed"):
+        s.create(encoder="e", version="2", dim=4)
+    assert len(s) == 2
+
+
+def test_crash_leftovers_are_ignored_and_cleaned(tmp_path):
+    rng = np.random.default_rng(2)
+    s = VectorStore(tmp_path / "v")
+    s.create(encoder="e", version="1", dim=4)
+    s.append(np.array([1, 2]), _unit(rng, 2, 4))
+    # A shard whose arrays were written but whose commit marker never was (killed mid-write).
+    np.save(tmp_path / "v" / "shard-000002.npy", _unit(rng, 3, 4).astype(np.float16))
+    np.save(tmp_path / "v" / "shard-000002.ids.npy", np.array([3, 4, 5]))
+    (tmp_path / "v" / "shard-000003.npy.tmp").write_bytes(b"partial")
+    assert s.ids().tolist() == [1, 2]
+    with s:  # taking the writer lock cleans up
+        pass
+    assert sorted(p.name for p in (tmp_path / "v").iterdir() if p.name.startswith("shard")) == [
+        "shard-000001.ids.npy", "shard-000001.json", "shard-000001.npy"]
+
+
+def test_delete_rewrites_shards_and_keeps_other_rows(tmp_path):
+    rng = np.random.default_rng(3)
+    s = VectorStore(tmp_path / "v")
+    s.create(encoder="e", version="1", dim=4)
+    x = _unit(rng, 6, 4)
+    s.append(np.arange(6), x)
+    assert s.delete([1, 4, 77]) == 2
+    ids, vecs = s.load()
+    assert ids.tolist() == [0, 2, 3, 5]
+    assert np.allclose(vecs, x[[0, 2, 3, 5]], atol=1e-3)
+    s.append(np.array([1]), x[[1]])  # re-embed after removal
+    assert sorted(s.ids().tolist()) == [0, 1, 2, 3, 5]
+
+
+def test_lock_is_exclusive(tmp_path):
+    a, b = VectorStore(tmp_path / "v"), VectorStore(tmp_path / "v")
+    with a:
+        with pytest.raises(WorkspaceError, match="another process"):
+            b.lock()
+
+
+def test_missing_store_and_keys(tmp_path):
+    with pytest.raises(NoEmbeddingsError, match="assay embed"):
+        VectorStore(tmp_path / "none").load()
+    assert encoder_key("clip:/models/my clip") == "clip_models_my_clip"
