@@ -306,17 +306,25 @@ class Catalog:
 
     @staticmethod
     def _mark_exact_duplicates(conn: sa.Connection, first_id: int) -> None:
-        i2 = items_table.alias("i2")
-        earliest = (
-            sa.select(sa.func.min(i2.c.id)).where(i2.c.sha256 == items_table.c.sha256).scalar_subquery()
+        # Only hashes that occur among the new rows can gain duplicates; group those once (UPDATE ... FROM,
+        # which SQLite >= 3.33 and PostgreSQL both run with the sha256 index, not a scan per row).
+        t = items_table
+        new_hashes = sa.select(t.c.sha256).where(t.c.id >= first_id).where(t.c.sha256.is_not(None))
+        i2 = t.alias("i2")
+        groups = (
+            sa.select(i2.c.sha256.label("sha"), sa.func.min(i2.c.id).label("first"))
+            .where(i2.c.sha256.in_(new_hashes))
+            .group_by(i2.c.sha256)
+            .having(sa.func.count() > 1)
+            .subquery("dups")
         )
         conn.execute(
-            sa.update(items_table)
-            .where(items_table.c.id >= first_id)
-            .where(items_table.c.sha256.is_not(None))
-            .where(items_table.c.duplicate_of.is_(None))
-            .where(items_table.c.id > earliest)
-            .values(duplicate_of=earliest)
+            sa.update(t)
+            .where(t.c.sha256 == groups.c.sha)
+            .where(t.c.id > groups.c.first)
+            .where(t.c.id >= first_id)
+            .where(t.c.duplicate_of.is_(None))
+            .values(duplicate_of=groups.c.first)
         )
 
     def mark_errors(self, errors: Iterable[tuple[int, str]]) -> int:

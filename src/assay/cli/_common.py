@@ -16,7 +16,7 @@ from rich.console import Console
 from ..errors import AssayError, InputError, NotFoundError
 from ..workspace import Workspace
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 WorkspaceOpt = Annotated[

@@ -1,0 +1,91 @@
+"""Benchmark: items/s of the whole `assay embed` path versus the bare model on pre-decoded tensors.
+
+Runs on the CIFAR-10 JPEGs and on the ImageNet sample photos from the shared data, measured in the same
+run. Prints one JSON object: per dataset, pipeline items/s, bare-model items/s, their ratio (target >= 0.8),
+and the process's peak memory.
+
+    python bench/embed.py [--data ../shared/data] [--cifar-n 2000] [--encoder efficientnet-lite0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _util import emit, machine, peak_rss_mb, shared_data
+
+
+def bare_items_per_s(enc, tensors: np.ndarray, batch_size: int) -> float:
+    enc.embed_batch(tensors[:batch_size])  # warm-up
+    t0 = time.perf_counter()
+    for s in range(0, len(tensors), batch_size):
+        enc.embed_batch(tensors[s : s + batch_size])
+    return len(tensors) / (time.perf_counter() - t0)
+
+
+def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: Path) -> dict:
+    from assay import Workspace, embed, get_encoder, ingest
+    from assay.media import decode_image, read_bytes
+
+    ws = Workspace.init(tmp / f"ws-{name}", default_encoder=encoder)
+    t0 = time.perf_counter()
+    ing = ingest(ws.catalog, [manifest])
+    ingest_s = time.perf_counter() - t0
+    enc = get_encoder(encoder)
+    enc.load()
+    # Bare model: decode and preprocess everything first (not timed), then time inference only.
+    rows = ws.catalog.get_many(ws.catalog.ids())
+    size = getattr(enc, "input_size", None)
+    draft = (size, size) if size else None
+    t0 = time.perf_counter()
+    tensors = np.stack([enc.preprocess(decode_image(read_bytes(r.uri), draft_size=draft)) for r in rows])
+    decode_s = time.perf_counter() - t0
+    bare = bare_items_per_s(enc, tensors, batch_size)
+    del tensors
+    # The whole pipeline: read, decode, preprocess, infer, store.
+    t0 = time.perf_counter()
+    rep = embed(ws, enc, batch_size=batch_size)
+    pipe_s = time.perf_counter() - t0
+    pipeline = rep.embedded / pipe_s
+    return {
+        "items": len(rows),
+        "ingest_items_per_s": round(ing.seen / ingest_s, 1),
+        "decode_preprocess_items_per_s_serial": round(len(rows) / decode_s, 1),
+        "bare_model_items_per_s": round(bare, 2),
+        "pipeline_items_per_s": round(pipeline, 2),
+        "ratio_pipeline_to_bare": round(pipeline / bare, 3),
+        "target_ratio": 0.8,
+        "errors": rep.errors,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--cifar-n", type=int, default=2000)
+    ap.add_argument("--encoder", default="efficientnet-lite0")
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args()
+    from assay.datasets import write_cifar10, write_imagenet_sample
+
+    data = shared_data(args.data)
+    if data is None:
+        emit({"benchmark": "embed", "skipped": "shared data not found (pass --data or set ASSAY_SHARED_DATA)"})
+        return
+    out: dict = {"benchmark": "embed", "encoder": args.encoder, "batch_size": args.batch_size, "machine": machine()}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        cifar = write_cifar10(data / "cifar10" / "cifar10_jpeg_bytes.npz", tmp / "cifar", n=args.cifar_n)
+        inet = write_imagenet_sample(data / "imagenet-sample" / "imagenet-sample.tar", tmp / "inet")
+        out["cifar10"] = run_dataset("cifar10", cifar, args.encoder, args.batch_size, tmp)
+        out["imagenet_sample"] = run_dataset("imagenet", inet, args.encoder, args.batch_size, tmp)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()

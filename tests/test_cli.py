@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import fake_encoder  # noqa: F401
+from assay.cli.main import app
+
+from conftest import write_images
+
+runner = CliRunner()
+
+
+def _run(*args, cwd=None):
+    old = os.getcwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        return runner.invoke(app, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def test_init_ingest_embed_status_json(tmp_path):
+    write_images(tmp_path / "imgs", 5)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG not really")
+    ws = str(tmp_path / "ws")
+    r = _run("init", ws, "--encoder", "test-mean-color")
+    assert r.exit_code == 0 and "created workspace" in r.output
+    r = _run("-w", ws, "ingest", str(tmp_path / "imgs"), "--json")
+    assert r.exit_code == 0
+    rep = json.loads(r.stdout)
+    assert rep["new"] == 6 and rep["errors"] == 1
+    r = _run("embed", "-w", ws, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["embedded"] == 5
+    r = _run("status", "--json", cwd=ws)  # the workspace in the current directory
+    st = json.loads(r.stdout)
+    assert st["items"] == {"total": 6, "ok": 5, "error": 1, "image": 6, "text": 0}
+    assert st["exact_duplicates"] == 0 and st["embeddings"] == {"test-mean-color": 5}
+    r = _run("status", "-w", ws)
+    assert "not an image" in r.output and "test-mean-color: 5" in r.output
+
+
+def test_errors_are_one_clear_line_and_exit_code(tmp_path):
+    r = _run("status", "-w", str(tmp_path / "nowhere"))
+    assert r.exit_code == 1 and "no assay workspace" in r.output
+    ws = str(tmp_path / "ws")
+    _run("init", ws)
+    r = _run("-w", ws, "ingest", str(tmp_path / "missing"))
+    assert r.exit_code == 2 and "does not exist" in r.output
+    (tmp_path / "m.csv").write_text("path\nx.png\n")
+    r = _run("-w", ws, "ingest", str(tmp_path / "m.csv"))
+    assert r.exit_code == 2 and "expected a 'uri' column" in r.output
+    r = _run("-w", ws, "embed", "--encoder", "nope")
+    assert r.exit_code == 2 and "expected one of" in r.output
+    r = _run("init", ws)
+    assert r.exit_code == 1 and "already holds" in r.output
+    r = _run("-w", ws, "embed", "--encoder", "precomputed")
+    assert r.exit_code == 2 and "--from" in r.output
+
+
+def test_console_script_runs(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "assay")
+    if not os.path.exists(exe):
+        pytest.skip("the assay console script is not installed in this environment")
+    out = subprocess.run([exe, "init", str(tmp_path / "w")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([exe, "-w", str(tmp_path / "w"), "status", "--json"], capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout)["items"]["total"] == 0

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from assay import Workspace, import_embeddings, ingest
+from assay.errors import InputError, NotFoundError
+
+from conftest import write_images
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = Workspace.init(tmp_path / "ws")
+    write_images(tmp_path / "imgs", 6)
+    ingest(w.catalog, [tmp_path / "imgs"])
+    yield w
+    w.close()
+
+
+def _vecs(n, d=8, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def test_npy_shards_with_ids(ws, tmp_path):
+    ids = ws.catalog.ids()
+    x = _vecs(6)
+    np.save(tmp_path / "a.npy", x[:4])
+    np.save(tmp_path / "a.ids.npy", ids[:4])
+    np.save(tmp_path / "b.npy", x[4:].astype(np.float16))
+    np.save(tmp_path / "b.ids.npy", ids[4:])
+    rep = import_embeddings(ws, str(tmp_path / "*.npy"))
+    assert rep.embedded == 6 and rep.dim == 8
+    got = ws.vectors("precomputed").get(ids)
+    assert np.allclose(got, x / np.linalg.norm(x, axis=1, keepdims=True), atol=2e-3)
+    assert ws.status()["embeddings"] == {"precomputed": 6}
+    # Importing again adds nothing.
+    assert import_embeddings(ws, str(tmp_path / "*.npy")).embedded == 0
+
+
+def test_clip_retrieval_layout_with_uris(ws, tmp_path):
+    root = tmp_path / "cr"
+    (root / "img_emb").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    uris = [r.uri for r in ws.catalog.get_many(ws.catalog.ids())]
+    x = _vecs(6, 16)
+    np.save(root / "img_emb" / "img_emb_0.npy", x[:3])
+    np.save(root / "img_emb" / "img_emb_1.npy", x[3:])
+    pq.write_table(pa.table({"image_path": uris[:3]}), root / "metadata" / "metadata_0.parquet")
+    pq.write_table(pa.table({"image_path": uris[3:]}), root / "metadata" / "metadata_1.parquet")
+    rep = import_embeddings(ws, root, name="precomputed:clip-l14")
+    assert rep.embedded == 6
+    assert ws.vectors("precomputed:clip-l14").dim == 16
+
+
+def test_parquet_with_embedding_column(ws, tmp_path):
+    ids = ws.catalog.ids()
+    x = _vecs(6, 4)
+    pq.write_table(pa.table({"id": ids, "embedding": x.tolist()}), tmp_path / "e.parquet")
+    assert import_embeddings(ws, tmp_path / "e.parquet").embedded == 6
+
+
+def test_every_check_fails_before_writing(ws, tmp_path):
+    ids = ws.catalog.ids()
+    x = _vecs(6)
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    np.save(tmp_path / "nan.ids.npy", ids)
+    with pytest.raises(InputError, match="row 2 holds NaN"):
+        import_embeddings(ws, tmp_path / "nan.npy")
+    np.save(tmp_path / "unk.npy", x)
+    np.save(tmp_path / "unk.ids.npy", ids + 1000)
+    with pytest.raises(InputError, match="not in the catalog"):
+        import_embeddings(ws, tmp_path / "unk.npy")
+    np.save(tmp_path / "shape.npy", x[:, :, None])
+    np.save(tmp_path / "shape.ids.npy", ids)
+    with pytest.raises(InputError, match="2-D"):
+        import_embeddings(ws, tmp_path / "shape.npy")
+    np.save(tmp_path / "ints.npy", np.ones((6, 3), dtype=np.int32))
+    np.save(tmp_path / "ints.ids.npy", ids)
+    with pytest.raises(InputError, match="dtype"):
+        import_embeddings(ws, tmp_path / "ints.npy")
+    np.save(tmp_path / "count.npy", x[:5])
+    np.save(tmp_path / "count.ids.npy", ids)
+    with pytest.raises(InputError, match="5 vectors but 6 ids"):
+        import_embeddings(ws, tmp_path / "count.npy")
+    np.save(tmp_path / "noids.npy", x)
+    with pytest.raises(InputError, match="no ids file"):
+        import_embeddings(ws, tmp_path / "noids.npy")
+    with pytest.raises(NotFoundError):
+        import_embeddings(ws, tmp_path / "absent.npy")
+    assert not ws.vectors("precomputed").exists()
