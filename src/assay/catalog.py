@@ -419,6 +419,13 @@ class Catalog:
             r = conn.execute(sa.select(items_table.c.id).where(items_table.c.uri == uri)).first()
         return None if r is None else int(r.id)
 
+    def non_representative_ids(self) -> np.ndarray:
+        """Ids that search and selection skip by default: items that duplicate an earlier item's bytes."""
+        t = items_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.id).where(t.c.duplicate_of.is_not(None)).order_by(t.c.id)).all()
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
     def duplicate_map(self) -> dict[int, int]:
         """``{item id: id of the earliest item with the same bytes}`` for every exact duplicate."""
         t = items_table

@@ -1,0 +1,130 @@
+"""`assay index` and `assay search`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import JsonOpt, WorkspaceOpt, errors_to_exit, open_workspace, out, print_json
+
+
+def index(
+    workspace: WorkspaceOpt = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Whose embeddings to index (default: the workspace's encoder).")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="auto | flat | hnsw | ivf | ivf-pq")] = "auto",
+    pca: Annotated[Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to N dims with PCA fitted on a sample.")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
+    knn: Annotated[Optional[int], typer.Option("--knn", min=1, help="Also build and store the kNN graph with K neighbours.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for training samples.")] = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Build the FAISS index over stored embeddings, or add newly embedded items to it."""
+    from ..search import build_index, build_knn_graph
+
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        rep = build_index(ws, encoder, kind=kind, pca=pca, rebuild=rebuild, rng=seed)
+        if knn:
+            g = build_knn_graph(ws, knn, encoder)
+            rep["knn_graph"] = {"k": g.k, "n": g.n, **{k: v for k, v in dict(g.info).items() if k in ("seconds", "exact", "kind")}}
+        if json_:
+            print_json(rep)
+            return
+        info = rep["index"]
+        out.print(
+            f"{rep['action']} {info['kind']} index of {rep['encoder']}: {info['count']} vectors "
+            f"(+{rep['added']} / -{rep['removed']}), dim {info['dim']}, {info['bytes_per_vector']:.0f} bytes/vector, "
+            f"{rep['seconds']:.1f} s"
+        )
+        if "rebuilt_because" in rep:
+            out.print(f"rebuilt because {rep['rebuilt_because']}")
+        if rep.get("retrained"):
+            out.print("the IVF index had outgrown its training sample and was retrained")
+        if "text_bridge" in rep:
+            tb = rep["text_bridge"]
+            out.print(f"text bridge (ConSE): {tb.get('skipped') or str(tb['count']) + ' items'}")
+        if "knn_graph" in rep:
+            out.print(f"kNN graph: k={rep['knn_graph']['k']} over {rep['knn_graph']['n']} items")
+
+
+def search(
+    workspace: WorkspaceOpt = None,
+    item: Annotated[Optional[int], typer.Option("--item", help="Find items like this item id.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Find items like this image file.")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Find items matching this text.")] = None,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line: {\"item\": id} | {\"image\": path} | {\"text\": str}.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many results.")] = 10,
+    encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
+    keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Also return non-representative duplicates.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Search by item, image or text; --json prints {"results": [{"id", "score", "uri"}, ...]}, best first."""
+    from ..errors import InputError
+    from ..search import Searcher
+
+    with errors_to_exit():
+        given = sum(x is not None for x in (item, image, text, batch))
+        if given != 1:
+            raise InputError("give exactly one of --item ID, --image PATH, --text QUERY or --batch FILE")
+        ws = open_workspace(workspace)
+        s = Searcher(ws, encoder)
+        if batch is not None:
+            results = _run_batch(s, batch, k, keep_duplicates)
+            if json_:
+                print_json({"queries": results})
+            else:
+                for r in results:
+                    out.print(f"# {json.dumps(r['query'])}")
+                    for h in r["results"]:
+                        out.print(f"{h['score']:.4f}  {h['id']}  {h['uri']}")
+            return
+        hits = s.search(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates)
+        if json_:
+            print_json({"results": [h.to_dict() for h in hits]})
+            return
+        for h in hits:
+            out.print(f"{h.score:.4f}  {h.id}  {h.uri}")
+
+
+def _run_batch(s, path: Path, k: int, keep_duplicates: bool) -> list[dict]:
+    from ..errors import InputError, NotFoundError
+
+    if not path.exists():
+        raise NotFoundError(f"batch file not found: {path}")
+    queries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path} line {n}: not JSON: {exc}") from exc
+        if not isinstance(q, dict) or len(q) != 1 or next(iter(q)) not in ("item", "image", "text"):
+            raise InputError(f'{path} line {n}: expected {{"item": id}}, {{"image": path}} or {{"text": str}}, got {line.strip()}')
+        queries.append(q)
+    out_rows: list[dict] = [{}] * len(queries)
+    # Group by kind so each kind is one batched search.
+    for kind in ("item", "text", "image"):
+        pos = [i for i, q in enumerate(queries) if kind in q]
+        if not pos:
+            continue
+        vals = [queries[i][kind] for i in pos]
+        if kind == "item":
+            hits = s.search_items(vals, k=k, keep_duplicates=keep_duplicates)
+        elif kind == "text":
+            hits = s.search_texts(vals, k=k, keep_duplicates=keep_duplicates)
+        else:
+            import numpy as np
+
+            hits = s.search_batch(np.stack([s.vector_for_image(v) for v in vals]), k=k, keep_duplicates=keep_duplicates)
+        for i, h in zip(pos, hits):
+            out_rows[i] = {"query": queries[i], "results": [x.to_dict() for x in h]}
+    return out_rows
+
+
+def register(app: typer.Typer) -> None:
+    app.command("index")(index)
+    app.command("search")(search)

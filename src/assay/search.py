@@ -1,0 +1,496 @@
+"""Indexes and search over a workspace: the shell around :mod:`assay.index`.
+
+* :func:`build_index` builds the FAISS index of an encoder's stored embeddings, or brings an existing one up
+  to date (adds newly embedded items, removes items that left the store, retrains when an IVF index has
+  outgrown its training, rebuilds when the embeddings were re-made by another encoder version). With
+  ``pca=N`` the index holds PCA-reduced vectors (the reducer is fitted on a sample and stored beside it).
+  For an ImageNet classifier encoder (one whose store keeps ``imagenet_logits``), it also builds the ConSE
+  text bridge: every item placed in the text space of ``minilm`` and indexed there.
+* :class:`Searcher` answers queries by item id, image file, text or raw vector, one at a time or in a batch,
+  and gives :meth:`Searcher.neighbors` (the building block of SEALS pools and near-duplicate search).
+* :func:`build_knn_graph` computes the kNN graph of the whole corpus blockwise and stores it for reuse.
+
+Non-representative duplicates (exact duplicates from ingest, near-duplicates from ``assay dedup``) are
+left out of results unless ``keep_duplicates=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DecodeError, IndexNotBuiltError, InputError, MissingDependencyError, NoEmbeddingsError, NotFoundError
+from .index import ConcatRows, KnnGraph, VectorIndex, knn_graph, neighbors as _index_neighbors
+from .vectors import VectorStore
+from .workspace import Workspace
+
+__all__ = ["Hit", "Searcher", "build_index", "build_knn_graph", "load_knn_graph", "TEXT_BRIDGE_ENCODER", "KINDS"]
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "flat", "hnsw", "ivf", "ivf-pq")
+TEXT_BRIDGE_ENCODER = "minilm"
+CLASS_SCORES_EXTRA = "imagenet_logits"
+_MAIN, _BRIDGE, _PCA, _KNN = "main", "conse", "pca", "knn"
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+    uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "uri": self.uri}
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _store_rows(store: VectorStore, extra: str | None = None) -> tuple[np.ndarray, ConcatRows]:
+    ids, arrays = [], []
+    for i, v in store.iter_shards(extra=extra):
+        if len(i):
+            ids.append(i)
+            arrays.append(v)
+    if not ids:
+        raise NoEmbeddingsError(f"no embeddings stored at {store.root}; run `assay embed` first")
+    return np.concatenate(ids), ConcatRows(arrays)
+
+
+def _ok_store_ids(ws: Workspace, store: VectorStore) -> np.ndarray:
+    """Stored ids whose item is still ok in the catalog."""
+    ids = store.ids()
+    return ids[np.isin(ids, ws.catalog.ids(status="ok"))]
+
+
+# ---------------------------------------------------------------------------------------------- building
+def build_index(
+    ws: Workspace,
+    encoder: str | None = None,
+    *,
+    kind: str = "auto",
+    pca: int | None = None,
+    rebuild: bool = False,
+    rng: np.random.Generator | int = 0,
+    bridge: bool = True,
+) -> dict[str, Any]:
+    """Build or update the index of ``encoder``'s embeddings; return a JSON-ready report."""
+    if kind not in KINDS:
+        from .errors import UnknownNameError
+
+        raise UnknownNameError("index kind", kind, KINDS)
+    if pca is not None and (isinstance(pca, bool) or not isinstance(pca, int) or pca <= 0):
+        raise InputError(f"pca must be a positive integer number of dimensions, got {pca!r}")
+    t0 = time.perf_counter()
+    name = encoder or ws.default_encoder
+    store = ws.vectors(name)
+    meta = store.meta()  # raises NoEmbeddingsError with a hint
+    root = ws.index_dir(name)
+    report: dict[str, Any] = {"encoder": name, "encoder_version": meta["version"]}
+    main_dir = root / _MAIN
+    existing = None
+    if not rebuild and (main_dir / "meta.json").exists():
+        existing = VectorIndex.load(main_dir, mmap=False)
+        reasons = []
+        if existing.encoder_version != meta["version"]:
+            reasons.append(f"the embeddings were re-made (version {existing.encoder_version} -> {meta['version']})")
+        if kind != "auto" and existing.kind != kind:
+            reasons.append(f"kind {existing.kind} -> {kind}")
+        old_pca = existing.metadata.get("pca")
+        if (pca or None) != (old_pca or None):
+            reasons.append(f"pca {old_pca} -> {pca}")
+        if reasons:
+            report["rebuilt_because"] = "; ".join(reasons)
+            existing = None
+    reducer = _load_or_fit_pca(root, store, pca, existing is None, rng)
+    if existing is None:
+        index = _build_main(ws, store, name, meta, kind, reducer, rng)
+        report.update(action="built", added=index.ntotal, removed=0)
+    else:
+        index = existing
+        added, removed = _sync(ws, store, index, reducer)
+        report.update(action="updated", added=added, removed=removed)
+        if index.needs_retrain:
+            log.warning("index of %s outgrew its training; retraining", name)
+            ids, rows = _store_rows(store)
+            keep = np.isin(ids, _ok_store_ids(ws, store))
+            index.retrain(ids[keep], _Reduced(rows, reducer, keep), rng=rng)
+            report["retrained"] = True
+    index.save(main_dir)
+    report["index"] = index.info()
+    if bridge and CLASS_SCORES_EXTRA in meta.get("extras", {}):
+        try:
+            report["text_bridge"] = _build_bridge(ws, store, name, root, rebuild or existing is None, rng)
+        except MissingDependencyError as exc:
+            report["text_bridge"] = {"skipped": str(exc)}
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+class _Reduced(ConcatRows):
+    """Rows of a ConcatRows, optionally filtered by a mask and PCA-reduced, read block by block.
+
+    A ConcatRows by type (so the index reads it block by block like any store), with its own row access.
+    """
+
+    def __init__(self, rows: Any, reducer: Any, keep: np.ndarray | None = None) -> None:  # noqa: super not called
+        self.rows, self.reducer = rows, reducer
+        self.sel = np.nonzero(keep)[0] if keep is not None and not keep.all() else None
+        n = len(rows) if self.sel is None else len(self.sel)
+        dim = rows.shape[1] if reducer is None else reducer.n_components
+        self.shape = (n, dim)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            idx = np.arange(*key.indices(self.shape[0]))
+        else:
+            idx = np.asarray(key)
+            if idx.dtype == bool:
+                idx = np.flatnonzero(idx)
+        src = idx if self.sel is None else self.sel[idx]
+        if self.sel is None and self.reducer is None and isinstance(key, slice):
+            return np.asarray(self.rows[key], dtype=np.float32)
+        block = np.asarray(self.rows[src], dtype=np.float32)
+        return block if self.reducer is None else self.reducer.transform(block)
+
+
+def _load_or_fit_pca(root: Path, store: VectorStore, pca: int | None, refit: bool, rng: Any):
+    if not pca:
+        return None
+    from .reduce import PCAReducer
+
+    pdir = root / _PCA
+    if not refit and pdir.exists():
+        return PCAReducer.load(pdir)
+    _, rows = _store_rows(store)
+    reducer = PCAReducer(n_components=pca).fit(rows, rng=rng)
+    reducer.save(pdir)
+    return reducer
+
+
+def _build_main(ws, store, name, meta, kind, reducer, rng) -> VectorIndex:
+    ids, rows = _store_rows(store)
+    keep = np.isin(ids, ws.catalog.ids(status="ok"))
+    data = _Reduced(rows, reducer, keep)
+    dim = data.shape[1]
+    index = VectorIndex(
+        spec=kind, dim=dim, encoder=name, encoder_version=meta["version"],
+        metadata={"pca": reducer.n_components if reducer is not None else None, "input_dim": int(meta["dim"])},
+    )
+    return index.build(ids[keep], data, rng=rng)
+
+
+def _sync(ws: Workspace, store: VectorStore, index: VectorIndex, reducer: Any) -> tuple[int, int]:
+    """Add what the store has and the index lacks; remove what the index has and the store lost."""
+    want = _ok_store_ids(ws, store)
+    have = index.ids
+    stale = have[~np.isin(have, want)]
+    removed = index.remove(stale, missing_ok=True) if len(stale) else 0
+    new = want[~np.isin(want, have)]
+    if len(new):
+        vecs = store.get(new)
+        index.add(new, vecs if reducer is None else reducer.transform(vecs))
+    return int(len(new)), int(removed)
+
+
+def _class_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
+    """Embeddings of the 1000 ImageNet class names with the bridge text encoder, cached by its version."""
+    from .encoders.base import get_encoder
+    from .encoders.efficientnet import imagenet_class_names
+
+    text_enc = get_encoder(TEXT_BRIDGE_ENCODER)
+    names = imagenet_class_names()
+    cache = ws.cache_dir / "conse" / f"classes-{_safe(text_enc.version)}.npy"
+    if cache.exists():
+        return np.load(cache), text_enc.version
+    text_enc.load()
+    emb = text_enc.embed_texts([f"a photo of a {n}" for n in names])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npy")
+    np.save(tmp, emb.astype(np.float32))
+    os.replace(tmp, cache)
+    return emb, text_enc.version
+
+
+def _safe(s: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s)[:80]
+
+
+def _build_bridge(ws, store, name, root, rebuild, rng) -> dict[str, Any]:
+    from .zeroshot import conse_image_vectors
+
+    class_emb, text_version = _class_text_embeddings(ws)
+    bdir = root / _BRIDGE
+    version = f"{store.meta()['version']}+{text_version}"
+    index = None
+    if not rebuild and (bdir / "meta.json").exists():
+        index = VectorIndex.load(bdir, mmap=False)
+        if index.encoder_version != version:
+            index = None
+    want = _ok_store_ids(ws, store)
+    if index is None:
+        logits = store.get(want, extra=CLASS_SCORES_EXTRA, dtype=np.float16) if len(want) else None
+        vecs = conse_image_vectors(logits, class_emb)
+        index = VectorIndex(spec="auto", dim=vecs.shape[1], encoder=f"{name}+conse", encoder_version=version)
+        index.build(want, vecs, rng=rng)
+        action = "built"
+    else:
+        have = index.ids
+        stale = have[~np.isin(have, want)]
+        if len(stale):
+            index.remove(stale, missing_ok=True)
+        new = want[~np.isin(want, have)]
+        if len(new):
+            index.add(new, conse_image_vectors(store.get(new, extra=CLASS_SCORES_EXTRA, dtype=np.float16), class_emb))
+        action = "updated"
+    index.save(bdir)
+    return {"action": action, "count": index.ntotal, "text_encoder": TEXT_BRIDGE_ENCODER, "kind": index.kind}
+
+
+# ---------------------------------------------------------------------------------------------- kNN graph
+def build_knn_graph(
+    ws: Workspace, k: int = 32, encoder: str | None = None, *, exact: bool = False, block_size: int = 4096
+) -> KnnGraph:
+    """The kNN graph of the whole corpus (blockwise, bounded memory), saved in the workspace for reuse."""
+    k = _check_k(k)
+    searcher = Searcher(ws, encoder)
+    index = searcher.index()
+    ids = index.ids
+    store = searcher.store
+    vecs = _Reduced(_IdRows(store, ids), searcher.reducer())
+    graph = knn_graph(ids, vecs, k, index=None if exact else index, exact=exact, block_size=block_size)
+    graph.save(ws.index_dir(searcher.encoder_name) / _KNN)
+    return graph
+
+
+class _IdRows:
+    """Store rows for a fixed id list, fetched block by block (duck-types ConcatRows for _Reduced)."""
+
+    def __init__(self, store: VectorStore, ids: np.ndarray) -> None:
+        self.store, self.ids = store, ids
+        self.shape = (len(ids), store.dim)
+        self.dtype = np.float16
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        sel = self.ids[key]
+        return self.store.get(sel, dtype=np.float32)
+
+
+def load_knn_graph(ws: Workspace, encoder: str | None = None) -> KnnGraph:
+    d = ws.index_dir(encoder or ws.default_encoder) / _KNN
+    if not d.exists():
+        raise IndexNotBuiltError(f"no kNN graph in {d}; build it with `assay index --knn K`")
+    return KnnGraph.load(d)
+
+
+# ---------------------------------------------------------------------------------------------- search
+class Searcher:
+    """Queries over one encoder's index in a workspace. Loads the index (memory-mapped) on first use."""
+
+    def __init__(self, ws: Workspace, encoder: str | None = None) -> None:
+        self.ws = ws
+        self.encoder_name = encoder or ws.default_encoder
+        self.store = ws.vectors(self.encoder_name)
+        self._index: VectorIndex | None = None
+        self._bridge: VectorIndex | None = None
+        self._reducer: Any = None
+        self._reducer_loaded = False
+        self._encoder: Any = None
+        self._text_encoder: Any = None
+
+    # -------------------------------------------------------------- parts
+    def index(self) -> VectorIndex:
+        if self._index is None:
+            meta = self.store.meta()
+            d = self.ws.index_dir(self.encoder_name) / _MAIN
+            if not (d / "meta.json").exists():
+                raise IndexNotBuiltError(f"no index for encoder {self.encoder_name!r}; build it with `assay index`")
+            self._index = VectorIndex.load(d, mmap=True, expect_encoder=self.encoder_name)
+            if self._index.encoder_version != meta["version"]:
+                raise IndexNotBuiltError(
+                    f"the index of {self.encoder_name!r} was built from embeddings version {self._index.encoder_version}, "
+                    f"the store now holds version {meta['version']}; run `assay index` to rebuild it"
+                )
+        return self._index
+
+    def reducer(self):
+        if not self._reducer_loaded:
+            pca = self.index().metadata.get("pca")
+            if pca:
+                from .reduce import PCAReducer
+
+                self._reducer = PCAReducer.load(self.ws.index_dir(self.encoder_name) / _PCA)
+            self._reducer_loaded = True
+        return self._reducer
+
+    def _reduce(self, x: np.ndarray) -> np.ndarray:
+        r = self.reducer()
+        return x if r is None else r.transform(np.asarray(x, dtype=np.float32))
+
+    def encoder(self):
+        if self._encoder is None:
+            from .embed import load_encoder
+
+            self._encoder = load_encoder(self.encoder_name)
+        return self._encoder
+
+    def excluded_ids(self, keep_duplicates: bool) -> np.ndarray | None:
+        """Ids never returned: non-representative duplicates (unless kept)."""
+        if keep_duplicates:
+            return None
+        ex = self.ws.catalog.non_representative_ids()
+        return ex if len(ex) else None
+
+    # -------------------------------------------------------------- query vectors
+    def vectors_for_items(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        known = self.ws.catalog.get_many(ids)
+        if len(known) != len(ids):
+            missing = sorted(set(ids.tolist()) - {r.id for r in known})[:5]
+            raise NotFoundError(f"unknown item id(s) {missing}")
+        if not self.store.contains(ids).all():
+            missing = ids[~self.store.contains(ids)][:5].tolist()
+            raise NotFoundError(f"item(s) {missing} have no embedding from {self.encoder_name!r} (status error, or not embedded yet)")
+        return self.store.get(ids)
+
+    def vector_for_image(self, path: str | os.PathLike[str]) -> np.ndarray:
+        from .media import decode_image, read_bytes
+
+        enc = self.encoder()
+        if "image" not in enc.modalities:
+            raise InputError(f"encoder {self.encoder_name!r} does not embed images")
+        p = str(path)
+        if "://" not in p and not Path(p).exists():
+            raise NotFoundError(f"query image not found: {p}")
+        try:
+            size = getattr(enc, "input_size", None)
+            image = decode_image(read_bytes(p), draft_size=(size, size) if size else None)
+        except DecodeError as exc:
+            raise InputError(f"query image {p} cannot be used: {exc}") from exc
+        return enc.embed_images([image])[0]
+
+    def _text_route(self) -> str:
+        from .encoders.base import get_encoder
+        from .errors import UnknownNameError
+
+        try:  # constructing an encoder only stores parameters; nothing loads here
+            has_tower = "text" in get_encoder(self.encoder_name).modalities
+        except (UnknownNameError, InputError):  # e.g. precomputed embeddings
+            has_tower = False
+        if has_tower:
+            return "tower"
+        if CLASS_SCORES_EXTRA in self.store.meta().get("extras", {}):
+            return "bridge"
+        raise InputError(
+            f"encoder {self.encoder_name!r} has no text tower and no zero-shot bridge; use a CLIP encoder "
+            "(clip:<model>) or an ImageNet classifier such as efficientnet-lite0"
+        )
+
+    def vectors_for_texts(self, texts: list[str]) -> tuple[np.ndarray, str]:
+        """Query vectors for texts, and the route: ``"tower"`` (the encoder's text tower) or ``"bridge"`` (ConSE)."""
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise InputError(f"text queries must be non-empty strings, got {texts!r}")
+        route = self._text_route()
+        if route == "tower":
+            return self.encoder().embed_texts(texts), route
+        if self._text_encoder is None:
+            from .embed import load_encoder
+
+            self._text_encoder = load_encoder(TEXT_BRIDGE_ENCODER)
+        return self._text_encoder.embed_texts(texts), route
+
+    def bridge_index(self) -> VectorIndex:
+        if self._bridge is None:
+            d = self.ws.index_dir(self.encoder_name) / _BRIDGE
+            if not (d / "meta.json").exists():
+                raise IndexNotBuiltError(f"no text bridge for {self.encoder_name!r} yet; run `assay index`")
+            self._bridge = VectorIndex.load(d, mmap=True)
+        return self._bridge
+
+    # -------------------------------------------------------------- search
+    def search_vectors(
+        self, queries: np.ndarray, k: int, *, exclude_per_query: Any = None, keep_duplicates: bool = False,
+        index: VectorIndex | None = None, reduce: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Batch search: ``(scores [q, k], ids [q, k])``, best first, ``-1`` padding."""
+        k = _check_k(k)
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        idx = index or self.index()
+        if reduce and index is None:
+            q = self._reduce(q)
+        return idx.search(q, k, exclude_ids=self.excluded_ids(keep_duplicates), exclude_per_query=exclude_per_query)
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        flat = [int(i) for i in ids.reshape(-1) if i >= 0]
+        uris = self.ws.catalog.uris(flat)
+        return [
+            [Hit(int(i), float(s), uris.get(int(i), "")) for s, i in zip(srow, irow) if i >= 0]
+            for srow, irow in zip(scores, ids)
+        ]
+
+    def search(
+        self, *, item: int | None = None, image: str | None = None, text: str | None = None,
+        vector: np.ndarray | None = None, k: int = 10, keep_duplicates: bool = False,
+    ) -> list[Hit]:
+        """One query by exactly one of ``item``, ``image``, ``text`` or ``vector``; best first."""
+        given = [x is not None for x in (item, image, text, vector)]
+        if sum(given) != 1:
+            raise InputError("give exactly one query: an item id, an image path, a text or a vector")
+        if item is not None:
+            return self.search_items([item], k=k, keep_duplicates=keep_duplicates)[0]
+        if image is not None:
+            return self.search_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
+        if text is not None:
+            return self.search_texts([text], k=k, keep_duplicates=keep_duplicates)[0]
+        return self.search_batch(np.asarray(vector)[None, :] if np.ndim(vector) == 1 else vector, k=k,
+                                 keep_duplicates=keep_duplicates)[0]
+
+    def search_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
+        s, i = self.search_vectors(queries, k, keep_duplicates=keep_duplicates)
+        return self._hits(s, i)
+
+    def search_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
+        """Items most like each given item; the query item itself is left out."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vecs = self.vectors_for_items(ids)
+        s, i = self.search_vectors(vecs, k, exclude_per_query=ids[:, None], keep_duplicates=keep_duplicates)
+        return self._hits(s, i)
+
+    def search_texts(self, texts: list[str], *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
+        q, route = self.vectors_for_texts(list(texts))
+        if route == "bridge":
+            s, i = self.search_vectors(q, k, keep_duplicates=keep_duplicates, index=self.bridge_index(), reduce=False)
+        else:
+            s, i = self.search_vectors(q, k, keep_duplicates=keep_duplicates)
+        return self._hits(s, i)
+
+    def neighbors(self, ids: list[int] | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items of each given item, itself excluded: ``(scores [n, k], ids [n, k])``."""
+        k = _check_k(k)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vecs = self._reduce(self.vectors_for_items(ids))
+        return _index_neighbors(self.index(), vecs, ids, k)
+
