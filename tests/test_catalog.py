@@ -105,3 +105,20 @@ def test_bad_url_and_unreachable_database(tmp_path):
 
 def test_schema_has_the_expected_tables():
     assert {"items", "sources", "assay_meta"} <= set(metadata.tables)
+
+
+def test_near_duplicate_groups_replace_and_non_representatives(catalog):
+    catalog.add_items([_row(f"/n/{i}.png", sha=f"{i:064d}") for i in range(6)])
+    catalog.add_items([_row("/n/copy.png", sha=f"{0:064d}")])  # an exact duplicate of item 1
+    ids = catalog.ids()
+    a, b, c, d, e, f, copy = ids.tolist()
+    assert catalog.replace_duplicate_groups({a: [a, b, c], d: [d, e]}, method="embedding", threshold=0.95) == 5
+    assert catalog.duplicate_groups() == {a: [a, b, c], d: [d, e]}
+    assert catalog.non_representative_ids().tolist() == sorted([b, c, e, copy])
+    # Incremental: recomputing the grouping of d, e, f replaces only their rows.
+    catalog.replace_duplicate_groups({f: [e, f]}, method="embedding", items=[d, e, f])
+    assert catalog.duplicate_groups() == {a: [a, b, c], f: [e, f]}
+    # A full replacement clears everything else.
+    catalog.replace_duplicate_groups({}, method="embedding")
+    assert catalog.duplicate_groups() == {}
+    assert catalog.non_representative_ids().tolist() == [copy]

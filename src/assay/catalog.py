@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from .errors import CatalogError, InputError, MissingDependencyError, NotFoundError
 
-__all__ = ["Catalog", "ItemRow", "ITEM_STATUSES", "MODALITIES", "metadata", "items_table", "sources_table"]
+__all__ = ["Catalog", "ItemRow", "ITEM_STATUSES", "MODALITIES", "metadata", "items_table", "sources_table", "dup_members_table"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,17 @@ sources_table = sa.Table(
     sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("n_new", sa.Integer, nullable=False, default=0),
     sa.Column("n_seen", sa.Integer, nullable=False, default=0),
+)
+
+# Near-duplicate groups (``assay dedup``): one row per member of a group of two or more items.
+dup_members_table = sa.Table(
+    "duplicate_members",
+    metadata,
+    sa.Column("item_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("representative", sa.BigInteger, nullable=False, index=True),
+    sa.Column("method", sa.String(16), nullable=False),
+    sa.Column("threshold", sa.Float),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 kv_table = sa.Table(
@@ -420,11 +431,49 @@ class Catalog:
         return None if r is None else int(r.id)
 
     def non_representative_ids(self) -> np.ndarray:
-        """Ids that search and selection skip by default: items that duplicate an earlier item's bytes."""
-        t = items_table
+        """Ids that search and selection skip by default (sorted, unique): items whose bytes equal an earlier
+        item's (from ingest), and members of a near-duplicate group other than its representative."""
+        t, d = items_table, dup_members_table
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.id).where(t.c.duplicate_of.is_not(None)).order_by(t.c.id)).all()
-        return np.asarray([r[0] for r in rows], dtype=np.int64)
+            exact = [r[0] for r in conn.execute(sa.select(t.c.id).where(t.c.duplicate_of.is_not(None)))]
+            near = [r[0] for r in conn.execute(sa.select(d.c.item_id).where(d.c.item_id != d.c.representative))]
+        return np.unique(np.asarray(exact + near, dtype=np.int64))
+
+    def replace_duplicate_groups(
+        self, groups: "dict[int, Sequence[int]]", *, method: str, threshold: float | None = None,
+        items: "Sequence[int] | np.ndarray | None" = None,
+    ) -> int:
+        """Record near-duplicate groups ``{representative: [member ids, representative included]}`` in one
+        transaction. Rows of every item named in ``groups``, and of every id in ``items`` (the items whose
+        grouping was recomputed; ``None`` = all), are replaced. Returns the number of member rows written."""
+        d = dup_members_table
+        now = _now()
+        rows = []
+        for rep, members in groups.items():
+            members = sorted({int(m) for m in members} | {int(rep)})
+            if len(members) < 2:
+                continue
+            rows.extend({"item_id": m, "representative": int(rep), "method": method, "threshold": threshold,
+                         "created_at": now} for m in members)
+        touched = sorted({r["item_id"] for r in rows} | {int(x) for x in (items if items is not None else [])})
+        with self.engine.begin() as conn:
+            if items is None:
+                conn.execute(sa.delete(d))
+            else:
+                for start in range(0, len(touched), 900):
+                    conn.execute(sa.delete(d).where(d.c.item_id.in_(touched[start : start + 900])))
+            for start in range(0, len(rows), self.BATCH):
+                conn.execute(sa.insert(d), rows[start : start + self.BATCH])
+        return len(rows)
+
+    def duplicate_groups(self) -> dict[int, list[int]]:
+        """``{representative: [members, representative included]}`` for every recorded near-duplicate group."""
+        d = dup_members_table
+        out: dict[int, list[int]] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(sa.select(d.c.item_id, d.c.representative).order_by(d.c.representative, d.c.item_id)):
+                out.setdefault(int(r.representative), []).append(int(r.item_id))
+        return out
 
     def duplicate_map(self) -> dict[int, int]:
         """``{item id: id of the earliest item with the same bytes}`` for every exact duplicate."""
