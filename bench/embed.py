@@ -39,8 +39,9 @@ def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: P
     enc.load()
     # Bare model: decode and preprocess everything first (not timed), then time inference only.
     rows = ws.catalog.get_many(ws.catalog.ids())
-    size = getattr(enc, "input_size", None)
-    draft = (size, size) if size else None
+    from assay.encoders.base import draft_size
+
+    draft = draft_size(enc)
     t0 = time.perf_counter()
     tensors = np.stack([enc.preprocess(decode_image(read_bytes(r.uri), draft_size=draft)) for r in rows])
     decode_s = time.perf_counter() - t0

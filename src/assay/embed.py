@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import ItemRow
-from .encoders.base import Encoder, get_encoder
+from .encoders.base import Encoder, draft_size, get_encoder
 from .errors import DecodeError, InputError, WorkspaceError
 from .media import decode_image, read_bytes
 from .vectors import VectorStore
@@ -200,8 +200,7 @@ def _embed_images(
     ws: Workspace, enc: Encoder, ids: np.ndarray, writer: _ShardWriter, batch_size: int, workers: int | None,
     progress: Callable[[int], None] | None,
 ) -> None:
-    size = getattr(enc, "input_size", None)
-    draft = (int(size), int(size)) if size else None
+    draft = draft_size(enc)
     workers = workers or max(2, os.cpu_count() or 2)
     window = batch_size * 3  # items decoded ahead of inference
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assay-decode") as pool:

@@ -384,8 +384,9 @@ class Searcher:
         if "://" not in p and not Path(p).exists():
             raise NotFoundError(f"query image not found: {p}")
         try:
-            size = getattr(enc, "input_size", None)
-            image = decode_image(read_bytes(p), draft_size=(size, size) if size else None)
+            from .encoders.base import draft_size
+
+            image = decode_image(read_bytes(p), draft_size=draft_size(enc))
         except DecodeError as exc:
             raise InputError(f"query image {p} cannot be used: {exc}") from exc
         return enc.embed_images([image])[0]

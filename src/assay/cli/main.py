@@ -36,6 +36,10 @@ search_cmds.register(app)
 
 
 def main() -> None:
+    import os
+
+    # Model-loading progress bars from Hugging Face libraries would interleave with ours.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app()
 
 

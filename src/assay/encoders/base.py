@@ -33,7 +33,20 @@ __all__ = [
     "get_encoder",
     "encoder_names",
     "l2_normalize",
+    "draft_size",
 ]
+
+
+def draft_size(encoder: object) -> tuple[int, int] | None:
+    """The smallest decode size an image encoder needs, for JPEG draft decoding (``None``: full size).
+
+    Encoders may declare ``draft_size`` (preferred: e.g. 256 for a 224 centre crop of 256) or ``input_size``.
+    """
+    ds = getattr(encoder, "draft_size", None)
+    if ds:
+        return (int(ds[0]), int(ds[1]))
+    size = getattr(encoder, "input_size", None)
+    return (int(size), int(size)) if size else None
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
