@@ -23,7 +23,8 @@ from sqlalchemy.engine import Engine
 
 from .errors import CatalogError, InputError, MissingDependencyError, NotFoundError
 
-__all__ = ["Catalog", "ItemRow", "ITEM_STATUSES", "MODALITIES", "metadata", "items_table", "sources_table", "dup_members_table"]
+__all__ = ["Catalog", "ItemRow", "ITEM_STATUSES", "MODALITIES", "metadata", "items_table", "sources_table", "dup_members_table", "concepts_table",
+           "labels_table", "rounds_table", "proposals_table", "LABEL_SOURCES", "Concept", "RoundRow"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,61 @@ dup_members_table = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Mining: concepts, labels (append-only history with provenance), rounds and their proposed batches.
+concepts_table = sa.Table(
+    "concepts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("text", sa.Text),
+    sa.Column("exemplars", sa.JSON),  # list of item ids
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+LABEL_SOURCES = ("human", "oracle", "import", "pseudo")
+
+labels_table = sa.Table(
+    "labels",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("concept_id", sa.Integer, nullable=False, index=True),
+    sa.Column("item_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("value", sa.SmallInteger, nullable=False),  # 1 positive, 0 negative
+    sa.Column("source", sa.String(8), nullable=False),
+    sa.Column("annotator", sa.String(200)),
+    sa.Column("round_id", sa.Integer),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+rounds_table = sa.Table(
+    "rounds",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("concept_id", sa.Integer, nullable=False, index=True),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("strategy", sa.String(100), nullable=False),
+    sa.Column("params", sa.JSON),
+    sa.Column("encoder", sa.Text),
+    sa.Column("encoder_version", sa.Text),
+    sa.Column("proxy", sa.JSON),  # proxy kind and metrics
+    sa.Column("pool_size", sa.BigInteger),
+    sa.Column("scanned_fraction", sa.Float),
+    sa.Column("seconds", sa.JSON),  # per stage
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("concept_id", "number", name="uq_round_number"),
+)
+
+proposals_table = sa.Table(
+    "proposals",
+    metadata,
+    sa.Column("round_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("item_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("prelabel", sa.Float),  # the proxy's P(positive) when proposed
+    sa.Column("reason", sa.String(32)),  # strategy, seed-query, seed-random ...
+)
+
 kv_table = sa.Table(
     "assay_meta",
     metadata,
@@ -128,7 +184,197 @@ def _redact(url: str) -> str:
         return url
 
 
-class Catalog:
+# ---------------------------------------------------------------------------------------------- mining records
+@dataclass(frozen=True)
+class Concept:
+    id: int
+    name: str
+    text: str | None
+    exemplars: list[int]
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    id: int
+    concept_id: int
+    number: int
+    strategy: str
+    params: dict[str, Any]
+    encoder: str | None
+    encoder_version: str | None
+    proxy: dict[str, Any]
+    pool_size: int | None
+    scanned_fraction: float | None
+    seconds: dict[str, float]
+    created_at: Any
+
+
+def _concept(r: Any) -> Concept:
+    ex = r.exemplars
+    if isinstance(ex, str):  # pragma: no cover
+        ex = json.loads(ex)
+    return Concept(id=int(r.id), name=r.name, text=r.text, exemplars=[int(i) for i in (ex or [])])
+
+
+class _MiningMixin:
+    """Concepts, labels, rounds and proposals (mixed into :class:`Catalog`)."""
+
+    engine: Engine
+
+    # ------------------------------------------------------------------ concepts
+    def add_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] = ()) -> Concept:
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise InputError(f"a concept name must be a non-empty string of at most 200 characters, got {name!r}")
+        if text is not None and not text.strip():
+            raise InputError("the concept's --text must not be empty")
+        t = concepts_table
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(t.c.id).where(t.c.name == name)).first() is not None:
+                raise InputError(f"concept {name!r} exists already")
+            conn.execute(sa.insert(t).values(name=name, text=text, exemplars=[int(i) for i in exemplars], created_at=_now()))
+        return self.concept(name)
+
+    def update_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] | None = None) -> Concept:
+        c = self.concept(name)
+        values: dict[str, Any] = {}
+        if text is not None:
+            values["text"] = text
+        if exemplars is not None:
+            values["exemplars"] = sorted(set(c.exemplars) | {int(i) for i in exemplars})
+        if values:
+            with self.engine.begin() as conn:
+                conn.execute(sa.update(concepts_table).where(concepts_table.c.id == c.id).values(**values))
+        return self.concept(name)
+
+    def concept(self, name: str) -> Concept:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(concepts_table).where(concepts_table.c.name == name)).first()
+        if r is None:
+            known = [c.name for c in self.concepts()]
+            hint = f"; known concepts: {', '.join(known)}" if known else "; create it with `assay concept add NAME`"
+            raise NotFoundError(f"no concept named {name!r}{hint}")
+        return _concept(r)
+
+    def concepts(self) -> list[Concept]:
+        with self.engine.connect() as conn:
+            return [_concept(r) for r in conn.execute(sa.select(concepts_table).order_by(concepts_table.c.id))]
+
+    # ------------------------------------------------------------------ labels
+    def add_labels(
+        self, concept_id: int, item_ids: Sequence[int] | np.ndarray, values: Sequence[int] | np.ndarray, *,
+        source: str, annotator: str | None = None, round_id: int | None = None,
+    ) -> int:
+        """Append label rows (one transaction: all or nothing). Relabelling appends; history is kept."""
+        if source not in LABEL_SOURCES:
+            raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
+        ids = [int(i) for i in item_ids]
+        vals = [int(v) for v in values]
+        if len(ids) != len(vals):
+            raise InputError(f"{len(ids)} item ids but {len(vals)} label values")
+        bad = [v for v in vals if v not in (0, 1)]
+        if bad:
+            raise InputError(f"label values must be 0 (negative) or 1 (positive), got {bad[:5]}")
+        known = set(self.get_ids_existing(ids))
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise NotFoundError(f"{len(unknown)} labelled item ids are not in the catalog, e.g. {unknown[:5]}")
+        now = _now()
+        rows = [
+            {"concept_id": concept_id, "item_id": i, "value": v, "source": source, "annotator": annotator,
+             "round_id": round_id, "created_at": now}
+            for i, v in zip(ids, vals)
+        ]
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), 5000):
+                conn.execute(sa.insert(labels_table), rows[start : start + 5000])
+        return len(rows)
+
+    def get_ids_existing(self, ids: Sequence[int]) -> list[int]:
+        out: list[int] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 900):
+                chunk = list(ids[start : start + 900])
+                out.extend(int(r[0]) for r in conn.execute(sa.select(items_table.c.id).where(items_table.c.id.in_(chunk))))
+        return out
+
+    def current_labels(self, concept_id: int, *, include_pseudo: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The latest label of each item for a concept: ``(ids int64 [n], values int8 [n])``, ids ascending.
+
+        Human, oracle and imported labels count; pseudo-labels only when asked. The latest row wins.
+        """
+        t = labels_table
+        q = sa.select(t.c.item_id, t.c.value, t.c.id).where(t.c.concept_id == concept_id)
+        if not include_pseudo:
+            q = q.where(t.c.source != "pseudo")
+        latest: dict[int, tuple[int, int]] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                prev = latest.get(int(r.item_id))
+                if prev is None or int(r.id) > prev[0]:
+                    latest[int(r.item_id)] = (int(r.id), int(r.value))
+        ids = np.asarray(sorted(latest), dtype=np.int64)
+        vals = np.asarray([latest[i][1] for i in ids.tolist()], dtype=np.int8)
+        return ids, vals
+
+    def label_history(self, concept_id: int, item_id: int | None = None) -> list[dict[str, Any]]:
+        t = labels_table
+        q = sa.select(t).where(t.c.concept_id == concept_id).order_by(t.c.id)
+        if item_id is not None:
+            q = q.where(t.c.item_id == int(item_id))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    # ------------------------------------------------------------------ rounds
+    def add_round(
+        self, concept_id: int, *, strategy: str, params: dict[str, Any], encoder: str | None, encoder_version: str | None,
+        proxy: dict[str, Any], pool_size: int | None, scanned_fraction: float | None, seconds: dict[str, float],
+        proposals: Sequence[dict[str, Any]],
+    ) -> RoundRow:
+        """Record a round and its proposed batch atomically; its number is the concept's next."""
+        r, p = rounds_table, proposals_table
+        with self.engine.begin() as conn:
+            last = conn.execute(sa.select(sa.func.max(r.c.number)).where(r.c.concept_id == concept_id)).scalar()
+            number = int(last or 0) + 1
+            res = conn.execute(
+                sa.insert(r).values(
+                    concept_id=concept_id, number=number, strategy=strategy, params=params, encoder=encoder,
+                    encoder_version=encoder_version, proxy=proxy, pool_size=pool_size,
+                    scanned_fraction=scanned_fraction, seconds=seconds, created_at=_now(),
+                )
+            )
+            round_id = int(res.inserted_primary_key[0])
+            if proposals:
+                conn.execute(sa.insert(p), [{"round_id": round_id, **row} for row in proposals])
+        return self.round(round_id)
+
+    def round(self, round_id: int) -> RoundRow:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(rounds_table).where(rounds_table.c.id == int(round_id))).first()
+        if row is None:
+            raise NotFoundError(f"no round with id {round_id}")
+        return _round(row)
+
+    def rounds(self, concept_id: int) -> list[RoundRow]:
+        r = rounds_table
+        with self.engine.connect() as conn:
+            return [_round(x) for x in conn.execute(sa.select(r).where(r.c.concept_id == concept_id).order_by(r.c.number))]
+
+    def proposals(self, round_id: int) -> list[dict[str, Any]]:
+        p = proposals_table
+        with self.engine.connect() as conn:
+            return [dict(x._mapping) for x in conn.execute(sa.select(p).where(p.c.round_id == int(round_id)).order_by(p.c.rank))]
+
+
+def _round(r: Any) -> RoundRow:
+    return RoundRow(
+        id=int(r.id), concept_id=int(r.concept_id), number=int(r.number), strategy=r.strategy, params=dict(r.params or {}),
+        encoder=r.encoder, encoder_version=r.encoder_version, proxy=dict(r.proxy or {}),
+        pool_size=None if r.pool_size is None else int(r.pool_size), scanned_fraction=r.scanned_fraction,
+        seconds=dict(r.seconds or {}), created_at=r.created_at,
+    )
+
+
+class Catalog(_MiningMixin):
     """The item catalog of one workspace.
 
     Parameters
@@ -481,3 +727,4 @@ class Catalog:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.id, t.c.duplicate_of).where(t.c.duplicate_of.is_not(None))).all()
         return {int(r.id): int(r.duplicate_of) for r in rows}
+

@@ -1,0 +1,217 @@
+"""`assay concept`, `assay mine`, `assay label`, `assay harvest`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import JsonOpt, WorkspaceOpt, errors_to_exit, open_workspace, out, print_json
+
+concept_app = typer.Typer(help="Objects of interest: create and list concepts.", no_args_is_help=True)
+
+
+def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
+    """Item ids for exemplars given as ids, catalog URIs or image files (ingested and embedded if new)."""
+    from ..embed import embed
+    from ..errors import InputError, NotFoundError
+    from ..ingest import ingest
+    from ..media import file_uri
+    from ..search import build_index
+
+    ids: list[int] = []
+    new_files: list[str] = []
+    for v in values:
+        if v.strip().isdigit():
+            ids.append(int(v))
+            continue
+        found = ws.catalog.id_for_uri(v) or ws.catalog.id_for_uri(file_uri(v))
+        if found is not None:
+            ids.append(found)
+        elif Path(v).exists():
+            new_files.append(v)
+        else:
+            raise NotFoundError(f"exemplar {v!r} is neither an item id, a catalog URI nor an existing file")
+    if new_files:
+        rep = ingest(ws.catalog, new_files)
+        if rep.errors:
+            raise InputError(f"exemplar image(s) cannot be used: {rep.error_samples}")
+        ids.extend(ws.catalog.id_for_uri(file_uri(f)) for f in new_files)
+        embed(ws, encoder)
+        build_index(ws, encoder)
+    known = set(ws.catalog.get_ids_existing(ids))
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise NotFoundError(f"exemplar item ids not in the catalog: {missing}")
+    return ids
+
+
+@concept_app.command("add")
+def concept_add(
+    name: Annotated[str, typer.Argument(help="Concept name, e.g. delivery-truck.")],
+    workspace: WorkspaceOpt = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="A text query describing the concept.")] = None,
+    exemplar: Annotated[Optional[list[str]], typer.Option("--exemplar", help="An example: item id, catalog URI or image file (repeatable). Exemplars are recorded as positive labels.")] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Create a concept from a text query and/or exemplar images."""
+    from ..loop import Miner
+
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        ex_ids = _resolve_exemplars(ws, encoder, exemplar or [])
+        c = ws.catalog.add_concept(name, text=text, exemplars=ex_ids)
+        if ex_ids:
+            Miner(ws, name, encoder=encoder).record_labels(ex_ids, [1] * len(ex_ids), source="human", annotator="exemplar")
+        if json_:
+            print_json({"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars})
+        else:
+            out.print(f"concept {c.name!r} (id {c.id}): text={c.text!r}, {len(c.exemplars)} exemplar(s)")
+
+
+@concept_app.command("list")
+def concept_list(workspace: WorkspaceOpt = None, json_: JsonOpt = False) -> None:
+    """List concepts with their label counts."""
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        rows = []
+        for c in ws.catalog.concepts():
+            ids, vals = ws.catalog.current_labels(c.id)
+            rows.append({"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars,
+                         "labels": int(len(ids)), "positives": int((vals == 1).sum()),
+                         "rounds": len(ws.catalog.rounds(c.id))})
+        if json_:
+            print_json({"concepts": rows})
+            return
+        for r in rows:
+            out.print(f"{r['name']}: {r['labels']} labels ({r['positives']} positive), {r['rounds']} rounds; text={r['text']!r}")
+
+
+def mine(
+    name: Annotated[str, typer.Argument(help="Concept name.")],
+    workspace: WorkspaceOpt = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="e.g. seals:entropy, most-likely-positive, k-center, value.")] = "seals:entropy",
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Items to propose.")] = 50,
+    proxy: Annotated[str, typer.Option("--proxy", help="logistic | mlp | ensemble")] = "logistic",
+    seals_k: Annotated[int, typer.Option("--seals-k", min=1, help="Neighbours per labelled item in a SEALS pool.")] = 100,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
+    keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates")] = False,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the batch as CSV (id, uri, score, prelabel) to label.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run one round: train the proxy, build the pool, score, select, and record the proposed batch."""
+    from ..loop import Miner
+
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        row, outcome = Miner(ws, name, encoder=encoder).propose(
+            strategy=strategy, batch=batch, seed=seed, proxy=proxy, seals_k=seals_k, keep_duplicates=keep_duplicates
+        )
+        uris = ws.catalog.uris(outcome.ids)
+        items = [
+            {"id": int(i), "uri": uris.get(int(i), ""), "score": float(s),
+             "prelabel": None if outcome.prelabels is None else float(outcome.prelabels[k]), "reason": outcome.reasons[k]}
+            for k, (i, s) in enumerate(zip(outcome.ids, outcome.scores))
+        ]
+        if out_file is not None:
+            with open(out_file, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=["id", "uri", "score", "prelabel", "label"])
+                w.writeheader()
+                for it in items:
+                    w.writerow({"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""})
+        result = {"round": row.number, "round_id": row.id, "strategy": row.strategy, "cold_start": outcome.cold_start,
+                  "pool_size": row.pool_size, "scanned_fraction": row.scanned_fraction, "proxy": row.proxy,
+                  "seconds": row.seconds, "items": items}
+        if json_:
+            print_json(result)
+            return
+        out.print(
+            f"round {row.number} of {name!r}: {len(items)} items by {row.strategy} from a pool of {row.pool_size} "
+            f"({100 * (row.scanned_fraction or 0):.2f} % of the corpus scanned) in {row.seconds.get('total', 0):.2f} s"
+        )
+        for it in items[:20]:
+            pre = "" if it["prelabel"] is None else f"  p={it['prelabel']:.3f}"
+            out.print(f"{it['id']}  {it['uri']}{pre}  ({it['reason']})")
+        if len(items) > 20:
+            out.print(f"... {len(items) - 20} more" + (f"; all in {out_file}" if out_file else "; use --out FILE or --json"))
+
+
+def label(
+    name: Annotated[str, typer.Argument(help="Concept name.")],
+    file: Annotated[Path, typer.Option("--file", help="CSV/JSONL/Parquet with id or uri, and label (1/0, yes/no, ...).")],
+    workspace: WorkspaceOpt = None,
+    annotator: Annotated[Optional[str], typer.Option("--annotator", help="Who gave these answers.")] = None,
+    source: Annotated[str, typer.Option("--source", help="human | oracle | import")] = "human",
+    json_: JsonOpt = False,
+) -> None:
+    """Record answers for a concept: every row checked first, then all written in one go."""
+    from ..errors import InputError
+    from ..loop import Miner, read_label_file
+
+    with errors_to_exit():
+        if source not in ("human", "oracle", "import"):
+            raise InputError(f"--source must be human, oracle or import, got {source!r}")
+        ws = open_workspace(workspace)
+        miner = Miner(ws, name)
+        _ = miner.concept  # a missing concept fails before the file is read
+        ids, vals = read_label_file(ws, file)
+        n = miner.record_labels(ids, vals, source=source, annotator=annotator)
+        lab, v = ws.catalog.current_labels(miner.concept.id)
+        res = {"recorded": n, "labels": int(len(lab)), "positives": int((v == 1).sum())}
+        if json_:
+            print_json(res)
+        else:
+            out.print(f"recorded {n} labels for {name!r}; it now has {res['labels']} labelled items, {res['positives']} positive")
+
+
+def harvest(
+    name: Annotated[str, typer.Argument(help="Concept name.")],
+    workspace: WorkspaceOpt = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="How many items to harvest.")] = 1000,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the mined set here (.csv or .parquet).")] = None,
+    proxy: Annotated[str, typer.Option("--proxy")] = "logistic",
+    json_: JsonOpt = False,
+) -> None:
+    """Score the corpus with the final model (a maximum-inner-product search on the index) and write the mined set."""
+    from ..loop import Miner
+
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        rows = Miner(ws, name).harvest(top=top, proxy=proxy)
+        if out_file is not None:
+            _write_rows(rows, out_file)
+        if json_:
+            print_json({"items": rows})
+            return
+        out.print(f"harvested {len(rows)} items for {name!r}" + (f" into {out_file}" if out_file else ""))
+        for r in rows[:10]:
+            out.print(f"{r['score']:.4f}  {r['id']}  {r['uri']}" + ("" if r["label"] is None else f"  (labelled {r['label']})"))
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    from ..errors import InputError
+
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.suffix.lower() in (".csv", ""):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "uri", "concept", "score", "label", "method"])
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        raise InputError(f"--out must end in .csv or .parquet, got {path.name}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(concept_app, name="concept")
+    app.command("mine")(mine)
+    app.command("label")(label)
+    app.command("harvest")(harvest)

@@ -1,0 +1,484 @@
+"""The mining loop: one round = train the proxy, build the pool, score, select, record.
+
+Two layers:
+
+* :func:`select_round` is the core of a round, on arrays and functions of ids (no catalog, no files): it
+  fits the proxy on the labels, builds a :class:`~assay.select.strategies.SelectionContext` and runs the
+  strategy, or, on a cold start (a class missing from the labels), seeds the batch from query hits (text,
+  exemplars, known positives) mixed with random items. The simulator (:mod:`assay.simulate`) calls it
+  directly on in-memory arrays.
+* :class:`Miner` is the shell over a workspace: it reads the concept's labels from the catalog, wires the
+  vector store and the FAISS index in, calls :func:`select_round`, and records the round and its proposed
+  batch with provenance (strategy and parameters, encoder and version, proxy metrics, pool size, fraction of
+  the corpus scanned, seconds per stage).
+
+Labels come back through :func:`read_label_file` / :meth:`Miner.record_labels` (durable rows with source,
+annotator, round and time; relabelling appends, so history is kept). :meth:`Miner.harvest` scores the whole
+corpus with the final model through a maximum-inner-product search on the index.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EmptyPoolError, InputError, NotFoundError
+from .workspace import Workspace
+
+__all__ = [
+    "RoundOutcome",
+    "select_round",
+    "make_proxy",
+    "Miner",
+    "parse_label_value",
+    "read_label_file",
+    "PROXIES",
+]
+
+log = logging.getLogger(__name__)
+
+PROXIES = ("logistic", "mlp", "ensemble")
+_POSITIVE = {"1", "1.0", "yes", "y", "true", "t", "pos", "positive", "+"}
+_NEGATIVE = {"0", "0.0", "no", "n", "false", "f", "neg", "negative", "-"}
+
+
+@dataclass
+class RoundOutcome:
+    """What one round proposed, and how."""
+
+    ids: np.ndarray  # [n] int64, in proposal order
+    scores: np.ndarray  # [n] float64, the strategy's score (query similarity on a cold start)
+    prelabels: np.ndarray | None  # [n] P(positive) from the proxy, None on a cold start
+    reasons: list[str]  # per item: "strategy", "seed-query", "seed-random"
+    strategy: str
+    cold_start: bool
+    pool_size: int
+    scanned: int
+    corpus_size: int
+    proxy: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    model: Any = None  # the fitted proxy, when there was one
+
+    @property
+    def scanned_fraction(self) -> float:
+        return self.scanned / self.corpus_size if self.corpus_size else 0.0
+
+
+def make_proxy(kind: str = "logistic", *, seed: int = 0, **params: Any):
+    """A proxy model on embeddings by name: ``logistic`` (class-weighted, calibrated), ``mlp``, ``ensemble``."""
+    from . import learn
+
+    if kind == "logistic":
+        return learn.LogisticProxy(random_state=seed, **params)
+    if kind == "mlp":
+        return learn.MLPProxy(random_state=seed, **params)
+    if kind == "ensemble":
+        return learn.BootstrapEnsemble(random_state=seed, **params)
+    from .errors import UnknownNameError
+
+    raise UnknownNameError("proxy", kind, PROXIES)
+
+
+def _check_batch(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise InputError(f"batch must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def select_round(
+    *,
+    strategy: Any,
+    n: int,
+    rng: np.random.Generator,
+    corpus_ids: np.ndarray,
+    vectors: Callable[[np.ndarray], np.ndarray],
+    labelled_ids: np.ndarray,
+    labels: np.ndarray,
+    neighbors: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None,
+    excluded_ids: np.ndarray | None = None,
+    query_vectors: np.ndarray | None = None,
+    seed_hits: Sequence[np.ndarray] = (),
+    proxy: str = "logistic",
+    random_fraction: float = 0.2,
+    seed: int = 0,
+) -> RoundOutcome:
+    """Propose ``n`` items to label next.
+
+    Parameters
+    ----------
+    strategy : Strategy or str
+        A strategy from :func:`assay.select.strategies.get_strategy` (a SEALS strategy keeps its pool
+        between calls and grows it from newly labelled items only), or its name.
+    corpus_ids : int64 [N]
+        Every candidate item (embedded, ok, not held out).
+    vectors : ids [m] -> [m, dim]
+        Embedding lookup.
+    labelled_ids, labels : [L] int64, [L] in {0, 1}
+        The current labels.
+    neighbors : (ids, k) -> (sims, ids), optional
+        Index search, needed by ``seals:`` strategies.
+    excluded_ids : int64, optional
+        Never proposed: non-representative duplicates, items pending in another batch, held-out items.
+    query_vectors : [q, dim], optional
+        Exemplar embeddings, for relevance-based strategies.
+    seed_hits : sequence of int64 arrays
+        Ranked candidate lists for a cold start (from text queries, exemplars, known positives).
+    proxy : "logistic" | "mlp" | "ensemble"
+    random_fraction : float in [0, 1]
+        Share of a cold-start batch drawn at random (exploration).
+    """
+    from .select.strategies import SelectionContext, get_strategy
+
+    n = _check_batch(n)
+    if not 0.0 <= random_fraction <= 1.0:
+        raise InputError(f"random_fraction must be in [0, 1], got {random_fraction}")
+    strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    corpus_ids = np.asarray(corpus_ids, dtype=np.int64)
+    labelled_ids = np.asarray(labelled_ids, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int8)
+    if len(labelled_ids) != len(labels):
+        raise InputError(f"{len(labelled_ids)} labelled ids but {len(labels)} labels")
+    excluded = np.asarray(excluded_ids if excluded_ids is not None else [], dtype=np.int64)
+    timings: dict[str, float] = {}
+    n_pos = int((labels == 1).sum())
+    n_neg = int((labels == 0).sum())
+
+    if n_pos == 0 or n_neg == 0:
+        t0 = time.perf_counter()
+        out = _cold_start(n, rng, corpus_ids, labelled_ids, excluded, seed_hits, random_fraction, strat.name)
+        out.seconds = {"select": time.perf_counter() - t0}
+        out.proxy = {"kind": None, "n_positive": n_pos, "n_negative": n_neg,
+                     "note": "cold start: the labels lack a class, so the batch is seeded from queries and random items"}
+        return out
+
+    t0 = time.perf_counter()
+    X = np.asarray(vectors(labelled_ids), dtype=np.float32)  # [L, dim]
+    model = make_proxy(proxy, seed=seed).fit(X, labels)
+    from .learn import ensemble_proba_fn, proba_fn
+
+    ensemble = None
+    if strat.name.rpartition(":")[2] == "disagreement":
+        from .learn import BootstrapEnsemble
+
+        ensemble = model if isinstance(model, BootstrapEnsemble) else BootstrapEnsemble(random_state=seed).fit(X, labels)
+    timings["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    is_seals = strat.name.startswith("seals:")
+    pool = None
+    if not is_seals:
+        pool = corpus_ids[~np.isin(corpus_ids, labelled_ids)]
+        pool = pool[~np.isin(pool, excluded)]
+        if len(pool) == 0:
+            raise EmptyPoolError("every candidate item is labelled or excluded; there is nothing left to propose")
+    ctx = SelectionContext(
+        pool_ids=pool,
+        vectors=vectors,
+        proba=proba_fn(model, vectors),
+        ensemble_proba=ensemble_proba_fn(ensemble, vectors) if ensemble is not None else None,
+        labelled_ids=labelled_ids,
+        labelled_vectors=X,
+        query_vectors=query_vectors,
+        neighbors=neighbors,
+        non_representative=excluded if len(excluded) else None,
+        corpus_size=len(corpus_ids),
+    )
+    timings["pool"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sel = strat.select(ctx, n, rng)
+    timings["select"] = time.perf_counter() - t0
+    prelabels = model.predict_proba(np.asarray(vectors(sel.ids), dtype=np.float32)) if len(sel.ids) else np.zeros(0)
+    return RoundOutcome(
+        ids=sel.ids, scores=np.asarray(sel.scores, dtype=np.float64), prelabels=np.asarray(prelabels, dtype=np.float64),
+        reasons=["strategy"] * len(sel.ids), strategy=strat.name, cold_start=False, pool_size=int(sel.pool_size),
+        scanned=int(sel.scanned), corpus_size=len(corpus_ids),
+        proxy={"kind": proxy, "n_positive": n_pos, "n_negative": n_neg,
+               "calibration": getattr(model, "calibration_", None)},
+        seconds=timings, model=model,
+    )
+
+
+def _cold_start(n, rng, corpus_ids, labelled_ids, excluded, seed_hits, random_fraction, name) -> RoundOutcome:
+    blocked = set(labelled_ids.tolist()) | set(excluded.tolist())
+    allowed = set(corpus_ids.tolist())
+    n_query = n if not seed_hits else int(round(n * (1.0 - random_fraction)))
+    chosen: list[int] = []
+    reasons: list[str] = []
+    scores: list[float] = []
+    # Round-robin over the ranked hit lists, so that every query contributes.
+    lists = [list(np.asarray(h, dtype=np.int64)) for h in seed_hits if len(h)]
+    pos = [0] * len(lists)
+    seen: set[int] = set()
+    while lists and len(chosen) < n_query and any(p < len(lst) for p, lst in zip(pos, lists)):
+        for j, lst in enumerate(lists):
+            while pos[j] < len(lst):
+                cand = int(lst[pos[j]])
+                pos[j] += 1
+                if cand in blocked or cand in seen or cand not in allowed:
+                    continue
+                seen.add(cand)
+                chosen.append(cand)
+                reasons.append("seed-query")
+                scores.append(1.0 - (pos[j] - 1) / max(len(lst), 1))
+                break
+            if len(chosen) >= n_query:
+                break
+    rest = corpus_ids[~np.isin(corpus_ids, np.asarray(sorted(blocked | seen), dtype=np.int64))]
+    k = min(n - len(chosen), len(rest))
+    if k > 0:
+        extra = rng.choice(rest, size=k, replace=False)
+        chosen.extend(int(i) for i in extra)
+        reasons.extend(["seed-random"] * k)
+        scores.extend([0.0] * k)
+    if not chosen:
+        raise EmptyPoolError("every candidate item is labelled or excluded; there is nothing left to propose")
+    return RoundOutcome(
+        ids=np.asarray(chosen, dtype=np.int64), scores=np.asarray(scores), prelabels=None, reasons=reasons,
+        strategy=f"cold-start({name})", cold_start=True, pool_size=len(rest) + len(seen),
+        scanned=len(seen), corpus_size=len(corpus_ids),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def parse_label_value(value: Any) -> int:
+    """Map a label cell to 1 (positive) or 0 (negative); anything else raises InputError."""
+    s = str(value).strip().lower()
+    if s in _POSITIVE:
+        return 1
+    if s in _NEGATIVE:
+        return 0
+    raise InputError(f"label must be one of 1/0, yes/no, true/false, positive/negative; got {value!r}")
+
+
+def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``id`` or ``uri`` + ``label`` rows (CSV, JSONL or Parquet); validate every row before returning.
+
+    Unknown ids or uris and values outside the allowed set raise :class:`InputError` naming the row.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise NotFoundError(f"labels file not found: {p}")
+    if p.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        records = pq.read_table(p).to_pylist()
+    elif p.suffix.lower() in (".jsonl", ".ndjson"):
+        records = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{p} line {n}: not JSON: {exc}") from exc
+    else:
+        with open(p, newline="", encoding="utf-8") as f:
+            records = list(csv.DictReader(f))
+    if not records:
+        raise InputError(f"{p} holds no label rows")
+    cols = set(records[0])
+    if "label" not in cols or not ({"id", "uri"} & cols):
+        raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
+    ids = np.empty(len(records), dtype=np.int64)
+    vals = np.empty(len(records), dtype=np.int8)
+    cat = ws.catalog
+    for n, rec in enumerate(records, 1):
+        where = f"{p} row {n}"
+        try:
+            vals[n - 1] = parse_label_value(rec.get("label"))
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        raw_id = rec.get("id")
+        if raw_id not in (None, ""):
+            try:
+                ids[n - 1] = int(raw_id)
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: id must be an integer, got {raw_id!r}") from None
+        else:
+            uri = rec.get("uri")
+            item = cat.id_for_uri(str(uri)) if uri else None
+            if item is None:
+                raise InputError(f"{where}: uri {uri!r} is not in the catalog")
+            ids[n - 1] = item
+    known = set(cat.get_ids_existing(ids.tolist()))
+    for n, i in enumerate(ids.tolist(), 1):
+        if i not in known:
+            raise InputError(f"{p} row {n}: item id {i} is not in the catalog")
+    return ids, vals
+
+
+# ---------------------------------------------------------------------------------------------- the shell
+class Miner:
+    """Mining rounds for one concept in a workspace."""
+
+    def __init__(self, ws: Workspace, concept: str, *, encoder: str | None = None) -> None:
+        self.ws = ws
+        self.concept_name = concept
+        self.encoder_name = encoder or ws.default_encoder
+
+    @property
+    def concept(self):
+        return self.ws.catalog.concept(self.concept_name)
+
+    def _searcher(self):
+        from .search import Searcher
+
+        return Searcher(self.ws, self.encoder_name)
+
+    def _corpus(self, searcher) -> np.ndarray:
+        return np.sort(searcher.index().ids)
+
+    def _pending(self, concept_id: int, labelled: np.ndarray) -> np.ndarray:
+        """Items proposed in this concept's rounds and not labelled yet (not proposed twice)."""
+        pending: list[int] = []
+        for r in self.ws.catalog.rounds(concept_id)[-3:]:
+            pending.extend(int(p["item_id"]) for p in self.ws.catalog.proposals(r.id))
+        arr = np.asarray(sorted(set(pending)), dtype=np.int64)
+        return arr[~np.isin(arr, labelled)]
+
+    def propose(
+        self, *, strategy: str = "seals:entropy", batch: int = 50, seed: int | None = None, proxy: str = "logistic",
+        random_fraction: float = 0.2, seals_k: int = 100, keep_duplicates: bool = False,
+    ) -> tuple[Any, RoundOutcome]:
+        """Run one round and record it; returns ``(round row, outcome)``."""
+        from .select.strategies import get_strategy
+
+        t_all = time.perf_counter()
+        batch = _check_batch(batch)
+        concept = self.concept
+        cat = self.ws.catalog
+        strat = get_strategy(strategy, pool_params={"k": seals_k} if strategy.startswith("seals:") else None)
+        searcher = self._searcher()
+        store = searcher.store
+        t0 = time.perf_counter()
+        corpus = self._corpus(searcher)
+        labelled, labels = cat.current_labels(concept.id)
+        labelled_in = np.isin(labelled, corpus)
+        excluded = self._pending(concept.id, labelled)
+        if not keep_duplicates:
+            excluded = np.union1d(excluded, cat.non_representative_ids())
+        round_no = len(cat.rounds(concept.id)) + 1
+        rng = np.random.default_rng(seed if seed is not None else [concept.id, round_no])
+        seed_hits = self._seed_hits(searcher, concept, labelled[labels == 1], batch) if (labels == 1).sum() == 0 or (labels == 0).sum() == 0 else []
+        query_vectors = store.get(concept.exemplars) if concept.exemplars else None
+        t_setup = time.perf_counter() - t0
+
+        def vectors(ids: np.ndarray) -> np.ndarray:
+            return store.get(ids, dtype=np.float32)
+
+        out = select_round(
+            strategy=strat, n=batch, rng=rng, corpus_ids=corpus, vectors=vectors,
+            labelled_ids=labelled[labelled_in], labels=labels[labelled_in], neighbors=searcher.neighbors,
+            excluded_ids=excluded, query_vectors=query_vectors, seed_hits=seed_hits, proxy=proxy,
+            random_fraction=random_fraction, seed=round_no,
+        )
+        out.seconds["setup"] = t_setup
+        proposals = [
+            {"item_id": int(i), "rank": r, "score": float(s),
+             "prelabel": None if out.prelabels is None else float(out.prelabels[r]), "reason": out.reasons[r]}
+            for r, (i, s) in enumerate(zip(out.ids, out.scores))
+        ]
+        out.seconds["total"] = time.perf_counter() - t_all
+        meta = store.meta()
+        row = cat.add_round(
+            concept.id, strategy=out.strategy,
+            params={"batch": batch, "proxy": proxy, "seals_k": seals_k, "random_fraction": random_fraction,
+                    "seed": seed, "keep_duplicates": keep_duplicates},
+            encoder=self.encoder_name, encoder_version=meta["version"], proxy=out.proxy, pool_size=out.pool_size,
+            scanned_fraction=out.scanned_fraction, seconds={k: round(v, 4) for k, v in out.seconds.items()},
+            proposals=proposals,
+        )
+        return row, out
+
+    def _seed_hits(self, searcher, concept, positives: np.ndarray, batch: int) -> list[np.ndarray]:
+        k = max(batch * 4, 50)
+        hits: list[np.ndarray] = []
+        if concept.text:
+            try:
+                hits.extend(np.asarray([h.id for h in row], dtype=np.int64) for row in searcher.search_texts([concept.text], k=k))
+            except InputError as exc:
+                log.warning("text seeding skipped: %s", exc)
+        seeds = list(concept.exemplars) + [int(i) for i in positives]
+        if seeds:
+            hits.extend(np.asarray([h.id for h in row], dtype=np.int64) for row in searcher.search_items(seeds, k=k))
+        return hits
+
+    def record_labels(
+        self, ids: np.ndarray, values: np.ndarray, *, source: str = "human", annotator: str | None = None
+    ) -> int:
+        """Append labels; each is attached to the latest round of this concept that proposed its item."""
+        concept = self.concept
+        cat = self.ws.catalog
+        round_of: dict[int, int] = {}
+        for r in cat.rounds(concept.id):
+            for p in cat.proposals(r.id):
+                round_of[int(p["item_id"])] = r.id
+        ids = np.asarray(ids, dtype=np.int64)
+        values = np.asarray(values)
+        n = 0
+        groups: dict[int | None, list[int]] = {}
+        for k, i in enumerate(ids.tolist()):
+            groups.setdefault(round_of.get(i), []).append(k)
+        # One transaction per round group keeps provenance; validation happens before any write.
+        known = set(cat.get_ids_existing(ids.tolist()))
+        unknown = [i for i in ids.tolist() if i not in known]
+        if unknown:
+            raise NotFoundError(f"{len(unknown)} item ids are not in the catalog, e.g. {unknown[:5]}")
+        for v in values.tolist():
+            if int(v) not in (0, 1):
+                raise InputError(f"label values must be 0 or 1, got {v!r}")
+        for round_id, idx in groups.items():
+            n += cat.add_labels(concept.id, ids[idx], values[idx], source=source, annotator=annotator, round_id=round_id)
+        return n
+
+    def harvest(self, *, top: int = 1000, proxy: str = "logistic", keep_duplicates: bool = False) -> list[dict[str, Any]]:
+        """Score the corpus with a model trained on every label and return the ``top`` items, best first.
+
+        For the linear proxy the ranking is a maximum-inner-product search on the FAISS index with the
+        model's weight vector (the index holds unit vectors, and ``P = sigmoid(w.x + b)`` is monotone in
+        ``w.x``), so nothing scans the corpus; the probabilities of the hits are then computed exactly.
+        """
+        if isinstance(top, bool) or not isinstance(top, int) or top <= 0:
+            raise InputError(f"top must be a positive integer, got {top!r}")
+        concept = self.concept
+        cat = self.ws.catalog
+        labelled, labels = cat.current_labels(concept.id)
+        if (labels == 1).sum() == 0 or (labels == 0).sum() == 0:
+            raise InputError(
+                f"concept {concept.name!r} needs at least one positive and one negative label to harvest "
+                f"(has {(labels == 1).sum()} positive, {(labels == 0).sum()} negative)"
+            )
+        searcher = self._searcher()
+        store = searcher.store
+        model = make_proxy(proxy).fit(store.get(labelled), labels)
+        if proxy == "logistic" and not searcher.index().metadata.get("pca"):
+            w, _b = model.linear_weights()
+            q = np.asarray(w, dtype=np.float32)
+            q /= max(float(np.linalg.norm(q)), 1e-12)
+            _, ids = searcher.search_vectors(q, top, keep_duplicates=keep_duplicates)
+            ids = ids[0][ids[0] >= 0]
+            method = "mips"
+        else:  # a non-linear proxy (or PCA-reduced index): a blockwise scan of the store
+            corpus = self._corpus(searcher)
+            if not keep_duplicates:
+                corpus = corpus[~np.isin(corpus, cat.non_representative_ids())]
+            scores = np.concatenate([model.predict_proba(store.get(corpus[s : s + 65536])) for s in range(0, len(corpus), 65536)])
+            ids = corpus[np.argsort(-scores, kind="stable")[:top]]
+            method = "scan"
+        probs = model.predict_proba(store.get(ids)) if len(ids) else np.zeros(0)
+        order = np.argsort(-probs, kind="stable")
+        ids, probs = ids[order], probs[order]
+        label_of = dict(zip(labelled.tolist(), labels.tolist()))
+        uris = cat.uris(ids)
+        return [
+            {"id": int(i), "uri": uris.get(int(i), ""), "concept": concept.name, "score": float(p),
+             "label": label_of.get(int(i)), "method": method}
+            for i, p in zip(ids.tolist(), probs.tolist())
+        ]

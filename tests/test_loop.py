@@ -1,0 +1,189 @@
+"""Concepts, rounds, labels and harvest through a workspace (assay.loop and the CLI)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import fake_encoder  # noqa: F401
+from assay import Workspace, embed, ingest
+from assay.cli.main import app
+from assay.errors import EmptyPoolError, InputError, NotFoundError, UnknownNameError
+from assay.loop import Miner, parse_label_value, read_label_file, select_round
+from assay.search import build_index
+
+runner = CliRunner()
+
+
+def _colour_corpus(folder, n_red=12, n_other=60, seed=0):
+    """Red images (the concept) among images of other colours; the test encoder sees mean colours."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    rows = ["uri,label"]
+    for i in range(n_red + n_other):
+        red = i < n_red
+        base = np.array([220, 20, 20]) if red else rng.integers(0, 256, 3) * np.array([0.3, 1, 1])
+        arr = np.clip(base + rng.normal(0, 12, (16, 16, 3)), 0, 255).astype(np.uint8)
+        name = f"{'red' if red else 'other'}_{i:03d}.png"
+        Image.fromarray(arr).save(folder / name)
+        rows.append(f"{name},{'red' if red else 'other'}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    ingest(w.catalog, [_colour_corpus(tmp_path / "imgs")])
+    embed(w)
+    build_index(w, kind="flat")
+    yield w
+    w.close()
+
+
+def _truth(ws):
+    return {r.id: int(r.meta["label"] == "red") for r in ws.catalog.get_many(ws.catalog.ids())}
+
+
+def test_cold_start_then_rounds_with_provenance(ws):
+    ws.catalog.add_concept("red", text="red red red")
+    m = Miner(ws, "red")
+    row, out = m.propose(strategy="seals:entropy", batch=10, seed=1)
+    assert out.cold_start and row.number == 1 and len(out.ids) == 10
+    assert set(out.reasons) <= {"seed-query", "seed-random"} and "seed-random" in out.reasons
+    truth = _truth(ws)
+    m.record_labels(out.ids, [truth[int(i)] for i in out.ids], source="oracle", annotator="sim")
+    row2, out2 = m.propose(strategy="seals:entropy", batch=10, seed=1)
+    assert row2.number == 2
+    labelled, _ = ws.catalog.current_labels(m.concept.id)
+    if not out2.cold_start:
+        assert out2.prelabels is not None and out2.scanned_fraction <= 1.0
+    assert not set(out2.ids.tolist()) & set(labelled.tolist())  # never proposes labelled items
+    assert not set(out2.ids.tolist()) & set(out.ids.tolist())
+    r = ws.catalog.round(row2.id)
+    assert r.encoder == "test-mean-color" and r.encoder_version == "1"
+    assert r.params["batch"] == 10 and "total" in r.seconds and r.pool_size > 0
+    props = ws.catalog.proposals(row2.id)
+    assert [p["item_id"] for p in props] == out2.ids.tolist()
+    hist = ws.catalog.label_history(m.concept.id)
+    assert all(h["round_id"] == row.id and h["source"] == "oracle" and h["annotator"] == "sim" for h in hist)
+
+
+def test_loop_finds_the_red_images(ws):
+    truth = _truth(ws)
+    red0 = min(i for i, t in truth.items() if t)
+    ws.catalog.add_concept("red", exemplars=[red0])
+    m = Miner(ws, "red")
+    m.record_labels([red0], [1], annotator="exemplar")
+    for _ in range(4):
+        _, out = m.propose(strategy="most-likely-positive", batch=8, seed=0)
+        m.record_labels(out.ids, [truth[int(i)] for i in out.ids], source="oracle")
+    ids, vals = ws.catalog.current_labels(m.concept.id)
+    assert vals.sum() >= 10  # of 12 red images, with 32 labels out of 72
+    top = m.harvest(top=12)
+    assert sum(truth[r["id"]] for r in top) >= 10
+    assert all(a["score"] >= b["score"] for a, b in zip(top, top[1:]))
+    assert top[0]["method"] == "mips"
+
+
+def test_relabelling_keeps_history_and_latest_wins(ws):
+    c = ws.catalog.add_concept("red")
+    i = int(ws.catalog.ids()[0])
+    m = Miner(ws, "red")
+    m.record_labels([i], [1], annotator="ann")
+    m.record_labels([i], [0], annotator="bob")
+    ids, vals = ws.catalog.current_labels(c.id)
+    assert ids.tolist() == [i] and vals.tolist() == [0]
+    assert [h["annotator"] for h in ws.catalog.label_history(c.id, i)] == ["ann", "bob"]
+    ws.catalog.add_labels(c.id, [i], [1], source="pseudo")
+    assert ws.catalog.current_labels(c.id)[1].tolist() == [0]
+    assert ws.catalog.current_labels(c.id, include_pseudo=True)[1].tolist() == [1]
+
+
+def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):
+    c = ws.catalog.add_concept("red")
+    ids = ws.catalog.ids()
+    uri0 = ws.catalog.get(int(ids[0])).uri
+    good = tmp_path / "good.csv"
+    good.write_text(f"id,label\n{ids[1]},yes\n{ids[2]},0\n")
+    got_ids, got_vals = read_label_file(ws, good)
+    assert got_ids.tolist() == [ids[1], ids[2]] and got_vals.tolist() == [1, 0]
+    by_uri = tmp_path / "uri.csv"
+    by_uri.write_text(f"uri,label\n{uri0},positive\n")
+    assert read_label_file(ws, by_uri)[0].tolist() == [ids[0]]
+    bad_value = tmp_path / "v.csv"
+    bad_value.write_text(f"id,label\n{ids[1]},1\n{ids[2]},maybe\n")
+    with pytest.raises(InputError, match="row 2: label must be"):
+        read_label_file(ws, bad_value)
+    unknown = tmp_path / "u.csv"
+    unknown.write_text(f"id,label\n{ids[1]},1\n99999,0\n")
+    with pytest.raises(InputError, match="row 2: item id 99999"):
+        read_label_file(ws, unknown)
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(unknown)])
+    assert r.exit_code == 2 and "99999" in r.output
+    assert len(ws.catalog.label_history(c.id)) == 0  # nothing half-written
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "nope", "--file", str(good)])
+    assert r.exit_code == 2 and "no concept named 'nope'" in r.output
+    with pytest.raises(InputError):
+        parse_label_value("2")
+
+
+def test_cli_concept_mine_label_harvest(ws, tmp_path):
+    root = str(ws.root)
+    img = sorted((tmp_path / "imgs").glob("red_*.png"))[0]
+    r = runner.invoke(app, ["-w", root, "concept", "add", "red", "--text", "red things", "--exemplar", str(img)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["-w", root, "concept", "list", "--json"])
+    c = json.loads(r.stdout)["concepts"][0]
+    assert c["name"] == "red" and c["positives"] == 1 and len(c["exemplars"]) == 1
+    r = runner.invoke(app, ["-w", root, "mine", "red", "--batch", "6", "--strategy", "most-likely-positive", "--json",
+                            "--out", str(tmp_path / "batch.csv")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["round"] == 1 and len(res["items"]) == 6
+    truth = _truth(ws)
+    answers = tmp_path / "answers.csv"
+    answers.write_text("id,label\n" + "".join(f"{it['id']},{truth[it['id']]}\n" for it in res["items"]))
+    r = runner.invoke(app, ["-w", root, "label", "red", "--file", str(answers), "--annotator", "me", "--json"])
+    assert json.loads(r.stdout)["recorded"] == 6
+    r = runner.invoke(app, ["-w", root, "harvest", "red", "--top", "5", "--out", str(tmp_path / "mined.csv")])
+    assert r.exit_code == 0, r.output
+    lines = (tmp_path / "mined.csv").read_text().splitlines()
+    assert lines[0].startswith("id,uri,concept,score,label") and len(lines) == 6
+    r = runner.invoke(app, ["-w", root, "mine", "red", "--strategy", "nope"])
+    assert r.exit_code == 2 and "expected one of" in r.output
+    r = runner.invoke(app, ["-w", root, "mine", "ghost"])
+    assert r.exit_code == 2 and "no concept named" in r.output
+
+
+def test_select_round_core_bad_input_and_exhaustion():
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(20, 4)).astype(np.float32)
+    lookup = lambda ids: vecs[ids]  # noqa: E731
+    ids = np.arange(20, dtype=np.int64)
+    with pytest.raises(InputError, match="batch must be a positive integer"):
+        select_round(strategy="entropy", n=0, rng=rng, corpus_ids=ids, vectors=lookup, labelled_ids=ids[:0], labels=[])
+    with pytest.raises(UnknownNameError):
+        select_round(strategy="bogus", n=2, rng=rng, corpus_ids=ids, vectors=lookup, labelled_ids=ids[:0], labels=[])
+    out = select_round(strategy="entropy", n=5, rng=rng, corpus_ids=ids, vectors=lookup, labelled_ids=ids[:0], labels=[])
+    assert out.cold_start and len(out.ids) == 5 and set(out.reasons) == {"seed-random"}
+    with pytest.raises(EmptyPoolError):
+        select_round(strategy="entropy", n=5, rng=rng, corpus_ids=ids, vectors=lookup,
+                     labelled_ids=ids, labels=np.r_[np.ones(10), np.zeros(10)])
+    # One class only: a cold start seeded by the given hit list.
+    out = select_round(strategy="entropy", n=4, rng=rng, corpus_ids=ids, vectors=lookup, labelled_ids=ids[:2],
+                       labels=[0, 0], seed_hits=[np.array([5, 1, 6, 7, 8])], random_fraction=0.25)
+    assert out.ids[:3].tolist() == [5, 6, 7] and out.reasons.count("seed-random") == 1
+
+
+def test_harvest_needs_both_classes(ws):
+    ws.catalog.add_concept("red")
+    m = Miner(ws, "red")
+    with pytest.raises(InputError, match="at least one positive and one negative"):
+        m.harvest(top=5)
+    with pytest.raises(NotFoundError):
+        Miner(ws, "ghost").harvest(top=5)
