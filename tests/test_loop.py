@@ -115,6 +115,9 @@ def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):
     by_uri = tmp_path / "uri.csv"
     by_uri.write_text(f"uri,label\n{uri0},positive\n")
     assert read_label_file(ws, by_uri)[0].tolist() == [ids[0]]
+    partial = tmp_path / "partial.csv"
+    partial.write_text(f"id,label\n{ids[1]},1\n{ids[2]},\n{ids[3]},no\n")
+    assert read_label_file(ws, partial)[0].tolist() == [ids[1], ids[3]]
     bad_value = tmp_path / "v.csv"
     bad_value.write_text(f"id,label\n{ids[1]},1\n{ids[2]},maybe\n")
     with pytest.raises(InputError, match="row 2: label must be"):

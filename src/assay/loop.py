@@ -286,19 +286,25 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
     cols = set(records[0])
     if "label" not in cols or not ({"id", "uri"} & cols):
         raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
-    ids = np.empty(len(records), dtype=np.int64)
-    vals = np.empty(len(records), dtype=np.int8)
+    # Rows left blank (a batch file not fully labelled yet) are skipped, not errors.
+    numbered = [(n, rec) for n, rec in enumerate(records, 1) if str(rec.get("label") or "").strip() != ""]
+    if not numbered:
+        raise InputError(f"{p}: every label cell is empty; fill the label column (1/0, yes/no) first")
+    if len(numbered) < len(records):
+        log.warning("%s: %d rows with an empty label skipped", p, len(records) - len(numbered))
+    ids = np.empty(len(numbered), dtype=np.int64)
+    vals = np.empty(len(numbered), dtype=np.int8)
     cat = ws.catalog
-    for n, rec in enumerate(records, 1):
+    for k, (n, rec) in enumerate(numbered):
         where = f"{p} row {n}"
         try:
-            vals[n - 1] = parse_label_value(rec.get("label"))
+            vals[k] = parse_label_value(rec.get("label"))
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
         raw_id = rec.get("id")
         if raw_id not in (None, ""):
             try:
-                ids[n - 1] = int(raw_id)
+                ids[k] = int(raw_id)
             except (TypeError, ValueError):
                 raise InputError(f"{where}: id must be an integer, got {raw_id!r}") from None
         else:
@@ -306,9 +312,9 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
             item = cat.id_for_uri(str(uri)) if uri else None
             if item is None:
                 raise InputError(f"{where}: uri {uri!r} is not in the catalog")
-            ids[n - 1] = item
+            ids[k] = item
     known = set(cat.get_ids_existing(ids.tolist()))
-    for n, i in enumerate(ids.tolist(), 1):
+    for (n, _), i in zip(numbered, ids.tolist()):
         if i not in known:
             raise InputError(f"{p} row {n}: item id {i} is not in the catalog")
     return ids, vals
