@@ -172,3 +172,24 @@ def test_fsspec_file_urls(cat, tmp_path):
     write_images(tmp_path / "f", 2)
     rep = ingest(cat, [f"file://{tmp_path / 'f'}"])
     assert rep.new == 2 and cat.count()["ok"] == 2
+
+
+def test_fsspec_remote_prefix_and_manifest(cat, tmp_path):
+    """A non-local fsspec filesystem (memory://) goes through the same listing and reading path as s3://."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    paths = write_images(tmp_path / "src", 3)
+    for p in paths:
+        fs.pipe(f"/bucket/photos/{p.name}", p.read_bytes())
+    fs.pipe("/bucket/photos/readme.txt", b"not an image")
+    rep = ingest(cat, ["memory://bucket/photos"])
+    assert rep.new == 3 and rep.errors == 0 and rep.skipped_files == 1
+    uris = sorted(r.uri for r in cat.get_many(cat.ids()))
+    assert uris == [f"memory:///bucket/photos/{p.name}" for p in paths]
+    # A manifest on the remote filesystem: absolute URIs are kept, so a known one adds nothing.
+    fs.pipe("/bucket/m.csv", b"uri,label\nmemory:///bucket/photos/img_001.png,b\n")
+    rep = ingest(cat, ["memory:///bucket/m.csv"])
+    assert rep.seen == 1 and rep.new == 0 and rep.already_present == 1
+    with pytest.raises(NotFoundError):
+        ingest(cat, ["memory://bucket/nothing-here"])
