@@ -221,7 +221,12 @@ def k_center_greedy(
         Selected ids in pick order. Ties in the farthest distance go to the earlier pool position.
     """
     positions, _ = _k_center_positions(
-        ids, vectors, n, labelled_vectors=labelled_vectors, rng=rng, block_size=block_size,
+        ids,
+        vectors,
+        n,
+        labelled_vectors=labelled_vectors,
+        rng=rng,
+        block_size=block_size,
         cache_bytes=cache_bytes,
     )
     return np.asarray(ids, dtype=np.int64)[positions]
@@ -246,7 +251,13 @@ def _k_center_positions(ids, vectors, n, *, labelled_vectors, rng, block_size, c
 
 
 def _kmeans_assign(
-    vectors: Any, k: int, rng: np.random.Generator, niter: int, block_size: int, max_points_per_centroid: int
+    vectors: Any,
+    k: int,
+    rng: np.random.Generator,
+    niter: int,
+    block_size: int,
+    max_points_per_centroid: int,
+    nredo: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means (FAISS) trained on a seeded sample; returns (labels [N], sim to centroid [N])."""
     import faiss  # lazy: heavy import
@@ -256,17 +267,28 @@ def _kmeans_assign(
     sample = np.sort(rng.choice(N, size=m, replace=False)) if m < N else np.arange(N)  # [m]
     train = _take_rows(vectors, sample)  # [m, dim] float32
     seed = int(rng.integers(2**31 - 1))
+    extra = {}
+    if hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):  # newer FAISS; older ones: random init
+        extra["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
     km = faiss.Kmeans(
-        d, k, niter=niter, seed=seed, spherical=True, verbose=False,
-        min_points_per_centroid=1, max_points_per_centroid=max(m // k + 1, 1),
+        d,
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=seed,
+        spherical=True,
+        verbose=False,
+        min_points_per_centroid=1,
+        max_points_per_centroid=max(m // k + 1, 1),
+        **extra,
     )
     km.train(train)
     labels = np.empty(N, dtype=np.int64)  # [N]
     sims = np.empty(N, dtype=np.float32)  # [N]
     for start, stop in _iter_blocks(N, block_size):
-        D, I = km.index.search(_block_f32(vectors, start, stop), 1)  # [block, 1] inner products, labels
-        labels[start:stop] = I[:, 0]
-        sims[start:stop] = D[:, 0]
+        sim, lab = km.index.search(_block_f32(vectors, start, stop), 1)  # [block, 1] inner products, labels
+        labels[start:stop] = lab[:, 0]
+        sims[start:stop] = sim[:, 0]
     return labels, sims
 
 
@@ -316,15 +338,17 @@ def cluster_sample(
     n_clusters: int | None = None,
     allocation: str = "round-robin",
     niter: int = 20,
+    nredo: int = 3,
     max_points_per_centroid: int = 256,
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> np.ndarray:
     """Cluster-then-sample: k-means on the pool, then the batch spread over the clusters.
 
     Nguyen & Smeulders (2004) "Active learning using pre-clustering"; Zhdanov (2019) "Diverse
-    mini-batch active learning". Spherical k-means (FAISS, cosine) is trained on a seeded sample of at
-    most ``n_clusters * max_points_per_centroid`` pool items and every pool item is then assigned to
-    its nearest centroid blockwise.
+    mini-batch active learning". Spherical k-means (FAISS, cosine, k-means++ initialisation where the
+    installed FAISS has it) is trained on a seeded sample of at most
+    ``n_clusters * max_points_per_centroid`` pool items and every pool item is then assigned to its
+    nearest centroid blockwise. k-means finds a local optimum; ``nredo`` restarts keep the best.
 
     Allocation
         ``round-robin`` (default): clusters are ordered by their best score; round ``r`` takes the
@@ -348,7 +372,7 @@ def cluster_sample(
     n_clusters : int, optional
         Default ``n``; capped at the pool size.
     allocation : {"round-robin", "proportional"}
-    niter, max_points_per_centroid, block_size : int
+    niter, nredo, max_points_per_centroid, block_size : int
 
     Returns
     -------
@@ -364,14 +388,20 @@ def cluster_sample(
     k = n if n_clusters is None else n_clusters
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"n_clusters must be a positive integer, got {n_clusters!r}")
-    for name, val in (("niter", niter), ("max_points_per_centroid", max_points_per_centroid)):
+    for name, val in (
+        ("niter", niter),
+        ("nredo", nredo),
+        ("max_points_per_centroid", max_points_per_centroid),
+    ):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise InputError(f"{name} must be a positive integer, got {val!r}")
     N = ids.shape[0]
     s = None if scores is None else _check_scores(scores, "scores", n=N)
     n = min(n, N)
     k = int(min(k, N))
-    labels, sims = _kmeans_assign(vectors, k, rng, int(niter), block_size, int(max_points_per_centroid))
+    labels, sims = _kmeans_assign(
+        vectors, k, rng, int(niter), block_size, int(max_points_per_centroid), int(nredo)
+    )
     s = sims.astype(np.float64) if s is None else s
     return ids[_compute_cluster_allocation(labels, s, n, alloc)]
 
@@ -448,8 +478,16 @@ def mmr(
     ndarray [min(n, n_pool)] int64
         In pick order; ties go to the earlier pool position.
     """
-    positions, _ = _mmr_positions(ids, vectors, relevance, n, lam=lam, labelled_vectors=labelled_vectors,
-                                  block_size=block_size, cache_bytes=cache_bytes)
+    positions, _ = _mmr_positions(
+        ids,
+        vectors,
+        relevance,
+        n,
+        lam=lam,
+        labelled_vectors=labelled_vectors,
+        block_size=block_size,
+        cache_bytes=cache_bytes,
+    )
     return np.asarray(ids, dtype=np.int64)[positions]
 
 

@@ -98,7 +98,9 @@ def _check_finite(a: np.ndarray, name: str) -> None:
         raise InputError(f"{name} contains {n_nan} NaN value(s) out of {a.size}; expected finite numbers")
     n_inf = int(np.count_nonzero(np.isinf(a)))
     if n_inf:
-        raise InputError(f"{name} contains {n_inf} infinite value(s) out of {a.size}; expected finite numbers")
+        raise InputError(
+            f"{name} contains {n_inf} infinite value(s) out of {a.size}; expected finite numbers"
+        )
 
 
 def _as_numeric(a: Any, name: str) -> np.ndarray:
@@ -123,7 +125,7 @@ def _check_ids(ids: Any, name: str = "ids", *, unique: bool = True) -> np.ndarra
     if unique and arr.size > 1:
         # cheap O(n) test first: sorted, strictly increasing ids are unique
         if not bool(np.all(arr[1:] > arr[:-1])):
-            n_unique = np.unique(arr).size
+            n_unique = _sorted_unique(arr).size
             if n_unique != arr.size:
                 raise InputError(f"{name} must be unique, got {arr.size - n_unique} repeated id(s)")
     return arr
@@ -156,6 +158,14 @@ def _small_vectors(vectors: Any, name: str, *, dim: int | None = None) -> np.nda
     arr = np.ascontiguousarray(arr, dtype=np.float32)  # [m, dim]
     _check_finite(arr, name)
     return arr
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """Sorted unique values by sort + neighbour comparison (faster here than numpy's hash-based unique)."""
+    a = np.sort(np.asarray(a).ravel())
+    if a.size < 2:
+        return a
+    return a[np.concatenate(([True], a[1:] != a[:-1]))]
 
 
 def _iter_blocks(n: int, block_size: int) -> Iterator[tuple[int, int]]:
@@ -198,16 +208,14 @@ def _check_scores(scores: Any, name: str = "scores", *, n: int | None = None) ->
 def _check_proba(proba: Any, name: str = "proba") -> np.ndarray:
     """Validate ``[n]`` (binary, P(positive)) or ``[n, C]`` probabilities; return ``[n, C]`` float64."""
     arr = _as_numeric(proba, name).astype(np.float64, copy=False)
-    if arr.ndim == 1:
-        arr = np.stack([1.0 - arr, arr], axis=1)  # [n, 2]: P(negative), P(positive)
-        binary = True
-    elif arr.ndim == 2:
-        binary = False
-        if arr.shape[1] < 2 and arr.shape[0] > 0:
-            raise InputError(f"{name} must have at least 2 class columns [n, C], got shape {arr.shape}")
-    else:
+    if arr.ndim not in (1, 2):
         raise InputError(f"{name} must be [n] (binary) or [n, C] probabilities, got shape {arr.shape}")
+    if arr.ndim == 2 and arr.shape[1] < 2 and arr.shape[0] > 0:
+        raise InputError(f"{name} must have at least 2 class columns [n, C], got shape {arr.shape}")
     _check_range(arr, name)
+    binary = arr.ndim == 1
+    if binary:
+        arr = np.stack([1.0 - arr, arr], axis=1)  # [n, 2]: P(negative), P(positive)
     if not binary and arr.size:
         row_err = np.abs(arr.sum(axis=1) - 1.0)  # [n]
         n_bad = int(np.count_nonzero(row_err > _ROWSUM_TOL))
@@ -229,20 +237,18 @@ def _check_range(arr: np.ndarray, name: str) -> None:
 def _check_ensemble(proba: Any, name: str = "ensemble_proba") -> np.ndarray:
     """Validate ``[m, n]`` (binary) or ``[m, n, C]`` ensemble probabilities; return ``[m, n, C]``."""
     arr = _as_numeric(proba, name).astype(np.float64, copy=False)
-    if arr.ndim == 2:
-        arr = np.stack([1.0 - arr, arr], axis=2)  # [m, n, 2]
-        binary = True
-    elif arr.ndim == 3:
-        binary = False
-        if arr.shape[2] < 2 and arr.shape[1] > 0:
-            raise InputError(f"{name} must have at least 2 classes [m, n, C], got shape {arr.shape}")
-    else:
+    if arr.ndim not in (2, 3):
         raise InputError(
             f"{name} must be [m_models, n] (binary) or [m_models, n, C] probabilities, got shape {arr.shape}"
         )
+    if arr.ndim == 3 and arr.shape[2] < 2 and arr.shape[1] > 0:
+        raise InputError(f"{name} must have at least 2 classes [m, n, C], got shape {arr.shape}")
     if arr.shape[0] < 1:
         raise InputError(f"{name} must hold at least one ensemble member, got shape {arr.shape}")
     _check_range(arr, name)
+    binary = arr.ndim == 2
+    if binary:
+        arr = np.stack([1.0 - arr, arr], axis=2)  # [m, n, 2]
     if not binary and arr.size:
         row_err = np.abs(arr.sum(axis=2) - 1.0)  # [m, n]
         n_bad = int(np.count_nonzero(row_err > _ROWSUM_TOL))
@@ -551,9 +557,7 @@ def _check_neighbors(neighbor_sims: Any, neighbor_ids: Any | None) -> tuple[np.n
     return sims, valid
 
 
-def density(
-    neighbor_sims: Any, neighbor_ids: Any | None = None, *, weights: Any | None = None
-) -> np.ndarray:
+def density(neighbor_sims: Any, neighbor_ids: Any | None = None, *, weights: Any | None = None) -> np.ndarray:
     """Local density: the weighted mean cosine similarity to an item's k nearest neighbours.
 
     The kNN form of the information-density term of Settles & Craven (2008): their density is the
@@ -706,7 +710,9 @@ def combine(
     return out
 
 
-def combine_multiplicative(terms: Mapping[str, Any], strengths: Mapping[str, float] | None = None) -> np.ndarray:
+def combine_multiplicative(
+    terms: Mapping[str, Any], strengths: Mapping[str, float] | None = None
+) -> np.ndarray:
     """Multiplicative value ``prod_t term_t ** strength_t`` (no scale tuning needed).
 
     Multiplying a term by a constant multiplies every value by the same constant, so the ranking is
