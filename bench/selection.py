@@ -33,9 +33,9 @@ is ~1).
 
 Usage::
 
-    python bench/select.py                      # 1M, then 10M if memory allows
-    python bench/select.py --sizes 1000000      # one size only
-    python bench/select.py --sizes 200000 --max-full-s 60   # a quick run
+    python bench/selection.py                      # 1M, then 10M if memory allows
+    python bench/selection.py --sizes 1000000      # one size only
+    python bench/selection.py --sizes 200000 --max-full-s 60   # a quick run
 
 Prints one JSON object.
 """
