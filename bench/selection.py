@@ -45,11 +45,6 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named select.py: drop its folder from sys.path so that it does not shadow the standard
-# library's ``select`` module (imported by subprocess, asyncio, ...).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
