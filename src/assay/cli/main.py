@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import corpus, demo, mining, search_cmds
+from . import corpus, demo, mining, search_cmds, serve_cmd
 from ._common import State, setup_logging
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ corpus.register(app)
 demo.register(app)
 search_cmds.register(app)
 mining.register(app)
+serve_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,787 @@
+"""The FastAPI application of ``assay serve``: a REST API over a workspace, and the labelling page.
+
+Routes (all under one optional bearer token; the OpenAPI spec is at ``/openapi.json``)::
+
+    GET  /                                       the labelling page (static files under /static)
+    GET  /api/health
+    GET  /api/concepts                           list, with label counts
+    POST /api/concepts                           create {name, text?, exemplars?}
+    GET  /api/concepts/{name}                    one concept
+    GET  /api/concepts/{name}/rounds             every round (provenance)
+    GET  /api/concepts/{name}/rounds/latest      the latest proposed batch, with pre-labels and answers so far
+    GET  /api/concepts/{name}/rounds/{number}    one round's batch
+    POST /api/concepts/{name}/rounds             propose the next batch in the background (202)
+    GET  /api/concepts/{name}/proposer           the background proposer's state (?wait=s long-polls)
+    POST /api/concepts/{name}/labels             submit answers {submission_id, annotator, round, labels, skipped}
+    GET  /api/concepts/{name}/labels             label history (?item_id=)
+    GET  /api/concepts/{name}/conflicts          items where annotators disagree
+    GET  /api/concepts/{name}/progress           labels spent, positives found, pre-label quality, per round
+    GET  /api/search                             ?text= or ?item= (more like this), k
+    GET  /api/items/{id}                         one item's metadata
+    GET  /api/items/{id}/thumb                   its JPEG thumbnail (?size=), made and cached server side
+
+Errors are JSON ``{"detail": ...}``: 400 bad input, 401 missing or wrong token, 404 unknown concept, round
+or item, 409 a stale round / busy proposer / reused submission id, 413 an oversized body, 422 a body that
+does not match the schema. Nothing is written by a request that fails.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from ..errors import (
+    AssayError,
+    CatalogError,
+    InputError,
+    MissingDependencyError,
+    NotFoundError,
+    UnknownNameError,
+    WorkspaceError,
+)
+from ..loop import Miner
+from ..workspace import Workspace
+
+try:
+    import sqlalchemy as sa
+    from fastapi import Body, FastAPI, Query, Request
+    from fastapi import Path as PathParam
+    from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError(getattr(exc, "name", None) or "fastapi", "server", "the labelling web app") from exc
+
+from ..catalog import labels_table
+from . import records
+from .records import ConflictError, StaleRoundError
+from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES, thumbnail_path
+
+__all__ = ["TOKEN_COOKIE", "ServerConfig", "ServerThread", "create_app"]
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
+TOKEN_COOKIE = "assay_token"
+MAX_ID = 2**63 - 1
+_ANSWER_SOURCES = ("human", "oracle", "import")  # the answers a person (or a stand-in) gave; pseudo-labels are not
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server. ``token=None`` turns authentication off (only sensible on 127.0.0.1)."""
+
+    token: str | None = None
+    encoder: str | None = None
+    strategy: str = "seals:entropy"
+    batch: int = 50
+    proxy: str = "logistic"
+    seals_k: int = 100
+    open_rounds: int = 2  # the latest round and the one before it accept labels; older ones are stale
+    auto_propose: bool = True  # propose the next batch once every item of the latest batch is answered
+    max_body_bytes: int = 512 * 1024
+    max_labels: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8):
+            raise InputError("the server token must be a string of at least 8 characters")
+        if not isinstance(self.batch, int) or not 1 <= self.batch <= 1000:
+            raise InputError(f"batch must be an integer in [1, 1000], got {self.batch!r}")
+        if self.open_rounds < 1:
+            raise InputError(f"open_rounds must be at least 1, got {self.open_rounds}")
+
+
+# ---------------------------------------------------------------------------------------------- request bodies
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
+                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$")]
+ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
+ConceptPath = Annotated[str, PathParam(min_length=1, max_length=200, description="Concept name")]
+
+
+class ConceptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)] | None = None
+    exemplars: list[ItemId] = Field(default_factory=list, max_length=100)
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: ItemId
+    value: Literal[0, 1] = Field(description="1 = yes (positive), 0 = no (negative)")
+
+
+class SubmissionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    submission_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")] = Field(
+        description="Made by the client, new for each submission and reused only to retry it")
+    annotator: Name
+    round: Annotated[int, Field(ge=1, le=2**31 - 1)] = Field(description="The round number the batch came from")
+    labels: list[LabelIn] = Field(default_factory=list, max_length=1000)
+    skipped: list[ItemId] = Field(default_factory=list, max_length=1000)
+
+
+class ProposeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strategy: Annotated[str, StringConstraints(pattern=r"^[a-z:_-]{1,64}$")] | None = None
+    batch: Annotated[int, Field(ge=1, le=1000)] | None = None
+    proxy: Literal["logistic", "mlp", "ensemble"] | None = None
+    seed: Annotated[int, Field(ge=0, le=2 ** 31 - 1)] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- the proposer
+@dataclass
+class _Job:
+    state: str = "idle"  # idle | running | done | error
+    round: int | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def public(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "state": self.state, "round": self.round, "error": self.error, "params": self.params,
+            "elapsed_s": None if self.started_at is None else round((self.finished_at or now) - self.started_at, 3),
+        }
+
+
+class _Proposer:
+    """Runs ``Miner.propose`` on one background thread; one job per concept at a time."""
+
+    def __init__(self, ws: Workspace, encoder: str | None) -> None:
+        self.ws = ws
+        self.encoder = encoder
+        self._lock = threading.Lock()
+        self._jobs: dict[int, _Job] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._searcher: Any = None
+        self._searcher_key: Any = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assay-propose")
+            return self._executor
+
+    def close(self) -> None:
+        with self._lock:
+            ex, self._executor = self._executor, None
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+    def searcher(self):
+        """A Searcher kept between rounds (its index stays loaded); renewed when the index is rebuilt."""
+        from ..search import Searcher
+
+        enc = self.encoder or self.ws.default_encoder
+        meta = self.ws.index_dir(enc) / "main" / "meta.json"
+        key = (enc, meta.stat().st_mtime_ns if meta.exists() else None)
+        with self._lock:
+            if self._searcher is None or self._searcher_key != key:
+                s = Searcher(self.ws, enc)
+                if key[1] is not None:
+                    s.index()
+                self._searcher, self._searcher_key = s, key
+            return self._searcher
+
+    def status(self, concept_id: int) -> dict[str, Any]:
+        with self._lock:
+            return self._jobs.get(concept_id, _Job()).public()
+
+    def wait(self, concept_id: int, timeout: float) -> dict[str, Any]:
+        with self._lock:
+            job = self._jobs.get(concept_id)
+        if job is not None and timeout > 0:
+            job.done.wait(timeout)
+        return self.status(concept_id)
+
+    def running(self, concept_id: int) -> bool:
+        with self._lock:
+            job = self._jobs.get(concept_id)
+            return job is not None and job.state == "running"
+
+    def start(self, concept: Any, params: dict[str, Any], *, only_if_idle: bool = False,
+              still_wanted: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Start a job. ``only_if_idle``: return the running job's state instead of refusing; ``still_wanted``
+        is checked under the lock, after any earlier job of this concept has recorded its round."""
+        with self._lock:
+            job = self._jobs.get(concept.id)
+            if job is not None and job.state == "running":
+                if only_if_idle:
+                    return job.public()
+                raise ConflictError(f"a batch for concept {concept.name!r} is being proposed already; "
+                                    f"poll /api/concepts/{concept.name}/proposer")
+            if still_wanted is not None and not still_wanted():
+                return (job or _Job()).public()
+            job = _Job(state="running", started_at=time.time(), params=dict(params))
+            self._jobs[concept.id] = job
+        try:
+            self._pool().submit(self._run, concept.name, job, params)
+        except RuntimeError as exc:  # the executor is shutting down
+            job.state, job.error, job.finished_at = "error", f"the server is shutting down: {exc}", time.time()
+            job.done.set()
+        return job.public()
+
+    def _run(self, concept_name: str, job: _Job, params: dict[str, Any]) -> None:
+        try:
+            searcher = self.searcher()
+            miner = _KeptSearcherMiner(self.ws, concept_name, encoder=self.encoder, searcher=searcher)
+            row, _ = miner.propose(**params)
+            job.round, job.state = row.number, "done"
+        except AssayError as exc:
+            job.state, job.error = "error", str(exc)
+        except Exception as exc:  # a background failure must reach the page, not vanish in a thread
+            log.exception("proposing a batch for %r failed", concept_name)
+            job.state, job.error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            job.finished_at = time.time()
+            job.done.set()
+
+
+class _KeptSearcherMiner(Miner):
+    """A Miner that reuses the server's Searcher, so the index is not reloaded every round."""
+
+    def __init__(self, ws: Workspace, concept: str, *, encoder: str | None, searcher: Any) -> None:
+        super().__init__(ws, concept, encoder=encoder)
+        self._kept = searcher
+
+    def _searcher(self):
+        return self._kept
+
+
+# ---------------------------------------------------------------------------------------------- guard middleware
+class _Guard:
+    """Pure ASGI middleware: bearer-token auth for every route, a body size limit, and security headers."""
+
+    def __init__(self, app: Any, *, token: str | None, max_body: int) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.token is not None:
+            if path == "/" and scope.get("method") == "GET":
+                given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
+                if given is not None:
+                    if self._ok(given):  # take the token once, keep it in a cookie, drop it from the address bar
+                        resp = RedirectResponse("/", status_code=303)
+                        resp.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict", path="/")
+                        await resp(scope, receive, send)
+                    else:
+                        await self._deny(scope, receive, send, "wrong token in ?token=")
+                    return
+            if not self._authorised(headers):
+                why = "missing token" if not headers.get("authorization") and TOKEN_COOKIE not in headers.get("cookie", "") else "wrong token"
+                await self._deny(scope, receive, send, why)
+                return
+        if scope.get("method") in ("POST", "PUT", "PATCH", "DELETE"):
+            length = headers.get("content-length")
+            if length is not None:
+                if not length.isdigit():
+                    await JSONResponse({"detail": "Content-Length must be a non-negative integer"}, 400)(scope, receive, send)
+                    return
+                if int(length) > self.max_body:
+                    await self._too_large(scope, receive, send, int(length))
+                    return
+            body = bytearray()
+            while True:  # buffer the body (chunked uploads too) up to the limit
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                body.extend(msg.get("body", b""))
+                if len(body) > self.max_body:
+                    await self._too_large(scope, receive, send, len(body))
+                    return
+                if not msg.get("more_body", False):
+                    break
+            sent = False
+
+            async def replay() -> dict:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await receive()
+
+            receive = replay
+        no_csp = path.startswith(("/docs", "/redoc"))
+
+        async def send_with_headers(msg: dict) -> None:
+            if msg["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                         (b"referrer-policy", b"no-referrer")]
+                if not no_csp:
+                    extra.append((b"content-security-policy",
+                                  (b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                                   b"frame-ancestors 'none'")))
+                msg = {**msg, "headers": list(msg.get("headers", [])) + extra}
+            await send(msg)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _ok(self, given: str) -> bool:
+        return self.token is not None and hmac.compare_digest(given.encode("utf-8", "replace"), self.token)
+
+    def _authorised(self, headers: dict[str, str]) -> bool:
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer " and self._ok(auth[7:].strip()):
+            return True
+        cookie = headers.get("cookie")
+        if cookie:
+            try:
+                jar = SimpleCookie()
+                jar.load(cookie)
+            except (CookieError, ValueError):  # a malformed cookie header is simply no cookie
+                return False
+            if TOKEN_COOKIE in jar and self._ok(jar[TOKEN_COOKIE].value):
+                return True
+        return False
+
+    async def _deny(self, scope, receive, send, why: str) -> None:
+        resp = JSONResponse(
+            {"detail": f"{why}: send 'Authorization: Bearer <token>', or open /?token=<token> once in the browser"},
+            status_code=401, headers={"WWW-Authenticate": 'Bearer realm="assay"'},
+        )
+        await resp(scope, receive, send)
+
+    async def _too_large(self, scope, receive, send, n: int) -> None:
+        await JSONResponse({"detail": f"request body of {n} bytes is over the limit of {self.max_body} bytes"}, 413)(
+            scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1][:200]
+
+
+def _iso(t: Any) -> str | None:
+    return None if t is None else t.isoformat()
+
+
+def _answers(engine: sa.Engine, concept_id: int, item_ids: list[int] | None) -> dict[int, list[dict[str, Any]]]:
+    """Latest answer per (item, annotator), from human/oracle/import labels, per item."""
+    t = labels_table
+    q = (sa.select(t.c.id, t.c.item_id, t.c.value, t.c.annotator, t.c.source, t.c.created_at)
+         .where(t.c.concept_id == concept_id).where(t.c.source.in_(_ANSWER_SOURCES)).order_by(t.c.id))
+    latest: dict[int, dict[str, dict[str, Any]]] = {}
+    with engine.connect() as conn:
+        chunks = [None] if item_ids is None else [item_ids[s : s + 900] for s in range(0, len(item_ids), 900)]
+        for chunk in chunks:
+            qq = q if chunk is None else q.where(t.c.item_id.in_(chunk))
+            for r in conn.execute(qq):
+                who = r.annotator or f"({r.source})"
+                latest.setdefault(int(r.item_id), {})[who] = {
+                    "annotator": who, "value": int(r.value), "source": r.source, "at": _iso(r.created_at), "row": int(r.id)}
+    return {i: sorted(by.values(), key=lambda a: a["row"]) for i, by in latest.items()}
+
+
+def _item_view(item: Any, answers: list[dict[str, Any]]) -> dict[str, Any]:
+    values = {a["value"] for a in answers}
+    return {
+        "id": item.id, "modality": item.modality, "name": _name(item.uri),
+        "text": (item.text or "")[:500] if item.modality == "text" else None,
+        "thumb": f"/api/items/{item.id}/thumb" if item.modality == "image" else None,
+        "label": answers[-1]["value"] if answers else None,
+        "answers": [{k: a[k] for k in ("annotator", "value", "source", "at")} for a in answers],
+        "conflict": len(values) > 1,
+    }
+
+
+def _round_view(row: Any) -> dict[str, Any]:
+    return {"round": row.number, "round_id": row.id, "strategy": row.strategy, "params": row.params,
+            "encoder": row.encoder, "encoder_version": row.encoder_version, "proxy": row.proxy,
+            "pool_size": row.pool_size, "scanned_fraction": row.scanned_fraction, "seconds": row.seconds,
+            "created_at": _iso(row.created_at)}
+
+
+# ---------------------------------------------------------------------------------------------- the app
+def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
+    """The FastAPI app over ``ws``. Opens the catalog and creates the server's table."""
+    cfg = config or ServerConfig()
+    cat = ws.catalog
+    cat.open()
+    records.ensure_tables(cat.engine)
+    proposer = _Proposer(ws, cfg.encoder)
+    thumb_paths: dict[tuple[int, int], Path] = {}  # (item id, size) -> cached thumbnail file
+    write_lock = threading.Lock()  # one writer at a time inside this process (the database serialises across processes)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        proposer.close()
+
+    app = FastAPI(title="assay labelling API", version="1", lifespan=lifespan,
+                  description="Concepts, rounds, proposed batches, labels, search and thumbnails of an assay workspace.")
+    app.state.workspace = ws
+    app.state.config = cfg
+    app.state.proposer = proposer
+
+    # ------------------------------------------------------------------ errors -> HTTP
+    def _handler(status: int) -> Callable:
+        async def handle(_request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+        return handle
+
+    for exc_type, status in ((StaleRoundError, 409), (ConflictError, 409), (NotFoundError, 404), (InputError, 400),
+                             (WorkspaceError, 409), (CatalogError, 503), (MissingDependencyError, 501)):
+        app.add_exception_handler(exc_type, _handler(status))
+
+    def concept_of(name: str):
+        return cat.concept(name)
+
+    def round_of(concept: Any, number: int):
+        rows = cat.rounds(concept.id)
+        for r in rows:
+            if r.number == number:
+                return r, rows
+        latest = rows[-1].number if rows else None
+        raise NotFoundError(f"concept {concept.name!r} has no round {number}"
+                            + (f"; the latest is {latest}" if latest else "; propose one first"))
+
+    def batch_view(concept: Any, row: Any, latest: int) -> dict[str, Any]:
+        props = cat.proposals(row.id)
+        ids = [int(p["item_id"]) for p in props]
+        items = {it.id: it for it in cat.get_many(ids)}
+        answers = _answers(cat.engine, concept.id, ids)
+        skipped = records.skipped_items(cat.engine, row.id)
+        out = []
+        for p in props:
+            it = items.get(int(p["item_id"]))
+            if it is None:
+                continue
+            view = _item_view(it, answers.get(it.id, []))
+            view.update(rank=p["rank"], score=p["score"], prelabel=p["prelabel"], reason=p["reason"],
+                        skipped=it.id in skipped)
+            out.append(view)
+        open_ = row.number > latest - cfg.open_rounds
+        return {**_round_view(row), "concept": concept.name, "latest": latest, "open": open_, "items": out,
+                "answered": sum(1 for v in out if v["label"] is not None or v["skipped"])}
+
+    def default_params(concept: Any) -> dict[str, Any]:
+        rows = cat.rounds(concept.id)
+        p = rows[-1].params if rows else {}
+        base_strategy = rows[-1].strategy if rows else cfg.strategy
+        if base_strategy.startswith("cold-start("):
+            base_strategy = base_strategy[len("cold-start("):-1]
+        return {"strategy": base_strategy or cfg.strategy, "batch": int(p.get("batch") or cfg.batch),
+                "proxy": p.get("proxy") or cfg.proxy, "seals_k": int(p.get("seals_k") or cfg.seals_k)}
+
+    # ------------------------------------------------------------------ page
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-store"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # ------------------------------------------------------------------ concepts
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict[str, Any]:
+        return {"ok": True, "workspace": ws.root.name, "encoder": cfg.encoder or ws.default_encoder,
+                "auth": cfg.token is not None, "max_labels": cfg.max_labels}
+
+    @app.get("/api/concepts", tags=["concepts"])
+    def list_concepts() -> dict[str, Any]:
+        out = []
+        for c in cat.concepts():
+            ids, vals = cat.current_labels(c.id)
+            rows = cat.rounds(c.id)
+            out.append({"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars,
+                        "labels": len(ids), "positives": int((vals == 1).sum()), "rounds": len(rows),
+                        "latest_round": rows[-1].number if rows else None})
+        return {"concepts": out}
+
+    @app.post("/api/concepts", status_code=201, tags=["concepts"])
+    def create_concept(body: ConceptIn) -> dict[str, Any]:
+        if body.exemplars:
+            known = set(cat.get_ids_existing(body.exemplars))
+            missing = [i for i in body.exemplars if i not in known]
+            if missing:
+                raise NotFoundError(f"exemplar item ids not in the catalog: {missing[:10]}")
+        with write_lock:
+            c = cat.add_concept(body.name, text=body.text, exemplars=body.exemplars)
+            if body.exemplars:
+                cat.add_labels(c.id, body.exemplars, [1] * len(body.exemplars), source="human", annotator="exemplar")
+        return {"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars}
+
+    @app.get("/api/concepts/{name}", tags=["concepts"])
+    def get_concept(name: ConceptPath) -> dict[str, Any]:
+        c = concept_of(name)
+        ids, vals = cat.current_labels(c.id)
+        rows = cat.rounds(c.id)
+        return {"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars, "labels": len(ids),
+                "positives": int((vals == 1).sum()), "rounds": len(rows),
+                "latest_round": rows[-1].number if rows else None, "proposer": proposer.status(c.id)}
+
+    # ------------------------------------------------------------------ rounds
+    @app.get("/api/concepts/{name}/rounds", tags=["rounds"])
+    def list_rounds(name: ConceptPath) -> dict[str, Any]:
+        c = concept_of(name)
+        return {"concept": c.name, "rounds": [_round_view(r) for r in cat.rounds(c.id)]}
+
+    @app.get("/api/concepts/{name}/rounds/latest", tags=["rounds"])
+    def latest_round(name: ConceptPath) -> dict[str, Any]:
+        c = concept_of(name)
+        rows = cat.rounds(c.id)
+        if not rows:
+            raise NotFoundError(f"concept {c.name!r} has no rounds yet; propose one with POST /api/concepts/{c.name}/rounds")
+        return batch_view(c, rows[-1], rows[-1].number)
+
+    @app.get("/api/concepts/{name}/rounds/{number}", tags=["rounds"])
+    def get_round(name: ConceptPath, number: Annotated[int, PathParam(ge=1, le=2**31 - 1)]) -> dict[str, Any]:
+        c = concept_of(name)
+        row, rows = round_of(c, number)
+        return batch_view(c, row, rows[-1].number)
+
+    @app.post("/api/concepts/{name}/rounds", status_code=202, tags=["rounds"])
+    def propose(name: ConceptPath, body: Annotated[ProposeIn | None, Body()] = None) -> dict[str, Any]:
+        from ..loop import PROXIES
+        from ..select.strategies import get_strategy
+
+        c = concept_of(name)
+        params = default_params(c)
+        if body is not None:
+            params.update({k: v for k, v in body.model_dump().items() if v is not None})
+        if params["proxy"] not in PROXIES:
+            raise UnknownNameError("proxy", params["proxy"], PROXIES)
+        get_strategy(params["strategy"])  # an unknown name fails now, listing the valid ones
+        return proposer.start(c, params)
+
+    @app.get("/api/concepts/{name}/proposer", tags=["rounds"])
+    def proposer_status(name: ConceptPath,
+                        wait: Annotated[float, Query(ge=0, le=30, description="Seconds to wait for a running job")] = 0
+                        ) -> dict[str, Any]:
+        c = concept_of(name)
+        st = proposer.wait(c.id, wait)
+        rows = cat.rounds(c.id)
+        return {**st, "latest_round": rows[-1].number if rows else None}
+
+    # ------------------------------------------------------------------ labels
+    @app.post("/api/concepts/{name}/labels", tags=["labels"])
+    def submit_labels(name: ConceptPath, body: SubmissionIn) -> dict[str, Any]:
+        c = concept_of(name)
+        row, rows = round_of(c, body.round)
+        latest = rows[-1].number
+        if row.number <= latest - cfg.open_rounds:
+            raise StaleRoundError(f"round {row.number} is stale: the latest round is {latest} and labels are taken for "
+                                  f"rounds {max(1, latest - cfg.open_rounds + 1)}..{latest}; reload the batch")
+        if len(body.labels) + len(body.skipped) == 0:
+            raise InputError("a submission needs at least one label or skipped item")
+        if len(body.labels) > cfg.max_labels:
+            raise InputError(f"at most {cfg.max_labels} labels per request, got {len(body.labels)}")
+        ids = [lab.item_id for lab in body.labels]
+        every = ids + list(body.skipped)
+        if len(set(every)) != len(every):
+            seen: set[int] = set()
+            dup = sorted({i for i in every if i in seen or seen.add(i)})
+            raise InputError(f"each item may appear once per submission (in labels or skipped); repeated: {dup[:10]}")
+        batch = {int(p["item_id"]) for p in cat.proposals(row.id)}
+        outside = [i for i in every if i not in batch]
+        if outside:
+            unknown = set(outside) - set(cat.get_ids_existing(outside))
+            parts = [f"item ids {outside[:10]} are not in the batch of round {row.number}"]
+            if unknown:
+                parts.append(f"{sorted(unknown)[:10]} are not in the catalog at all")
+            raise InputError("; ".join(parts))
+        payload = {"concept": c.id, "round": row.number, "annotator": body.annotator,
+                   "labels": [[lab.item_id, lab.value] for lab in body.labels], "skipped": list(body.skipped)}
+        with write_lock:
+            res = records.record_submission(
+                cat.engine, submission_id=body.submission_id, concept_id=c.id, round_id=row.id,
+                annotator=body.annotator, digest=records.payload_digest(payload), item_ids=ids,
+                values=[lab.value for lab in body.labels], skipped=body.skipped)
+        # The batch is complete once every proposed item has an answer or a skip from someone.
+        answered = set(_answers(cat.engine, c.id, sorted(batch))) | records.skipped_items(cat.engine, row.id)
+        complete = batch <= answered
+        nxt = proposer.status(c.id)
+        if complete and cfg.auto_propose and row.number == latest:
+            nxt = proposer.start(c, default_params(c), only_if_idle=True,
+                                 still_wanted=lambda: cat.rounds(c.id)[-1].number == row.number)
+        return {"concept": c.name, "round": row.number, "written": res["written"], "replayed": res["replayed"],
+                "recorded": res["recorded"], "complete": complete, "remaining": len(batch - answered), "next": nxt}
+
+    @app.get("/api/concepts/{name}/labels", tags=["labels"])
+    def label_history(name: ConceptPath, item_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+                      limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+                      offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0) -> dict[str, Any]:
+        c = concept_of(name)
+        t = labels_table
+        q = sa.select(t).where(t.c.concept_id == c.id).order_by(t.c.id).limit(limit).offset(offset)
+        if item_id is not None:
+            q = q.where(t.c.item_id == item_id)
+        with cat.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        for r in rows:
+            r["created_at"] = _iso(r["created_at"])
+        return {"concept": c.name, "labels": rows}
+
+    @app.get("/api/concepts/{name}/conflicts", tags=["labels"])
+    def conflicts(name: ConceptPath, limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
+        c = concept_of(name)
+        answers = _answers(cat.engine, c.id, None)
+        out = []
+        for item_id, ans in sorted(answers.items()):
+            if len({a["value"] for a in ans}) > 1:
+                out.append({"item_id": item_id, "current": ans[-1]["value"],
+                            "answers": [{k: a[k] for k in ("annotator", "value", "source", "at")} for a in ans]})
+        return {"concept": c.name, "count": len(out), "conflicts": out[:limit]}
+
+    @app.get("/api/concepts/{name}/progress", tags=["labels"])
+    def progress(name: ConceptPath) -> dict[str, Any]:
+        c = concept_of(name)
+        return _progress(cat, c)
+
+    # ------------------------------------------------------------------ search and items
+    @app.get("/api/search", tags=["search"])
+    def search(text: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
+               item: Annotated[int | None, Query(ge=1, le=MAX_ID, description="More like this item")] = None,
+               k: Annotated[int, Query(ge=1, le=200)] = 24) -> dict[str, Any]:
+        if (text is None) == (item is None):
+            raise InputError("give exactly one of ?text= or ?item=")
+        if text is not None and not text.strip():
+            raise InputError("the text query must not be blank")
+        s = proposer.searcher()
+        hits = s.search(text=text, k=k) if text is not None else s.search(item=item, k=k)
+        items = {it.id: it for it in cat.get_many([h.id for h in hits])}
+        return {"query": {"text": text, "item": item, "k": k},
+                "hits": [{**_item_view(items[h.id], []), "score": h.score} for h in hits if h.id in items]}
+
+    @app.get("/api/items/{item_id}", tags=["items"])
+    def get_item(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)]) -> dict[str, Any]:
+        it = cat.get(item_id)
+        return {"id": it.id, "modality": it.modality, "name": _name(it.uri), "width": it.width, "height": it.height,
+                "format": it.format, "status": it.status, "text": (it.text or "")[:2000] if it.modality == "text" else None,
+                "thumb": f"/api/items/{it.id}/thumb" if it.modality == "image" else None}
+
+    @app.get("/api/items/{item_id}/thumb", tags=["items"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def item_thumb(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)],
+                   size: Annotated[int, Query(description=f"One of {list(THUMB_SIZES)}")] = DEFAULT_THUMB_SIZE):
+        key = (item_id, size)
+        path = thumb_paths.get(key)
+        if path is None or not path.exists():  # items are never rewritten in place, so a made path stays right
+            path = thumbnail_path(ws, item_id, size)
+            if len(thumb_paths) >= 200_000:
+                thumb_paths.clear()
+            thumb_paths[key] = path
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    app.add_middleware(_Guard, token=cfg.token, max_body=cfg.max_body_bytes)
+    return app
+
+
+def _progress(cat: Any, c: Any) -> dict[str, Any]:
+    """Per round: labels spent, positives found (cumulative), and how well the pre-labels predicted the answers."""
+    t = labels_table
+    with cat.engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c.id, t.c.item_id, t.c.value, t.c.round_id, t.c.annotator)
+                            .where(t.c.concept_id == c.id).where(t.c.source.in_(_ANSWER_SOURCES)).order_by(t.c.id)).all()
+    current: dict[int, int] = {}
+    for r in rows:
+        current[int(r.item_id)] = int(r.value)
+    by_round: dict[int | None, list[Any]] = {}
+    for r in rows:
+        by_round.setdefault(None if r.round_id is None else int(r.round_id), []).append(r)
+    rounds = cat.rounds(c.id)
+    seen_items: set[int] = set()
+    spent = 0
+
+    def absorb(lst: list[Any]) -> None:
+        nonlocal spent
+        spent += len(lst)
+        seen_items.update(int(r.item_id) for r in lst)
+
+    absorb(by_round.get(None, []))
+    curve = [{"round": 0, "labels_spent": spent, "labelled_items": len(seen_items),
+              "positives_found": sum(1 for i in seen_items if current.get(i) == 1)}]
+    out_rounds = []
+    for rr in rounds:
+        lst = by_round.get(rr.id, [])
+        absorb(lst)
+        props = cat.proposals(rr.id)
+        answered = [(p["prelabel"], current[int(p["item_id"])]) for p in props if int(p["item_id"]) in current]
+        with_pre = [(float(pl), y) for pl, y in answered if pl is not None]
+        quality = None
+        if with_pre:
+            p = np.asarray([a for a, _ in with_pre])  # [m] pre-label P(positive)
+            y = np.asarray([b for _, b in with_pre], dtype=np.float64)  # [m] the answers
+            quality = {"n": len(with_pre), "accuracy": float(((p >= 0.5) == (y == 1)).mean()),
+                       "brier": float(((p - y) ** 2).mean())}
+        hits = sum(1 for _, y in answered if y == 1)
+        out_rounds.append({
+            "round": rr.number, "strategy": rr.strategy, "proposed": len(props), "answered": len(answered),
+            "positives": hits, "hit_rate": hits / len(answered) if answered else None,
+            "prelabel_quality": quality, "proxy": rr.proxy, "pool_size": rr.pool_size,
+            "seconds": rr.seconds.get("total"),
+        })
+        curve.append({"round": rr.number, "labels_spent": spent, "labelled_items": len(seen_items),
+                      "positives_found": sum(1 for i in seen_items if current.get(i) == 1)})
+    annotators = sorted({r.annotator for r in rows if r.annotator})
+    latest_q = next((r["prelabel_quality"] for r in reversed(out_rounds) if r["prelabel_quality"]), None)
+    return {"concept": c.name, "labels_spent": len(rows), "labelled_items": len(current),
+            "positives_found": sum(1 for v in current.values() if v == 1), "annotators": annotators,
+            "quality_estimate": latest_q, "rounds": out_rounds, "curve": curve}
+
+
+# ---------------------------------------------------------------------------------------------- running
+class ServerThread:
+    """Run an app under uvicorn on a background thread (tests, benchmarks): ``with ServerThread(app) as url: ...``.
+
+    ``port=0`` picks a free port; :attr:`url` holds the address once started.
+    """
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.url: str | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 20.0) -> str:
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="on",
+                                access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="assay-uvicorn", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=20)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
