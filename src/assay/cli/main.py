@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import corpus, demo, mining, search_cmds, serve_cmd
+from . import corpus, dedup_cmd, demo, mining, search_cmds, serve_cmd
 from ._common import State, setup_logging
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ def _root(
 corpus.register(app)
 demo.register(app)
 search_cmds.register(app)
+dedup_cmd.register(app)
 mining.register(app)
 serve_cmd.register(app)
 
