@@ -1,0 +1,169 @@
+"""Zero-shot text queries for classifier encoders: the ConSE bridge (Norouzi et al., ICLR 2014).
+
+An ImageNet classifier (e.g. ``efficientnet-lite0``) has no text tower, but it does give each image a
+score for each of its C classes, and a text encoder can embed the C class names. ConSE ("convex
+combination of semantic embeddings") places an image in the text space as the probability-weighted
+average of the embeddings of its T most likely class names:
+
+    f(x) = 1/Z * sum_{t=1..T} p(y_t | x) * s(y_t),      Z = sum_{t=1..T} p(y_t | x)
+
+where ``y_1..y_T`` are the T most probable classes and ``s(y)`` the L2-normalised text embedding of class
+name ``y``. A text query ``q`` then scores an image by the cosine between ``s(q)`` and ``f(x)``. Here ``f(x)``
+is L2-normalised (so ``Z`` cancels) and the probabilities are a softmax of the logits divided by a
+temperature. Everything is pure numpy, processed in blocks of images so that memory stays
+``O(block_size * (C + d))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, UnknownNameError
+
+__all__ = ["conse_image_vectors", "conse_scores"]
+
+_SCORE_TYPES = ("logits", "probs")
+
+
+def _check_inputs(
+    class_scores: Any, class_text_emb: Any, top_t: Any, temperature: Any, score_type: str, block_size: Any
+) -> tuple[Any, np.ndarray, int, float, int]:
+    scores = class_scores if isinstance(class_scores, np.ndarray) else np.asarray(class_scores)
+    if scores.ndim != 2:
+        raise InputError(f"class_scores must be a matrix [n_items, n_classes], got shape {scores.shape}")
+    emb = np.asarray(class_text_emb, dtype=np.float32)
+    if emb.ndim != 2:
+        raise InputError(f"class_text_emb must be a matrix [n_classes, dim], got shape {emb.shape}")
+    if scores.shape[1] != emb.shape[0]:
+        raise InputError(
+            f"class_scores has {scores.shape[1]} classes but class_text_emb has {emb.shape[0]} class embeddings"
+        )
+    if not np.isfinite(emb).all():
+        raise InputError("class_text_emb contains NaN or inf")
+    n_classes = emb.shape[0]
+    if isinstance(top_t, bool) or not isinstance(top_t, (int, np.integer)) or not 1 <= top_t <= n_classes:
+        raise InputError(f"top_t must be an integer in [1, {n_classes}], got {top_t!r}")
+    if (
+        not isinstance(temperature, (int, float, np.floating, np.integer))
+        or not np.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise InputError(f"temperature must be a positive number, got {temperature!r}")
+    if score_type not in _SCORE_TYPES:
+        raise UnknownNameError("score type", str(score_type), _SCORE_TYPES)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size <= 0:
+        raise InputError(f"block_size must be a positive integer, got {block_size!r}")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)  # [C, 1]
+    if (norms == 0).any():
+        raise InputError(f"class_text_emb row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
+    return scores, emb / norms, int(top_t), float(temperature), int(block_size)
+
+
+def _conse_block(
+    scores: np.ndarray, emb_unit: np.ndarray, top_t: int, temperature: float, score_type: str
+) -> np.ndarray:
+    """ConSE vectors of one block: ``scores [b, C]`` -> ``[b, d]`` unit rows (float32)."""
+    s = np.asarray(scores, dtype=np.float64)  # [b, C]
+    if not np.isfinite(s).all() and score_type == "logits":
+        raise InputError("class_scores contain NaN or inf")
+    if score_type == "probs":
+        if not np.isfinite(s).all() or (s < 0).any():
+            raise InputError("class_scores given as probabilities must be finite and non-negative")
+        s = np.log(np.maximum(s, 1e-300))  # softmax(log p / T) = p**(1/T) / Z
+    b, n_classes = s.shape
+    if top_t < n_classes:
+        top = np.argpartition(-s, top_t - 1, axis=1)[:, :top_t]  # [b, T] the T most likely classes
+    else:
+        top = np.broadcast_to(np.arange(n_classes), (b, n_classes))
+    z = np.take_along_axis(s, top, axis=1) / temperature  # [b, T]
+    w = np.exp(z - z.max(axis=1, keepdims=True))  # [b, T] softmax numerators restricted to the top T
+    w /= w.sum(axis=1, keepdims=True)  # the full softmax denominator cancels after renormalising
+    v = np.zeros((b, emb_unit.shape[1]), dtype=np.float32)  # [b, d]
+    for t in range(top.shape[1]):  # one [b, d] gather at a time, never [b, T, d]
+        v += w[:, t, None].astype(np.float32) * emb_unit[top[:, t]]
+    norms = np.linalg.norm(v, axis=1, keepdims=True)  # [b, 1]
+    return v / np.maximum(norms, 1e-12)
+
+
+def conse_image_vectors(
+    class_scores: Any,
+    class_text_emb: Any,
+    *,
+    top_t: int = 10,
+    temperature: float = 1.0,
+    score_type: str = "logits",
+    block_size: int = 8192,
+) -> np.ndarray:
+    """Place each item in the text space: ConSE vectors ``[n, d]``, float32, L2-normalised rows.
+
+    Parameters
+    ----------
+    class_scores : array-like ``[n, C]``
+        Per-item class scores (float16 at rest is fine): logits by default, or probabilities with
+        ``score_type="probs"``.
+    class_text_emb : array-like ``[C, d]``
+        Text embeddings of the C class names (normalised here).
+    top_t : int, default 10
+        Classes kept per item (T in the paper; 1 <= T <= C).
+    temperature : float, default 1.0
+        Softmax temperature: probabilities are ``softmax(logits / temperature)`` (for probabilities,
+        ``p**(1/temperature)`` renormalised). Higher values spread the weight over the top T.
+    score_type : {"logits", "probs"}
+    block_size : int
+        Items processed at a time.
+    """
+    scores, emb_unit, top_t, temperature, bs = _check_inputs(
+        class_scores, class_text_emb, top_t, temperature, score_type, block_size
+    )
+    n = scores.shape[0]
+    out = np.empty((n, emb_unit.shape[1]), dtype=np.float32)
+    for s in range(0, n, bs):
+        out[s : s + bs] = _conse_block(scores[s : s + bs], emb_unit, top_t, temperature, score_type)
+    return out
+
+
+def conse_scores(
+    query_text_emb: Any,
+    class_scores: Any,
+    class_text_emb: Any,
+    *,
+    top_t: int = 10,
+    temperature: float = 1.0,
+    score_type: str = "logits",
+    block_size: int = 8192,
+) -> np.ndarray:
+    """Cosine between text queries and the ConSE vectors of every item, computed blockwise.
+
+    Parameters
+    ----------
+    query_text_emb : array-like ``[d]`` or ``[q, d]``
+        Query text embeddings from the same text encoder as ``class_text_emb`` (normalised here).
+    class_scores, class_text_emb, top_t, temperature, score_type, block_size
+        As in :func:`conse_image_vectors`.
+
+    Returns
+    -------
+    float32 ``[n]`` for one query ``[d]``, ``[q, n]`` for ``[q, d]``. Rank items by it (higher is better).
+    """
+    q = np.asarray(query_text_emb, dtype=np.float32)
+    single = q.ndim == 1
+    if single:
+        q = q[None, :]
+    if q.ndim != 2:
+        raise InputError(f"query_text_emb must be a vector [d] or a matrix [q, d], got shape {q.shape}")
+    scores, emb_unit, top_t, temperature, bs = _check_inputs(
+        class_scores, class_text_emb, top_t, temperature, score_type, block_size
+    )
+    if q.shape[1] != emb_unit.shape[1]:
+        raise InputError(f"class embeddings have dim {emb_unit.shape[1]}, query has dim {q.shape[1]}")
+    if not np.isfinite(q).all():
+        raise InputError("query_text_emb contains NaN or inf")
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)  # [q, d]
+    n = scores.shape[0]
+    out = np.empty((q.shape[0], n), dtype=np.float32)
+    for s in range(0, n, bs):
+        v = _conse_block(scores[s : s + bs], emb_unit, top_t, temperature, score_type)  # [b, d]
+        out[:, s : s + bs] = qn @ v.T  # [q, b]
+    return out[0] if single else out
