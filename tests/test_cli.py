@@ -74,3 +74,19 @@ def test_console_script_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     out = subprocess.run([exe, "-w", str(tmp_path / "w"), "status", "--json"], capture_output=True, text=True, timeout=60)
     assert json.loads(out.stdout)["items"]["total"] == 0
+
+
+def test_demo_pipeline_end_to_end_with_mining(tmp_path):
+    """The demo's whole loop on the bundled digits (with the fast test encoder instead of efficientnet)."""
+    from assay.datasets import write_digits
+    from assay.demo import run_demo
+
+    manifest = write_digits(tmp_path / "data")
+    res = run_demo(tmp_path / "ws", manifest, encoder="test-mean-color", positive="digit-3", budget=150, batch=25,
+                   report_dir=tmp_path / "report")
+    assert res["ingest"]["new"] == 1797 and res["embed"]["embedded"] == 1797
+    assert res["knn_label_agreement"] > res["chance_agreement"]
+    strategies = res["mining"]["strategies"]
+    assert set(strategies) == {"random", "most-likely-positive", "seals:most-likely-positive", "seals:entropy"}
+    assert all(s["labels"] <= 150 for s in strategies.values())
+    assert (tmp_path / "report" / "index.html").exists()

@@ -31,7 +31,11 @@ def knn_label_agreement(vectors: np.ndarray, labels: np.ndarray) -> float:
 def run_demo(
     ws_dir: Path, manifest: Path, *, encoder: str = "efficientnet-lite0",
     progress: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
+    positive: str | None = None, budget: int = 300, batch: int = 25, prevalence: float = 0.02,
+    report_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """Ingest and embed ``manifest`` into a workspace; with ``positive``, also mine that class with the
+    simulated annotator (random labelling against assay's strategies) and write the HTML report."""
     ws = Workspace.open(ws_dir) if (Path(ws_dir) / CONFIG_NAME).exists() else Workspace.init(ws_dir, default_encoder=encoder)
     ing = ingest(ws.catalog, [manifest])
     rep = embed(ws, encoder, progress=progress, on_start=on_start)
@@ -40,7 +44,28 @@ def run_demo(
     labels = np.asarray([str(rows[i].meta.get("label")) for i in ids])
     _, counts = np.unique(labels, return_counts=True)
     chance = float(((counts / counts.sum()) ** 2).sum())
+    result: dict[str, Any] = {}
+    if positive is not None:
+        from .search import build_index
+        from .simulate import SimulationConfig, simulate_workspace
+
+        build_index(ws, encoder, bridge=False)
+        config = SimulationConfig(
+            positive=positive, prevalence=prevalence, budget=budget, batch=batch, seeds=1,
+            strategies=("random", "most-likely-positive", "seals:most-likely-positive", "seals:entropy"),
+        )
+        sim = simulate_workspace(ws, config, encoder=encoder, out=report_dir)
+        result["mining"] = {
+            "concept": positive,
+            "protocol": {k: sim.protocol.get(k) for k in ("prevalence", "budget", "batch", "seed_positives", "seed_negatives")},
+            "strategies": {
+                name: {k: s.get(k) for k in ("recall", "positives_found", "ap", "labels", "scanned_fraction", "seconds_per_round")}
+                for name, s in sim.summary.items()
+            },
+            "report": None if report_dir is None else str(Path(report_dir) / "index.html"),
+        }
     return {
+        **result,
         "workspace": str(ws.root),
         "ingest": ing.to_dict(),
         "embed": rep.to_dict(),

@@ -16,6 +16,9 @@ def demo(
     data: Annotated[Optional[Path], typer.Option("--data", help="Folder with cifar10/ (the shared data); default: scikit-learn's bundled digits.")] = None,
     n: Annotated[int, typer.Option("--n", min=10, help="With --data: how many CIFAR-10 photos to use.")] = 2000,
     encoder: Annotated[str, typer.Option("--encoder")] = "efficientnet-lite0",
+    positive: Annotated[Optional[str], typer.Option("--positive", help="The class to mine (default: digit-3, or truck with --data).")] = None,
+    budget: Annotated[int, typer.Option("--budget", min=10, help="Labels the simulated annotator may give, seed included.")] = 300,
+    no_mining: Annotated[bool, typer.Option("--no-mining", help="Only ingest and embed.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Build a workspace from a real dataset, ingest and embed it, and show what the embeddings know."""
@@ -35,7 +38,11 @@ def demo(
             manifest = write_digits(out_dir / "data")
             dataset = "scikit-learn digits (1,797 real scans)"
         with progress_bar("demo", enabled=not json_) as (start, advance):
-            result = run_demo(out_dir / "workspace", manifest, encoder=encoder, progress=advance, on_start=start)
+            concept = None if no_mining else (positive or ("truck" if data is not None else "digit-3"))
+            result = run_demo(
+                out_dir / "workspace", manifest, encoder=encoder, progress=advance, on_start=start,
+                positive=concept, budget=budget, report_dir=out_dir / "report",
+            )
         result["dataset"] = dataset
         result["seconds_total"] = round(time.perf_counter() - t0, 2)
         if json_:
@@ -51,6 +58,24 @@ def demo(
             f"embeddings   nearest-neighbour label agreement {result['knn_label_agreement']:.3f} "
             f"(chance {result['chance_agreement']:.3f})"
         )
+        if "mining" in result:
+            m = result["mining"]
+            p = m["protocol"]
+            out.print(
+                f"mining       concept {m['concept']!r} at {100 * p['prevalence']:.1f} % of the pool, a seed of "
+                f"{p['seed_positives']}+{p['seed_negatives']} labels, {p['budget']} labels in all, batches of {p['batch']}:"
+            )
+            rnd = m["strategies"].get("random", {})
+            for name, st in m["strategies"].items():
+                gain = ""
+                if name != "random" and rnd.get("positives_found"):
+                    gain = f"  ({st['positives_found'] / rnd['positives_found']:.1f}x random)"
+                out.print(
+                    f"  {name:<28} found {st['positives_found']:>5.0f} positives (recall {st['recall']:.2f}), "
+                    f"AP {st['ap']:.2f}, scanned {100 * st['scanned_fraction']:.1f} % per round{gain}"
+                )
+            if m.get("report"):
+                out.print(f"report       {m['report']}")
         out.print(f"total        {result['seconds_total']:.1f} s; next: `assay -w {result['workspace']} status`")
 
 

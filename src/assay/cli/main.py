@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import corpus, dedup_cmd, demo, mining, search_cmds, serve_cmd
+from . import corpus, dedup_cmd, demo, mining, search_cmds, serve_cmd, simulate_cmd
 from ._common import State, setup_logging
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ search_cmds.register(app)
 dedup_cmd.register(app)
 mining.register(app)
 serve_cmd.register(app)
+simulate_cmd.register(app)
 
 
 def main() -> None:
