@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import fake_encoder  # noqa: F401  registers "test-mean-color"
 from assay import Workspace, embed, ingest

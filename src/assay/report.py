@@ -15,6 +15,8 @@ leaves no half report. Plots use matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
+from ._jsonutil import json_default as _default_json
+
 import html
 import json
 import os
@@ -221,7 +223,7 @@ def write_report(
     try:
         csv_path = write_rows_csv(result.rows, tmp / "rounds.csv")
         summary_path = tmp / "summary.json"
-        summary_path.write_text(json.dumps(result.to_json(), default=json_default or _json_default, indent=1) + "\n")
+        summary_path.write_text(json.dumps(result.to_json(), default=json_default or _default_json, indent=1) + "\n")
         plots = plot_curves(result.curves, tmp, title=result.positive)
         thumbs = _Thumbs(tmp, result.uris, thumb_size)
         page = _html(result, plots, thumbs, per_strategy, thumb_size)
@@ -239,16 +241,3 @@ def write_report(
         plots=[final / pl.name for pl in plots], thumbnails=thumbs.made, thumbnail_errors=thumbs.errors,
     )
 
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

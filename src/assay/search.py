@@ -16,7 +16,6 @@ left out of results unless ``keep_duplicates=True``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -144,7 +143,7 @@ class _Reduced(ConcatRows):
     A ConcatRows by type (so the index reads it block by block like any store), with its own row access.
     """
 
-    def __init__(self, rows: Any, reducer: Any, keep: np.ndarray | None = None) -> None:  # noqa: super not called
+    def __init__(self, rows: Any, reducer: Any, keep: np.ndarray | None = None) -> None:  # ConcatRows.__init__ is deliberately not called
         self.rows, self.reducer = rows, reducer
         self.sel = np.nonzero(keep)[0] if keep is not None and not keep.all() else None
         n = len(rows) if self.sel is None else len(self.sel)

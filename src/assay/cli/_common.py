@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .._jsonutil import json_default
+
 import contextlib
 import json
 import logging
@@ -35,22 +37,9 @@ def open_workspace(path: Path | None) -> Workspace:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=None, default=json_default) + "\n")
     sys.stdout.flush()
 
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
