@@ -46,6 +46,7 @@ import numpy as np
 from assay.index import (
     VectorIndex,
     brute_force_search,
+    choose_kind,
     estimate_memory,
     knn_graph,
     make_spec,
@@ -429,7 +430,9 @@ def main(argv=None) -> None:
     ap.add_argument("--flat-single", type=int, default=20)
     ap.add_argument("--build-ratio-n", type=int, default=100_000)
     ap.add_argument("--graph-k", type=int, default=32)
-    ap.add_argument("--graph-kind", default="hnsw")
+    ap.add_argument(
+        "--graph-kind", default="auto", help="kind whose index builds the kNN graph (auto: choose_kind)"
+    )
     ap.add_argument("--graph-ratio-n", type=int, default=50_000)
     ap.add_argument("--brute-block", type=int, default=1024)
     ap.add_argument("--no-graph", action="store_true")
@@ -450,6 +453,10 @@ def main(argv=None) -> None:
     if args.hnsw_m is None:
         args.hnsw_m = 16 if args.n > 200_000 else 32
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if args.graph_kind == "auto":
+        auto = choose_kind(args.n, args.dim).kind
+        approx = [k for k in kinds if k != "flat"]
+        args.graph_kind = auto if auto in kinds else (approx[0] if approx else kinds[0])
 
     t_total = time.perf_counter()
     t_gen, data = timed(clustered_data, args.n + args.nq, args.dim, args.seed)
@@ -469,6 +476,7 @@ def main(argv=None) -> None:
             "seed": args.seed,
             "quick": args.quick,
             "kinds": kinds,
+            "graph_kind": args.graph_kind,
             "hnsw_M": args.hnsw_m,
             "hnsw_efConstruction": args.hnsw_efc,
             "faiss_version": faiss.__version__,

@@ -99,7 +99,8 @@ def test_choose_kind_follows_size_and_memory():
     big = 1 << 40
     assert choose_kind(0, 256, memory_bytes=big).kind == "flat"
     assert choose_kind(50_000, 256, memory_bytes=big).kind == "flat"
-    assert choose_kind(500_000, 256, memory_bytes=big).kind == "hnsw"
+    assert choose_kind(200_000, 256, memory_bytes=big).kind == "hnsw"
+    assert choose_kind(1_000_000, 256, memory_bytes=big).kind == "ivf"
     assert choose_kind(5_000_000, 256, memory_bytes=big).kind == "ivf"
     # 5M x 256 float32 is 5 GB: with 4 GB available only compressed codes fit
     spec = choose_kind(5_000_000, 256, memory_bytes=4 * 2**30)
@@ -115,9 +116,9 @@ def test_choose_kind_follows_size_and_memory():
 
 def test_choose_kind_reads_memory_at_call_time(monkeypatch):
     monkeypatch.setattr(ix, "available_memory", lambda: 1 << 40)
-    assert choose_kind(500_000, 256).kind == "hnsw"
-    monkeypatch.setattr(ix, "available_memory", lambda: 300 * 2**20)
-    assert choose_kind(500_000, 256).kind == "ivf-pq"
+    assert choose_kind(200_000, 256).kind == "hnsw"
+    monkeypatch.setattr(ix, "available_memory", lambda: 200 * 2**20)
+    assert choose_kind(200_000, 256).kind == "ivf-pq"
 
 
 def test_available_memory_is_positive():
