@@ -35,8 +35,35 @@ from pathlib import Path
 
 DEFAULT_STRATEGIES = (
     "random,entropy,seals:entropy,most-likely-positive,seals:most-likely-positive,"
-    "expand-positive,seals:expand-positive"
+    "most-likely-positive@svm,seals:most-likely-positive@svm"
 )
+
+
+_STATE: dict = {}
+
+
+def _one_class(cls: str) -> tuple[str, dict, dict]:
+    """Simulate one class (in a worker process forked after the ground truth and index were loaded)."""
+    import time as _time
+
+    from threadpoolctl import threadpool_limits
+
+    from assay.simulate import simulate
+
+    gt, index, cfg_kw, out_dir = _STATE["gt"], _STATE["index"], _STATE["cfg"], _STATE["out"]
+    from assay.simulate import SimulationConfig
+
+    t0 = _time.perf_counter()
+    with threadpool_limits(limits=_STATE["threads"]):
+        res = simulate(gt, SimulationConfig(positive=cls, **cfg_kw), index=index,
+                       progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"{cls}: {_time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if out_dir:
+        from assay.report import write_report
+
+        write_report(res, Path(out_dir) / cls)
+    proto = {k: res.protocol[k] for k in ("corpus_size", "pool_positives", "test_positives", "index_kind")}
+    return cls, {name: _final(s) for name, s in res.summary.items()}, proto
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--proxy", default="logistic")
     ap.add_argument("--seals-k", type=int, default=100)
     ap.add_argument("--encoder", default=None)
-    ap.add_argument("--threads", type=int, default=1, help="BLAS threads (1 is fastest for these small fits).")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads per process (1 is fastest for these small fits).")
+    ap.add_argument("--jobs", type=int, default=1, help="Classes simulated in parallel (forked processes).")
+    ap.add_argument("--index-kind", default="auto", help="FAISS index for SEALS neighbours: auto | flat | hnsw.")
     ap.add_argument("--out", default=None, help="Also write the JSON and a report per class under this folder.")
     args = ap.parse_args(argv)
 
@@ -61,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     from _util import emit, machine, peak_rss_mb
 
     from assay import Workspace
-    from assay.simulate import SimulationConfig, load_ground_truth, simulate
+    from assay.simulate import build_pool_index, load_ground_truth
 
     t_start = time.perf_counter()
     strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
@@ -70,23 +99,23 @@ def main(argv: list[str] | None = None) -> None:
     gt = load_ground_truth(ws, encoder=args.encoder)
     load_s = time.perf_counter() - t0
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else gt.classes
-    per_class: dict[str, dict[str, dict]] = {}
-    protocols = {}
-    with threadpool_limits(limits=args.threads):
-        for cls in classes:
-            cfg = SimulationConfig(
-                positive=cls, prevalence=args.prevalence, budget=args.budget, batch=args.batch, seeds=args.seeds,
-                strategies=strategies, proxy=args.proxy, seals_k=args.seals_k,
-            )
-            t0 = time.perf_counter()
-            res = simulate(gt, cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
-            print(f"{cls}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-            per_class[cls] = {name: _final(s) for name, s in res.summary.items()}
-            protocols[cls] = {k: res.protocol[k] for k in ("corpus_size", "pool_positives", "test_positives")}
-            if args.out:
-                from assay.report import write_report
+    t0 = time.perf_counter()
+    # One thread in the parent: GNU OpenMP does not survive a fork after a parallel region.
+    with threadpool_limits(limits=args.threads if args.jobs == 1 else 1):
+        index = build_pool_index(gt, args.index_kind) if any(s.startswith("seals:") for s in strategies) else None
+    index_s = time.perf_counter() - t0
+    _STATE.update(gt=gt, index=index, out=args.out, threads=args.threads, cfg=dict(
+        prevalence=args.prevalence, budget=args.budget, batch=args.batch, seeds=args.seeds,
+        strategies=strategies, proxy=args.proxy, seals_k=args.seals_k, index_kind=args.index_kind))
+    if args.jobs > 1:
+        import multiprocessing as mp
 
-                write_report(res, Path(args.out) / cls)
+        with mp.get_context("fork").Pool(args.jobs) as workers:
+            results = workers.map(_one_class, classes, chunksize=1)
+    else:
+        results = [_one_class(c) for c in classes]
+    per_class = {cls: summ for cls, summ, _ in results}
+    protocols = {cls: proto for cls, _, proto in results}
 
     overall = {}
     for name in strategies:
@@ -122,9 +151,10 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "mining", "workspace": str(ws.root), "encoder": args.encoder or ws.default_encoder,
         "protocol": {"classes": classes, "seeds": args.seeds, "budget": args.budget, "batch": args.batch,
                      "prevalence": args.prevalence, "proxy": args.proxy, "seals_k": args.seals_k,
+                     "index_kind": index.spec.kind if index is not None else None,
                      "seed": "5 positives + 95 negatives, counted in the budget", "per_class": protocols},
         "classes": per_class, "overall": overall, "seals_vs_full": ratios, "targets": targets,
-        "load_seconds": load_s, "total_seconds": time.perf_counter() - t_start, "peak_rss_mb": peak_rss_mb(),
+        "load_seconds": load_s, "index_seconds": index_s, "jobs": args.jobs, "total_seconds": time.perf_counter() - t_start, "peak_rss_mb": peak_rss_mb(),
         "threads": args.threads, "machine": machine(),
     }
     if args.out:

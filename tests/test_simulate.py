@@ -10,11 +10,11 @@ import csv
 import json
 from pathlib import Path
 
+import fake_encoder  # noqa: F401
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import fake_encoder  # noqa: F401
 from assay import Workspace, embed, ingest
 from assay.cli.main import app
 from assay.errors import InputError, UnknownNameError
@@ -26,15 +26,6 @@ from assay.simulate import (
     positives_to_keep,
     simulate,
 )
-
-try:  # the lead wires the command into cli/main.py; register it here if that has not happened yet
-    from assay.cli import simulate_cmd
-
-    if not any(getattr(c, "name", None) == "simulate" or getattr(c.callback, "__name__", "") == "simulate"
-               for c in app.registered_commands):
-        simulate_cmd.register(app)
-except ImportError:  # pragma: no cover
-    pass
 
 CLASSES = ("red", "green", "blue")
 N_ITEMS = 330
@@ -89,8 +80,8 @@ def truth(ws):
 
 
 def _cfg(**kw):
-    base = dict(positive="red", prevalence=0.1, budget=80, batch=20, seeds=2, seed_positives=2, seed_negatives=18,
-                strategies=("random", "most-likely-positive", "seals:most-likely-positive"), seals_k=10)
+    base = {"positive": "red", "prevalence": 0.1, "budget": 80, "batch": 20, "seeds": 2, "seed_positives": 2, "seed_negatives": 18,
+                "strategies": ("random", "most-likely-positive", "seals:most-likely-positive"), "seals_k": 10}
     base.update(kw)
     return SimulationConfig(**base)
 
@@ -146,7 +137,7 @@ def test_seals_neighbours_come_from_the_simulated_corpus_only(truth, kind):
 def test_prevalence_is_honoured(truth, result):
     label = dict(zip(truth.ids.tolist(), truth.labels.tolist()))
     n_neg = int(((truth.labels != "red") & ~truth.is_test).sum())
-    for s, corpus in result.corpus_ids.items():
+    for corpus in result.corpus_ids.values():
         n_pos = sum(label[i] == "red" for i in corpus.tolist())
         assert n_pos == positives_to_keep(n_neg, 0.1) == round(0.1 * n_neg / 0.9)
         assert abs(n_pos / corpus.size - 0.1) < 0.01
@@ -182,7 +173,7 @@ def test_same_seed_same_result_and_seeds_differ(truth, result):
     # Seed 1 alone, one strategy alone: the same rows and proposals as inside the full run.
     name = "seals:most-likely-positive"
     again = simulate(truth, _cfg(seeds=[1], strategies=(name,)))
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rows]
     want = [r for r in result.rows if r["strategy"] == name and r["seed"] == 1]
     assert strip(again.rows) == strip(want)
     assert again.mined[name] == [m for m in result.mined[name] if m["seed"] == 1]
@@ -237,17 +228,34 @@ def test_ground_truth_sorts_and_validates():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(budget=10), "smaller than the seed"),
-        (dict(prevalence=1.5), "prevalence"),
-        (dict(batch=0), "batch"),
-        (dict(strategies=("nope",)), "unknown strategy"),
-        (dict(proxy="forest"), "unknown proxy"),
-        (dict(seeds=0), "seeds"),
+        ({"budget": 10}, "smaller than the seed"),
+        ({"prevalence": 1.5}, "prevalence"),
+        ({"batch": 0}, "batch"),
+        ({"strategies": ("nope",)}, "unknown strategy"),
+        ({"proxy": "forest"}, "unknown proxy"),
+        ({"seeds": 0}, "seeds"),
     ],
 )
 def test_bad_config(truth, kw, match):
     with pytest.raises(InputError, match=match):
         simulate(truth, _cfg(**kw))
+
+
+def test_strategy_specs_name_their_proxy():
+    from assay.select.strategies import SealsStrategy
+    from assay.simulate import make_strategy, split_spec
+
+    assert split_spec("seals:entropy@mlp") == ("seals:entropy", "mlp")
+    assert split_spec("random") == ("random", None)
+    with pytest.raises(InputError, match="expected a proxy name"):
+        split_spec("random@")
+    with pytest.raises(UnknownNameError, match="unknown proxy 'forest'"):
+        _cfg(strategies=("random@forest",)).validate()
+    _cfg(strategies=("random@ensemble", "seals:mixed", "diverse-positive")).validate()
+    s = make_strategy("seals:mixed", seals_k=7)
+    assert isinstance(s, SealsStrategy) and s.k == 7
+    with pytest.raises(UnknownNameError, match="seals:mixed"):  # the message lists the extra names too
+        make_strategy("nope")
 
 
 def test_unknown_class_lists_the_classes(truth):

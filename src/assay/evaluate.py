@@ -34,17 +34,17 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
-    "average_precision",
-    "recall",
-    "mining_precision",
     "ap_gain_per_1000",
+    "average_precision",
     "cluster_positives",
     "coverage",
-    "novelty_hits",
-    "novelty_hit_rate",
-    "nearest_other_similarity",
     "labels_to_reach",
     "mean_ignoring_none",
+    "mining_precision",
+    "nearest_other_similarity",
+    "novelty_hit_rate",
+    "novelty_hits",
+    "recall",
 ]
 
 

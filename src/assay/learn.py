@@ -291,6 +291,11 @@ class LogisticProxy:
             folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=self.random_state)
             oof = cross_val_predict(self._make_lr(), X, y, cv=folds, method="decision_function")  # [n]
             A, B = platt_scaling(oof, y)
+            if A >= 0:
+                # With few positives the out-of-fold scores can fail to separate the classes and the
+                # fitted slope comes out >= 0, which would reverse the ranking: keep the raw model.
+                method = "none"
+        if method == "sigmoid":
             # P = 1 / (1 + exp(A (x.w + b) + B)) = sigmoid(x.(-A w) + (-A b - B))
             self.coef_, self.intercept_ = -A * w, -A * b - B
             self.platt_ = (A, B)

@@ -45,7 +45,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PROXIES = ("logistic", "mlp", "ensemble")
+PROXIES = ("logistic", "mlp", "ensemble", "svm")
 _POSITIVE = {"1", "1.0", "yes", "y", "true", "t", "pos", "positive", "+"}
 _NEGATIVE = {"0", "0.0", "no", "n", "false", "f", "neg", "negative", "-"}
 
@@ -73,7 +73,7 @@ class RoundOutcome:
 
 
 def make_proxy(kind: str = "logistic", *, seed: int = 0, **params: Any):
-    """A proxy model on embeddings by name: ``logistic`` (class-weighted, calibrated), ``mlp``, ``ensemble``."""
+    """A proxy model on embeddings by name: ``logistic`` (class-weighted, calibrated), ``mlp``, ``ensemble``, ``svm`` (RBF kernel)."""
     from . import learn
 
     if kind == "logistic":
@@ -82,6 +82,10 @@ def make_proxy(kind: str = "logistic", *, seed: int = 0, **params: Any):
         return learn.MLPProxy(random_state=seed, **params)
     if kind == "ensemble":
         return learn.BootstrapEnsemble(random_state=seed, **params)
+    if kind == "svm":
+        from .kernel import KernelSVMProxy
+
+        return KernelSVMProxy(random_state=seed, **params)
     from .errors import UnknownNameError
 
     raise UnknownNameError("proxy", kind, PROXIES)

@@ -15,8 +15,6 @@ leaves no half report. Plots use matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
-from ._jsonutil import json_default as _default_json
-
 import html
 import json
 import os
@@ -27,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._jsonutil import json_default as _default_json
+
 if TYPE_CHECKING:  # pragma: no cover
     from .simulate import SimulationResult
 
-__all__ = ["ReportFiles", "write_report", "plot_curves", "PLOTS"]
+__all__ = ["PLOTS", "ReportFiles", "plot_curves", "write_report"]
 
 #: (file stem, curve key, y label, log scale)
 PLOTS = (
@@ -161,7 +161,7 @@ def _fmt(v: Any, f: str) -> str:
         return html.escape(str(v))
 
 
-def _html(result: "SimulationResult", plots: Sequence[Path], thumbs: _Thumbs, per_strategy: int, size: int) -> str:
+def _html(result: SimulationResult, plots: Sequence[Path], thumbs: _Thumbs, per_strategy: int, size: int) -> str:
     p = result.protocol
     head = (
         f"<h1>Simulated mining of {html.escape(result.positive)!s}</h1>"
@@ -207,7 +207,7 @@ def _html(result: "SimulationResult", plots: Sequence[Path], thumbs: _Thumbs, pe
 
 
 def write_report(
-    result: "SimulationResult", directory: str | os.PathLike[str], *, per_strategy: int = 48, thumb_size: int = 64,
+    result: SimulationResult, directory: str | os.PathLike[str], *, per_strategy: int = 48, thumb_size: int = 64,
     json_default: Callable[[Any], Any] | None = None,
 ) -> ReportFiles:
     """Write the table, the summary, the plots and the HTML page into ``directory`` (see the module doc)."""

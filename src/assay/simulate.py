@@ -45,6 +45,7 @@ The functional core (:func:`simulate`) works on a :class:`GroundTruth` of arrays
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import time
 import warnings
@@ -62,17 +63,17 @@ from .errors import EmptyPoolError, InputError, NotFoundError, UnknownNameError
 __all__ = [
     "DEFAULT_STRATEGIES",
     "GroundTruth",
-    "SimulationConfig",
     "SimCorpus",
+    "SimulationConfig",
     "SimulationResult",
-    "load_ground_truth",
-    "read_truth_file",
     "build_corpus",
     "build_pool_index",
+    "load_ground_truth",
     "make_strategy",
-    "split_spec",
+    "read_truth_file",
     "simulate",
     "simulate_workspace",
+    "split_spec",
     "summarize",
 ]
 
@@ -320,7 +321,7 @@ class SimCorpus:
 
 def positives_to_keep(n_negative: int, prevalence: float) -> int:
     """``round(p * n_neg / (1 - p))``, at least 1: the positives that make up ``p`` of the pool."""
-    return max(1, int(round(prevalence * n_negative / (1.0 - prevalence))))
+    return max(1, round(prevalence * n_negative / (1.0 - prevalence)))
 
 
 def build_corpus(
@@ -502,7 +503,7 @@ def _run(
     # The proxy on the final labels (the loop would train it at the start of the next round).
     final = make_proxy(proxy, seed=seed * 1000 + rnd + 1).fit(lookup(lab_ids), lab_y.astype(np.int8))
     rows[-1]["ap"] = ap_of(final)
-    for prev, cur in zip(rows, rows[1:]):
+    for prev, cur in itertools.pairwise(rows):
         cur["ap_gain_per_1000"] = float(E.ap_gain_per_1000([prev["labels"], cur["labels"]], [prev["ap"], cur["ap"]])[0])
     return _Run(rows=rows, mined=mined, n_truncated=n_trunc)
 
@@ -591,8 +592,8 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> tupl
             })
         keys = [k for k in per_seed[0] if k not in ("seed",)] if per_seed else []
         agg: dict[str, Any] = {k: _mean([p[k] for p in per_seed]) for k in keys}
-        agg["labels"] = int(round(agg["labels"])) if agg.get("labels") is not None else 0
-        agg["rounds"] = int(round(agg["rounds"])) if agg.get("rounds") is not None else 0
+        agg["labels"] = round(agg["labels"]) if agg.get("labels") is not None else 0
+        agg["rounds"] = round(agg["rounds"]) if agg.get("rounds") is not None else 0
         agg["ap_std"] = float(np.std([p["ap"] for p in per_seed])) if per_seed else None
         agg["recall_std"] = float(np.std([p["recall"] for p in per_seed])) if per_seed else None
         agg["seeds"] = len(per_seed)

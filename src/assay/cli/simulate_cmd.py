@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,10 +27,10 @@ def simulate(
     seals_k: Annotated[int, typer.Option("--seals-k", help="Neighbours per labelled item in a SEALS pool.")] = 100,
     seed_positives: Annotated[int, typer.Option("--seed-positives", help="Positives in the seed.")] = 5,
     seed_negatives: Annotated[int, typer.Option("--seed-negatives", help="Negatives in the seed.")] = 95,
-    novelty_threshold: Annotated[Optional[float], typer.Option("--novelty-threshold", help="Cosine below which a new positive counts as novel (default: the median nearest-positive cosine).")] = None,
-    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder whose embeddings to use.")] = None,
-    truth: Annotated[Optional[Path], typer.Option("--truth", help="Ground truth CSV (id or uri, label[, split]) instead of the item metadata.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write rounds.csv, summary.json, PNG curves and index.html here.")] = None,
+    novelty_threshold: Annotated[float | None, typer.Option("--novelty-threshold", help="Cosine below which a new positive counts as novel (default: the median nearest-positive cosine).")] = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="Encoder whose embeddings to use.")] = None,
+    truth: Annotated[Path | None, typer.Option("--truth", help="Ground truth CSV (id or uri, label[, split]) instead of the item metadata.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write rounds.csv, summary.json, PNG curves and index.html here.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Simulate mining a rare concept with an oracle, following the SEALS paper's protocol."""

@@ -50,7 +50,13 @@ from assay.select.strategies import (
     vectors_by_row,
 )
 
+from assay.select.mixed import MIXED_STRATEGIES  # noqa: E402  (needs the strategies module first)
+from assay.select.strategies import STRATEGIES as _STRATEGIES
+
+_STRATEGIES.update(MIXED_STRATEGIES)
+
 __all__ = [
+    "MIXED_STRATEGIES",
     # scores
     "least_confidence",
     "margin",

@@ -27,7 +27,7 @@ from assay.errors import InputError
 from assay.select import scores as S
 from assay.select.strategies import SealsStrategy, Strategy
 
-__all__ = ["MixedStrategy", "DiversePositiveStrategy", "MIXED_STRATEGIES", "names", "make"]
+__all__ = ["MIXED_STRATEGIES", "DiversePositiveStrategy", "MixedStrategy", "make", "names"]
 
 
 def _proba(ctx: Any, pool: np.ndarray, name: str) -> np.ndarray:
@@ -58,6 +58,10 @@ class MixedStrategy(Strategy):
     explore : float in [0, 1]
         Share of the batch chosen by uncertainty (default 0.2). 0 is ``most-likely-positive``,
         1 is ``entropy``.
+
+    The split of a batch between exploitation and exploration follows Osugi, Kim & Scott (2005),
+    "Balancing exploration and exploitation: a new algorithm for active machine learning" (ICDM); the
+    greedy exploitation part is one-step active search (Garnett et al., ICML 2012).
     """
 
     name = "mixed"
@@ -69,7 +73,7 @@ class MixedStrategy(Strategy):
 
     def _select(self, ctx, pool, n, rng):
         p = _proba(ctx, pool, self.name)  # [n_pool]
-        n_exploit = int(round(n * (1.0 - self.explore)))
+        n_exploit = round(n * (1.0 - self.explore))
         first = _ranking(S.most_likely_positive(p), pool)[:n_exploit]  # [n_exploit] positions
         rest = np.ones(pool.size, dtype=bool)
         rest[first] = False
@@ -86,7 +90,8 @@ class DiversePositiveStrategy(Strategy):
     Walks the ranking by P(positive) (ties by id) and accepts an item unless its similarity to an
     accepted one is ``>= max_sim``; when the ranking runs out first, the skipped items fill the batch in
     ranking order. Only the top ``n * oversample`` candidates are compared (``[n * oversample, dim]``
-    vectors). Needs ``ctx.proba`` and ``ctx.vectors``.
+    vectors). Needs ``ctx.proba`` and ``ctx.vectors``. A hard-threshold form of maximal marginal
+    relevance (Carbonell & Goldstein, SIGIR 1998) on active search's greedy ranking.
     """
 
     name = "diverse-positive"
