@@ -134,6 +134,29 @@ def _blockwise(X: Any, fn: Callable[[np.ndarray], np.ndarray], block_size: int, 
 
 
 # --------------------------------------------------------------------------------------------
+# Small problems: one BLAS thread
+# --------------------------------------------------------------------------------------------
+
+
+def _small_blas(X: Any, limit: int = 20_000_000):
+    """A context that runs BLAS on one thread while fitting a small model on ``X``.
+
+    L-BFGS on a few thousand labelled rows makes many tiny BLAS calls; with a multi-threaded BLAS each
+    one wakes the pool, and on a busy machine that dominated the fit (measured on 2 cores: a 700-label
+    logistic fit with out-of-fold Platt scaling took 0.49 s threaded, 0.14 s single-threaded). Large
+    ``X`` keeps the default threading.
+    """
+    import contextlib
+
+    size = getattr(X, "size", None)
+    if size is None or size > limit:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+# --------------------------------------------------------------------------------------------
 # Platt scaling
 # --------------------------------------------------------------------------------------------
 
@@ -261,6 +284,11 @@ class LogisticProxy:
         return LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter)
 
     def fit(self, X: Any, y: Any) -> "LogisticProxy":
+        """Fit on ``X [n, dim]``, ``y [n]`` in {0, 1} (BLAS single-threaded: see :func:`_small_blas`)."""
+        with _small_blas(X):
+            return self._fit(X, y)
+
+    def _fit(self, X: Any, y: Any) -> "LogisticProxy":
         """Fit on labelled embeddings ``X [n, dim]`` and labels ``y [n]`` in {0, 1}."""
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 

@@ -196,7 +196,7 @@ class _Proposer:
                 s = Searcher(self.ws, enc)
                 if key[1] is not None:
                     s.index()
-                self._searcher, self._searcher_key = s, key
+                self._searcher, self._searcher_key = _MemoSearcher(s), key
             return self._searcher
 
     def status(self, concept_id: int) -> dict[str, Any]:
@@ -253,6 +253,67 @@ class _Proposer:
             job.done.set()
 
 
+class _MemoSearcher:
+    """The server's Searcher with a memo in front of ``neighbors``.
+
+    A SEALS round asks for the neighbours of every labelled item; the neighbourhoods do not change
+    while the index does not, so the kept searcher answers the items it has seen from memory and only
+    the newly labelled ones reach FAISS (at 1M items this took a round from ~0.3-0.5 s, growing with
+    the labels, to a constant). The memo dies with the searcher when the index is rebuilt.
+    """
+
+    def __init__(self, searcher: Any, *, vector_memo_bytes: int = 512 << 20) -> None:
+        from ..select.pools import CachedNeighbors
+
+        self._inner = searcher
+        self._memo = CachedNeighbors(searcher.neighbors)
+        self._lock = threading.Lock()
+        self._corpus: np.ndarray | None = None
+        self.store = _MemoStore(searcher.store, vector_memo_bytes)
+
+    def neighbors(self, ids: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._memo(np.asarray(ids, dtype=np.int64), k)
+
+    def sorted_corpus(self) -> np.ndarray:
+        """The index's ids, sorted once per index (a 1M-id sort cost ~60 ms a round)."""
+        with self._lock:
+            if self._corpus is None:
+                self._corpus = np.sort(self._inner.index().ids)
+            return self._corpus
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _MemoStore:
+    """The vector store behind the kept searcher, with a float32 memo of the rows read for rounds.
+
+    Each round scores the SEALS pool, which changes little between rounds; the memo
+    (:class:`~assay.select.strategies.CachedVectors`) keeps the rows it has read, up to ``max_bytes``, after
+    which reads go to the store again. Everything but ``get`` of plain float32 vectors goes to the store.
+    """
+
+    def __init__(self, store: Any, max_bytes: int) -> None:
+        from ..select.strategies import CachedVectors
+
+        self._store = store
+        self._max_rows = max(0, int(max_bytes) // (4 * max(1, int(store.dim)))) if store.exists() else 0
+        self._memo = CachedVectors(lambda ids: store.get(ids, dtype=np.float32))
+        self._lock = threading.Lock()
+
+    def get(self, ids: Any, *, dtype: Any = np.float32, extra: str | None = None) -> np.ndarray:
+        if extra is None and np.dtype(dtype) == np.float32:
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            with self._lock:
+                if len(self._memo) + ids.size <= self._max_rows:
+                    return self._memo(ids)
+        return self._store.get(ids, dtype=dtype, extra=extra)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 class _KeptSearcherMiner(Miner):
     """A Miner that reuses the server's Searcher, so the index is not reloaded every round."""
 
@@ -262,6 +323,10 @@ class _KeptSearcherMiner(Miner):
 
     def _searcher(self):
         return self._kept
+
+    def _corpus(self, searcher) -> np.ndarray:
+        kept = getattr(searcher, "sorted_corpus", None)
+        return kept() if kept is not None else super()._corpus(searcher)
 
 
 # ---------------------------------------------------------------------------------------------- guard middleware

@@ -1,0 +1,53 @@
+"""The server's kept searcher: memoised neighbours, vectors and corpus give the same answers as the store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the web stack is an optional extra: pip install 'assay[server]'")
+
+from test_server_api import make_workspace  # noqa: E402
+
+from assay.search import Searcher  # noqa: E402
+from assay.server.app import _KeptSearcherMiner, _MemoSearcher  # noqa: E402
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = make_workspace(tmp_path)
+    yield w
+    w.close()
+
+
+def test_memo_neighbors_match_the_index(ws):
+    plain = Searcher(ws, "test-mean-color")
+    memo = _MemoSearcher(Searcher(ws, "test-mean-color"))
+    ids = np.sort(plain.index().ids)[:7]
+    for batch in (ids[:3], ids, ids[::-1], ids[2:5]):  # hits, misses, repeats, any order
+        s0, n0 = plain.neighbors(batch, 4)
+        s1, n1 = memo.neighbors(batch, 4)
+        np.testing.assert_array_equal(n0, n1)
+        np.testing.assert_allclose(s0, s1, rtol=1e-6)
+    assert memo._memo.n_computed == ids.size  # each id searched once
+
+
+def test_memo_store_matches_the_store_and_respects_its_budget(ws):
+    store = ws.vectors("test-mean-color")
+    ids = np.sort(Searcher(ws, "test-mean-color").index().ids)
+    memo = _MemoSearcher(Searcher(ws, "test-mean-color"))
+    np.testing.assert_array_equal(memo.store.get(ids[::-1]), store.get(ids[::-1]))
+    np.testing.assert_array_equal(memo.store.get(ids[:5], dtype=np.float16), store.get(ids[:5], dtype=np.float16))
+    assert len(memo.store._memo) == ids.size
+    tiny = _MemoSearcher(Searcher(ws, "test-mean-color"), vector_memo_bytes=4 * store.dim * 3)
+    np.testing.assert_array_equal(tiny.store.get(ids), store.get(ids))  # over budget: read through
+    assert len(tiny.store._memo) == 0
+    assert tiny.store.dim == store.dim  # everything else goes to the store
+
+
+def test_kept_miner_uses_the_sorted_corpus_once(ws):
+    memo = _MemoSearcher(Searcher(ws, "test-mean-color"))
+    miner = _KeptSearcherMiner(ws, "x", encoder="test-mean-color", searcher=memo)
+    c1 = miner._corpus(memo)
+    assert np.all(np.diff(c1) > 0)
+    assert miner._corpus(memo) is c1
