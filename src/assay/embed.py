@@ -14,10 +14,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from .media import decode_image, read_bytes
 from .vectors import VectorStore
 from .workspace import Workspace
 
-__all__ = ["EmbedReport", "embed", "load_encoder"]
+__all__ = ["EmbedReport", "EmbedHook", "embed", "load_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,30 @@ class _ShardWriter:
         self.ids, self.vecs, self.extras, self.errors, self.n = [], [], {}, [], 0
 
 
-def _decode_one(enc: Encoder, item: ItemRow, draft: tuple[int, int] | None) -> np.ndarray | DecodeError:
+class EmbedHook(Protocol):
+    """Extra per-image work that rides along the embedding pass (e.g. a detector plugin,
+    :class:`assay.interop.detector.DetectorHook`): each image is read and decoded once for both.
+
+    ``preprocess(image)`` runs in the decode threads on the decoded RGB image; ``process(ids, inputs)``
+    runs after each encoder batch with the ids of that batch's decoded items and what ``preprocess``
+    returned for them; ``close()`` runs once at the end of the pass, also after an interruption.
+    """
+
+    def preprocess(self, image: Any) -> Any: ...
+
+    def process(self, ids: Sequence[int], inputs: Sequence[Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _decode_one(
+    enc: Encoder, item: ItemRow, draft: tuple[int, int] | None, hooks: Sequence[EmbedHook] = ()
+) -> np.ndarray | tuple[np.ndarray, list[Any]] | DecodeError:
     try:
         image = decode_image(read_bytes(item.uri), draft_size=draft)
-        return enc.preprocess(image)
+        if not hooks:
+            return enc.preprocess(image)
+        return enc.preprocess(image), [h.preprocess(image) for h in hooks]
     except DecodeError as exc:
         return exc
     except Exception as exc:  # one bad item never stops the run; the reason is recorded on it
@@ -134,6 +154,7 @@ def embed(
     reset: bool = False,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    hooks: Sequence[EmbedHook] = (),
 ) -> EmbedReport:
     """Embed every ok item of the workspace that the encoder has not embedded yet.
 
@@ -155,6 +176,10 @@ def embed(
         Called with the number of items finished after each batch.
     on_start : callable, optional
         Called once with the number of pending items.
+    hooks : sequence of EmbedHook, optional
+        Extra per-image work in the same pass (see :class:`EmbedHook`), e.g. a detector plugin. Hooks see
+        the items this run embeds (not those embedded before) at full resolution (JPEG draft decoding is
+        off while hooks run), and only images.
     """
     for name, v in (("batch_size", batch_size), ("shard_size", shard_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -185,12 +210,14 @@ def embed(
         writer = _ShardWriter(ws, store, shard_size, report)
         try:
             if len(pending_by_mod.get("image", [])):
-                _embed_images(ws, enc, pending_by_mod["image"], writer, batch_size, workers, progress)
+                _embed_images(ws, enc, pending_by_mod["image"], writer, batch_size, workers, progress, hooks)
             if len(pending_by_mod.get("text", [])):
                 _embed_texts(ws, enc, pending_by_mod["text"], writer, batch_size, progress)
         finally:
             # Whatever finished (also on Ctrl-C) is committed; a hard kill loses only this buffer.
             writer.commit()
+            for hook in hooks:
+                hook.close()
         report.total_embedded = len(store)
     report.seconds = time.perf_counter() - t0
     return report
@@ -198,9 +225,9 @@ def embed(
 
 def _embed_images(
     ws: Workspace, enc: Encoder, ids: np.ndarray, writer: _ShardWriter, batch_size: int, workers: int | None,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], None] | None, hooks: Sequence[EmbedHook] = (),
 ) -> None:
-    draft = draft_size(enc)
+    draft = draft_size(enc) if not hooks else None
     workers = workers or max(2, os.cpu_count() or 2)
     window = batch_size * 3  # items decoded ahead of inference
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assay-decode") as pool:
@@ -209,13 +236,14 @@ def _embed_images(
         exhausted = False
         batch_ids: list[int] = []
         batch_arrays: list[np.ndarray] = []
+        batch_extra: list[list[Any]] = []  # per item, one input per hook
         while True:
             while not exhausted and len(inflight) < window:
                 item = next(items, None)
                 if item is None:
                     exhausted = True
                     break
-                inflight.append((item.id, pool.submit(_decode_one, enc, item, draft)))
+                inflight.append((item.id, pool.submit(_decode_one, enc, item, draft, hooks)))
             if not inflight:
                 break
             item_id, fut = inflight.popleft()
@@ -225,13 +253,18 @@ def _embed_images(
                 if progress is not None:
                     progress(1)
             else:
+                if hooks:
+                    res, extra = res
+                    batch_extra.append(extra)
                 batch_ids.append(item_id)
                 batch_arrays.append(res)
             if len(batch_ids) >= batch_size or (not inflight and exhausted and batch_ids):
                 _run_batch(enc, batch_ids, batch_arrays, writer)
+                for k, hook in enumerate(hooks):
+                    hook.process(list(batch_ids), [e[k] for e in batch_extra])
                 if progress is not None:
                     progress(len(batch_ids))
-                batch_ids, batch_arrays = [], []
+                batch_ids, batch_arrays, batch_extra = [], [], []
 
 
 def _run_batch(enc: Encoder, batch_ids: list[int], arrays: list[np.ndarray], writer: _ShardWriter) -> None:

@@ -113,6 +113,8 @@ def select_round(
     proxy: str = "logistic",
     random_fraction: float = 0.2,
     seed: int = 0,
+    model_scores: Callable[[np.ndarray], np.ndarray] | None = None,
+    band_ids: np.ndarray | None = None,
 ) -> RoundOutcome:
     """Propose ``n`` items to label next.
 
@@ -135,9 +137,18 @@ def select_round(
         Exemplar embeddings, for relevance-based strategies.
     seed_hits : sequence of int64 arrays
         Ranked candidate lists for a cold start (from text queries, exemplars, known positives).
-    proxy : "logistic" | "mlp" | "ensemble"
+    proxy : "logistic" | "mlp" | "ensemble" | "svm"
     random_fraction : float in [0, 1]
         Share of a cold-start batch drawn at random (exploration).
+    model_scores : ids [m] -> [m], optional
+        An external model's score per item in [0, 1], NaN where it gave none (a weak detector, imported
+        scores, the ImageNet tagger): the ``value`` strategy's model term (when its ``d > 0``).
+    band_ids : int64 [b], optional
+        A candidate source: the items in that model's medium-confidence band, most central first
+        (:func:`assay.interop.scores.band_candidates`). On a cold start they are one more ranked seed
+        list (reason ``seed-model``); afterwards a ``seals:`` strategy adds them to its kNN pool (other
+        strategies already see every unlabelled item). Proposed band items carry the reason
+        ``strategy-band``.
     """
     from .select.strategies import SelectionContext, get_strategy
 
@@ -155,9 +166,18 @@ def select_round(
     n_pos = int((labels == 1).sum())
     n_neg = int((labels == 0).sum())
 
+    band = None
+    if band_ids is not None:
+        band = np.asarray(band_ids, dtype=np.int64)
+        band = band[np.isin(band, corpus_ids) & ~np.isin(band, labelled_ids) & ~np.isin(band, excluded)]
     if n_pos == 0 or n_neg == 0:
         t0 = time.perf_counter()
-        out = _cold_start(n, rng, corpus_ids, labelled_ids, excluded, seed_hits, random_fraction, strat.name)
+        hits = list(seed_hits)
+        reasons = ["seed-query"] * len(hits)
+        if band is not None and len(band):
+            hits.append(band)
+            reasons.append("seed-model")
+        out = _cold_start(n, rng, corpus_ids, labelled_ids, excluded, hits, random_fraction, strat.name, reasons)
         out.seconds = {"select": time.perf_counter() - t0}
         out.proxy = {"kind": None, "n_positive": n_pos, "n_negative": n_neg,
                      "note": "cold start: the labels lack a class, so the batch is seeded from queries and random items"}
@@ -193,6 +213,8 @@ def select_round(
         query_vectors=query_vectors,
         neighbors=neighbors,
         non_representative=excluded if len(excluded) else None,
+        model_scores=model_scores,
+        extra_candidates=band if band is not None and len(band) else None,
         corpus_size=len(corpus_ids),
     )
     timings["pool"] = time.perf_counter() - t0
@@ -200,9 +222,10 @@ def select_round(
     sel = strat.select(ctx, n, rng)
     timings["select"] = time.perf_counter() - t0
     prelabels = model.predict_proba(np.asarray(vectors(sel.ids), dtype=np.float32)) if len(sel.ids) else np.zeros(0)
+    in_band = np.isin(sel.ids, band) if band is not None else np.zeros(len(sel.ids), dtype=bool)
     return RoundOutcome(
         ids=sel.ids, scores=np.asarray(sel.scores, dtype=np.float64), prelabels=np.asarray(prelabels, dtype=np.float64),
-        reasons=["strategy"] * len(sel.ids), strategy=strat.name, cold_start=False, pool_size=int(sel.pool_size),
+        reasons=["strategy-band" if b else "strategy" for b in in_band.tolist()], strategy=strat.name, cold_start=False, pool_size=int(sel.pool_size),
         scanned=int(sel.scanned), corpus_size=len(corpus_ids),
         proxy={"kind": proxy, "n_positive": n_pos, "n_negative": n_neg,
                "calibration": getattr(model, "calibration_", None)},
@@ -210,7 +233,7 @@ def select_round(
     )
 
 
-def _cold_start(n, rng, corpus_ids, labelled_ids, excluded, seed_hits, random_fraction, name) -> RoundOutcome:
+def _cold_start(n, rng, corpus_ids, labelled_ids, excluded, seed_hits, random_fraction, name, hit_reasons=None) -> RoundOutcome:
     blocked = set(labelled_ids.tolist()) | set(excluded.tolist())
     allowed = set(corpus_ids.tolist())
     n_query = n if not seed_hits else int(round(n * (1.0 - random_fraction)))
@@ -218,6 +241,8 @@ def _cold_start(n, rng, corpus_ids, labelled_ids, excluded, seed_hits, random_fr
     reasons: list[str] = []
     scores: list[float] = []
     # Round-robin over the ranked hit lists, so that every query contributes.
+    hit_reasons = list(hit_reasons) if hit_reasons is not None else ["seed-query"] * len(seed_hits)
+    list_reasons = [r for h, r in zip(seed_hits, hit_reasons) if len(h)]
     lists = [list(np.asarray(h, dtype=np.int64)) for h in seed_hits if len(h)]
     pos = [0] * len(lists)
     seen: set[int] = set()
@@ -230,7 +255,7 @@ def _cold_start(n, rng, corpus_ids, labelled_ids, excluded, seed_hits, random_fr
                     continue
                 seen.add(cand)
                 chosen.append(cand)
-                reasons.append("seed-query")
+                reasons.append(list_reasons[j])
                 scores.append(1.0 - (pos[j] - 1) / max(len(lst), 1))
                 break
             if len(chosen) >= n_query:
@@ -353,23 +378,51 @@ class Miner:
         arr = np.asarray(sorted(set(pending)), dtype=np.int64)
         return arr[~np.isin(arr, labelled)]
 
+    def _model_score_use(self, model_scores: Any):
+        from .interop.scores import ModelScoreUse, get_score_use
+
+        if model_scores is False:
+            return None
+        if model_scores is None:
+            return get_score_use(self.ws.catalog, self.concept_name)
+        if isinstance(model_scores, str):
+            return ModelScoreUse(model=model_scores)
+        if isinstance(model_scores, ModelScoreUse):
+            return model_scores
+        raise InputError(f"model_scores must be a model name, a ModelScoreUse, None or False; got {model_scores!r}")
+
     def propose(
         self, *, strategy: str = "seals:entropy", batch: int = 50, seed: int | None = None, proxy: str = "logistic",
         random_fraction: float = 0.2, seals_k: int = 100, keep_duplicates: bool = False,
+        model_scores: Any = None, strategy_params: dict[str, Any] | None = None, include_pseudo: bool = False,
     ) -> tuple[Any, RoundOutcome]:
-        """Run one round and record it; returns ``(round row, outcome)``."""
+        """Run one round and record it; returns ``(round row, outcome)``.
+
+        ``model_scores``: how external model scores take part (:mod:`assay.interop.scores`): ``None`` uses
+        what ``assay scores use`` recorded for the concept (nothing if it recorded nothing), a model name
+        or a :class:`~assay.interop.scores.ModelScoreUse` uses that, ``False`` turns them off. The model's
+        medium-confidence band becomes a candidate source; with a ``value`` strategy its weight becomes
+        the strategy's ``d`` (unless ``strategy_params`` sets ``d``). ``strategy_params`` go to the base
+        strategy (e.g. ``{"a": 1, "b": 1, "c": 0.5}`` for ``value``). ``include_pseudo`` trains the proxy
+        on pseudo-labels too (off by default: only human, oracle and imported labels count).
+        """
         from .select.strategies import get_strategy
 
         t_all = time.perf_counter()
         batch = _check_batch(batch)
         concept = self.concept
         cat = self.ws.catalog
-        strat = get_strategy(strategy, pool_params={"k": seals_k} if strategy.startswith("seals:") else None)
+        use = self._model_score_use(model_scores)
+        params = dict(strategy_params or {})
+        base_name = strategy.strip().lower().rpartition(":")[2]
+        if use is not None and base_name == "value" and use.weight > 0 and "d" not in params:
+            params.update(d=use.weight, model_term=use.term)
+        strat = get_strategy(strategy, pool_params={"k": seals_k} if strategy.startswith("seals:") else None, **params)
         searcher = self._searcher()
         store = searcher.store
         t0 = time.perf_counter()
         corpus = self._corpus(searcher)
-        labelled, labels = cat.current_labels(concept.id)
+        labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         labelled_in = np.isin(labelled, corpus)
         excluded = self._pending(concept.id, labelled)
         if not keep_duplicates:
@@ -378,6 +431,15 @@ class Miner:
         rng = np.random.default_rng(seed if seed is not None else [concept.id, round_no])
         seed_hits = self._seed_hits(searcher, concept, labelled[labels == 1], batch) if (labels == 1).sum() == 0 or (labels == 0).sum() == 0 else []
         query_vectors = store.get(concept.exemplars) if concept.exemplars else None
+        score_fn = band = None
+        if use is not None:
+            from .interop.scores import band_candidates, read_scores, score_lookup
+
+            s_ids, s_vals = read_scores(cat, concept.name, use.model)
+            score_fn = score_lookup(s_ids, s_vals)
+            keep = np.isin(s_ids, corpus) & ~np.isin(s_ids, labelled) & ~np.isin(s_ids, excluded)
+            band = band_candidates(s_ids[keep], s_vals[keep], low=use.band[0], high=use.band[1],
+                                   limit=use.max_candidates)
         t_setup = time.perf_counter() - t0
 
         def vectors(ids: np.ndarray) -> np.ndarray:
@@ -387,7 +449,7 @@ class Miner:
             strategy=strat, n=batch, rng=rng, corpus_ids=corpus, vectors=vectors,
             labelled_ids=labelled[labelled_in], labels=labels[labelled_in], neighbors=searcher.neighbors,
             excluded_ids=excluded, query_vectors=query_vectors, seed_hits=seed_hits, proxy=proxy,
-            random_fraction=random_fraction, seed=round_no,
+            random_fraction=random_fraction, seed=round_no, model_scores=score_fn, band_ids=band,
         )
         out.seconds["setup"] = t_setup
         proposals = [
@@ -400,7 +462,9 @@ class Miner:
         row = cat.add_round(
             concept.id, strategy=out.strategy,
             params={"batch": batch, "proxy": proxy, "seals_k": seals_k, "random_fraction": random_fraction,
-                    "seed": seed, "keep_duplicates": keep_duplicates},
+                    "seed": seed, "keep_duplicates": keep_duplicates, "strategy_params": params,
+                    "include_pseudo": include_pseudo,
+                    "model_scores": None if use is None else {**use.to_dict(), "band_candidates": int(len(band))}},
             encoder=self.encoder_name, encoder_version=meta["version"], proxy=out.proxy, pool_size=out.pool_size,
             scanned_fraction=out.scanned_fraction, seconds={k: round(v, 4) for k, v in out.seconds.items()},
             proposals=proposals,
@@ -448,8 +512,12 @@ class Miner:
             n += cat.add_labels(concept.id, ids[idx], values[idx], source=source, annotator=annotator, round_id=round_id)
         return n
 
-    def harvest(self, *, top: int = 1000, proxy: str = "logistic", keep_duplicates: bool = False) -> list[dict[str, Any]]:
+    def harvest(
+        self, *, top: int = 1000, proxy: str = "logistic", keep_duplicates: bool = False, include_pseudo: bool = False,
+    ) -> list[dict[str, Any]]:
         """Score the corpus with a model trained on every label and return the ``top`` items, best first.
+
+        Pseudo-labels take part in training only with ``include_pseudo``.
 
         For the linear proxy the ranking is a maximum-inner-product search on the FAISS index with the
         model's weight vector (the index holds unit vectors, and ``P = sigmoid(w.x + b)`` is monotone in
@@ -459,7 +527,7 @@ class Miner:
             raise InputError(f"top must be a positive integer, got {top!r}")
         concept = self.concept
         cat = self.ws.catalog
-        labelled, labels = cat.current_labels(concept.id)
+        labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         if (labels == 1).sum() == 0 or (labels == 0).sum() == 0:
             raise InputError(
                 f"concept {concept.name!r} needs at least one positive and one negative label to harvest "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import corpus, dedup_cmd, demo, mining, search_cmds, serve_cmd, simulate_cmd
+from . import corpus, dedup_cmd, demo, interop_cmds, mining, search_cmds, serve_cmd, simulate_cmd
 from ._common import State, setup_logging
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ dedup_cmd.register(app)
 mining.register(app)
 serve_cmd.register(app)
 simulate_cmd.register(app)
+interop_cmds.register(app)
 
 
 def main() -> None:

@@ -52,6 +52,8 @@ __all__ = [
     "combine",
     "combine_multiplicative",
     "value",
+    "model_score_term",
+    "MODEL_TERMS",
     "UNCERTAINTY_METHODS",
     "DISAGREEMENT_METHODS",
     "NORMALIZATIONS",
@@ -691,7 +693,8 @@ def combine(
     Parameters
     ----------
     terms : mapping name -> array [n]
-        E.g. ``{"relevance": ..., "uncertainty": ..., "novelty": ...}``; all the same length.
+        E.g. ``{"relevance": ..., "uncertainty": ..., "novelty": ..., "model": ...}``; all the same
+        length (``model``: an external model's term, :func:`model_score_term`).
     weights : mapping name -> float, optional
         Weight of each term (default 1 for a term not named).
     normalize : {"rank", "minmax"}
@@ -744,19 +747,61 @@ def combine_multiplicative(
     return out
 
 
+def model_score_term(model_scores: Any, kind: str = "uncertainty") -> np.ndarray:
+    """The value term from an external model's scores (a weak detector, the ImageNet tagger, ...).
+
+    Parameters
+    ----------
+    model_scores : array [n]
+        The model's probability that each item contains the concept, in ``[0, 1]``; NaN for items the
+        model did not score.
+    kind : {"uncertainty", "relevance"}
+        ``uncertainty``: the binary entropy of the score (highest at 0.5: the items the model is unsure
+        about). ``relevance``: the score itself.
+
+    Returns
+    -------
+    ndarray [n] float64
+        Items without a score get the mean of the scored items' term (a neutral value that neither
+        promotes nor buries them); all zeros when no item has a score.
+    """
+    arr = _as_numeric(model_scores, "model_scores").astype(np.float64, copy=False)
+    if arr.ndim != 1:
+        raise InputError(f"model_scores must be a 1-D array [n_items], got shape {arr.shape}")
+    if kind not in MODEL_TERMS:
+        raise UnknownNameError("model term", kind, list(MODEL_TERMS))
+    scored = ~np.isnan(arr)  # [n]
+    out = np.zeros(arr.shape[0], dtype=np.float64)  # [n]
+    if not scored.any():
+        return out
+    _check_range(arr[scored], "model_scores")
+    p = np.clip(arr[scored], 0.0, 1.0)
+    out[scored] = _compute_entropy(np.stack([1.0 - p, p], axis=1)) if kind == "uncertainty" else p
+    out[~scored] = out[scored].mean()
+    return out
+
+
+#: Kinds of model-score term for :func:`model_score_term`.
+MODEL_TERMS = ("uncertainty", "relevance")
+
+
 def value(
     *,
     relevance: Any | None = None,
     uncertainty: Any | None = None,
     novelty: Any | None = None,
+    model: Any | None = None,
     a: float = 1.0,
     b: float = 1.0,
     c: float = 1.0,
+    d: float = 0.0,
     normalize: str = "rank",
 ) -> np.ndarray:
-    """Combined value ``a * relevance + b * uncertainty + c * novelty``, terms normalised in the pool.
+    """Combined value ``a * relevance + b * uncertainty + c * novelty + d * model``, terms normalised in the pool.
 
     A term left as ``None`` is omitted (its weight must then be 0 or the term is simply absent).
+    ``model`` is a term from an external model's scores (see :func:`model_score_term`); its weight ``d``
+    defaults to 0, so it changes nothing unless asked for.
     See :func:`normalize` for the normalisation and :func:`combine_multiplicative` for the
     scale-free multiplicative form.
 
@@ -764,9 +809,9 @@ def value(
     -------
     ndarray [n] float64
     """
-    given = {"relevance": relevance, "uncertainty": uncertainty, "novelty": novelty}
+    given = {"relevance": relevance, "uncertainty": uncertainty, "novelty": novelty, "model": model}
     terms = {k: v for k, v in given.items() if v is not None}
     if not terms:
-        raise InputError("value needs at least one of relevance, uncertainty, novelty; got none")
-    w = {"relevance": a, "uncertainty": b, "novelty": c}
+        raise InputError("value needs at least one of relevance, uncertainty, novelty, model; got none")
+    w = {"relevance": a, "uncertainty": b, "novelty": c, "model": d}
     return combine(terms, {k: w[k] for k in terms}, normalize=normalize)

@@ -269,6 +269,12 @@ class SelectionContext:
         Index search or kNN-graph lookup; needed by ``seals:`` and ``information-density``.
     non_representative : bool mask [corpus_size] or array of ids, optional
         Duplicates folded into a representative; SEALS leaves them out of its pool.
+    model_scores : callable ``ids [m] -> [m]``, optional
+        An external model's score in ``[0, 1]`` (NaN where it gave none): a weak detector, imported
+        scores, the ImageNet tagger (:mod:`assay.interop.scores`). Used by ``value`` when ``d > 0``.
+    extra_candidates : array [n_extra] int64, optional
+        Candidates from another source (e.g. the model's medium-confidence band) that a ``seals:``
+        strategy adds to its kNN pool for this call (labelled and non-representative ids are dropped).
     corpus_size : int, optional
         For the fraction of the corpus scanned.
     block_size : int
@@ -284,6 +290,8 @@ class SelectionContext:
     query_vectors: np.ndarray | None = None
     neighbors: NeighborsFn | None = None
     non_representative: Any | None = None
+    model_scores: ProbaFn | None = None
+    extra_candidates: np.ndarray | None = None
     corpus_size: int | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
 
@@ -292,7 +300,9 @@ class SelectionContext:
         if self.pool_ids is not None:
             set_(self, "pool_ids", _check_ids(self.pool_ids, "pool_ids"))
         set_(self, "labelled_ids", _check_ids(self.labelled_ids, "labelled_ids"))
-        for name in ("vectors", "proba", "ensemble_proba", "neighbors"):
+        if self.extra_candidates is not None:
+            set_(self, "extra_candidates", _sorted_unique(_check_ids(self.extra_candidates, "extra_candidates", unique=False)))
+        for name in ("vectors", "proba", "ensemble_proba", "neighbors", "model_scores"):
             fn = getattr(self, name)
             if fn is not None and not callable(fn):
                 raise InputError(f"ctx.{name} must be a function of item ids, got {type(fn).__name__}")
@@ -703,7 +713,14 @@ class ValueStrategy(Strategy):
     text classification using support vector machines").
 
     Terms: relevance as in ``most-likely-positive`` (proxy P(positive), else query similarity),
-    uncertainty = entropy of ``ctx.proba``, novelty = cosine distance to the nearest labelled item.
+    uncertainty = entropy of ``ctx.proba``, novelty = cosine distance to the nearest labelled item,
+    and ``d * model``: an external model's scores (``ctx.model_scores``: a weak detector, imported
+    scores, the ImageNet tagger), as its uncertainty (``model_term="uncertainty"``, the binary entropy
+    of its score: the items the model is unsure contain the object) or its score
+    (``model_term="relevance"``); see :func:`assay.select.scores.model_score_term`. ``d`` defaults to
+    0, so without it the value is what it always was. Items the model did not score get the term's pool
+    mean. In the multiplicative form the model term is shifted by a small floor (``1e-3``) so that a
+    score of exactly 0 or 1 does not zero every other term.
     A term with weight 0 is not computed, so its inputs are not needed.
     """
 
@@ -715,17 +732,20 @@ class ValueStrategy(Strategy):
         a: float = 1.0,
         b: float = 1.0,
         c: float = 1.0,
+        d: float = 0.0,
         form: str = "additive",
         normalize: str = "rank",
         relevance: str = "auto",
         reduce: str = "max",
+        model_term: str = "uncertainty",
     ) -> None:
-        for key, w in (("a", a), ("b", b), ("c", c)):
-            if not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
+        for key, w in (("a", a), ("b", b), ("c", c), ("d", d)):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
                 raise InputError(f"{key} must be a non-negative number, got {w!r}")
-        if a == 0 and b == 0 and c == 0:
-            raise InputError("at least one of a, b, c must be positive")
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        if a == 0 and b == 0 and c == 0 and d == 0:
+            raise InputError("at least one of a, b, c, d must be positive")
+        self.a, self.b, self.c, self.d = float(a), float(b), float(c), float(d)
+        self.model_term = _check_choice(model_term, "model term", S.MODEL_TERMS)
         self.form = _check_choice(form, "value form", _FORMS)
         self.normalize = _check_choice(normalize, "normalization", tuple(S.NORMALIZATIONS))
         self.relevance = _check_choice(relevance, "relevance source", _RELEVANCE_SOURCES)
@@ -754,6 +774,16 @@ class ValueStrategy(Strategy):
                 vec, np.empty((0, vec.shape[1])) if lab is None else lab, block_size=ctx.block_size
             )
             terms["novelty"] = np.clip(nov.astype(np.float64), 0.0, None)
+        if self.d > 0:
+            fn = ctx.require("model_scores", self.name, "a function ids -> external model scores, for d > 0")
+            raw = np.concatenate(
+                [np.asarray(fn(pool[i : i + ctx.block_size]), dtype=np.float64) for i in range(0, pool.size, ctx.block_size)]
+            )  # [n_pool], NaN where the model gave no score
+            if raw.shape != (pool.size,):
+                raise InputError(f"ctx.model_scores(ids) must return [m] scores, got shape {raw.shape}")
+            term = S.model_score_term(raw, self.model_term)  # [n_pool]
+            terms["model"] = term + 1e-3 if self.form == "multiplicative" else term
+            weights["model"] = self.d
         w = {k: weights[k] for k in terms}
         if self.form == "additive":
             val = S.combine(terms, w, normalize=self.normalize)
@@ -891,8 +921,9 @@ class SealsStrategy(Strategy):
     Concepts". Each call grows a :class:`~assay.select.pools.SealsPool` from the labelled ids it has
     not seen (``ctx.neighbors`` is the injected index search) and hands the base strategy that pool,
     so a round scores ``O(labelled * k)`` items instead of the corpus. The wrapper keeps only the
-    pool's ids between rounds; call :meth:`reset` for a new concept. ``ctx.pool_ids``, when given,
-    restricts the SEALS pool (an intersection).
+    pool's ids between rounds; call :meth:`reset` for a new concept. ``ctx.extra_candidates`` (e.g. a
+    weak detector's medium-confidence band) join the pool for the call; ``ctx.pool_ids``, when given,
+    restricts the result (an intersection).
     """
 
     def __init__(self, base: Strategy, *, k: int = 100) -> None:
@@ -913,6 +944,19 @@ class SealsStrategy(Strategy):
         nfn = ctx.require("neighbors", self.name, "a function (ids, k) -> (sims, nbr_ids)")
         self.pool.update(ctx.labelled_ids, nfn, non_representative=ctx.non_representative)
         cand = self.pool.ids
+        if ctx.extra_candidates is not None and ctx.extra_candidates.size:
+            extra = ctx.extra_candidates[~np.isin(ctx.extra_candidates, ctx.labelled_ids)]
+            nonrep = ctx.non_representative
+            if nonrep is not None:
+                nonrep = np.asarray(nonrep)
+                if nonrep.dtype == bool:
+                    inside = extra < nonrep.size
+                    drop = np.zeros(extra.size, dtype=bool)
+                    drop[inside] = nonrep[extra[inside]]
+                    extra = extra[~drop]
+                else:
+                    extra = extra[~np.isin(extra, nonrep)]
+            cand = np.union1d(cand, extra)
         if ctx.pool_ids is not None:
             cand = np.intersect1d(cand, ctx.pool_ids, assume_unique=True)
         if cand.size == 0:

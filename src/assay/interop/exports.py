@@ -1,0 +1,439 @@
+"""Exports of a concept's mined set: CSV, Parquet, Label Studio, COCO, ImageFolder, FiftyOne.
+
+The rows (:func:`collect_rows`) are the concept's labelled items, the latest label of each, with its
+provenance (``source``: human, oracle, import or pseudo; ``annotator``; the ``round`` that proposed the item),
+and a ``score``: the final proxy's P(positive) (trained on every non-pseudo label), or an imported model's
+score with ``score_model``. ``top`` adds the best-scored unlabelled items (label empty), for pre-labelling.
+``include_pseudo=False`` (``--no-pseudo``) leaves pseudo-labels out of every format.
+
+Formats (:data:`FORMATS`, :func:`export`)
+    ``csv`` / ``parquet``  columns ``id, uri, concept, label, source, annotator, score, round``.
+    ``label-studio``       a JSON list of tasks, ``data.image`` = the item's URI (or ``url_prefix`` + its local
+                           path, for Label Studio's local-files serving), ``data.assay_id``; human/oracle/imported
+                           labels as ``annotations`` (a ``choices`` result), and ``predictions`` carrying
+                           ``model_version`` and ``score`` (a ``choices`` result, plus ``rectanglelabels``
+                           results where a detector gave boxes) for pre-labelling. Pseudo-labels go out as
+                           predictions only (``model_version`` ``assay-pseudo``): they are machine labels to
+                           check, not annotations. The matching labelling config is written beside the JSON as
+                           ``<name>.label_config.xml`` (:func:`label_studio_config`).
+    ``coco``               ``images`` (id = assay item id, ``file_name`` = local path or URI, ``coco_url`` = URI,
+                           width, height), one category (the concept), ``annotations`` for positives: one per
+                           detector box (``bbox`` ``[x, y, w, h]`` in pixels, ``score``), else one **image-level
+                           annotation without a ``bbox`` key** (``area`` 0). Negatives are images with no
+                           annotation, the COCO convention. Only labelled items are written.
+    ``imagefolder``        ``<out>/<concept>/`` and ``<out>/not-<concept>/`` holding ``<id><ext>`` symlinks to
+                           the images (``copy=True`` copies; remote URIs are always downloaded).
+    ``fiftyone``           FiftyOne's ``FiftyOneImageClassificationDataset`` layout, loadable with
+                           ``fo.Dataset.from_dir(out, fo.types.FiftyOneImageClassificationDataset)`` without
+                           fiftyone installed at export time: ``data/<id><ext>`` and ``labels.json``
+                           ``{"classes": ["not-<concept>", "<concept>"], "labels": {"<id>": 0 | 1}}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from ..errors import InputError, UnknownNameError
+
+__all__ = [
+    "FORMATS",
+    "EXPORT_COLUMNS",
+    "ExportRow",
+    "ExportReport",
+    "collect_rows",
+    "export",
+    "label_studio_config",
+    "negative_name",
+    "safe_name",
+]
+
+FORMATS = ("csv", "parquet", "label-studio", "coco", "imagefolder", "fiftyone")
+EXPORT_COLUMNS = ("id", "uri", "concept", "label", "source", "annotator", "score", "round")
+PSEUDO_MODEL_VERSION = "assay-pseudo"
+
+
+@dataclass
+class ExportRow:
+    id: int
+    uri: str
+    concept: str
+    label: int | None
+    source: str | None
+    annotator: str | None
+    score: float | None
+    round: int | None
+    width: int | None = None
+    height: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in EXPORT_COLUMNS}
+
+
+@dataclass
+class ExportReport:
+    format: str
+    out: str
+    rows: int
+    positives: int
+    negatives: int
+    unlabelled: int
+    pseudo: int
+    boxes: int = 0
+    extra_files: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def safe_name(name: str) -> str:
+    """A folder/file-safe form of a concept name."""
+    s = re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip().strip(".")
+    return s or "concept"
+
+
+def negative_name(concept: str) -> str:
+    """The class name of the negatives: ``not-<concept>``."""
+    return f"not-{concept}"
+
+
+# ---------------------------------------------------------------------------------------------- rows
+def _latest_labels(cat: Any, concept_id: int, include_pseudo: bool) -> dict[int, dict[str, Any]]:
+    latest: dict[int, dict[str, Any]] = {}
+    for h in cat.label_history(concept_id):
+        if h["source"] == "pseudo" and not include_pseudo:
+            continue
+        prev = latest.get(int(h["item_id"]))
+        if prev is None or int(h["id"]) > int(prev["id"]):
+            latest[int(h["item_id"])] = h
+    return latest
+
+
+def collect_rows(
+    ws: Any, concept: str, *, include_pseudo: bool = True, top: int = 0, score_model: str | None = None,
+    with_scores: bool = True, proxy: str = "logistic", encoder: str | None = None,
+) -> tuple[list[ExportRow], str | None]:
+    """The export rows of ``concept`` (labelled items first, by id; then ``top`` unlabelled by score).
+
+    Returns ``(rows, model_version)``: ``model_version`` names where the scores came from
+    (``assay-<proxy>`` or the imported model's name), None when there are no scores.
+    """
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise InputError(f"top must be a non-negative integer, got {top!r}")
+    cat = ws.catalog
+    c = cat.concept(concept)
+    latest = _latest_labels(cat, c.id, include_pseudo)
+    labelled = np.asarray(sorted(latest), dtype=np.int64)
+    round_no = {r.id: r.number for r in cat.rounds(c.id)}
+    score_of: dict[int, float] = {}
+    model_version: str | None = None
+    extra_ids = np.zeros(0, dtype=np.int64)
+    if with_scores and score_model is not None:
+        from .scores import read_scores, resolve_model
+
+        model_version = resolve_model(cat, concept, score_model)
+        s_ids, s_vals = read_scores(cat, concept, model_version)
+        score_of = dict(zip(s_ids.tolist(), s_vals.tolist()))
+        if top:
+            un = ~np.isin(s_ids, labelled)
+            order = np.argsort(-s_vals[un], kind="stable")[:top]
+            extra_ids = s_ids[un][order]
+    elif with_scores:
+        store = ws.vectors(encoder)
+        tr_ids, tr_y = cat.current_labels(c.id, include_pseudo=False)
+        if store.exists() and len(tr_ids):
+            keep = store.contains(tr_ids)
+            tr_ids, tr_y = tr_ids[keep], tr_y[keep]
+        if store.exists() and (tr_y == 1).any() and (tr_y == 0).any():
+            from ..loop import make_proxy
+
+            model = make_proxy(proxy).fit(store.get(tr_ids), tr_y)
+            model_version = f"assay-{proxy}"
+            if top:
+                ids_all, p_all = [], []
+                for ids, vecs in store.iter_shards():
+                    if len(ids):
+                        ids_all.append(np.asarray(ids, dtype=np.int64))
+                        p_all.append(model.predict_proba(vecs))
+                ids_all_a = np.concatenate(ids_all)
+                p_all_a = np.concatenate(p_all)
+                score_of = dict(zip(ids_all_a.tolist(), p_all_a.tolist()))
+                un = ~np.isin(ids_all_a, labelled)
+                order = np.argsort(-p_all_a[un], kind="stable")[:top]
+                extra_ids = ids_all_a[un][order]
+            else:
+                have = labelled[store.contains(labelled)] if len(labelled) else labelled
+                if len(have):
+                    score_of = dict(zip(have.tolist(), model.predict_proba(store.get(have)).tolist()))
+    items = {r.id: r for r in cat.get_many(np.concatenate([labelled, extra_ids]))}
+    rows: list[ExportRow] = []
+    for i in labelled.tolist():
+        h = latest[i]
+        it = items.get(i)
+        rows.append(ExportRow(
+            id=i, uri=it.uri if it else "", concept=concept, label=int(h["value"]), source=h["source"],
+            annotator=h["annotator"], score=score_of.get(i), round=round_no.get(h["round_id"]),
+            width=it.width if it else None, height=it.height if it else None,
+        ))
+    for i in extra_ids.tolist():
+        it = items.get(i)
+        rows.append(ExportRow(
+            id=i, uri=it.uri if it else "", concept=concept, label=None, source=None, annotator=None,
+            score=score_of.get(i), round=None, width=it.width if it else None, height=it.height if it else None,
+        ))
+    return rows, model_version
+
+
+def _boxes_model(cat: Any, concept: str, boxes_model: str | None, score_model: str | None) -> str | None:
+    from .scores import score_models
+
+    with_boxes = [m["model"] for m in score_models(cat, concept) if m["with_boxes"]]
+    if boxes_model is not None:
+        if boxes_model not in with_boxes:
+            raise InputError(f"model {boxes_model!r} gave no boxes for {concept!r}; models with boxes: {with_boxes}")
+        return boxes_model
+    if score_model in with_boxes:
+        return score_model
+    return with_boxes[0] if len(with_boxes) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------- writers
+def _write_csv(rows: list[ExportRow], out: Path) -> None:
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(EXPORT_COLUMNS))
+        w.writeheader()
+        for r in rows:
+            d = r.public()
+            w.writerow({k: ("" if v is None else v) for k, v in d.items()})
+
+
+def _write_parquet(rows: list[ExportRow], out: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("id", pa.int64()), ("uri", pa.string()), ("concept", pa.string()), ("label", pa.int8()),
+        ("source", pa.string()), ("annotator", pa.string()), ("score", pa.float64()), ("round", pa.int32()),
+    ])
+    pq.write_table(pa.Table.from_pylist([r.public() for r in rows], schema=schema), out)
+
+
+def label_studio_config(concept: str) -> str:
+    """The Label Studio labelling config the exported tasks fit: an image, a yes/no choice, boxes."""
+    pos, neg = quoteattr(concept), quoteattr(negative_name(concept))
+    return (
+        "<View>\n"
+        '  <Image name="image" value="$image"/>\n'
+        '  <Choices name="label" toName="image" choice="single" showInline="true">\n'
+        f"    <Choice value={pos}/>\n"
+        f"    <Choice value={neg}/>\n"
+        "  </Choices>\n"
+        '  <RectangleLabels name="box" toName="image">\n'
+        f"    <Label value={pos}/>\n"
+        "  </RectangleLabels>\n"
+        "</View>\n"
+    )
+
+
+def _ls_image(uri: str, url_prefix: str | None) -> str:
+    if url_prefix is None:
+        return uri
+    from ..media import is_local, local_path
+
+    return url_prefix + local_path(uri).lstrip("/") if is_local(uri) else uri
+
+
+def _rid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def _choice(concept: str, positive: bool) -> dict[str, Any]:
+    return {"id": _rid(), "from_name": "label", "to_name": "image", "type": "choices",
+            "value": {"choices": [concept if positive else negative_name(concept)]}}
+
+
+def _rect(concept: str, box: list, width: int | None, height: int | None) -> dict[str, Any]:
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    r: dict[str, Any] = {
+        "id": _rid(), "from_name": "box", "to_name": "image", "type": "rectanglelabels",
+        "value": {"x": 100 * x0, "y": 100 * y0, "width": 100 * (x1 - x0), "height": 100 * (y1 - y0),
+                  "rotation": 0, "rectanglelabels": [concept]},
+    }
+    if len(box) > 4 and box[4] is not None:
+        r["score"] = float(box[4])
+    if width and height:
+        r.update(original_width=int(width), original_height=int(height), image_rotation=0)
+    return r
+
+
+def _write_label_studio(rows: list[ExportRow], out: Path, concept: str, model_version: str | None,
+                        boxes: dict[int, list], url_prefix: str | None) -> list[str]:
+    tasks = []
+    for r in rows:
+        task: dict[str, Any] = {"data": {"image": _ls_image(r.uri, url_prefix), "assay_id": r.id, "assay_uri": r.uri}}
+        if r.label is not None and r.source != "pseudo":
+            task["annotations"] = [{"result": [_choice(r.concept, r.label == 1)], "ground_truth": False}]
+        preds = []
+        if r.score is not None and model_version is not None:
+            result = [_choice(r.concept, r.score >= 0.5)]
+            result += [_rect(r.concept, b, r.width, r.height) for b in boxes.get(r.id, [])]
+            preds.append({"model_version": model_version, "score": float(r.score), "result": result})
+        if r.source == "pseudo" and r.label is not None:
+            preds.append({"model_version": PSEUDO_MODEL_VERSION, "score": float(r.score) if r.score is not None else 1.0,
+                          "result": [_choice(r.concept, r.label == 1)]})
+        if preds:
+            task["predictions"] = preds
+        tasks.append(task)
+    out.write_text(json.dumps(tasks, indent=1), encoding="utf-8")
+    cfg = out.with_name(out.stem + ".label_config.xml")
+    cfg.write_text(label_studio_config(concept), encoding="utf-8")
+    return [str(cfg)]
+
+
+def _write_coco(rows: list[ExportRow], out: Path, concept: str, boxes: dict[int, list]) -> int:
+    from ..media import is_local, local_path
+
+    images, anns = [], []
+    n_boxes = 0
+    for r in rows:
+        if r.label is None:
+            continue
+        images.append({
+            "id": r.id, "file_name": local_path(r.uri) if is_local(r.uri) else r.uri, "coco_url": r.uri,
+            "width": r.width or 0, "height": r.height or 0,
+            "assay_label": r.label, "assay_source": r.source, "assay_annotator": r.annotator, "assay_round": r.round,
+        })
+        if r.label != 1:
+            continue
+        item_boxes = boxes.get(r.id, []) if (r.width and r.height) else []
+        for b in item_boxes:
+            x0, y0, x1, y1 = (float(v) for v in b[:4])
+            bw, bh = (x1 - x0) * r.width, (y1 - y0) * r.height
+            ann = {"id": len(anns) + 1, "image_id": r.id, "category_id": 1, "iscrowd": 0,
+                   "bbox": [x0 * r.width, y0 * r.height, bw, bh], "area": bw * bh}
+            if len(b) > 4 and b[4] is not None:
+                ann["score"] = float(b[4])
+            anns.append(ann)
+            n_boxes += 1
+        if not item_boxes:  # image-level: the concept is present, where is unknown
+            anns.append({"id": len(anns) + 1, "image_id": r.id, "category_id": 1, "iscrowd": 0, "area": 0.0})
+    doc = {
+        "info": {"description": f"assay export of concept {concept!r}", "version": "1.0"},
+        "licenses": [],
+        "images": images,
+        "categories": [{"id": 1, "name": concept, "supercategory": "assay"}],
+        "annotations": anns,
+    }
+    out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    return n_boxes
+
+
+def _suffix(uri: str) -> str:
+    suf = Path(uri.split("?", 1)[0]).suffix.lower()
+    return suf if re.fullmatch(r"\.[a-z0-9]{1,5}", suf or "") else ".jpg"
+
+
+def _place(uri: str, dest: Path, copy: bool) -> None:
+    from ..media import is_local, local_path, read_bytes
+
+    if dest.exists() or dest.is_symlink():
+        dest.unlink()
+    if is_local(uri):
+        src = Path(local_path(uri))
+        if copy:
+            shutil.copyfile(src, dest)
+        else:
+            os.symlink(src.absolute(), dest)
+    else:
+        dest.write_bytes(read_bytes(uri))
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_imagefolder(rows: list[ExportRow], out: Path, concept: str, copy: bool) -> None:
+    _check_out_dir(out)
+    pos_dir, neg_dir = out / safe_name(concept), out / safe_name(negative_name(concept))
+    pos_dir.mkdir(exist_ok=True)
+    neg_dir.mkdir(exist_ok=True)
+    for r in rows:
+        if r.label is None:
+            continue
+        _place(r.uri, (pos_dir if r.label == 1 else neg_dir) / f"{r.id}{_suffix(r.uri)}", copy)
+
+
+def _write_fiftyone(rows: list[ExportRow], out: Path, concept: str, copy: bool) -> None:
+    _check_out_dir(out)
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    labels: dict[str, int] = {}
+    for r in rows:
+        if r.label is None:
+            continue
+        _place(r.uri, data / f"{r.id}{_suffix(r.uri)}", copy)
+        labels[str(r.id)] = int(r.label)
+    doc = {"classes": [negative_name(concept), concept], "labels": labels}
+    (out / "labels.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+
+
+def export(
+    ws: Any, concept: str, *, fmt: str, out: str | Path, include_pseudo: bool = True, copy: bool = False,
+    top: int = 0, score_model: str | None = None, boxes_model: str | None = None, with_scores: bool = True,
+    proxy: str = "logistic", url_prefix: str | None = None, encoder: str | None = None,
+) -> ExportReport:
+    """Write ``concept``'s mined set in format ``fmt`` (one of :data:`FORMATS`) to ``out``.
+
+    ``out`` is a file for csv, parquet, label-studio and coco, and a folder for imagefolder and fiftyone.
+    See the module docstring for each format's layout.
+    """
+    if fmt not in FORMATS:
+        raise UnknownNameError("export format", fmt, FORMATS)
+    out = Path(out)
+    if fmt in ("csv", "parquet", "label-studio", "coco") and out.is_dir():
+        raise InputError(f"--out {out} is a folder; the {fmt} export writes one file")
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    rows, model_version = collect_rows(
+        ws, concept, include_pseudo=include_pseudo, top=top if fmt in ("csv", "parquet", "label-studio") else 0,
+        score_model=score_model, with_scores=with_scores, proxy=proxy, encoder=encoder,
+    )
+    boxes: dict[int, list] = {}
+    if fmt in ("label-studio", "coco"):
+        bm = _boxes_model(ws.catalog, concept, boxes_model, score_model)
+        if bm is not None:
+            from .scores import read_boxes
+
+            boxes = read_boxes(ws.catalog, concept, bm)
+    extra: list[str] | None = None
+    n_boxes = 0
+    if fmt == "csv":
+        _write_csv(rows, out)
+    elif fmt == "parquet":
+        _write_parquet(rows, out)
+    elif fmt == "label-studio":
+        extra = _write_label_studio(rows, out, concept, model_version, boxes, url_prefix)
+        n_boxes = sum(len(boxes.get(r.id, [])) for r in rows if r.score is not None)
+    elif fmt == "coco":
+        n_boxes = _write_coco(rows, out, concept, boxes)
+    elif fmt == "imagefolder":
+        _write_imagefolder(rows, out, concept, copy)
+    else:
+        _write_fiftyone(rows, out, concept, copy)
+    return ExportReport(
+        format=fmt, out=str(out), rows=len(rows), positives=sum(r.label == 1 for r in rows),
+        negatives=sum(r.label == 0 for r in rows), unlabelled=sum(r.label is None for r in rows),
+        pseudo=sum(r.source == "pseudo" for r in rows), boxes=n_boxes, extra_files=extra,
+    )

@@ -1,0 +1,449 @@
+"""Label imports: existing labels from CSV (or Parquet / JSONL), Label Studio, COCO, ImageFolder, FiftyOne.
+
+Every entry of the file is parsed and checked before anything is written: an item that is not in the
+corpus, a label that is not a yes/no, a Label Studio task from another project (an image URI this corpus
+does not hold, or a labelling config whose results are not assay's ``choices``) raises
+:class:`~assay.errors.InputError` naming the row or task, and nothing is imported. Labels are written
+through ``Catalog.add_labels`` with source ``import`` (rows that an assay export marked ``pseudo`` stay
+``pseudo``), appended to the history like every label.
+
+Formats (:data:`IMPORT_FORMATS`)
+    ``csv``          columns ``id`` or ``uri``, ``label`` (1/0, yes/no, true/false, positive/negative), optional
+                     ``concept``, ``annotator``, ``source``; rows with an empty label are skipped. ``.parquet``
+                     and ``.jsonl`` files are read the same way.
+    ``label-studio`` a Label Studio JSON export (a list of tasks): ``data.image`` is mapped back to an item by
+                     URI (after removing ``url_prefix``; assay's own exports also carry ``data.assay_uri``);
+                     the latest annotation that was not cancelled gives the label through its ``choices``
+                     result: ``<concept>`` is positive, ``not-<concept>`` (or ``not <concept>``, or any yes/no
+                     word) negative. Tasks without an annotation are skipped.
+    ``coco``         a COCO JSON: an image is positive when it has an annotation of the concept's category,
+                     negative otherwise; images map to items by ``coco_url``, else ``file_name``.
+    ``imagefolder``  ``<root>/<concept>/`` positives and ``<root>/not-<concept>/`` negatives; files named
+                     ``<id>.<ext>`` (as assay exports them) or links to a corpus file.
+    ``fiftyone``     ``labels.json`` of a FiftyOneImageClassificationDataset (``data/<id>.<ext>``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, NotFoundError, UnknownNameError
+from .exports import negative_name, safe_name
+
+__all__ = ["IMPORT_FORMATS", "ImportReport", "LabelEntry", "parse_labels", "import_labels"]
+
+IMPORT_FORMATS = ("csv", "label-studio", "coco", "imagefolder", "fiftyone")
+
+
+@dataclass
+class LabelEntry:
+    """One parsed label, before it is written."""
+
+    concept: str
+    item_id: int
+    value: int
+    annotator: str | None
+    source: str  # "import" or "pseudo"
+    where: str  # "row 3", "task 7 (id 41)" ...
+
+
+@dataclass
+class ImportReport:
+    format: str
+    file: str
+    written: int
+    concepts: dict[str, int] = field(default_factory=dict)
+    positives: int = 0
+    skipped: int = 0
+    pseudo: int = 0
+    created_concepts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _uri_ids(cat: Any, uris: Sequence[str]) -> dict[str, int]:
+    from .scores import _uri_map
+
+    return {u: v[0] for u, v in _uri_map(cat, list(uris)).items()} if uris else {}
+
+
+def _candidates_for(uri: str) -> list[str]:
+    """Forms under which a path may be in the catalog: as given, and as an absolute path."""
+    from ..media import is_local, local_path
+
+    out = [uri]
+    if is_local(uri):
+        p = local_path(uri)
+        out += [p, str(Path(p).absolute())]
+        if uri.startswith("file://"):
+            out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def _resolve_uris(cat: Any, uris: Sequence[str]) -> dict[str, int]:
+    forms = {u: _candidates_for(u) for u in uris}
+    found = _uri_ids(cat, [f for fs in forms.values() for f in fs])
+    out: dict[str, int] = {}
+    for u, fs in forms.items():
+        for f in fs:
+            if f in found:
+                out[u] = found[f]
+                break
+    return out
+
+
+def _label_value(v: Any, where: str) -> int:
+    from ..loop import parse_label_value
+
+    try:
+        return parse_label_value(v)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- csv
+def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None) -> tuple[list[LabelEntry], int]:
+    from .scores import read_score_records
+
+    records = read_score_records(path)
+    if not records:
+        raise InputError(f"{path} holds no label rows")
+    cols = set().union(*(r.keys() for r in records[:1000]))
+    if "label" not in cols:
+        raise InputError(f"{path} has no 'label' column; columns are {sorted(cols)}")
+    if not ({"id", "uri"} & cols):
+        raise InputError(f"{path} needs an 'id' or a 'uri' column; columns are {sorted(cols)}")
+    if concept is None and "concept" not in cols:
+        raise InputError(f"{path} has no 'concept' column; add one or pass --concept")
+    cat = ws.catalog
+    uris = [str(r["uri"]) for r in records if r.get("id") in (None, "") and r.get("uri") not in (None, "")]
+    uri_ids = _resolve_uris(cat, uris)
+    entries: list[LabelEntry] = []
+    skipped = 0
+    for n, rec in enumerate(records, 1):
+        where = f"{path.name} row {n}"
+        if str(rec.get("label") if rec.get("label") is not None else "").strip() == "":
+            skipped += 1
+            continue
+        value = _label_value(rec.get("label"), where)
+        raw_id = rec.get("id")
+        if raw_id not in (None, ""):
+            try:
+                item_id = int(raw_id)
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: id must be an integer, got {raw_id!r}") from None
+        else:
+            uri = rec.get("uri")
+            if uri in (None, ""):
+                raise InputError(f"{where}: neither id nor uri is given")
+            if str(uri) not in uri_ids:
+                raise InputError(f"{where}: uri {uri!r} is not in the catalog")
+            item_id = uri_ids[str(uri)]
+        c = rec.get("concept")
+        c = concept if c in (None, "") else str(c).strip()
+        if c is None:
+            raise InputError(f"{where}: concept is empty; fill the column or pass --concept")
+        if concept is not None and c != concept:
+            raise InputError(f"{where}: concept {c!r} differs from --concept {concept!r}")
+        src = "pseudo" if str(rec.get("source") or "").strip() == "pseudo" else "import"
+        who = annotator or (str(rec["annotator"]).strip() if rec.get("annotator") not in (None, "") else None)
+        entries.append(LabelEntry(c, item_id, value, who, src, where))
+    return entries, skipped
+
+
+# ---------------------------------------------------------------------------------------------- label studio
+def _ls_choice_value(choice: str, concept: str | None, known: set[str], where: str) -> tuple[str, int]:
+    ch = str(choice).strip()
+    if concept is not None:
+        if ch == concept:
+            return concept, 1
+        if ch in (negative_name(concept), f"not {concept}"):
+            return concept, 0
+        try:
+            from ..loop import parse_label_value
+
+            return concept, parse_label_value(ch)
+        except InputError:
+            raise InputError(
+                f"{where}: choice {ch!r} is neither {concept!r} nor {negative_name(concept)!r} (nor a yes/no); "
+                "the export comes from a project with another label config"
+            ) from None
+    if ch in known:
+        return ch, 1
+    for prefix in ("not-", "not "):
+        if ch.startswith(prefix) and ch[len(prefix):] in known:
+            return ch[len(prefix):], 0
+    raise InputError(
+        f"{where}: choice {ch!r} names no concept of this workspace (known: {sorted(known)}); "
+        "pass --concept, or this export comes from another project"
+    )
+
+
+def _ls_annotator(ann: dict[str, Any]) -> str | None:
+    who = ann.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    return None if who in (None, "") else f"label-studio:{who}"
+
+
+def _parse_label_studio(
+    ws: Any, path: Path, concept: str | None, annotator: str | None, url_prefix: str | None,
+) -> tuple[list[LabelEntry], int]:
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not JSON: {exc}") from exc
+    if isinstance(tasks, dict) and isinstance(tasks.get("tasks"), list):
+        tasks = tasks["tasks"]
+    if not isinstance(tasks, list):
+        raise InputError(f"{path}: a Label Studio JSON export is a list of tasks, got {type(tasks).__name__}")
+    cat = ws.catalog
+    known = {c.name for c in cat.concepts()}
+
+    def image_of(task: Any, where: str) -> list[str]:
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise InputError(f"{where}: a task needs a 'data' object; is this a Label Studio JSON export?")
+        data = task["data"]
+        img = data.get("image")
+        if not isinstance(img, str) or not img:
+            raise InputError(
+                f"{where}: the task has no data.image (data keys: {sorted(data)}); "
+                "the export comes from a project with another label config"
+            )
+        forms = [img[len(url_prefix):] if url_prefix and img.startswith(url_prefix) else img]
+        if url_prefix and img.startswith(url_prefix):
+            forms.append("/" + forms[0])
+        if isinstance(data.get("assay_uri"), str):
+            forms.append(data["assay_uri"])
+        return forms
+
+    wheres = []
+    all_forms: list[str] = []
+    for n, task in enumerate(tasks, 1):
+        tid = task.get("id") if isinstance(task, dict) else None
+        where = f"{path.name} task {n}" + (f" (id {tid})" if tid is not None else "")
+        wheres.append(where)
+        all_forms.extend(image_of(task, where))
+    uri_ids = _resolve_uris(cat, all_forms)
+    entries: list[LabelEntry] = []
+    skipped = 0
+    for task, where in zip(tasks, wheres):
+        forms = image_of(task, where)
+        item_id = next((uri_ids[f] for f in forms if f in uri_ids), None)
+        if item_id is None:
+            raise InputError(
+                f"{where}: image {task['data']['image']!r} is not in this corpus; "
+                "is this an export from another project (or does it need --url-prefix)?"
+            )
+        anns = task.get("annotations") or task.get("completions") or []
+        if not isinstance(anns, list):
+            raise InputError(f"{where}: 'annotations' must be a list, got {type(anns).__name__}")
+        live = [a for a in anns if isinstance(a, dict) and not a.get("was_cancelled")]
+        if not live:
+            skipped += 1
+            continue
+        ann = max(enumerate(live), key=lambda ka: (str(ka[1].get("updated_at") or ka[1].get("created_at") or ""), ka[0]))[1]
+        result = ann.get("result")
+        if not isinstance(result, list):
+            raise InputError(f"{where}: an annotation's 'result' must be a list")
+        if not result:
+            skipped += 1
+            continue
+        choices = [r for r in result if isinstance(r, dict) and r.get("type") == "choices"]
+        if not choices:
+            types = sorted({str(r.get("type")) for r in result if isinstance(r, dict)})
+            raise InputError(
+                f"{where}: the annotation has no 'choices' result (result types: {types}); "
+                "the export comes from a project with another label config"
+            )
+        vals = (choices[0].get("value") or {}).get("choices") or []
+        if not isinstance(vals, list) or len(vals) != 1:
+            raise InputError(f"{where}: expected exactly one choice, got {vals!r}")
+        c, value = _ls_choice_value(vals[0], concept, known, where)
+        entries.append(LabelEntry(c, item_id, value, annotator or _ls_annotator(ann), "import", where))
+    return entries, skipped
+
+
+# ---------------------------------------------------------------------------------------------- coco
+def _parse_coco(ws: Any, path: Path, concept: str | None, annotator: str | None) -> tuple[list[LabelEntry], int]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not JSON: {exc}") from exc
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
+            raise InputError(f"{path}: a COCO file needs a list '{key}'")
+    cats = {c.get("name"): c.get("id") for c in doc["categories"] if isinstance(c, dict)}
+    if concept is None:
+        if len(cats) != 1:
+            raise InputError(f"{path} has categories {sorted(map(str, cats))}; pass --concept to pick one")
+        concept = str(next(iter(cats)))
+    if concept not in cats:
+        raise InputError(f"{path} has no category {concept!r}; categories: {sorted(map(str, cats))}")
+    cid = cats[concept]
+    positive = {a.get("image_id") for a in doc["annotations"] if isinstance(a, dict) and a.get("category_id") == cid}
+    forms_of = {}
+    for n, im in enumerate(doc["images"], 1):
+        if not isinstance(im, dict):
+            raise InputError(f"{path.name} image {n}: expected an object")
+        forms_of[n] = [f for f in (im.get("coco_url"), im.get("file_name")) if isinstance(f, str) and f]
+    uri_ids = _resolve_uris(ws.catalog, [f for fs in forms_of.values() for f in fs])
+    entries = []
+    for n, im in enumerate(doc["images"], 1):
+        where = f"{path.name} image {n} (id {im.get('id')})"
+        item_id = next((uri_ids[f] for f in forms_of[n] if f in uri_ids), None)
+        if item_id is None:
+            raise InputError(f"{where}: {im.get('coco_url') or im.get('file_name')!r} is not in this corpus")
+        src = "pseudo" if im.get("assay_source") == "pseudo" else "import"
+        entries.append(LabelEntry(concept, item_id, int(im.get("id") in positive), annotator, src, where))
+    return entries, 0
+
+
+# ---------------------------------------------------------------------------------------------- folders
+def _file_item(ws: Any, f: Path, where: str) -> int:
+    if f.stem.isdigit():
+        return int(f.stem)
+    target = f.resolve() if f.is_symlink() else f.absolute()
+    found = _resolve_uris(ws.catalog, [str(target), str(f.absolute())])
+    if not found:
+        raise InputError(f"{where}: {f.name} is neither named by an item id nor a corpus file")
+    return next(iter(found.values()))
+
+
+def _folder_concept(names: list[str], concept: str | None, known: set[str], where: str) -> tuple[str, dict[str, int]]:
+    candidates = [concept] if concept is not None else sorted(known)
+    for c in candidates:
+        mapping = {safe_name(c): 1, safe_name(negative_name(c)): 0}
+        if names and all(n in mapping for n in names):
+            return c, mapping
+    raise InputError(
+        f"{where}: class folders {names} are not <concept> and not-<concept>"
+        + (f" for --concept {concept!r}" if concept else "; pass --concept")
+    )
+
+
+def _parse_imagefolder(ws: Any, root: Path, concept: str | None, annotator: str | None) -> tuple[list[LabelEntry], int]:
+    if not root.is_dir():
+        raise InputError(f"an imagefolder import needs a folder, got {root}")
+    dirs = sorted(d.name for d in root.iterdir() if d.is_dir())
+    c, mapping = _folder_concept(dirs, concept, {x.name for x in ws.catalog.concepts()}, str(root))
+    entries = []
+    for d in dirs:
+        for f in sorted(p for p in (root / d).iterdir() if not p.name.startswith(".")):
+            where = f"{d}/{f.name}"
+            entries.append(LabelEntry(c, _file_item(ws, f, where), mapping[d], annotator, "import", where))
+    return entries, 0
+
+
+def _parse_fiftyone(ws: Any, root: Path, concept: str | None, annotator: str | None) -> tuple[list[LabelEntry], int]:
+    labels_path = root / "labels.json" if root.is_dir() else root
+    if not labels_path.exists():
+        raise NotFoundError(f"no labels.json in {root}")
+    base = labels_path.parent
+    try:
+        doc = json.loads(labels_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{labels_path} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("labels"), dict):
+        raise InputError(f"{labels_path}: expected {{'classes': [...], 'labels': {{uuid: target}}}}")
+    classes = doc.get("classes")
+    names = sorted({safe_name(str(x)) for x in classes}) if isinstance(classes, list) else []
+    c, mapping = _folder_concept(names, concept, {x.name for x in ws.catalog.concepts()}, str(labels_path))
+    files = {p.stem: p for p in (base / "data").iterdir()} if (base / "data").is_dir() else {}
+    entries, skipped = [], 0
+    for key, target in doc["labels"].items():
+        where = f"labels.json entry {key!r}"
+        if isinstance(target, dict):
+            target = target.get("label")
+        if target is None:
+            skipped += 1
+            continue
+        if isinstance(target, int) and isinstance(classes, list):
+            if not 0 <= target < len(classes):
+                raise InputError(f"{where}: class index {target} is outside the {len(classes)} classes")
+            target = classes[target]
+        name = safe_name(str(target))
+        if name not in mapping:
+            raise InputError(f"{where}: class {target!r} is not {c!r} or {negative_name(c)!r}")
+        f = files.get(key)
+        item_id = _file_item(ws, f, where) if f is not None else (int(key) if str(key).isdigit() else None)
+        if item_id is None:
+            raise InputError(f"{where}: no data/{key}.* file and the key is not an item id")
+        entries.append(LabelEntry(c, item_id, mapping[name], annotator, "import", where))
+    return entries, skipped
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def parse_labels(
+    ws: Any, path: str | Path, *, fmt: str = "csv", concept: str | None = None, annotator: str | None = None,
+    url_prefix: str | None = None,
+) -> tuple[list[LabelEntry], int]:
+    """Parse and check a labels file; return ``(entries, skipped)`` without writing anything."""
+    if fmt not in IMPORT_FORMATS:
+        raise UnknownNameError("import format", fmt, IMPORT_FORMATS)
+    p = Path(path)
+    if not p.exists():
+        raise NotFoundError(f"labels file not found: {p}")
+    if fmt == "csv":
+        entries, skipped = _parse_csv(ws, p, concept, annotator)
+    elif fmt == "label-studio":
+        entries, skipped = _parse_label_studio(ws, p, concept, annotator, url_prefix)
+    elif fmt == "coco":
+        entries, skipped = _parse_coco(ws, p, concept, annotator)
+    elif fmt == "imagefolder":
+        entries, skipped = _parse_imagefolder(ws, p, concept, annotator)
+    else:
+        entries, skipped = _parse_fiftyone(ws, p, concept, annotator)
+    known = set(ws.catalog.get_ids_existing(sorted({e.item_id for e in entries})))
+    for e in entries:
+        if e.item_id not in known:
+            raise InputError(f"{e.where}: item id {e.item_id} is not in the catalog")
+    seen: dict[tuple[str, int], str] = {}
+    for e in entries:
+        key = (e.concept, e.item_id)
+        if key in seen:
+            raise InputError(f"{e.where}: item {e.item_id} is labelled for {e.concept!r} again (first in {seen[key]})")
+        seen[key] = e.where
+    return entries, skipped
+
+
+def import_labels(
+    ws: Any, path: str | Path, *, fmt: str = "csv", concept: str | None = None, annotator: str | None = None,
+    url_prefix: str | None = None, create_concepts: bool = False,
+) -> ImportReport:
+    """Import labels from ``path`` (see the module docstring): everything is checked first, then written.
+
+    Concepts must exist unless ``create_concepts`` (then missing ones are created, without a text query).
+    """
+    entries, skipped = parse_labels(ws, path, fmt=fmt, concept=concept, annotator=annotator, url_prefix=url_prefix)
+    if not entries:
+        raise InputError(f"{path} holds no labels to import ({skipped} entries without a label)")
+    cat = ws.catalog
+    names = sorted({e.concept for e in entries})
+    known = {c.name for c in cat.concepts()}
+    missing = [n for n in names if n not in known]
+    if missing and not create_concepts:
+        raise NotFoundError(f"no concept named {missing[0]!r}; create it with `assay concept add` or pass --create-concept")
+    for n in missing:
+        cat.add_concept(n)
+    groups: dict[tuple[str, str, str | None], list[LabelEntry]] = {}
+    for e in entries:
+        groups.setdefault((e.concept, e.source, e.annotator), []).append(e)
+    written = 0
+    per: dict[str, int] = {}
+    for (cname, src, who), es in groups.items():
+        c = cat.concept(cname)
+        written += cat.add_labels(c.id, np.asarray([e.item_id for e in es], dtype=np.int64),
+                                  np.asarray([e.value for e in es], dtype=np.int64), source=src, annotator=who)
+        per[cname] = per.get(cname, 0) + len(es)
+    return ImportReport(
+        format=fmt, file=str(path), written=written, concepts=per, positives=sum(e.value == 1 for e in entries),
+        skipped=skipped, pseudo=sum(e.source == "pseudo" for e in entries), created_concepts=missing,
+    )
