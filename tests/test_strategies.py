@@ -397,3 +397,41 @@ def test_select_package_all_is_honest():
         n for n, v in vars(pkg).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)
     }
     assert exported - {"annotations"} == set(pkg.__all__)
+
+
+def test_cached_vectors_map_rows_equals_gather_then_score():
+    from assay.select.strategies import CachedVectors
+
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(5000, 16)).astype(np.float32)  # [n, d]
+    ids_all = np.sort(rng.choice(10**6, 5000, replace=False))
+
+    def lookup(ids):
+        return table[np.searchsorted(ids_all, ids)]
+
+    w = rng.normal(size=16).astype(np.float32)
+    fn = lambda X: X @ w  # noqa: E731
+    memo = CachedVectors(lookup)
+    memo(rng.choice(ids_all, 300, replace=False))  # some rows held already
+    for q in (
+        rng.choice(ids_all, 4000, replace=False),  # dense: scored on contiguous blocks
+        rng.choice(ids_all, 7, replace=False),  # sparse: gathered
+        np.repeat(ids_all[:5], 3),  # repeats
+        ids_all[:0],  # empty
+    ):
+        got = memo.map_rows(fn, q, block=512)
+        np.testing.assert_allclose(got, lookup(q) @ w, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, fn(memo(q)), rtol=1e-6, atol=1e-6)
+
+
+def test_proba_fn_scores_a_memo_in_place():
+    from assay.learn import LogisticProxy, proba_fn
+    from assay.select.strategies import CachedVectors
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+    model = LogisticProxy().fit(X, y)
+    memo = CachedVectors(lambda ids: X[ids])
+    ids = rng.permutation(400)
+    np.testing.assert_allclose(proba_fn(model, memo)(ids), model.predict_proba(X[ids]), rtol=1e-6)

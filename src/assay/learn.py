@@ -624,6 +624,9 @@ def proba_fn(model: Any, vectors: Callable[[np.ndarray], np.ndarray]) -> Callabl
     ``vectors(ids)`` returns the embeddings of ``ids`` (e.g. rows of the fp16 store).
     """
     _check_fitted(model, "n_features_in_")
+    map_rows = getattr(vectors, "map_rows", None)  # a CachedVectors memo: score its rows in place
+    if map_rows is not None:
+        return lambda ids: map_rows(model.predict_proba, np.asarray(ids, dtype=np.int64))
     return lambda ids: model.predict_proba(vectors(np.asarray(ids, dtype=np.int64)))
 
 

@@ -186,8 +186,8 @@ class CachedVectors:
     def __len__(self) -> int:
         return self._size
 
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        q = np.asarray(ids, dtype=np.int64)
+    def _ensure(self, q: np.ndarray) -> np.ndarray:
+        """Fetch the ids of ``q`` not held yet; return the position of each id of ``q`` in ``self._ids``."""
         pos = np.searchsorted(self._ids, q)  # [m]
         hit = pos < self._ids.size
         hit[hit] = self._ids[pos[hit]] == q[hit]
@@ -216,9 +216,37 @@ class CachedVectors:
             self._size = need
             self.n_fetched += int(miss.size)
             pos = np.searchsorted(self._ids, q)
+        return pos
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        q = np.asarray(ids, dtype=np.int64)
+        pos = self._ensure(q)
         if q.size == 0:
             return np.empty((0, 0 if self._store is None else self._store.shape[1]), dtype=np.float32)
         return self._store[self._slots[pos]]  # [m, dim] float32
+
+    def map_rows(self, fn: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, *, block: int = 16_384) -> np.ndarray:
+        """``fn(self(ids))`` for a row-wise ``fn`` (``[b, dim] -> [b]``), without gathering the rows.
+
+        When ``ids`` cover much of the memo (a SEALS pool scored each round), ``fn`` runs on contiguous
+        blocks of the memo's storage, which streams through memory, and only the ``[m]`` results are
+        gathered; a random gather of the ``[m, dim]`` rows first cost more than the scoring itself (95k
+        rows of 256 floats: 67 ms gather against 25 ms of matrix-vector product). Few ids fall back to
+        the gather. ``fn`` must treat rows independently (a proxy's ``predict_proba`` does).
+        """
+        q = np.asarray(ids, dtype=np.int64)
+        if q.size == 0:
+            return np.zeros(0, dtype=np.float64)
+        pos = self._ensure(q)  # before reading self._slots: fetching misses replaces it
+        slots = self._slots[pos]  # [m] rows in the memo
+        lo, hi = int(slots.min()), int(slots.max()) + 1
+        if 2 * q.size < hi - lo:  # sparse: scoring the span would cost more than the gather
+            return np.asarray(fn(self._store[slots]), dtype=np.float64)
+        out = np.empty(hi - lo, dtype=np.float64)
+        for start in range(lo, hi, block):
+            stop = min(start + block, hi)
+            out[start - lo : stop - lo] = fn(self._store[start:stop])  # [b] on contiguous rows
+        return out[slots - lo]
 
 
 class _PoolVectors:
