@@ -51,3 +51,14 @@ def test_kept_miner_uses_the_sorted_corpus_once(ws):
     c1 = miner._corpus(memo)
     assert np.all(np.diff(c1) > 0)
     assert miner._corpus(memo) is c1
+
+
+def test_memo_store_map_rows_matches_scoring_the_store(ws):
+    store = ws.vectors("test-mean-color")
+    ids = np.sort(Searcher(ws, "test-mean-color").index().ids)
+    w = np.linspace(-1, 1, store.dim).astype(np.float32)
+    for budget in (512 << 20, 4 * store.dim * 3):  # in the memo, and read through
+        memo = _MemoSearcher(Searcher(ws, "test-mean-color"), vector_memo_bytes=budget)
+        got = memo.store.map_rows(lambda X: X @ w, ids[::-1])
+        np.testing.assert_allclose(got, store.get(ids[::-1]) @ w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(memo.store(ids[:3]), store.get(ids[:3]))

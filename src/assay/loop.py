@@ -454,6 +454,8 @@ class Miner:
         def vectors(ids: np.ndarray) -> np.ndarray:
             return store.get(ids, dtype=np.float32)
 
+        if callable(getattr(store, "map_rows", None)) and callable(store):
+            vectors = store  # noqa: F811 - a memo that scores its rows in place (the server's kept store)
         out = select_round(
             strategy=strat, n=batch, rng=rng, corpus_ids=corpus, vectors=vectors,
             labelled_ids=labelled[labelled_in], labels=labels[labelled_in], neighbors=searcher.neighbors,

@@ -310,6 +310,18 @@ class _MemoStore:
                     return self._memo(ids)
         return self._store.get(ids, dtype=dtype, extra=extra)
 
+    def __call__(self, ids: Any) -> np.ndarray:
+        """float32 rows of ``ids`` (a vector lookup for the selection engine)."""
+        return self.get(ids)
+
+    def map_rows(self, fn: Callable[[np.ndarray], np.ndarray], ids: Any) -> np.ndarray:
+        """``fn(rows of ids)``, scored in place in the memo while it is within its budget."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        with self._lock:
+            if len(self._memo) + ids.size <= self._max_rows:
+                return self._memo.map_rows(fn, ids)
+        return np.asarray(fn(self._store.get(ids, dtype=np.float32)), dtype=np.float64)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
