@@ -8,14 +8,27 @@ an RGB image or raises :class:`~assay.errors.DecodeError` with the reason, which
 from __future__ import annotations
 
 import io
+import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DecodeError, MissingDependencyError
 
-__all__ = ["read_bytes", "probe_image", "decode_image", "ImageInfo", "is_local", "local_path", "DEFAULT_MAX_PIXELS"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "REMOTE_RETRY_DELAYS",
+    "ImageInfo",
+    "decode_image",
+    "is_local",
+    "local_path",
+    "probe_image",
+    "read_bytes",
+]
+
+log = logging.getLogger(__name__)
 
 #: Images with more pixels than this are refused (Pillow's own bomb limit is about 179 Mpx).
 DEFAULT_MAX_PIXELS = 150_000_000
@@ -26,19 +39,51 @@ def is_local(uri: str) -> bool:
 
 
 def local_path(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri
+    return uri.removeprefix("file://")
+
+
+#: Pauses between the attempts to read a remote object (``s3://`` ...) that failed with a server error or a
+#: timeout: three attempts in all. Missing objects and denied access are not retried.
+REMOTE_RETRY_DELAYS: tuple[float, ...] = (0.2, 0.8)
 
 
 def read_bytes(uri: str) -> bytes:
-    """All bytes of ``uri`` (a local path, ``file://`` or any fsspec URL such as ``s3://``)."""
+    """All bytes of ``uri`` (a local path, ``file://`` or any fsspec URL such as ``s3://``).
+
+    Remote reads that fail with anything but "not found", "permission denied" or a missing driver (a 5xx
+    answer, a timeout, a reset connection) are retried after :data:`REMOTE_RETRY_DELAYS`; a read that still
+    fails raises :class:`DecodeError` with the last reason, which callers record on the item. Endpoint,
+    credentials and timeouts come from fsspec's configuration (``FSSPEC_S3_*`` / ``~/.config/fsspec``) and
+    the usual AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...); see docs/scale.md.
+    """
+    if is_local(uri):
+        return _read_once(uri)
+    delays = REMOTE_RETRY_DELAYS
+    for attempt in range(len(delays) + 1):
+        try:
+            return _read_once(uri)
+        except (DecodeError, MissingDependencyError):
+            raise
+        except Exception as exc:  # a server error, a timeout, a dropped connection: worth another try
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            if attempt == len(delays):
+                raise DecodeError(f"cannot read {uri} after {attempt + 1} attempts: {reason}") from exc
+            log.warning("reading %s failed (%s); retry %d of %d", uri, reason, attempt + 1, len(delays))
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_once(uri: str) -> bytes:
     try:
         if is_local(uri):
             with open(local_path(uri), "rb") as f:
                 return f.read()
         import fsspec
 
-        with fsspec.open(uri, "rb") as f:
-            return f.read()
+        # One GET per object (``cat_file``), not a HEAD then a GET: half the requests, and no size taken
+        # from a listing cache when the HEAD fails.
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs.cat_file(path)
     except FileNotFoundError as exc:
         raise DecodeError(f"missing file: {uri}") from exc
     except IsADirectoryError as exc:
@@ -48,6 +93,8 @@ def read_bytes(uri: str) -> bytes:
     except ImportError as exc:  # an fsspec protocol whose package is missing, e.g. s3fs
         raise MissingDependencyError(str(exc).split("'")[1] if "'" in str(exc) else "s3fs", "s3", uri) from exc
     except OSError as exc:
+        if not is_local(uri):
+            raise  # remote: read_bytes decides whether to retry
         raise DecodeError(f"cannot read {uri}: {exc}") from exc
 
 

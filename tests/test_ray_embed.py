@@ -1,0 +1,160 @@
+"""Embedding on a local Ray cluster (started here, shut down after): same vectors as the local path,
+worker and driver faults resume with nothing lost and nothing repeated."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'assay[ray]')")
+
+import fake_encoder
+from conftest import write_images
+
+from assay import Workspace, embed, ingest
+from assay.distributed import embed_with_ray
+from assay.errors import InputError
+
+HERE = Path(__file__).parent
+
+
+class DieOnceEncoder(fake_encoder.MeanColorEncoder):
+    """Kills its worker process (os._exit) on the first batch it sees, once per marker file."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def embed_batch(self, batch):
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super().embed_batch(batch)
+        os.close(fd)
+        os._exit(1)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(
+        num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024, log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+def _ws(tmp_path: Path, n: int, name: str = "ws") -> Workspace:
+    ws = Workspace.init(tmp_path / name, default_encoder="test-mean-color")
+    write_images(tmp_path / f"{name}-imgs", n, size=(20, 16), fmt="JPEG")
+    ingest(ws.catalog, [tmp_path / f"{name}-imgs"])
+    return ws
+
+
+def _sorted(store):
+    ids, vecs = store.load(dtype=np.float16)
+    o = np.argsort(ids)
+    return ids[o], vecs[o]
+
+
+def test_ray_and_local_give_identical_embeddings_and_bad_items_are_marked(ray_cluster, tmp_path):
+    local = _ws(tmp_path, 23, "local")
+    remote = _ws(tmp_path, 23, "remote")
+    good = write_images(tmp_path / "big", 1, size=(64, 64), fmt="JPEG")[0].read_bytes()
+    (tmp_path / "bad.jpeg").write_bytes(good[: int(len(good) * 0.7)])  # a header that probes, a body that does not decode
+    for ws in (local, remote):
+        ingest(ws.catalog, [tmp_path / "bad.jpeg"])
+    rep_local = embed(local, batch_size=4, shard_size=5)
+    rep = embed_with_ray(remote, batch_size=4, task_size=5, num_actors=2)
+    assert rep.pending == 24 and rep.embedded == 23 and rep.errors == 1 and rep.shards == 5
+    assert rep_local.errors == 1
+    assert remote.catalog.count()["error"] == 1
+    bad_id = remote.catalog.id_for_uri(str(tmp_path / "bad.jpeg"))
+    assert remote.catalog.get(bad_id).status == "error" and remote.catalog.get(bad_id).error
+    li, lv = _sorted(local.vectors())
+    ri, rv = _sorted(remote.vectors())
+    uri_l = local.catalog.uris(li)
+    uri_r = remote.catalog.uris(ri)
+    # Same image content under the same file name in both workspaces -> bit-identical float16 rows.
+    name_l = [Path(uri_l[int(i)]).name for i in li]
+    name_r = [Path(uri_r[int(i)]).name for i in ri]
+    assert name_l == name_r
+    assert np.array_equal(lv, rv)
+    assert np.array_equal(local.vectors().load(extra="hist")[1].shape, remote.vectors().load(extra="hist")[1].shape)
+    # Nothing left: a second run does nothing.
+    again = embed_with_ray(remote, task_size=5)
+    assert again.pending == 0 and again.embedded == 0
+    local.close()
+    remote.close()
+
+
+def test_a_worker_killed_mid_task_is_retried_and_the_result_is_complete(ray_cluster, tmp_path):
+    ws = _ws(tmp_path, 30)
+    marker = str(tmp_path / "died-once")
+    rep = embed_with_ray(ws, DieOnceEncoder(marker), batch_size=4, task_size=6, num_actors=2)
+    assert os.path.exists(marker), "the worker was never killed: the test proves nothing"
+    assert rep.embedded == 30 and rep.errors == 0
+    ids = ws.vectors().ids()
+    assert len(ids) == 30 and len(np.unique(ids)) == 30
+    assert set(ids.tolist()) == set(ws.catalog.ids().tolist())
+    # The vectors equal the plain encoder's.
+    ref = _ws(tmp_path, 30, "ref")
+    embed(ref, batch_size=4)
+    assert np.array_equal(_sorted(ws.vectors())[1], _sorted(ref.vectors())[1])
+    ws.close()
+    ref.close()
+
+
+def test_an_interrupted_driver_resumes_and_embeds_only_the_rest(ray_cluster, tmp_path):
+    ws = _ws(tmp_path, 25)
+    calls = []
+
+    def progress(n):
+        calls.append(n)
+        raise Interrupt("driver stopped after its first commit")
+
+    with pytest.raises(Interrupt):
+        embed_with_ray(ws, batch_size=4, task_size=5, num_actors=2, progress=progress)
+    committed = ws.vectors().ids()
+    assert len(committed) >= 5 and len(committed) < 25
+    assert len(committed) % 5 == 0  # whole tasks only
+    rep = embed_with_ray(ws, batch_size=4, task_size=5, num_actors=2)
+    assert rep.pending == 25 - len(committed) and rep.embedded == rep.pending
+    ids = ws.vectors().ids()
+    assert len(ids) == 25 and len(np.unique(ids)) == 25
+    ws.close()
+
+
+def test_bad_arguments(tmp_path):
+    ws = Workspace.init(tmp_path / "w", default_encoder="test-mean-color")
+    with pytest.raises(InputError, match="task_size must be a positive integer, got 0"):
+        embed_with_ray(ws, task_size=0)
+    with pytest.raises(InputError, match="num_actors"):
+        embed_with_ray(ws, num_actors=-1)
+    ws.close()
+
+
+def test_sharded_index_built_by_ray_tasks_equals_the_thread_build(ray_cluster, tmp_path):
+    from assay.distributed import build_sharded_index, train_codebook
+    from assay.index import make_spec
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(5, 3005, dtype=np.int64)
+    spec = make_spec("ivf-pq", 3000, 16, nlist=16, nprobe=4, m=8, nbits=6)
+    cb = train_codebook(x, spec=spec, rng=0)
+    a = build_sharded_index(ids, x, tmp_path / "ray", n_shards=3, spec=spec, codebook=cb, use_ray=True)
+    b = build_sharded_index(ids, x, tmp_path / "threads", n_shards=3, spec=spec, codebook=cb)
+    assert a.meta["engine"] == "ray" and a.ntotal == 3000
+    Da, Ia = a.search(x[:30], 10)
+    Db, Ib = b.search(x[:30], 10)
+    np.testing.assert_array_equal(Ia, Ib)
+    np.testing.assert_array_equal(Da, Db)
