@@ -8,6 +8,10 @@
   text bridge: every item placed in the text space of ``minilm`` and indexed there.
 * :class:`Searcher` answers queries by item id, image file, text or raw vector, one at a time or in a batch,
   and gives :meth:`Searcher.neighbors` (the building block of SEALS pools and near-duplicate search).
+* Regions (``assay embed --regions``, :mod:`assay.regions`): :func:`build_index` also builds the joint index of
+  items and their regions (and its ConSE bridge), and :meth:`Searcher.search_regions` (with ``_batch``,
+  ``_items``, ``_texts``) ranks images by their best region and names its box (:class:`RegionHit`). The
+  item index and every other query stay item-only.
 * :func:`build_knn_graph` computes the kNN graph of the whole corpus blockwise and stores it for reuse.
 
 Non-representative duplicates (exact duplicates from ingest, near-duplicates from ``assay dedup``) are
@@ -30,7 +34,7 @@ from .index import ConcatRows, KnnGraph, VectorIndex, knn_graph, neighbors as _i
 from .vectors import VectorStore
 from .workspace import Workspace
 
-__all__ = ["Hit", "Searcher", "build_index", "build_knn_graph", "load_knn_graph", "TEXT_BRIDGE_ENCODER", "KINDS"]
+__all__ = ["Hit", "RegionHit", "Searcher", "build_index", "build_knn_graph", "load_knn_graph", "TEXT_BRIDGE_ENCODER", "KINDS"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,25 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "score": self.score, "uri": self.uri}
+
+
+@dataclass(frozen=True)
+class RegionHit:
+    """An image found by its best region: ``region`` is the region id that scored best (None: the whole
+    image did), ``box`` its pixel box ``(x0, y0, x1, y1)`` in the decoded image (None: the whole image)."""
+
+    id: int
+    score: float
+    uri: str
+    region: int | None
+    box: tuple[int, int, int, int] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        # "slot" (the region's place in its image) for JSON readers that hold numbers as doubles: region ids
+        # (>= 2**62) are exact in Python but not in JavaScript.
+        slot = None if self.region is None else (self.region - (1 << 62)) % 1024
+        return {"id": self.id, "score": self.score, "uri": self.uri, "region": self.region, "slot": slot,
+                "box": list(self.box) if self.box is not None else None}
 
 
 def _check_k(k: Any) -> int:
@@ -133,6 +156,17 @@ def build_index(
             report["text_bridge"] = _build_bridge(ws, store, name, root, rebuild or existing is None, rng)
         except MissingDependencyError as exc:
             report["text_bridge"] = {"skipped": str(exc)}
+    from .regions import build_region_index, region_store
+
+    if region_store(ws, name).exists():
+        # Items and their regions in one joint index (index/<key>/regions); the item index above stays item-only.
+        from .errors import WorkspaceError
+
+        try:
+            report["regions"] = build_region_index(ws, name, kind=kind, rebuild=rebuild, rng=rng, bridge=bridge)
+        except WorkspaceError as exc:  # e.g. items re-embedded by a new encoder version, regions not yet
+            log.warning("region index not built: %s", exc)
+            report["regions"] = {"skipped": str(exc)}
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
 
@@ -317,6 +351,9 @@ class Searcher:
         self._reducer_loaded = False
         self._encoder: Any = None
         self._text_encoder: Any = None
+        self._region_index: VectorIndex | None = None
+        self._region_bridge: VectorIndex | None = None
+        self._region_spec: Any = None
 
     # -------------------------------------------------------------- parts
     def index(self) -> VectorIndex:
@@ -494,3 +531,126 @@ class Searcher:
         vecs = self._reduce(self.vectors_for_items(ids))
         return _index_neighbors(self.index(), vecs, ids, k)
 
+    # -------------------------------------------------------------- regions
+    def region_spec(self):
+        """The :class:`~assay.regions.RegionSpec` of the workspace's region vectors (NoEmbeddingsError if none)."""
+        if self._region_spec is None:
+            from .regions import region_spec_of
+
+            spec = region_spec_of(self.ws, self.encoder_name)
+            if spec is None:
+                raise NoEmbeddingsError(
+                    f"no region embeddings for {self.encoder_name!r}; run `assay embed --regions grid:2,3` and `assay index`"
+                )
+            self._region_spec = spec
+        return self._region_spec
+
+    def region_index(self) -> VectorIndex:
+        """The joint index of items and their regions (``index/<key>/regions``)."""
+        if self._region_index is None:
+            from .regions import REGION_INDEX_DIR, region_store
+
+            self.region_spec()
+            d = self.ws.index_dir(self.encoder_name) / REGION_INDEX_DIR
+            if not (d / "meta.json").exists():
+                raise IndexNotBuiltError(f"no region index for {self.encoder_name!r}; build it with `assay index`")
+            idx = VectorIndex.load(d, mmap=True)
+            if idx.encoder_version != region_store(self.ws, self.encoder_name).meta()["version"]:
+                raise IndexNotBuiltError("the region index is older than the region vectors; run `assay index`")
+            self._region_index = idx
+        return self._region_index
+
+    def region_bridge_index(self) -> VectorIndex:
+        if self._region_bridge is None:
+            from .regions import REGION_BRIDGE_DIR
+
+            d = self.ws.index_dir(self.encoder_name) / REGION_BRIDGE_DIR
+            if not (d / "meta.json").exists():
+                raise IndexNotBuiltError(f"no region text bridge for {self.encoder_name!r} yet; run `assay index`")
+            self._region_bridge = VectorIndex.load(d, mmap=True)
+        return self._region_bridge
+
+    def _region_exclusions(self, keep_duplicates: bool) -> np.ndarray | None:
+        from .regions import region_ids
+
+        ex = self.excluded_ids(keep_duplicates)
+        if ex is None:
+            return None
+        R = self.region_spec().n_regions
+        return np.concatenate([ex, region_ids(ex[:, None], np.arange(R)[None, :]).ravel()])
+
+    def search_regions_vectors(
+        self, queries: np.ndarray, k: int, *, exclude_items: np.ndarray | None = None, keep_duplicates: bool = False,
+        index: VectorIndex | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images ranked by their best region: ``(scores [q, k], image ids [q, k], trigger ids [q, k])``.
+
+        The score of an image is the max over the image and its regions; ``trigger`` is the id that gave it
+        (a region id, or the image id when the whole image scored best). ``exclude_items`` ``[q]`` leaves one
+        image (and its regions) out of each query's results.
+        """
+        from .regions import best_per_parent, region_ids
+
+        k = _check_k(k)
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        idx = index or self.region_index()
+        R = self.region_spec().n_regions
+        # k images hold at most k * (R + 1) rows, so the top k*(R+1) rows name at least k distinct images
+        # (or all there are): the top-k by best region is exact for an exact index.
+        fetch = min(k * (R + 1), max(idx.ntotal, 1))
+        per_query = None
+        if exclude_items is not None:
+            ex = np.asarray(exclude_items, dtype=np.int64).reshape(-1, 1)  # [q, 1]
+            per_query = np.concatenate([ex, region_ids(ex, np.arange(R)[None, :])], axis=1)  # [q, R + 1]
+        s, i = idx.search(q, fetch, exclude_ids=self._region_exclusions(keep_duplicates), exclude_per_query=per_query)
+        return best_per_parent(s, i, k)
+
+    def _region_hits(self, scores: np.ndarray, ids: np.ndarray, trig: np.ndarray) -> list[list[RegionHit]]:
+        from .regions import region_boxes
+
+        flat = [int(i) for i in ids.reshape(-1) if i >= 0]
+        uris = self.ws.catalog.uris(flat)
+        boxes = region_boxes(self.ws, trig.reshape(-1), self.encoder_name)
+        out = []
+        for srow, irow, trow in zip(scores, ids, trig):
+            row = []
+            for s, i, t in zip(srow, irow, trow):
+                if i < 0:
+                    continue
+                b = boxes.get(int(t))
+                row.append(RegionHit(int(i), float(s), uris.get(int(i), ""), int(t) if b is not None else None, b))
+            out.append(row)
+        return out
+
+    def search_regions(
+        self, *, item: int | None = None, image: str | None = None, text: str | None = None,
+        vector: np.ndarray | None = None, k: int = 10, keep_duplicates: bool = False,
+    ) -> list[RegionHit]:
+        """Like :meth:`search`, but images score by their best region and each hit names that region's box."""
+        given = [x is not None for x in (item, image, text, vector)]
+        if sum(given) != 1:
+            raise InputError("give exactly one query: an item id, an image path, a text or a vector")
+        if item is not None:
+            return self.search_regions_items([item], k=k, keep_duplicates=keep_duplicates)[0]
+        if image is not None:
+            return self.search_regions_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
+        if text is not None:
+            return self.search_regions_texts([text], k=k, keep_duplicates=keep_duplicates)[0]
+        v = np.asarray(vector)
+        return self.search_regions_batch(v[None, :] if v.ndim == 1 else v, k=k, keep_duplicates=keep_duplicates)[0]
+
+    def search_regions_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
+        return self._region_hits(*self.search_regions_vectors(queries, k, keep_duplicates=keep_duplicates))
+
+    def search_regions_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
+        """Images most like each given image (its whole-image vector), by their best region; the query image is left out."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vecs = self.vectors_for_items(ids)
+        return self._region_hits(*self.search_regions_vectors(vecs, k, exclude_items=ids, keep_duplicates=keep_duplicates))
+
+    def search_regions_texts(self, texts: list[str], *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
+        q, route = self.vectors_for_texts(list(texts))
+        idx = self.region_bridge_index() if route == "bridge" else None
+        return self._region_hits(*self.search_regions_vectors(q, k, keep_duplicates=keep_duplicates, index=idx))

@@ -65,6 +65,13 @@ def embed(
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decode threads.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Embed at most N items.")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Drop this encoder's stored embeddings first.")] = False,
+    regions: Annotated[
+        Optional[str],
+        typer.Option("--regions", help="Also embed regions: 'grid:2,3' = the whole image + 2x2 and 3x3 tiles (default: off)."),
+    ] = None,
+    region_overlap: Annotated[
+        Optional[float], typer.Option("--region-overlap", min=0.0, max=0.9, help="Fraction of a tile shared with its neighbour (with --regions).")
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Embed every ok item not yet embedded by the encoder (resumable: run it again after a crash)."""
@@ -75,7 +82,16 @@ def embed(
     with errors_to_exit():
         ws = open_workspace(workspace)
         name = encoder or ws.default_encoder
+        if region_overlap is not None and regions is None:
+            raise InputError("--region-overlap needs --regions SPEC (e.g. --regions grid:2,3)")
+        region_spec = None
+        if regions is not None:
+            from ..regions import parse_region_spec
+
+            region_spec = parse_region_spec(regions, overlap=region_overlap)  # validate before any work
         if name.split(":", 1)[0] == PRECOMPUTED:
+            if region_spec is not None:
+                raise InputError("--regions needs an image encoder; precomputed embeddings have no images to crop")
             if not from_:
                 raise InputError("--encoder precomputed needs --from PATH (the embeddings to import)")
             report = import_embeddings(ws, from_, name=name)
@@ -87,9 +103,27 @@ def embed(
                     ws, name, batch_size=batch_size, shard_size=shard_size, workers=workers, limit=limit,
                     reset=reset, progress=advance, on_start=start,
                 )
+        region_report = None
+        if region_spec is not None:
+            from ..regions import embed_regions
+
+            with progress_bar(f"regions {region_spec.key}", enabled=not json_) as (start, advance):
+                region_report = embed_regions(
+                    ws, name, spec=region_spec, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                    limit=limit, reset=reset, progress=advance, on_start=start,
+                )
         if json_:
-            print_json(report.to_dict())
+            d = report.to_dict()
+            if region_report is not None:
+                d["regions"] = region_report.to_dict()
+            print_json(d)
             return
+        if region_report is not None:
+            rr = region_report
+            out.print(
+                f"regions {rr.spec}: {rr.regions} regions of {rr.images} of {rr.pending} pending images, {rr.errors} failed "
+                f"({rr.seconds:.1f} s); {rr.total_regions} regions stored in all"
+            )
         out.print(
             f"{report.encoder}: embedded {report.embedded} of {report.pending} pending items, {report.errors} failed "
             f"({report.items_per_s:,.1f} items/s, {report.seconds:.1f} s); {report.total_embedded} stored in all"

@@ -59,9 +59,13 @@ def search(
     k: Annotated[int, typer.Option("-k", "--k", help="How many results.")] = 10,
     encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Also return non-representative duplicates.")] = False,
+    regions: Annotated[bool, typer.Option("--regions", help="Score each image by its best region (needs `assay embed --regions`); results gain \"region\" and \"box\".")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Search by item, image or text; --json prints {"results": [{"id", "score", "uri"}, ...]}, best first."""
+    """Search by item, image or text; --json prints {"results": [{"id", "score", "uri"}, ...]}, best first.
+
+    With --regions each result also has "region" (the region id that scored best, null for the whole image)
+    and "box" ([x0, y0, x1, y1] in pixels, null for the whole image)."""
     from ..errors import InputError
     from ..search import Searcher
 
@@ -72,7 +76,7 @@ def search(
         ws = open_workspace(workspace)
         s = Searcher(ws, encoder)
         if batch is not None:
-            results = _run_batch(s, batch, k, keep_duplicates)
+            results = _run_batch(s, batch, k, keep_duplicates, regions)
             if json_:
                 print_json({"queries": results})
             else:
@@ -81,15 +85,18 @@ def search(
                     for h in r["results"]:
                         out.print(f"{h['score']:.4f}  {h['id']}  {h['uri']}")
             return
-        hits = s.search(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates)
+        fn = s.search_regions if regions else s.search
+        hits = fn(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates)
         if json_:
             print_json({"results": [h.to_dict() for h in hits]})
             return
         for h in hits:
-            out.print(f"{h.score:.4f}  {h.id}  {h.uri}")
+            box = getattr(h, "box", None)
+            where = f"  box {list(box)}" if regions and box is not None else ("  whole image" if regions else "")
+            out.print(f"{h.score:.4f}  {h.id}  {h.uri}{where}")
 
 
-def _run_batch(s, path: Path, k: int, keep_duplicates: bool) -> list[dict]:
+def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = False) -> list[dict]:
     from ..errors import InputError, NotFoundError
 
     if not path.exists():
@@ -113,13 +120,16 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool) -> list[dict]:
             continue
         vals = [queries[i][kind] for i in pos]
         if kind == "item":
-            hits = s.search_items(vals, k=k, keep_duplicates=keep_duplicates)
+            fn = s.search_regions_items if regions else s.search_items
+            hits = fn(vals, k=k, keep_duplicates=keep_duplicates)
         elif kind == "text":
-            hits = s.search_texts(vals, k=k, keep_duplicates=keep_duplicates)
+            fn = s.search_regions_texts if regions else s.search_texts
+            hits = fn(vals, k=k, keep_duplicates=keep_duplicates)
         else:
             import numpy as np
 
-            hits = s.search_batch(np.stack([s.vector_for_image(v) for v in vals]), k=k, keep_duplicates=keep_duplicates)
+            fn = s.search_regions_batch if regions else s.search_batch
+            hits = fn(np.stack([s.vector_for_image(v) for v in vals]), k=k, keep_duplicates=keep_duplicates)
         for i, h in zip(pos, hits):
             out_rows[i] = {"query": queries[i], "results": [x.to_dict() for x in h]}
     return out_rows

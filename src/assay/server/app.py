@@ -65,6 +65,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(getattr(exc, "name", None) or "fastapi", "server", "the labelling web app") from exc
 
 from ..catalog import labels_table
+from ..regions import RegionMiner, record_region_labels, region_ids, region_proposals, region_store, slot_of
 from . import records
 from .records import ConflictError, StaleRoundError
 from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES, thumbnail_path
@@ -121,6 +122,10 @@ class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: ItemId
     value: Literal[0, 1] = Field(description="1 = yes (positive), 0 = no (negative)")
+    region_slot: Annotated[int, Field(ge=0, le=1023)] | None = Field(
+        None, description="The answer is about this region of the image too (the box shown; the region's slot "
+                          "in its image, as the batch gives it: region ids exceed JavaScript's exact integers): "
+                          "the value is stored for the region and for the image")
 
 
 class SubmissionIn(BaseModel):
@@ -139,6 +144,7 @@ class ProposeIn(BaseModel):
     batch: Annotated[int, Field(ge=1, le=1000)] | None = None
     proxy: Literal["logistic", "mlp", "ensemble"] | None = None
     seed: Annotated[int, Field(ge=0, le=2 ** 31 - 1)] | None = None
+    regions: bool | None = Field(None, description="Mine per image with region evidence (needs `assay embed --regions`)")
 
 
 # ---------------------------------------------------------------------------------------------- the proposer
@@ -240,7 +246,9 @@ class _Proposer:
     def _run(self, concept_name: str, job: _Job, params: dict[str, Any]) -> None:
         try:
             searcher = self.searcher()
-            miner = _KeptSearcherMiner(self.ws, concept_name, encoder=self.encoder, searcher=searcher)
+            params = dict(params)
+            cls = _KeptSearcherRegionMiner if params.pop("regions", False) else _KeptSearcherMiner
+            miner = cls(self.ws, concept_name, encoder=self.encoder, searcher=searcher)
             row, _ = miner.propose(**params)
             job.round, job.state = row.number, "done"
         except AssayError as exc:
@@ -339,6 +347,10 @@ class _KeptSearcherMiner(Miner):
     def _corpus(self, searcher) -> np.ndarray:
         kept = getattr(searcher, "sorted_corpus", None)
         return kept() if kept is not None else super()._corpus(searcher)
+
+
+class _KeptSearcherRegionMiner(RegionMiner, _KeptSearcherMiner):
+    """A RegionMiner (rounds with region evidence) that reuses the server's Searcher like _KeptSearcherMiner."""
 
 
 # ---------------------------------------------------------------------------------------------- guard middleware
@@ -541,6 +553,7 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         items = {it.id: it for it in cat.get_many(ids)}
         answers = _answers(cat.engine, concept.id, ids)
         skipped = records.skipped_items(cat.engine, row.id)
+        regions = region_proposals(ws, row.id) if (row.params or {}).get("regions") else {}
         out = []
         for p in props:
             it = items.get(int(p["item_id"]))
@@ -549,6 +562,9 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
             view = _item_view(it, answers.get(it.id, []))
             view.update(rank=p["rank"], score=p["score"], prelabel=p["prelabel"], reason=p["reason"],
                         skipped=it.id in skipped)
+            reg = regions.get(it.id)
+            view["region"] = ({"id": reg["region"], "slot": int(slot_of([reg["region"]])[0]), "box": reg["box"],
+                               "image_size": reg["image_size"]} if reg and reg["box"] is not None else None)
             out.append(view)
         open_ = row.number > latest - cfg.open_rounds
         return {**_round_view(row), "concept": concept.name, "latest": latest, "open": open_, "items": out,
@@ -560,8 +576,13 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         base_strategy = rows[-1].strategy if rows else cfg.strategy
         if base_strategy.startswith("cold-start("):
             base_strategy = base_strategy[len("cold-start("):-1]
-        return {"strategy": base_strategy or cfg.strategy, "batch": int(p.get("batch") or cfg.batch),
-                "proxy": p.get("proxy") or cfg.proxy, "seals_k": int(p.get("seals_k") or cfg.seals_k)}
+        if base_strategy.startswith("regions("):
+            base_strategy = base_strategy[len("regions("):-1]
+        out = {"strategy": base_strategy or cfg.strategy, "batch": int(p.get("batch") or cfg.batch),
+               "proxy": p.get("proxy") or cfg.proxy, "seals_k": int(p.get("seals_k") or cfg.seals_k)}
+        if p.get("regions"):
+            out["regions"] = True  # a concept mined with regions keeps being mined with regions
+        return out
 
     # ------------------------------------------------------------------ page
     @app.get("/", include_in_schema=False)
@@ -679,13 +700,27 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
             if unknown:
                 parts.append(f"{sorted(unknown)[:10]} are not in the catalog at all")
             raise InputError("; ".join(parts))
+        region_labels = [lab for lab in body.labels if lab.region_slot is not None]
+        rids: list[int] = []
+        if region_labels:
+            rids = [int(r) for r in region_ids([lab.item_id for lab in region_labels], [lab.region_slot for lab in region_labels])]
+            rstore = region_store(ws, cfg.encoder)
+            known = rstore.contains(rids) if rstore.exists() else np.zeros(len(rids), bool)
+            if not known.all():
+                bad = [(lab.item_id, lab.region_slot) for lab, k in zip(region_labels, known) if not k]
+                raise NotFoundError(f"(item, region slot) pairs {bad[:10]} are not embedded regions of this workspace")
         payload = {"concept": c.id, "round": row.number, "annotator": body.annotator,
-                   "labels": [[lab.item_id, lab.value] for lab in body.labels], "skipped": list(body.skipped)}
+                   "labels": [[lab.item_id, lab.value] + ([lab.region_slot] if lab.region_slot is not None else [])
+                              for lab in body.labels], "skipped": list(body.skipped)}
         with write_lock:
             res = records.record_submission(
                 cat.engine, submission_id=body.submission_id, concept_id=c.id, round_id=row.id,
                 annotator=body.annotator, digest=records.payload_digest(payload), item_ids=ids,
                 values=[lab.value for lab in body.labels], skipped=body.skipped)
+            if region_labels and not res["replayed"]:
+                # Region rows follow the submission (its image labels) in their own transaction.
+                record_region_labels(ws, c.id, rids, [lab.value for lab in region_labels], source="human",
+                                     annotator=body.annotator)
         # The batch is complete once every proposed item has an answer or a skip from someone.
         answered = set(_answers(cat.engine, c.id, sorted(batch))) | records.skipped_items(cat.engine, row.id)
         complete = batch <= answered

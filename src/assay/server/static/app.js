@@ -119,10 +119,29 @@ async function loadBatch() {
   if (p.state === "running") pollProposer();
 }
 
+function regionOverlay(region) {
+  // An SVG over the thumbnail with the image's own coordinates: "meet" letterboxes exactly like object-fit: contain.
+  const NS = "http://www.w3.org/2000/svg";
+  const [w, h] = region.image_size, [x0, y0, x1, y1] = region.box;
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("class", "region");
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
+  const rect = document.createElementNS(NS, "rect");
+  for (const [k, v] of Object.entries({ x: x0, y: y0, width: x1 - x0, height: y1 - y0 })) rect.setAttribute(k, String(v));
+  rect.setAttribute("vector-effect", "non-scaling-stroke");
+  svg.append(rect);
+  return svg;
+}
+
 function card(it, idx, { labelling }) {
-  const media = it.thumb
+  let media = it.thumb
     ? el("img", { src: `${it.thumb}?size=160`, alt: it.name, loading: "lazy" })
     : el("div", { class: "text", text: it.text || "" });
+  if (it.thumb && it.region && it.region.box && it.region.image_size) {
+    media = el("div", { class: "thumbwrap", title: `region ${it.region.box.join(", ")} triggered this proposal` },
+      media, regionOverlay(it.region));
+  }
   const pre = it.prelabel == null ? null : Number(it.prelabel);
   const meta = el("div", { class: "meta" },
     el("span", { class: "prelabel", title: "the model's P(yes)", text: pre == null ? "p = –" : `p = ${pre.toFixed(2)}` }),
@@ -159,8 +178,8 @@ function renderMarks() {
     const c = cards[i];
     const a = state.answers.get(Number(c.dataset.id));
     c.classList.toggle("current", i === state.cursor);
-    c.classList.toggle("yes", a === "yes");
-    c.classList.toggle("no", a === "no");
+    c.classList.toggle("yes", !!a && a.startsWith("yes"));
+    c.classList.toggle("no", !!a && a.startsWith("no"));
     c.classList.toggle("skip", a === "skip");
     c.dataset.answer = a || "";
     c.querySelector(".answer").textContent = a || "";
@@ -173,7 +192,7 @@ function renderMarks() {
 function updateCounts() {
   const n = state.batch ? state.batch.items.length : 0;
   let y = 0, no = 0, s = 0;
-  for (const v of state.answers.values()) { if (v === "yes") y++; else if (v === "no") no++; else s++; }
+  for (const v of state.answers.values()) { if (v.startsWith("yes")) y++; else if (v.startsWith("no")) no++; else s++; }
   $("#counts").textContent = n ? `${y} yes · ${no} no · ${s} skipped · ${n - y - no - s} to go` : "";
   $("#submit").disabled = state.answers.size === 0;
 }
@@ -182,6 +201,7 @@ function answer(value) {
   if (!state.batch || !state.batch.items.length) return;
   const it = state.batch.items[state.cursor];
   state.undo.push({ id: it.id, prev: state.answers.get(it.id), cursor: state.cursor });
+  if (value.endsWith("+box") && !(it.region && it.region.slot != null)) value = value.slice(0, -4); // no box: an image answer
   state.answers.set(it.id, value);
   if (state.cursor < state.batch.items.length - 1) state.cursor++;
   renderMarks();
@@ -218,7 +238,13 @@ async function submit() {
   localStorage.setItem("assay.annotator", annotator);
   const labels = [], skipped = [];
   for (const [id, v] of state.answers) {
-    if (v === "skip") skipped.push(id); else labels.push({ item_id: id, value: v === "yes" ? 1 : 0 });
+    if (v === "skip") { skipped.push(id); continue; }
+    const lab = { item_id: id, value: v.startsWith("yes") ? 1 : 0 };
+    if (v.endsWith("+box")) {
+      const it = state.batch.items.find((x) => x.id === id);
+      if (it && it.region && it.region.slot != null) lab.region_slot = it.region.slot; // ids exceed JS integers; slots do not
+    }
+    labels.push(lab);
   }
   const body = { annotator, round: state.batch.round, labels, skipped };
   const key = JSON.stringify(body);
@@ -349,6 +375,8 @@ function onKey(ev) {
   const k = ev.key;
   if (k === "y") answer("yes");
   else if (k === "n") answer("no");
+  else if (k === "Y") answer("yes+box");
+  else if (k === "N") answer("no+box");
   else if (k === "s") answer("skip");
   else if (k === "u") undo();
   else if (k === "ArrowRight") move(1);

@@ -1,0 +1,428 @@
+"""Region embeddings, region search and mining with region evidence (assay.regions), with the mean-colour encoder."""
+
+from __future__ import annotations
+
+import json
+
+import fake_encoder  # noqa: F401
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from assay import Workspace, embed, ingest
+from assay.cli.main import app
+from assay.errors import InputError, NotFoundError, WorkspaceError
+from assay.regions import (
+    MAX_ITEM_ID,
+    MAX_SLOTS,
+    REGION_BASE,
+    RegionMiner,
+    RegionSpec,
+    add_region_labels,
+    best_per_parent,
+    embed_regions,
+    is_region_id,
+    parent_ids,
+    parse_region_spec,
+    region_boxes,
+    region_ids,
+    region_labels,
+    region_proba,
+    region_proposals,
+    region_store,
+    regions_of,
+    slot_of,
+    square_crops,
+    tile_boxes,
+)
+from assay.search import Searcher, build_index
+
+TARGET_BOX = (64, 32, 96, 64)  # the 3x3 tile (row 1, column 2) of a 96x96 image
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+@settings(max_examples=150, deadline=None)
+@given(
+    w=st.integers(1, 700), h=st.integers(1, 700),
+    scales=st.lists(st.integers(1, 6), min_size=1, max_size=3, unique=True),
+    overlap=st.sampled_from([0.0, 0.1, 0.25, 0.5]),
+)
+def test_tiles_are_inside_nonempty_and_cover_the_image(w, h, scales, overlap):
+    spec = RegionSpec(tuple(scales), overlap)
+    boxes = tile_boxes(w, h, spec)
+    assert boxes.shape == (spec.n_regions, 4) and boxes.dtype == np.int64
+    x0, y0, x1, y1 = boxes.T
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= w).all() and (y1 <= h).all()
+    assert (x1 > x0).all() and (y1 > y0).all()
+    start = 0
+    for n in spec.scales:
+        b = boxes[start : start + n * n]
+        start += n * n
+        cover = np.zeros((h, w), dtype=np.int32)
+        for bx0, by0, bx1, by1 in b:
+            cover[by0:by1, bx0:bx1] += 1
+        assert (cover >= 1).all()  # every pixel is in some tile of every scale
+        if overlap == 0.0 and w >= n and h >= n:
+            assert (cover == 1).all()  # without overlap the tiles partition the image
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.integers(20, 800), h=st.integers(20, 800), n=st.integers(2, 5), overlap=st.sampled_from([0.25, 0.5]))
+def test_overlapping_tiles_share_about_the_overlap_fraction(w, h, n, overlap):
+    boxes = tile_boxes(w, h, RegionSpec((n,), overlap))
+    a, b = boxes[0], boxes[1]  # two horizontal neighbours
+    tile = a[2] - a[0]
+    shared = a[2] - b[0]
+    assert abs(shared - overlap * tile) <= 1.5
+
+
+@settings(max_examples=100, deadline=None)
+@given(w=st.integers(1, 600), h=st.integers(1, 600), n=st.integers(1, 8), overlap=st.sampled_from([0.0, 0.5]))
+def test_square_crops_are_square_inside_and_hold_their_tile(w, h, n, overlap):
+    tiles = tile_boxes(w, h, RegionSpec((n,), overlap, square=True))
+    crops = square_crops(tiles, w, h)
+    cw, ch = crops[:, 2] - crops[:, 0], crops[:, 3] - crops[:, 1]
+    assert (crops[:, :2] >= 0).all() and (crops[:, 2] <= w).all() and (crops[:, 3] <= h).all()
+    side = np.maximum(tiles[:, 2] - tiles[:, 0], tiles[:, 3] - tiles[:, 1])
+    fits = (side <= w) & (side <= h)
+    assert (cw[fits] == side[fits]).all() and (ch[fits] == side[fits]).all()  # square where the image allows
+    inside = (crops[:, 0] <= tiles[:, 0]) & (crops[:, 1] <= tiles[:, 1]) & (crops[:, 2] >= tiles[:, 2]) & (crops[:, 3] >= tiles[:, 3])
+    assert inside.all()  # the tile is always inside its crop
+
+
+def test_tile_order_and_spec_parsing():
+    boxes = tile_boxes(96, 96, parse_region_spec("grid:2,3"))
+    assert boxes.shape == (13, 4)
+    assert boxes[:4].tolist() == [[0, 0, 48, 48], [48, 0, 96, 48], [0, 48, 48, 96], [48, 48, 96, 96]]
+    assert tuple(boxes[4 + 1 * 3 + 2]) == TARGET_BOX
+    assert parse_region_spec("grid:3,4:overlap=0.5") == RegionSpec((3, 4), 0.5)
+    assert parse_region_spec("grid:2", overlap=0.25).key == "grid:2:overlap=0.25"
+    assert RegionSpec((2, 3)).key == "grid:2,3"
+    assert parse_region_spec("grid:6:square") == RegionSpec((6,), 0.0, True)
+    assert parse_region_spec("grid:2:overlap=0.5:square").key == "grid:2:overlap=0.5:square"
+    for bad in ("tiles:2", "grid:", "grid:2,2", "grid:0", "grid:2:overlap=0.95", 3):
+        with pytest.raises(InputError):
+            parse_region_spec(bad)
+    with pytest.raises(InputError, match="width must be a positive integer"):
+        tile_boxes(0, 5, RegionSpec((2,)))
+
+
+# ---------------------------------------------------------------------------------------------- ids
+@settings(max_examples=200, deadline=None)
+@given(item=st.integers(0, MAX_ITEM_ID - 1), slot=st.integers(0, MAX_SLOTS - 1),
+       other=st.integers(0, MAX_ITEM_ID - 1), other_slot=st.integers(0, MAX_SLOTS - 1))
+def test_region_ids_round_trip_and_never_collide(item, slot, other, other_slot):
+    rid = region_ids([item], [slot])
+    assert rid.dtype == np.int64 and rid[0] >= REGION_BASE and is_region_id(rid)[0]
+    assert parent_ids(rid)[0] == item and slot_of(rid)[0] == slot
+    assert not is_region_id([item])[0] and parent_ids([item])[0] == item and slot_of([item])[0] == -1
+    if (item, slot) != (other, other_slot):
+        assert region_ids([other], [other_slot])[0] != rid[0]
+
+
+def test_region_id_bounds():
+    with pytest.raises(InputError):
+        region_ids([MAX_ITEM_ID], [0])
+    with pytest.raises(InputError):
+        region_ids([1], [MAX_SLOTS])
+    assert int(region_ids([MAX_ITEM_ID - 1], [MAX_SLOTS - 1])[0]) <= np.iinfo(np.int64).max
+    assert parent_ids([-1])[0] == -1
+
+
+def test_best_per_parent_matches_brute_force():
+    rng = np.random.default_rng(0)
+    items = np.arange(1, 21)
+    rows = np.concatenate([items, region_ids(items[:, None], np.arange(5)[None, :]).ravel()])
+    for _ in range(20):
+        s = rng.standard_normal(len(rows)).astype(np.float32)
+        order = np.argsort(-s, kind="stable")
+        got_s, got_p, got_t = best_per_parent(s[order][None], rows[order][None], 7)
+        best = {}
+        for sc, r in zip(s, rows):
+            p = int(parent_ids([r])[0])
+            if p not in best or sc > best[p][0]:
+                best[p] = (sc, int(r))
+        want = sorted(best.items(), key=lambda kv: -kv[1][0])[:7]
+        assert got_p[0].tolist() == [p for p, _ in want]
+        assert np.allclose(got_s[0], [v[0] for _, v in want])
+        assert got_t[0].tolist() == [v[1] for _, v in want]
+    s, p, t = best_per_parent(np.array([[0.5, -np.inf]]), np.array([[3, -1]]), 3)
+    assert p.tolist() == [[3, -1, -1]] and t.tolist() == [[3, -1, -1]] and np.isinf(s[0, 1])
+
+
+# ---------------------------------------------------------------------------------------------- workspace
+def _write_scenes(folder, n=30, seed=0):
+    """96x96 photos of noisy green/blue backgrounds; image 0 has a red 24x24 patch inside TARGET_BOX."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        base = np.array([rng.integers(0, 60), rng.integers(60, 200), rng.integers(60, 200)])
+        arr = np.clip(base + rng.integers(-30, 30, size=(96, 96, 3)), 0, 255).astype(np.uint8)
+        if i == 0:
+            arr[36:60, 68:92] = [230, 20, 20]
+        Image.fromarray(arr).save(folder / f"scene_{i:03d}.png")
+    return folder
+
+
+def _red_query():
+    from fake_encoder import MeanColorEncoder
+    from PIL import Image
+
+    return MeanColorEncoder().embed_images([Image.new("RGB", (32, 32), (230, 20, 20))])[0]
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    ingest(w.catalog, [_write_scenes(tmp_path / "imgs")])
+    embed(w)
+    yield w
+    w.close()
+
+
+def _target(ws):
+    return int(ws.catalog.id_for_uri(str(ws.root.parent / "imgs" / "scene_000.png")) or ws.catalog.ids()[0])
+
+
+def test_plain_embed_adds_no_regions(ws):
+    assert not region_store(ws).exists()
+    rep = build_index(ws, kind="flat")
+    assert "regions" not in rep
+    with pytest.raises(Exception, match="no region embeddings"):
+        Searcher(ws).search_regions(vector=_red_query(), k=3)
+
+
+def test_region_search_finds_the_small_patch_with_its_box(ws):
+    rep = embed_regions(ws, spec="grid:2,3", batch_size=16)
+    assert rep.images == 30 and rep.regions == 30 * 13 and rep.errors == 0
+    brep = build_index(ws, kind="flat")
+    assert brep["regions"]["items"] == 30 and brep["regions"]["regions"] == 390
+    s = Searcher(ws)
+    target = _target(ws)
+    hits = s.search_regions(vector=_red_query(), k=5)
+    assert hits[0].id == target and hits[0].box == TARGET_BOX and hits[0].region is not None
+    assert parent_ids([hits[0].region])[0] == target
+    whole = s.search(vector=_red_query(), k=5)
+    assert hits[0].score > next((h.score for h in whole if h.id == target), -1.0) + 0.05
+    # the item index stays item-only: no region id in it, and item search is unchanged
+    assert not is_region_id(s.index().ids).any()
+    assert all(not is_region_id([h.id])[0] for h in whole)
+    # the JSON form carries the box
+    d = hits[0].to_dict()
+    assert d["box"] == list(TARGET_BOX) and d["id"] == target and d["slot"] == 4 + 5
+    assert int(region_ids([target], [d["slot"]])[0]) == d["region"]
+
+
+def test_region_search_equals_brute_force_max_over_regions(ws):
+    embed_regions(ws, spec="grid:2")
+    build_index(ws, kind="flat")
+    s = Searcher(ws)
+    ids, V = ws.vectors().load()
+    rids, RV = region_store(ws).load()
+    all_ids, all_v = np.concatenate([ids, rids]), np.concatenate([RV.dtype.type(0) + V, RV])
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        q = rng.standard_normal(12).astype(np.float32)
+        q /= np.linalg.norm(q)
+        sc = all_v @ q
+        best = {}
+        for v, i in zip(sc, all_ids):
+            p = int(parent_ids([i])[0])
+            best[p] = max(best.get(p, -9), float(v))
+        want = sorted(best.items(), key=lambda kv: -kv[1])[:8]
+        got = s.search_regions(vector=q, k=8)
+        assert [h.id for h in got] == [p for p, _ in want]
+        assert np.allclose([h.score for h in got], [v for _, v in want], atol=2e-3)
+    # an item query leaves the item and its own regions out
+    t = int(ids[3])
+    got = s.search_regions(item=t, k=40)
+    assert t not in [h.id for h in got] and len(got) == 29
+
+
+def test_region_boxes_and_regions_of(ws):
+    embed_regions(ws, spec="grid:2")
+    t = _target(ws)
+    regs = regions_of(ws, t)
+    assert [r["slot"] for r in regs] == [0, 1, 2, 3] and regs[3]["box"] == [48, 48, 96, 96]
+    assert regs[0]["image_size"] == [96, 96]
+    assert region_boxes(ws, [regs[1]["id"], t]) == {regs[1]["id"]: (48, 0, 96, 48)}
+
+
+def test_resume_after_interruption_embeds_every_region_exactly_once(ws, monkeypatch):
+    from assay.vectors import VectorStore
+
+    calls = {"n": 0}
+    real = VectorStore.append
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VectorStore, "append", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        embed_regions(ws, spec="grid:2", batch_size=8, shard_size=8)
+    monkeypatch.setattr(VectorStore, "append", real)
+    first = len(region_store(ws))
+    assert 0 < first < 120 and first % 4 == 0  # whole images only, never a half image
+    rep = embed_regions(ws, spec="grid:2", batch_size=8, shard_size=8)
+    ids = region_store(ws).ids()
+    assert len(ids) == 120 and len(np.unique(ids)) == 120 and rep.pending == 30 - first // 4
+    again = embed_regions(ws, spec="grid:2")
+    assert again.pending == 0 and again.regions == 0
+    # the box table has exactly one row per stored region
+    assert sum(len(regions_of(ws, int(i))) for i in ws.catalog.ids()) == 120
+
+
+def test_limit_and_spec_change_needs_reset(ws):
+    rep = embed_regions(ws, spec="grid:2", limit=5)
+    assert rep.images == 5 and len(region_store(ws)) == 20
+    with pytest.raises(WorkspaceError, match="--reset"):
+        embed_regions(ws, spec="grid:3")
+    rep = embed_regions(ws, spec="grid:3", reset=True)
+    assert rep.images == 30 and len(region_store(ws)) == 270
+
+
+def test_bad_image_is_marked_and_skipped(ws):
+    t = _target(ws)
+    uri = ws.catalog.uris([t])[t]
+    with open(uri, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    rep = embed_regions(ws, spec="grid:2")
+    assert rep.errors == 1 and rep.images == 29 and rep.error_samples[0][0] == t
+    assert t not in ws.catalog.ids(status="ok").tolist()
+    assert not region_store(ws).contains(region_ids([t], [0]))[0]
+    build_index(ws, kind="flat")
+    assert t not in [h.id for h in Searcher(ws).search_regions(vector=_red_query(), k=30)]
+
+
+def test_index_update_adds_new_regions(ws, tmp_path):
+    embed_regions(ws, spec="grid:2", limit=10)
+    build_index(ws, kind="flat")
+    rep = build_index(ws, kind="flat")
+    assert rep["regions"]["action"] == "updated" and rep["regions"]["added"] == 0
+    embed_regions(ws, spec="grid:2")
+    rep = build_index(ws, kind="flat")
+    assert rep["regions"]["added"] == 80 and rep["regions"]["index"]["count"] == 30 + 120
+
+
+# ---------------------------------------------------------------------------------------------- labels and mining
+def test_region_labels_and_mining_with_region_evidence(ws):
+    embed_regions(ws, spec="grid:2,3")
+    build_index(ws, kind="flat")
+    ws.catalog.add_concept("red")
+    target = _target(ws)
+    patch_region = int(region_ids([target], [4 + 5])[0])
+    others = [int(i) for i in ws.catalog.ids() if int(i) != target]
+    with pytest.raises(InputError):
+        add_region_labels(ws, "red", [target], [1])
+    with pytest.raises(NotFoundError):
+        add_region_labels(ws, "red", region_ids([10**6], [0]), [1])
+    assert add_region_labels(ws, "red", [patch_region, int(region_ids([target], [0])[0])], [1, 0]) == 2
+    rids, vals = region_labels(ws, "red")
+    assert dict(zip(rids.tolist(), vals.tolist())) == {patch_region: 1, int(region_ids([target], [0])[0]): 0}
+    labelled, labels = ws.catalog.current_labels(ws.catalog.concept("red").id)
+    assert labelled.tolist() == [target] and labels.tolist() == [1]  # the positive region labels its image
+    ws.catalog.add_labels(ws.catalog.concept("red").id, others[:5], [0] * 5, source="human")
+    row, out = RegionMiner(ws, "red").propose(strategy="most-likely-positive", batch=5, seed=0)
+    assert len(out.ids) == 5 and target not in out.ids.tolist()
+    props = region_proposals(ws, row.id)
+    assert set(props) == set(out.ids.tolist())
+    for p in props.values():
+        assert (p["region"] is None) == (p["box"] is None)
+        assert p["box"] is None or p["image_size"] == [96, 96]
+    assert any(p["box"] is not None for p in props.values())
+    # prelabels are the max over the image and its regions
+    rstore = region_store(ws)
+    pr, trig = region_proba(out.model, out.ids, lambda i: ws.vectors().get(i), lambda i: rstore.get(i), 13, rstore.contains)
+    assert np.allclose(pr, out.prelabels)
+    for i, t in zip(out.ids.tolist(), trig.tolist()):
+        whole = out.model.predict_proba(ws.vectors().get([i]))[0]
+        regs = out.model.predict_proba(rstore.get(region_ids([i], np.arange(13))))
+        assert np.isclose(pr[out.ids.tolist().index(i)], max(whole, regs.max()))
+        assert (t == i) == (whole >= regs.max())
+
+
+def test_region_proba_picks_the_best_region():
+    class Model:
+        def predict_proba(self, X):
+            return X[:, 0]
+
+    items = np.array([1, 2])
+    vec = {1: [0.1], 2: [0.9]}
+    rv = {int(region_ids([1], [0])[0]): [0.5], int(region_ids([1], [1])[0]): [0.7],
+          int(region_ids([2], [0])[0]): [0.2], int(region_ids([2], [1])[0]): [0.3]}
+    p, t = region_proba(Model(), items, lambda ids: np.array([vec[int(i)] for i in ids]),
+                        lambda ids: np.array([rv[int(i)] for i in ids]), 2)
+    assert np.allclose(p, [0.7, 0.9]) and t.tolist() == [int(region_ids([1], [1])[0]), 2]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_embed_regions_and_search_regions_json(tmp_path):
+    runner = CliRunner()
+    wdir = tmp_path / "w"
+    assert runner.invoke(app, ["init", str(wdir), "--encoder", "test-mean-color"]).exit_code == 0
+    _write_scenes(tmp_path / "imgs", n=12)
+    assert runner.invoke(app, ["-w", str(wdir), "ingest", str(tmp_path / "imgs")]).exit_code == 0
+    r = runner.invoke(app, ["-w", str(wdir), "embed", "--json"])
+    assert r.exit_code == 0 and "regions" not in json.loads(r.stdout)
+    r = runner.invoke(app, ["-w", str(wdir), "embed", "--regions", "grid:2,3", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["regions"]["regions"] == 12 * 13 and d["regions"]["spec"] == "grid:2,3"
+    r = runner.invoke(app, ["-w", str(wdir), "embed", "--regions", "grid:9,9"])
+    assert r.exit_code == 2 and "distinct" in r.output
+    r = runner.invoke(app, ["-w", str(wdir), "embed", "--region-overlap", "0.5"])
+    assert r.exit_code == 2
+    assert runner.invoke(app, ["-w", str(wdir), "index", "--kind", "flat"]).exit_code == 0
+    with Workspace.open(wdir) as w:
+        target = _target(w)
+    r = runner.invoke(app, ["-w", str(wdir), "search", "--regions", "--text", "red", "--json", "-k", "3"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]
+    assert len(res) == 3 and all("box" in h and "region" in h for h in res)
+    r = runner.invoke(app, ["-w", str(wdir), "search", "--regions", "--item", str(target), "--json", "-k", "4"])
+    res = json.loads(r.stdout)["results"]
+    assert r.exit_code == 0 and len(res) == 4 and target not in [h["id"] for h in res]
+    assert all(h["box"] is None or len(h["box"]) == 4 for h in res)
+    r = runner.invoke(app, ["-w", str(wdir), "search", "--item", str(target), "--json"])
+    assert "box" not in json.loads(r.stdout)["results"][0]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text(json.dumps({"text": "red"}) + "\n" + json.dumps({"item": target}) + "\n"
+                     + json.dumps({"image": str(tmp_path / "imgs" / "scene_000.png")}) + "\n")
+    r = runner.invoke(app, ["-w", str(wdir), "search", "--regions", "--batch", str(qfile), "--json", "-k", "2"])
+    assert r.exit_code == 0, r.output
+    qs = json.loads(r.stdout)["queries"]
+    assert [len(q["results"]) for q in qs] == [2, 2, 2] and all("box" in h for q in qs for h in q["results"])
+    assert qs[2]["results"][0]["id"] == target  # the image itself, found by its own whole-image vector
+    r = runner.invoke(app, ["-w", str(wdir), "search", "--regions", "--image", str(tmp_path / "imgs" / "scene_000.png")])
+    assert r.exit_code == 0 and ("box [" in r.stdout or "whole image" in r.stdout)
+
+
+def test_item_consumers_never_see_regions_and_cold_start_mining(ws):
+    from assay.search import build_knn_graph
+
+    embed_regions(ws, spec="grid:2")
+    build_index(ws, kind="flat")
+    g = build_knn_graph(ws, 5, exact=True)
+    assert g.n == 30 and not is_region_id(np.asarray(g.ids)).any()
+    assert not is_region_id(ws.vectors().ids()).any() and is_region_id(region_store(ws).ids()).all()
+    assert ws.status()["embeddings"] == {"test-mean-color": 30, "test-mean-color@regions": 120}
+    ws.catalog.add_concept("red", text="red")
+    row, out = RegionMiner(ws, "red").propose(strategy="entropy", batch=4, seed=0, random_fraction=0.5)
+    assert out.cold_start and len(out.ids) == 4
+    props = region_proposals(ws, row.id)
+    assert set(props) == set(out.ids.tolist()) and all(p["box"] is None for p in props.values())
+
+
+def test_square_crops_spec_embeds_and_finds_the_patch(ws):
+    rep = embed_regions(ws, spec="grid:3:square")
+    assert rep.regions == 270 and rep.spec == "grid:3:square"
+    build_index(ws, kind="flat")
+    hits = Searcher(ws).search_regions(vector=_red_query(), k=3)
+    assert hits[0].id == _target(ws) and hits[0].box == TARGET_BOX  # the stored box is the tile, not the crop
