@@ -158,3 +158,29 @@ def test_sharded_index_built_by_ray_tasks_equals_the_thread_build(ray_cluster, t
     Db, Ib = b.search(x[:30], 10)
     np.testing.assert_array_equal(Ia, Ib)
     np.testing.assert_array_equal(Da, Db)
+
+
+def test_cli_embed_with_ray_and_sharded_index(ray_cluster, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from assay.cli.main import app
+
+    ws = _ws(tmp_path, 12, "cli")
+    ws.close()
+    runner = CliRunner()
+    r = runner.invoke(app, ["embed", "-w", str(tmp_path / "cli"), "--address", "auto"])
+    assert r.exit_code == 2 and "--address is only for --engine ray" in r.output
+    r = runner.invoke(app, ["embed", "-w", str(tmp_path / "cli"), "--engine", "spark"])
+    assert r.exit_code == 2 and "--engine must be" in r.output
+    r = runner.invoke(app, ["embed", "-w", str(tmp_path / "cli"), "--engine", "ray", "--shard-size", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["embedded"] == 12 and rep["shards"] == 3
+    r = runner.invoke(app, ["index", "-w", str(tmp_path / "cli"), "--ray"])
+    assert r.exit_code == 2 and "options of --sharded" in r.output
+    r = runner.invoke(app, ["index", "-w", str(tmp_path / "cli"), "--sharded", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)["index"]
+    assert info["count"] == 12 and info["n_shards"] == 2 and info["bytes_per_vector"] > 0

@@ -72,6 +72,10 @@ def embed(
     region_overlap: Annotated[
         Optional[float], typer.Option("--region-overlap", min=0.0, max=0.9, help="Fraction of a tile shared with its neighbour (with --regions).")
     ] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (threads in this process) | ray (encoder actors on a Ray cluster).")] = "local",
+    address: Annotated[
+        Optional[str], typer.Option("--address", help="With --engine ray: the cluster to join (e.g. ray://head:10001, 'auto'); default: start a local one.")
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Embed every ok item not yet embedded by the encoder (resumable: run it again after a crash)."""
@@ -82,6 +86,10 @@ def embed(
     with errors_to_exit():
         ws = open_workspace(workspace)
         name = encoder or ws.default_encoder
+        if engine not in ("local", "ray"):
+            raise InputError(f"--engine must be 'local' or 'ray', got {engine!r}")
+        if address is not None and engine != "ray":
+            raise InputError("--address is only for --engine ray")
         if region_overlap is not None and regions is None:
             raise InputError("--region-overlap needs --regions SPEC (e.g. --regions grid:2,3)")
         region_spec = None
@@ -92,17 +100,28 @@ def embed(
         if name.split(":", 1)[0] == PRECOMPUTED:
             if region_spec is not None:
                 raise InputError("--regions needs an image encoder; precomputed embeddings have no images to crop")
+            if engine == "ray":
+                raise InputError("--engine ray embeds with an encoder; precomputed embeddings are imported locally")
             if not from_:
                 raise InputError("--encoder precomputed needs --from PATH (the embeddings to import)")
             report = import_embeddings(ws, from_, name=name)
         else:
             if from_:
                 raise InputError("--from is only for --encoder precomputed")
-            with progress_bar(f"embed {name}", enabled=not json_) as (start, advance):
-                report = run_embed(
-                    ws, name, batch_size=batch_size, shard_size=shard_size, workers=workers, limit=limit,
-                    reset=reset, progress=advance, on_start=start,
-                )
+            if engine == "ray":
+                from ..distributed import embed_with_ray
+
+                with progress_bar(f"embed {name} on Ray", enabled=not json_) as (start, advance):
+                    report = embed_with_ray(
+                        ws, name, address=address, batch_size=batch_size, task_size=shard_size,
+                        decode_threads=workers or 4, limit=limit, reset=reset, progress=advance, on_start=start,
+                    )
+            else:
+                with progress_bar(f"embed {name}", enabled=not json_) as (start, advance):
+                    report = run_embed(
+                        ws, name, batch_size=batch_size, shard_size=shard_size, workers=workers, limit=limit,
+                        reset=reset, progress=advance, on_start=start,
+                    )
         region_report = None
         if region_spec is not None:
             from ..regions import embed_regions

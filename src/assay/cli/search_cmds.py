@@ -19,13 +19,36 @@ def index(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
     knn: Annotated[Optional[int], typer.Option("--knn", min=1, help="Also build and store the kNN graph with K neighbours.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for training samples.")] = 0,
+    sharded: Annotated[
+        Optional[int], typer.Option("--sharded", min=1, help="Instead: build an IVF-PQ index in N memory-mapped shards (one trained codebook).")
+    ] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="With --sharded: fill the shards as Ray tasks.")] = False,
+    address: Annotated[Optional[str], typer.Option("--address", help="With --ray: the Ray cluster to join.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Build the FAISS index over stored embeddings, or add newly embedded items to it."""
+    from ..errors import InputError
     from ..search import build_index, build_knn_graph
 
     with errors_to_exit():
         ws = open_workspace(workspace)
+        if (ray or address) and sharded is None:
+            raise InputError("--ray and --address are options of --sharded N")
+        if sharded is not None:
+            if kind not in ("auto", "ivf-pq") or pca or knn:
+                raise InputError("--sharded builds an IVF-PQ index; it takes no --kind, --pca or --knn")
+            from ..distributed import build_workspace_sharded_index
+
+            sidx = build_workspace_sharded_index(ws, encoder, n_shards=sharded, rng=seed, use_ray=ray, address=address)
+            info = sidx.info()
+            if json_:
+                print_json({"action": "built", "index": info})
+                return
+            out.print(
+                f"built a sharded IVF-PQ index: {info['count']} vectors in {info['n_shards']} shards, "
+                f"{info['bytes_per_vector']:.1f} bytes/vector, at {info['directory']}"
+            )
+            return
         rep = build_index(ws, encoder, kind=kind, pca=pca, rebuild=rebuild, rng=seed)
         if knn:
             g = build_knn_graph(ws, knn, encoder)
