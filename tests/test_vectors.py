@@ -89,3 +89,18 @@ def test_missing_store_and_keys(tmp_path):
     with pytest.raises(NoEmbeddingsError, match="assay embed"):
         VectorStore(tmp_path / "none").load()
     assert encoder_key("clip:/models/my clip") == "clip_models_my_clip"
+
+
+def test_a_store_opened_before_another_resets_it_reads_the_new_rows(tmp_path):
+    rng = np.random.default_rng(5)
+    early = VectorStore(tmp_path / "v")
+    early.create(encoder="e", version="1", dim=4)
+    first = _unit(rng, 3, 4)
+    early.append(np.array([1, 2, 3]), first)
+    assert np.allclose(early.get([2]), first[1:2], atol=1e-3)  # the locator is cached now
+    other = VectorStore(tmp_path / "v")
+    other.reset()
+    other.create(encoder="e", version="1", dim=4)
+    second = _unit(rng, 3, 4)
+    other.append(np.array([3, 1, 2]), second)  # same shard number, rows in another order
+    assert np.allclose(early.get([1, 2, 3]), second[[1, 2, 0]], atol=1e-3)

@@ -79,6 +79,7 @@ class Shard:
     seq: int
     rows: int
     path: Path  # the embeddings .npy
+    stamp: str = ""  # the commit marker's random uid: tells a shard from a later one with the same number
 
     def ids(self) -> np.ndarray:
         return np.load(self.path.with_name(self.path.name[:-4] + ".ids.npy"))
@@ -193,7 +194,8 @@ class VectorStore:
                 info = json.loads(p.read_text())
                 if info.get("replaces") is not None:
                     replaced.add(int(info["replaces"]))
-                out.append(Shard(seq=int(m.group(1)), rows=int(info["rows"]), path=p.with_suffix(".npy")))
+                stamp = str(info.get("uid") or p.stat().st_mtime_ns)  # stores written before uids: the mtime
+                out.append(Shard(seq=int(m.group(1)), rows=int(info["rows"]), path=p.with_suffix(".npy"), stamp=stamp))
         return [s for s in out if s.seq not in replaced]
 
     def __len__(self) -> int:
@@ -224,7 +226,8 @@ class VectorStore:
 
     def _locator(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         shards = self.shards()
-        key = tuple(s.seq for s in shards)
+        # After a reset (by this or another process) new shards reuse the numbers: key on the markers too.
+        key = tuple((s.seq, s.rows, s.stamp) for s in shards)
         if self._index_cache is None or self._index_cache[0] != key:
             ids, shard_no, rows = [], [], []
             for k, s in enumerate(shards):
@@ -312,7 +315,8 @@ class VectorStore:
             for name, arr in extras.items():
                 _fsync_write_npy(base.with_name(base.name + f".{name}.npy"), np.asarray(arr).astype(np.float16))
         _fsync_write_npy(base.with_name(base.name + ".ids.npy"), ids)
-        _fsync_write_json(base.with_name(base.name + ".json"), {"rows": int(len(ids)), "created": time.time(), "replaces": replaces})
+        _fsync_write_json(base.with_name(base.name + ".json"), {"rows": int(len(ids)), "created": time.time(), "replaces": replaces,
+                                                            "uid": os.urandom(8).hex()})
         self._index_cache = None
         return seq
 
