@@ -402,6 +402,11 @@ def test_cli_embed_regions_and_search_regions_json(tmp_path):
     assert qs[2]["results"][0]["id"] == target  # the image itself, found by its own whole-image vector
     r = runner.invoke(app, ["-w", str(wdir), "search", "--regions", "--image", str(tmp_path / "imgs" / "scene_000.png")])
     assert r.exit_code == 0 and ("box [" in r.stdout or "whole image" in r.stdout)
+    assert runner.invoke(app, ["-w", str(wdir), "concept", "add", "red", "--text", "red"]).exit_code == 0
+    r = runner.invoke(app, ["-w", str(wdir), "mine", "red", "--regions", "--strategy", "entropy", "--batch", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    items = json.loads(r.stdout)["items"]
+    assert len(items) == 3 and all("box" in it for it in items)
 
 
 def test_item_consumers_never_see_regions_and_cold_start_mining(ws):

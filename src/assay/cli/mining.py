@@ -101,6 +101,9 @@ def mine(
     encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates")] = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the batch as CSV (id, uri, score, prelabel) to label.")] = None,
+    regions: Annotated[
+        bool, typer.Option("--regions", help="Score each image by its best region (needs `assay embed --regions`); the batch gives the box.")
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run one round: train the proxy, build the pool, score, select, and record the proposed batch."""
@@ -108,7 +111,12 @@ def mine(
 
     with errors_to_exit():
         ws = open_workspace(workspace)
-        row, outcome = Miner(ws, name, encoder=encoder).propose(
+        miner_cls = Miner
+        if regions:
+            from ..regions import RegionMiner
+
+            miner_cls = RegionMiner
+        row, outcome = miner_cls(ws, name, encoder=encoder).propose(
             strategy=strategy, batch=batch, seed=seed, proxy=proxy, seals_k=seals_k, keep_duplicates=keep_duplicates
         )
         uris = ws.catalog.uris(outcome.ids)
@@ -123,6 +131,13 @@ def mine(
                 w.writeheader()
                 for it in items:
                     w.writerow({"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""})
+        if regions:
+            from ..regions import region_proposals
+
+            boxes = region_proposals(ws, row.id)
+            for it in items:
+                r = boxes.get(it["id"])
+                it["box"] = None if r is None else r["box"]
         result = {"round": row.number, "round_id": row.id, "strategy": row.strategy, "cold_start": outcome.cold_start,
                   "pool_size": row.pool_size, "scanned_fraction": row.scanned_fraction, "proxy": row.proxy,
                   "seconds": row.seconds, "items": items}
