@@ -137,3 +137,29 @@ def test_postgres_connection_dropped_during_a_write_is_retried(pg_catalog, monke
     assert got.tolist() == ids[:20].tolist() and (vals == 1).all()
     assert len(cat.label_history(cid)) == 20
     assert cat.count()["total"] == 50
+
+
+def test_a_failure_after_a_commit_is_not_retried_so_nothing_is_written_twice(tmp_path, monkeypatch):
+    monkeypatch.setattr(Catalog, "RETRY_DELAYS", (0.01, 0.01, 0.01))
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+    cid, ids = _labels_setup(cat)
+    # add_round commits the round, then reads it back: fail that read as a lost connection would.
+    left = _inject_failures(cat.engine, 1, when="SELECT rounds.id")
+    with pytest.raises(CatalogError, match="after its write was committed"):
+        cat.add_round(cid, strategy="random", params={}, encoder=None, encoder_version=None, proxy={},
+                      pool_size=None, scanned_fraction=None, seconds={},
+                      proposals=[{"item_id": int(ids[0]), "rank": 0, "score": 0.0, "prelabel": None, "reason": "x"}])
+    assert left["n"] == 0
+    assert len(cat.rounds(cid)) == 1  # recorded once, not once per attempt
+    cat.close()
+
+
+def test_a_one_shot_iterator_argument_survives_a_retry(tmp_path, monkeypatch):
+    monkeypatch.setattr(Catalog, "RETRY_DELAYS", (0.01, 0.01))
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+    cat.add_items([{"uri": f"/f/{i}.png"} for i in range(5)])
+    ids = cat.ids()
+    left = _inject_failures(cat.engine, 1, when="UPDATE items")
+    assert cat.mark_errors((int(i), "bad") for i in ids[:3]) == 3
+    assert left["n"] == 0 and cat.count()["error"] == 3
+    cat.close()

@@ -541,6 +541,7 @@ class Catalog(_MiningMixin):
                 raise CatalogError(
                     f"cannot open the catalog at {_redact(self.url)}: {str(exc.orig).strip()}{self._hint(engine)}"
                 ) from exc
+        sa.event.listen(engine, "commit", _count_commit)
         self._engine = engine
         return self
 
@@ -855,6 +856,12 @@ def _is_disconnect(exc: BaseException) -> bool:
     )
 
 
+def _count_commit(conn: Any) -> None:
+    """Engine "commit" event: count the commits of the catalog call running on this thread."""
+    if getattr(_RETRY_STATE, "active", False):
+        _RETRY_STATE.commits = getattr(_RETRY_STATE, "commits", 0) + 1
+
+
 def _retrying(fn: Any) -> Any:
     """Retry ``fn`` (one catalog call = one transaction) when its connection fails mid-way.
 
@@ -867,9 +874,13 @@ def _retrying(fn: Any) -> Any:
         if getattr(_RETRY_STATE, "active", False):
             return fn(self, *args, **kwargs)
         _RETRY_STATE.active = True
+        # A one-shot iterator argument would be empty on a second attempt: take it in once.
+        args = tuple(list(a) if isinstance(a, Iterator) else a for a in args)
+        kwargs = {k: list(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
         try:
             delays = self.RETRY_DELAYS
             for attempt in range(len(delays) + 1):
+                _RETRY_STATE.commits = 0
                 try:
                     return fn(self, *args, **kwargs)
                 except (sa.exc.DBAPIError, CatalogError) as exc:
@@ -878,6 +889,13 @@ def _retrying(fn: Any) -> Any:
                     orig = exc.__cause__ if isinstance(exc, CatalogError) and exc.__cause__ is not None else exc
                     reason = str(getattr(orig, "orig", orig)).strip().splitlines()
                     reason_s = reason[0] if reason else type(orig).__name__
+                    if getattr(_RETRY_STATE, "commits", 0):
+                        # A transaction of this call is committed already (e.g. add_round's insert before
+                        # its read-back): running the call again would write it twice.
+                        raise CatalogError(
+                            f"the catalog at {_redact(self.url)} failed during {fn.__name__} after its write "
+                            f"was committed (not retried, so nothing is written twice): {reason_s}"
+                        ) from exc
                     if attempt == len(delays):
                         raise CatalogError(
                             f"the catalog at {_redact(self.url)} failed during {fn.__name__} after "
