@@ -59,8 +59,29 @@ def test_region_round_shows_boxes_and_takes_region_labels(client_ws):
     body = {"submission_id": "sub-regions-1", "annotator": "ann", "round": batch["round"],
             "labels": [{"item_id": it["id"], "value": 1, "region_slot": it["region"]["slot"]},
                        {"item_id": other["id"], "value": 0}]}
+    # A failure while writing the region rows leaves nothing of the submission (one transaction), so the
+    # client's retry with the same submission id writes all of it rather than being taken as a replay.
+    import sqlalchemy as sa
+
+    n_labels = len(ws.catalog.label_history(ws.catalog.concept("red").id))
+    left = {"n": 1}
+
+    def fail(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO REGION_LABELS") and left["n"]:
+            left["n"] -= 1
+            raise RuntimeError("injected failure writing region labels")
+
+    sa.event.listen(ws.catalog.engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            c.post("/api/concepts/red/labels", json=body)
+    finally:
+        sa.event.remove(ws.catalog.engine, "before_cursor_execute", fail)
+    assert len(ws.catalog.label_history(ws.catalog.concept("red").id)) == n_labels
+    assert len(region_labels(ws, "red")[0]) == 0
     r = c.post("/api/concepts/red/labels", json=body)
     assert r.status_code == 200, r.text
+    assert r.json()["replayed"] is False
     rids, vals = region_labels(ws, "red")
     assert rids.tolist() == [it["region"]["id"]] and vals.tolist() == [1]
     assert c.post("/api/concepts/red/labels", json=body).json()["replayed"] is True

@@ -854,18 +854,28 @@ def record_region_labels(
 
     The caller validates; this checks only that the ids are region ids of stored region vectors.
     """
+    rows = region_label_rows(ws, concept_id, region_ids_, values, source=source, annotator=annotator)
+    if rows:
+        with ws.catalog.engine.begin() as conn:
+            conn.execute(sa.insert(region_labels_table), rows)
+    return len(rows)
+
+
+def region_label_rows(
+    ws: Workspace, concept_id: int, region_ids_: Sequence[int], values: Sequence[int], *, source: str = "human",
+    annotator: str | None = None,
+) -> list[dict[str, Any]]:
+    """The ``region_labels`` rows for these labels, for a caller that writes them in its own transaction
+    (the labelling server writes them with the submission they belong to). Creates the table if needed."""
     ensure_tables(ws)
     rids = np.asarray(region_ids_, dtype=np.int64).reshape(-1)
     if not len(rids):
-        return 0
+        return []
     if not is_region_id(rids).all():
         raise InputError(f"region ids are >= 2**62; got {rids[~is_region_id(rids)][:5].tolist()}")
     now = _now()
-    rows = [{"concept_id": int(concept_id), "region_id": int(r), "item_id": int(p), "value": int(v), "source": source,
+    return [{"concept_id": int(concept_id), "region_id": int(r), "item_id": int(p), "value": int(v), "source": source,
              "annotator": annotator, "created_at": now} for r, p, v in zip(rids, parent_ids(rids), values)]
-    with ws.catalog.engine.begin() as conn:
-        conn.execute(sa.insert(region_labels_table), rows)
-    return len(rows)
 
 
 def region_labels(ws: Workspace, concept: str) -> tuple[np.ndarray, np.ndarray]:

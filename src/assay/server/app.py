@@ -65,7 +65,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(getattr(exc, "name", None) or "fastapi", "server", "the labelling web app") from exc
 
 from ..catalog import labels_table
-from ..regions import RegionMiner, record_region_labels, region_ids, region_proposals, region_store, slot_of
+from ..regions import RegionMiner, region_ids, region_label_rows, region_labels_table, region_proposals, region_store, slot_of
 from . import records
 from .records import ConflictError, StaleRoundError
 from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES, thumbnail_path
@@ -712,15 +712,15 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         payload = {"concept": c.id, "round": row.number, "annotator": body.annotator,
                    "labels": [[lab.item_id, lab.value] + ([lab.region_slot] if lab.region_slot is not None else [])
                               for lab in body.labels], "skipped": list(body.skipped)}
+        extra = []
+        if region_labels:  # written with the submission, in its transaction: all of it or none
+            extra = [(region_labels_table, region_label_rows(ws, c.id, rids, [lab.value for lab in region_labels],
+                                                             source="human", annotator=body.annotator))]
         with write_lock:
             res = records.record_submission(
                 cat.engine, submission_id=body.submission_id, concept_id=c.id, round_id=row.id,
                 annotator=body.annotator, digest=records.payload_digest(payload), item_ids=ids,
-                values=[lab.value for lab in body.labels], skipped=body.skipped)
-            if region_labels and not res["replayed"]:
-                # Region rows follow the submission (its image labels) in their own transaction.
-                record_region_labels(ws, c.id, rids, [lab.value for lab in region_labels], source="human",
-                                     annotator=body.annotator)
+                values=[lab.value for lab in body.labels], skipped=body.skipped, extra_rows=extra)
         # The batch is complete once every proposed item has an answer or a skip from someone.
         answered = set(_answers(cat.engine, c.id, sorted(batch))) | records.skipped_items(cat.engine, row.id)
         complete = batch <= answered

@@ -68,12 +68,14 @@ class SubmissionResult(dict):
 def record_submission(
     engine: sa.Engine, *, submission_id: str, concept_id: int, round_id: int | None, annotator: str, digest: str,
     item_ids: Sequence[int], values: Sequence[int], skipped: Sequence[int], source: str = "human",
+    extra_rows: Sequence[tuple[sa.Table, list[dict[str, Any]]]] = (),
 ) -> SubmissionResult:
     """Write a submission and its labels at once, or nothing.
 
     Returns ``written`` (label rows added) and ``replayed`` (True when this id was recorded before with the
     same body: nothing is written again). Raises :class:`ConflictError` when the id was used for another body.
-    The caller validates ids and values first; this function only writes.
+    The caller validates ids and values first; this function only writes. ``extra_rows`` (table, rows) go in
+    the same transaction (e.g. region labels), so a retried submission never finds half of itself.
     """
     if source not in LABEL_SOURCES:
         raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
@@ -92,6 +94,9 @@ def record_submission(
             ))
             if rows:
                 conn.execute(sa.insert(labels_table), rows)
+            for table, more in extra_rows:
+                if more:
+                    conn.execute(sa.insert(table), list(more))
     except sa.exc.IntegrityError:
         with engine.connect() as conn:
             prev = conn.execute(sa.select(submissions_table).where(submissions_table.c.submission_id == submission_id)).first()
