@@ -301,6 +301,29 @@ def test_bad_image_is_marked_and_skipped(ws):
     assert t not in [h.id for h in Searcher(ws).search_regions(vector=_red_query(), k=30)]
 
 
+def test_an_image_whose_regions_fail_is_reported_but_stays_ok(ws, monkeypatch):
+    import assay.regions as R
+
+    t = _target(ws)
+    real = R.tile_boxes
+
+    def tiles(w, h, spec):  # this image's tiles cannot be made; the image itself decodes fine
+        if (w, h) == _size_of(ws, t):
+            raise ValueError("tile too small (injected)")
+        return real(w, h, spec)
+
+    monkeypatch.setattr(R, "tile_boxes", tiles)
+    rep = embed_regions(ws, spec="grid:2")
+    assert rep.errors >= 1 and t in [i for i, _ in rep.error_samples]
+    assert "injected" in dict(rep.error_samples)[t]
+    assert t in ws.catalog.ids(status="ok").tolist()  # still in the item index and the mining loop
+
+
+def _size_of(ws, item_id):
+    it = ws.catalog.get(item_id)
+    return (it.width, it.height)
+
+
 def test_index_update_adds_new_regions(ws, tmp_path):
     embed_regions(ws, spec="grid:2", limit=10)
     build_index(ws, kind="flat")

@@ -427,8 +427,10 @@ class _RegionWriter:
         if self.n >= self.shard_size:
             self.commit()
 
-    def error(self, item_id: int, reason: str) -> None:
-        self.errors.append((item_id, reason))
+    def error(self, item_id: int, reason: str, *, broken: bool = False) -> None:
+        """Report a failed image; ``broken`` (it does not decode at all) also marks the item ``error``."""
+        if broken:
+            self.errors.append((item_id, reason))
         self.report.errors += 1
         if len(self.report.error_samples) < 20:
             self.report.error_samples.append((item_id, reason))
@@ -455,9 +457,16 @@ class _RegionWriter:
             self.report.regions += len(ids)
             self.report.images += self.items
             self.report.shards += 1
+        # Only images that do not decode are marked `error` (as `assay embed` marks them). A failure of the
+        # regions alone (tiles, inference) is reported and leaves the item `ok`: its whole-image vector may be
+        # fine, and an `error` status would take it out of the item index and the mining loop. A rerun retries.
         if self.errors:
             self.ws.catalog.mark_errors(self.errors)
         self._clear()
+
+
+class RegionFailure(Exception):
+    """An image that decodes but whose regions fail (crops, inference): reported, the item stays ``ok``."""
 
 
 def _decode_regions(enc: Any, uri: str, spec: RegionSpec) -> tuple[np.ndarray, np.ndarray] | DecodeError:
@@ -468,15 +477,18 @@ def _decode_regions(enc: Any, uri: str, spec: RegionSpec) -> tuple[np.ndarray, n
 
     try:
         image = decode_image(read_bytes(uri))
+    except DecodeError as exc:
+        return exc
+    except Exception as exc:  # one bad image never stops the run; the reason is recorded on it
+        return DecodeError(f"{type(exc).__name__}: {exc}")
+    try:
         boxes = tile_boxes(image.size[0], image.size[1], spec)  # [R, 4]
         crops = square_crops(boxes, image.size[0], image.size[1]) if spec.square else boxes  # [R, 4]
         arrays = np.stack([enc.preprocess(image.crop(tuple(int(v) for v in b))) for b in crops])
         size = np.broadcast_to(np.asarray(image.size, dtype=np.int64), (len(boxes), 2))  # [R, 2]
         return np.concatenate([boxes, size], axis=1), arrays
-    except DecodeError as exc:
-        return exc
-    except Exception as exc:  # one bad image never stops the run; the reason is recorded on it
-        return DecodeError(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the image is fine, its tiles are not (e.g. too small to crop): regions only
+        return RegionFailure(f"its regions could not be made: {type(exc).__name__}: {exc}")
 
 
 def embed_regions(
@@ -596,8 +608,8 @@ def _run_pipeline(ws, enc, ids, spec, writer, batch_size, workers, progress) -> 
                 break
             item_id, fut = inflight.popleft()
             res = fut.result()
-            if isinstance(res, DecodeError):
-                writer.error(item_id, str(res))
+            if isinstance(res, (DecodeError, RegionFailure)):
+                writer.error(item_id, str(res), broken=isinstance(res, DecodeError))
                 if progress is not None:
                     progress(1)
                 continue
