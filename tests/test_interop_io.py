@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 import sqlalchemy as sa
 from test_interop_common import cli_app, make_ws, runner, truth
 
@@ -375,6 +376,13 @@ def test_coco_and_folder_import_errors(base, fresh, tmp_path):
     (tmp_path / "folders" / "cats").mkdir(parents=True)
     with pytest.raises(InputError, match="class folders"):
         import_labels(fresh, tmp_path / "folders", fmt="imagefolder")
+    # Ordinary files named like item ids are not taken for those items unless their bytes are the items'.
+    (tmp_path / "numbered" / "red").mkdir(parents=True)
+    (tmp_path / "numbered" / "not-red").mkdir(parents=True)
+    first = int(fresh.catalog.ids()[0])
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(tmp_path / "numbered" / "red" / f"{first:06d}.png")
+    with pytest.raises(InputError, match=f"bytes are not those of item {first}"):
+        import_labels(fresh, tmp_path / "numbered", fmt="imagefolder")
     assert _n_labels(fresh) == 0
 
 

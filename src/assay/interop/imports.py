@@ -308,13 +308,28 @@ def _parse_coco(ws: Any, path: Path, concept: str | None, annotator: str | None)
 
 # ---------------------------------------------------------------------------------------------- folders
 def _file_item(ws: Any, f: Path, where: str) -> int:
-    if f.stem.isdigit():
-        return int(f.stem)
+    """The item a file stands for: the corpus file it is (or links to); else, for a copy named ``<id>.<ext>``
+    by an export, that item, but only when the file's bytes are the item's (a folder of ordinary files named
+    ``000123.jpg`` must not be taken for items 123)."""
     target = f.resolve() if f.is_symlink() else f.absolute()
     found = _resolve_uris(ws.catalog, [str(target), str(f.absolute())])
-    if not found:
-        raise InputError(f"{where}: {f.name} is neither named by an item id nor a corpus file")
-    return next(iter(found.values()))
+    if found:
+        return next(iter(found.values()))
+    if f.stem.isdigit():
+        import hashlib
+
+        from ..errors import NotFoundError
+
+        try:
+            item = ws.catalog.get(int(f.stem))
+        except NotFoundError:
+            item = None
+        if item is not None and item.sha256 and hashlib.sha256(f.read_bytes()).hexdigest() == item.sha256:
+            return item.id
+        raise InputError(
+            f"{where}: {f.name} is not a corpus file, and its bytes are not those of item {int(f.stem)}"
+        )
+    raise InputError(f"{where}: {f.name} is neither named by an item id nor a corpus file")
 
 
 def _folder_concept(names: list[str], concept: str | None, known: set[str], where: str) -> tuple[str, dict[str, int]]:
