@@ -224,6 +224,14 @@ def test_imagefolder_symlinks_or_copies(base, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         export(ws, "red", fmt="imagefolder", out=tmp_path / "afile")
+    # A stale file from an earlier export (an item whose label has flipped since) goes; other files stay.
+    pos = sorted((tmp_path / "links" / "red").iterdir())[0]
+    stale = tmp_path / "links" / "not-red" / pos.name
+    os.symlink(pos.resolve(), stale)
+    (tmp_path / "links" / "red" / "README.txt").write_text("mine")
+    export(ws, "red", fmt="imagefolder", out=tmp_path / "links")
+    assert not stale.exists() and not stale.is_symlink() and pos.exists()
+    assert (tmp_path / "links" / "red" / "README.txt").exists()
 
 
 def test_fiftyone_layout(base, tmp_path):

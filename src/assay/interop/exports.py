@@ -369,10 +369,17 @@ def _write_imagefolder(rows: list[ExportRow], out: Path, concept: str, copy: boo
     pos_dir, neg_dir = out / safe_name(concept), out / safe_name(negative_name(concept))
     pos_dir.mkdir(exist_ok=True)
     neg_dir.mkdir(exist_ok=True)
-    for r in rows:
-        if r.label is None:
-            continue
-        _place(r.uri, (pos_dir if r.label == 1 else neg_dir) / f"{r.id}{_suffix(r.uri)}", copy)
+    wanted = {
+        (pos_dir if r.label == 1 else neg_dir) / f"{r.id}{_suffix(r.uri)}": r for r in rows if r.label is not None
+    }
+    # A re-export into the same folder drops what an earlier export put there and this one does not (an item
+    # whose label flipped must not sit in both class folders); files not named <id>.<ext> are left alone.
+    for d in (pos_dir, neg_dir):
+        for f in d.iterdir():
+            if f.stem.isdigit() and f not in wanted and (f.is_symlink() or f.is_file()):
+                f.unlink()
+    for dest, r in wanted.items():
+        _place(r.uri, dest, copy)
 
 
 def _write_fiftyone(rows: list[ExportRow], out: Path, concept: str, copy: bool) -> None:
