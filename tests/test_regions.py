@@ -32,6 +32,7 @@ from assay.regions import (
     region_proba,
     region_proposals,
     region_store,
+    region_training_set,
     regions_of,
     slot_of,
     square_crops,
@@ -369,6 +370,11 @@ def test_region_labels_and_mining_with_region_evidence(ws):
         regs = out.model.predict_proba(rstore.get(region_ids([i], np.arange(13))))
         assert np.isclose(pr[out.ids.tolist().index(i)], max(whole, regs.max()))
         assert (t == i) == (whole >= regs.max())
+    # Another spec: a slot is another box, so the old region labels are kept but no longer used.
+    embed_regions(ws, spec="grid:3", reset=True)
+    assert len(region_labels(ws, "red")[0]) == 0 and len(region_training_set(ws, "red")[1]) == 0
+    embed_regions(ws, spec="grid:2,3", reset=True)
+    assert len(region_labels(ws, "red")[0]) == 2  # back under the spec they were given in
 
 
 def test_region_proba_picks_the_best_region():

@@ -126,6 +126,8 @@ region_labels_table = sa.Table(
     sa.Column("source", sa.String(8), nullable=False),
     sa.Column("annotator", sa.String(200)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The region spec the label was given under: a slot means another box under another spec.
+    sa.Column("spec", sa.String(100)),
 )
 
 region_proposals_table = sa.Table(
@@ -847,8 +849,9 @@ def add_region_labels(
         raise InputError(f"label source must be one of {_SOURCES}, got {source!r}")
     parents = parent_ids(rids)
     now = _now()
+    spec_key = region_spec_of(ws, encoder).key
     rows = [{"concept_id": c.id, "region_id": int(r), "item_id": int(p), "value": int(v), "source": source,
-             "annotator": annotator, "created_at": now} for r, p, v in zip(rids, parents, vals)]
+             "annotator": annotator, "created_at": now, "spec": spec_key} for r, p, v in zip(rids, parents, vals)]
     with ws.catalog.engine.begin() as conn:
         conn.execute(sa.insert(region_labels_table), rows)
     pos = np.unique(parents[vals == 1])
@@ -860,13 +863,13 @@ def add_region_labels(
 
 def record_region_labels(
     ws: Workspace, concept_id: int, region_ids_: Sequence[int], values: Sequence[int], *, source: str = "human",
-    annotator: str | None = None,
+    annotator: str | None = None, encoder: str | None = None,
 ) -> int:
     """Write region label rows only (the caller has written the image labels, e.g. the labelling server).
 
     The caller validates; this checks only that the ids are region ids of stored region vectors.
     """
-    rows = region_label_rows(ws, concept_id, region_ids_, values, source=source, annotator=annotator)
+    rows = region_label_rows(ws, concept_id, region_ids_, values, source=source, annotator=annotator, encoder=encoder)
     if rows:
         with ws.catalog.engine.begin() as conn:
             conn.execute(sa.insert(region_labels_table), rows)
@@ -875,7 +878,7 @@ def record_region_labels(
 
 def region_label_rows(
     ws: Workspace, concept_id: int, region_ids_: Sequence[int], values: Sequence[int], *, source: str = "human",
-    annotator: str | None = None,
+    annotator: str | None = None, encoder: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ``region_labels`` rows for these labels, for a caller that writes them in its own transaction
     (the labelling server writes them with the submission they belong to). Creates the table if needed."""
@@ -886,18 +889,29 @@ def region_label_rows(
     if not is_region_id(rids).all():
         raise InputError(f"region ids are >= 2**62; got {rids[~is_region_id(rids)][:5].tolist()}")
     now = _now()
+    spec = region_spec_of(ws, encoder)
+    spec_key = None if spec is None else spec.key
     return [{"concept_id": int(concept_id), "region_id": int(r), "item_id": int(p), "value": int(v), "source": source,
-             "annotator": annotator, "created_at": now} for r, p, v in zip(rids, parent_ids(rids), values)]
+             "annotator": annotator, "created_at": now, "spec": spec_key}
+            for r, p, v in zip(rids, parent_ids(rids), values)]
 
 
-def region_labels(ws: Workspace, concept: str) -> tuple[np.ndarray, np.ndarray]:
-    """The current label of each labelled region (the latest row wins): ``(region ids [L], values [L])``."""
+def region_labels(ws: Workspace, concept: str, encoder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The current label of each labelled region (the latest row wins): ``(region ids [L], values [L])``.
+
+    Only labels given under the workspace's current region spec count: after ``embed --regions SPEC --reset``
+    with another spec a slot is another box, so older region labels are kept (never deleted) but not used.
+    """
     ensure_tables(ws)
     c = ws.catalog.concept(concept)
     t = region_labels_table
+    spec = region_spec_of(ws, encoder)
+    if spec is None:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
     latest: dict[int, int] = {}
+    q = sa.select(t.c.region_id, t.c.value).where(t.c.concept_id == c.id, t.c.spec == spec.key).order_by(t.c.id)
     with ws.catalog.engine.connect() as conn:
-        for r in conn.execute(sa.select(t.c.region_id, t.c.value).where(t.c.concept_id == c.id).order_by(t.c.id)):
+        for r in conn.execute(q):
             latest[int(r[0])] = int(r[1])
     ids = np.asarray(sorted(latest), dtype=np.int64)
     return ids, np.asarray([latest[i] for i in ids.tolist()], dtype=np.int8)
@@ -905,7 +919,7 @@ def region_labels(ws: Workspace, concept: str) -> tuple[np.ndarray, np.ndarray]:
 
 def region_training_set(ws: Workspace, concept: str, encoder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Region vectors and labels to add to a proxy's training set: ``([L, dim] float32, [L] int8)``."""
-    rids, vals = region_labels(ws, concept)
+    rids, vals = region_labels(ws, concept, encoder)
     store = region_store(ws, encoder)
     if not len(rids) or not store.exists():
         return np.zeros((0, store.dim if store.exists() else 0), np.float32), np.zeros(0, np.int8)

@@ -715,7 +715,8 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         extra = []
         if region_labels:  # written with the submission, in its transaction: all of it or none
             extra = [(region_labels_table, region_label_rows(ws, c.id, rids, [lab.value for lab in region_labels],
-                                                             source="human", annotator=body.annotator))]
+                                                             source="human", annotator=body.annotator,
+                                                             encoder=cfg.encoder))]
         with write_lock:
             res = records.record_submission(
                 cat.engine, submission_id=body.submission_id, concept_id=c.id, round_id=row.id,
