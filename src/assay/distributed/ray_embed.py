@@ -283,15 +283,24 @@ def _drive(
     load = [0] * num_actors
     unavailable_waits = 0
 
+    alone = [False] * num_actors  # the actor runs a retried task and nothing beside it
+
     def submit() -> None:
+        # A task that failed before runs alone on its actor: if the actor dies again, that task is the
+        # cause, and no innocent task running beside it is charged an attempt (and split towards errors).
         while queue:
-            k = int(np.argmin(load))
-            if load[k] >= in_flight:
+            ids, attempts = queue[-1]
+            free = [j for j in range(num_actors) if not alone[j] and load[j] < (1 if attempts else in_flight)]
+            if attempts:
+                free = [j for j in free if load[j] == 0]
+            if not free:
                 return
-            ids, attempts = queue.pop()
+            k = min(free, key=lambda j: load[j])
+            queue.pop()
             items = ws.catalog.get_many(ids)
             running[actors[k].embed.remote(items)] = (k, ids, attempts)
             load[k] += 1
+            alone[k] = attempts > 0
 
     try:
         submit()
@@ -300,6 +309,7 @@ def _drive(
             ref = done[0]
             k, ids, attempts = running.pop(ref)
             load[k] -= 1
+            alone[k] = False
             try:
                 res = ray.get(ref)
             except ActorUnavailableError as exc:
