@@ -136,7 +136,7 @@ class KernelSVMProxy:
         """Fit on labelled embeddings ``X [n, dim]`` and labels ``y [n]`` in {0, 1}."""
         from sklearn.model_selection import StratifiedKFold
 
-        from .learn import _check_Xy, platt_scaling
+        from .learn import _check_Xy, calibration_method, platt_keeping_ranking
 
         self._check_params()
         X, y, n_pos, n_neg = _check_Xy(X, y)  # [n, dim] float32, [n] int64
@@ -151,27 +151,17 @@ class KernelSVMProxy:
         self.dual_coef_ = svc.dual_coef_[0].astype(np.float64)  # [n_support]; decision > 0 means class 1
         self.intercept_ = float(svc.intercept_[0])
         self.gamma_ = gamma
-        method = self.calibration
-        if method == "auto":
-            method = "sigmoid" if min(n_pos, n_neg) >= max(self.min_per_class, self.cv) else "none"
+        method = calibration_method(self.calibration, n_pos, n_neg, self.min_per_class, self.cv)
+        self.platt_ = None
         if method == "sigmoid":
-            if min(n_pos, n_neg) < self.cv:
-                raise InputError(
-                    f"calibration='sigmoid' needs at least cv={self.cv} labels per class, "
-                    f"got {n_pos} positive and {n_neg} negative"
-                )
             oof = np.empty(y.size, dtype=np.float64)  # [n] out-of-fold decision values
             folds = StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
             for tr, te in folds.split(K, y):
                 m = self._svc(K[np.ix_(tr, tr)], y[tr])
                 oof[te] = m.decision_function(K[np.ix_(te, tr)])
-            A, B = platt_scaling(oof, y)
-            if A < 0:
-                self.platt_ = (A, B)
-            else:  # out-of-fold values anti-correlated with the labels: a sigmoid would invert the ranking
-                self.platt_, method = None, "none"
-        else:
-            self.platt_ = None
+            self.platt_ = platt_keeping_ranking(oof, y)
+            if self.platt_ is None:
+                method = "none"
         self.calibration_ = method
         self.n_positive_, self.n_negative_ = n_pos, n_neg
         self.n_features_in_ = X.shape[1]
@@ -181,16 +171,16 @@ class KernelSVMProxy:
     # ------------------------------------------------------------------ prediction
     def decision_function(self, X: Any) -> np.ndarray:
         """The SVM's decision value ``sum_i a_i K(sv_i, x) + b`` per row of ``X [n, dim]``: ``[n]`` float64."""
-        from .learn import _check_fitted, _check_X
+        from .learn import _blockwise, _check_fitted, _check_X
 
         _check_fitted(self, "dual_coef_")
         X = _check_X(X, dim=self.n_features_in_, load=False)
-        out = np.empty(X.shape[0], dtype=np.float64)  # [n]
-        for start in range(0, X.shape[0], self.block_size):
-            blk = np.ascontiguousarray(X[start : start + self.block_size], dtype=np.float32)  # [b, dim]
+
+        def score(blk: np.ndarray) -> np.ndarray:  # [b, dim] float32 -> [b]
             K = rbf_kernel(blk, self.support_vectors_, self.gamma_, b_sq=self._sv_sq)  # [b, n_support]
-            out[start : start + blk.shape[0]] = K @ self.dual_coef_ + self.intercept_
-        return out
+            return K @ self.dual_coef_ + self.intercept_
+
+        return _blockwise(X, score, self.block_size)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """P(positive) per row of ``X [n, dim]``: ``[n]`` float64 (Platt sigmoid, or sigmoid of the decision)."""

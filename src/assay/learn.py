@@ -133,6 +133,30 @@ def _blockwise(X: Any, fn: Callable[[np.ndarray], np.ndarray], block_size: int, 
     return out
 
 
+def calibration_method(requested: str, n_pos: int, n_neg: int, min_per_class: int, cv: int) -> str:
+    """``"sigmoid"`` or ``"none"`` for a requested calibration (``"auto"``: sigmoid with at least
+    ``max(min_per_class, cv)`` labels per class); a forced sigmoid needs ``cv`` labels per class."""
+    method = requested
+    if method == "auto":
+        method = "sigmoid" if min(n_pos, n_neg) >= max(min_per_class, cv) else "none"
+    if method == "sigmoid" and min(n_pos, n_neg) < cv:
+        raise InputError(
+            f"calibration='sigmoid' needs at least cv={cv} labels per class, "
+            f"got {n_pos} positive and {n_neg} negative"
+        )
+    return method
+
+
+def platt_keeping_ranking(oof: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    """Platt's ``(A, B)`` on out-of-fold decision values, or None when the slope is ``A >= 0``.
+
+    With few positives the out-of-fold values can fail to separate the classes (even anti-correlate with
+    the labels); a sigmoid with ``A >= 0`` would then reverse the ranking, so the caller keeps the raw model.
+    """
+    A, B = platt_scaling(oof, y)
+    return (A, B) if A < 0 else None
+
+
 # --------------------------------------------------------------------------------------------
 # Small problems: one BLAS thread
 # --------------------------------------------------------------------------------------------
@@ -307,23 +331,16 @@ class LogisticProxy:
         lr = self._make_lr().fit(X, y)
         w = lr.coef_[0].astype(np.float64)  # [dim]
         b = float(lr.intercept_[0])
-        method = self.calibration
-        if method == "auto":
-            method = "sigmoid" if min(n_pos, n_neg) >= max(min_per_class, cv) else "none"
+        method = calibration_method(self.calibration, n_pos, n_neg, min_per_class, cv)
+        platt = None
         if method == "sigmoid":
-            if min(n_pos, n_neg) < cv:
-                raise InputError(
-                    f"calibration='sigmoid' needs at least cv={cv} labels per class, "
-                    f"got {n_pos} positive and {n_neg} negative"
-                )
             folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=self.random_state)
             oof = cross_val_predict(self._make_lr(), X, y, cv=folds, method="decision_function")  # [n]
-            A, B = platt_scaling(oof, y)
-            if A >= 0:
-                # With few positives the out-of-fold scores can fail to separate the classes and the
-                # fitted slope comes out >= 0, which would reverse the ranking: keep the raw model.
+            platt = platt_keeping_ranking(oof, y)
+            if platt is None:
                 method = "none"
-        if method == "sigmoid":
+        if platt is not None:
+            A, B = platt
             # P = 1 / (1 + exp(A (x.w + b) + B)) = sigmoid(x.(-A w) + (-A b - B))
             self.coef_, self.intercept_ = -A * w, -A * b - B
             self.platt_ = (A, B)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EmptyPoolError, InputError, NotFoundError
+from .index import _in_sorted
 from .workspace import Workspace
 
 __all__ = [
@@ -89,15 +90,6 @@ def make_proxy(kind: str = "logistic", *, seed: int = 0, **params: Any):
     from .errors import UnknownNameError
 
     raise UnknownNameError("proxy", kind, PROXIES)
-
-
-def _in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    """``np.isin(values, sorted_ids)`` for a sorted ``sorted_ids`` by binary search (no sort of the corpus)."""
-    values = np.asarray(values, dtype=np.int64)
-    if sorted_ids.size == 0:
-        return np.zeros(values.shape, dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, values), sorted_ids.size - 1)  # [L]
-    return sorted_ids[pos] == values
 
 
 def _check_batch(n: Any) -> int:
@@ -432,7 +424,7 @@ class Miner:
         t0 = time.perf_counter()
         corpus = self._corpus(searcher)
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
-        labelled_in = _in_sorted(labelled, corpus)  # corpus is sorted: O(L log N), not a sort of N
+        labelled_in = _in_sorted(corpus, labelled)  # corpus is sorted: O(L log N), not a sort of N
         excluded = self._pending(concept.id, labelled)
         if not keep_duplicates:
             excluded = np.union1d(excluded, cat.non_representative_ids())

@@ -310,11 +310,15 @@ class _MemoStore:
         self._memo = CachedVectors(lambda ids: store.get(ids, dtype=np.float32))
         self._lock = threading.Lock()
 
+    def _fits(self, n: int) -> bool:
+        """Whether ``n`` more rows stay within the memo's budget (call under the lock)."""
+        return len(self._memo) + n <= self._max_rows
+
     def get(self, ids: Any, *, dtype: Any = np.float32, extra: str | None = None) -> np.ndarray:
         if extra is None and np.dtype(dtype) == np.float32:
             ids = np.asarray(ids, dtype=np.int64).reshape(-1)
             with self._lock:
-                if len(self._memo) + ids.size <= self._max_rows:
+                if self._fits(ids.size):
                     return self._memo(ids)
         return self._store.get(ids, dtype=dtype, extra=extra)
 
@@ -326,7 +330,7 @@ class _MemoStore:
         """``fn(rows of ids)``, scored in place in the memo while it is within its budget."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         with self._lock:
-            if len(self._memo) + ids.size <= self._max_rows:
+            if self._fits(ids.size):
                 return self._memo.map_rows(fn, ids)
         return np.asarray(fn(self._store.get(ids, dtype=np.float32)), dtype=np.float64)
 
