@@ -50,3 +50,25 @@ def write_images(folder: Path, n: int, *, size=(40, 30), seed: int = 0, fmt: str
         Image.fromarray(arr).save(p, fmt)
         paths.append(p)
     return paths
+
+
+def colour_corpus(folder: Path, n_red: int = 12, n_other: int = 48, seed: int = 0, *, size=(24, 32)) -> Path:
+    """Red images (the concept) among images of other colours, with a manifest ``uri,label``; returns it.
+
+    The test encoder ("test-mean-color") sees mean colours, so the red images form a tight cluster.
+    ``size`` is (height, width).
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    rows = ["uri,label"]
+    for i in range(n_red + n_other):
+        red = i < n_red
+        base = np.array([220, 20, 20]) if red else rng.integers(0, 256, 3) * np.array([0.3, 1, 1])
+        arr = np.clip(base + rng.normal(0, 12, (*size, 3)), 0, 255).astype(np.uint8)
+        name = f"{'red' if red else 'other'}_{i:03d}.png"
+        Image.fromarray(arr).save(folder / name)
+        rows.append(f"{name},{'red' if red else 'other'}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import conftest
 import fake_encoder
 import numpy as np
-from PIL import Image
 from typer.testing import CliRunner
 
 from assay import Workspace, embed, ingest
@@ -35,18 +35,7 @@ register_encoder("test-imagenet")(FakeImageNetEncoder)
 
 def colour_corpus(folder, n_red=12, n_other=48, seed=0):
     """Red images (the concept) among images of other colours, with a manifest (uri,label)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    rows = ["uri,label"]
-    for i in range(n_red + n_other):
-        red = i < n_red
-        base = np.array([220, 20, 20]) if red else rng.integers(0, 256, 3) * np.array([0.3, 1, 1])
-        arr = np.clip(base + rng.normal(0, 12, (24, 32, 3)), 0, 255).astype(np.uint8)
-        name = f"{'red' if red else 'other'}_{i:03d}.png"
-        Image.fromarray(arr).save(folder / name)
-        rows.append(f"{name},{'red' if red else 'other'}")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return folder / "manifest.csv"
+    return conftest.colour_corpus(folder, n_red, n_other, seed)
 
 
 def make_ws(tmp_path, encoder="test-mean-color", catalog=None, index=True, **kw):

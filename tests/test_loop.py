@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 import fake_encoder  # noqa: F401
+from conftest import colour_corpus
 from assay import Workspace, embed, ingest
 from assay.cli.main import app
 from assay.errors import EmptyPoolError, InputError, NotFoundError, UnknownNameError
@@ -21,18 +21,7 @@ runner = CliRunner()
 
 def _colour_corpus(folder, n_red=12, n_other=60, seed=0):
     """Red images (the concept) among images of other colours; the test encoder sees mean colours."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    rows = ["uri,label"]
-    for i in range(n_red + n_other):
-        red = i < n_red
-        base = np.array([220, 20, 20]) if red else rng.integers(0, 256, 3) * np.array([0.3, 1, 1])
-        arr = np.clip(base + rng.normal(0, 12, (16, 16, 3)), 0, 255).astype(np.uint8)
-        name = f"{'red' if red else 'other'}_{i:03d}.png"
-        Image.fromarray(arr).save(folder / name)
-        rows.append(f"{name},{'red' if red else 'other'}")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return folder / "manifest.csv"
+    return colour_corpus(folder, n_red, n_other, seed, size=(16, 16))
 
 
 @pytest.fixture

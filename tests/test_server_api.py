@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the web stack is an optional extra: pip install 'assay[server]'")
 
 import fake_encoder  # noqa: F401
+from conftest import colour_corpus
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -26,18 +26,8 @@ TOKEN = "s3cret-token-123"
 
 def make_workspace(tmp_path, n_red: int = 10, n_other: int = 40, seed: int = 0) -> Workspace:
     """Red images (the concept) among other colours, embedded with the fast test encoder, flat index."""
-    rng = np.random.default_rng(seed)
     folder = tmp_path / "imgs"
-    folder.mkdir(parents=True)
-    rows = ["uri,label"]
-    for i in range(n_red + n_other):
-        red = i < n_red
-        base = np.array([220, 20, 20]) if red else rng.integers(0, 256, 3) * np.array([0.3, 1, 1])
-        arr = np.clip(base + rng.normal(0, 12, (24, 32, 3)), 0, 255).astype(np.uint8)
-        name = f"{'red' if red else 'other'}_{i:03d}.png"
-        Image.fromarray(arr).save(folder / name)
-        rows.append(f"{name},{'red' if red else 'other'}")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    colour_corpus(folder, n_red, n_other, seed)
     ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
     ingest(ws.catalog, [folder / "manifest.csv"])
     embed(ws)
