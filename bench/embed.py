@@ -5,6 +5,7 @@ run. Prints one JSON object: per dataset, pipeline items/s, bare-model items/s, 
 and the process's peak memory.
 
     python bench/embed.py [--data ../shared/data] [--cifar-n 2000] [--encoder efficientnet-lite0]
+                          [--repeats 3] [--datasets cifar10,imagenet_sample]
 """
 
 from __future__ import annotations
@@ -27,40 +28,47 @@ def bare_items_per_s(enc, tensors: np.ndarray, batch_size: int) -> float:
     return len(tensors) / (time.perf_counter() - t0)
 
 
-def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: Path) -> dict:
+def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: Path, repeats: int = 1) -> dict:
+    """Bare model and whole pipeline, measured ``repeats`` times in alternation; medians are reported."""
     from assay import Workspace, embed, get_encoder, ingest
+    from assay.encoders.base import draft_size
     from assay.media import decode_image, read_bytes
 
-    ws = Workspace.init(tmp / f"ws-{name}", default_encoder=encoder)
-    t0 = time.perf_counter()
-    ing = ingest(ws.catalog, [manifest])
-    ingest_s = time.perf_counter() - t0
     enc = get_encoder(encoder)
     enc.load()
-    # Bare model: decode and preprocess everything first (not timed), then time inference only.
-    rows = ws.catalog.get_many(ws.catalog.ids())
-    from assay.encoders.base import draft_size
-
-    draft = draft_size(enc)
-    t0 = time.perf_counter()
-    tensors = np.stack([enc.preprocess(decode_image(read_bytes(r.uri), draft_size=draft)) for r in rows])
-    decode_s = time.perf_counter() - t0
-    bare = bare_items_per_s(enc, tensors, batch_size)
-    del tensors
-    # The whole pipeline: read, decode, preprocess, infer, store.
-    t0 = time.perf_counter()
-    rep = embed(ws, enc, batch_size=batch_size)
-    pipe_s = time.perf_counter() - t0
-    pipeline = rep.embedded / pipe_s
+    bares, pipes, ingests = [], [], []
+    decode_s = 0.0
+    rows: list = []
+    errors = 0
+    for rep in range(repeats):
+        ws = Workspace.init(tmp / f"ws-{name}-{rep}", default_encoder=encoder)
+        t0 = time.perf_counter()
+        ing = ingest(ws.catalog, [manifest])
+        ingests.append(ing.seen / (time.perf_counter() - t0))
+        rows = ws.catalog.get_many(ws.catalog.ids())
+        # Bare model: decode and preprocess everything first (timed apart), then time inference only.
+        t0 = time.perf_counter()
+        tensors = np.stack([enc.preprocess(decode_image(read_bytes(r.uri), draft_size=draft_size(enc))) for r in rows])
+        decode_s = time.perf_counter() - t0
+        bares.append(bare_items_per_s(enc, tensors, batch_size))
+        del tensors
+        # The whole pipeline: read, decode, preprocess, infer, store.
+        t0 = time.perf_counter()
+        rep_ = embed(ws, enc, batch_size=batch_size)
+        pipes.append(rep_.embedded / (time.perf_counter() - t0))
+        errors = rep_.errors
+    bare, pipeline = float(np.median(bares)), float(np.median(pipes))
     return {
         "items": len(rows),
-        "ingest_items_per_s": round(ing.seen / ingest_s, 1),
+        "repeats": repeats,
+        "ingest_items_per_s": round(float(np.median(ingests)), 1),
         "decode_preprocess_items_per_s_serial": round(len(rows) / decode_s, 1),
         "bare_model_items_per_s": round(bare, 2),
         "pipeline_items_per_s": round(pipeline, 2),
         "ratio_pipeline_to_bare": round(pipeline / bare, 3),
+        "ratios_per_repeat": [round(p / b, 3) for p, b in zip(pipes, bares)],
         "target_ratio": 0.8,
-        "errors": rep.errors,
+        "errors": errors,
     }
 
 
@@ -70,6 +78,8 @@ def main() -> None:
     ap.add_argument("--cifar-n", type=int, default=2000)
     ap.add_argument("--encoder", default="efficientnet-lite0")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="bare/pipeline measurements in alternation (median)")
+    ap.add_argument("--datasets", default="cifar10,imagenet_sample", help="comma-separated subset")
     args = ap.parse_args()
     from assay.datasets import write_cifar10, write_imagenet_sample
 
@@ -80,10 +90,13 @@ def main() -> None:
     out: dict = {"benchmark": "embed", "encoder": args.encoder, "batch_size": args.batch_size, "machine": machine()}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cifar = write_cifar10(data / "cifar10" / "cifar10_jpeg_bytes.npz", tmp / "cifar", n=args.cifar_n)
-        inet = write_imagenet_sample(data / "imagenet-sample" / "imagenet-sample.tar", tmp / "inet")
-        out["cifar10"] = run_dataset("cifar10", cifar, args.encoder, args.batch_size, tmp)
-        out["imagenet_sample"] = run_dataset("imagenet", inet, args.encoder, args.batch_size, tmp)
+        wanted = set(args.datasets.split(","))
+        if "cifar10" in wanted:
+            cifar = write_cifar10(data / "cifar10" / "cifar10_jpeg_bytes.npz", tmp / "cifar", n=args.cifar_n)
+            out["cifar10"] = run_dataset("cifar10", cifar, args.encoder, args.batch_size, tmp, args.repeats)
+        if "imagenet_sample" in wanted:
+            inet = write_imagenet_sample(data / "imagenet-sample" / "imagenet-sample.tar", tmp / "inet")
+            out["imagenet_sample"] = run_dataset("imagenet", inet, args.encoder, args.batch_size, tmp, args.repeats)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     emit(out)
 

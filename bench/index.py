@@ -212,7 +212,7 @@ def sweep_values(kind: str, spec, quick: bool) -> list:
     if kind == "flat":
         return [None]
     if kind == "hnsw":
-        vals = [16, 32, 64, 128, 256, 512]
+        vals = [16, 32, 64, 128, 256, 512, 1024]
         return vals[:5] if quick else vals
     nlist = spec.params["nlist"]
     vals = [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if v <= nlist]
@@ -346,10 +346,12 @@ def bench_kind(kind, args, ids, x, q, truth, pos, tmp: Path) -> dict:
         def post(qb, cand):
             return rerank(qb, cand, lambda wanted: x16[pos(wanted)], K)
 
-        res = sweep_and_targets(
-            index, kind, spec, args, nq_k, TSk, TIk, x, pos, reps, nsingle, K * args.rerank, post
-        )
-        out["with_rerank"] = {"candidates": K * args.rerank, "vectors": "float16 copy in memory", **res}
+        out["with_rerank"] = []
+        for factor in args.rerank:
+            res = sweep_and_targets(
+                index, kind, spec, args, nq_k, TSk, TIk, x, pos, reps, nsingle, K * factor, post
+            )
+            out["with_rerank"].append({"candidates": K * factor, "vectors": "float16 copy in memory", **res})
         del x16
     return out, index
 
@@ -438,11 +440,11 @@ def main(argv=None) -> None:
     ap.add_argument("--no-graph", action="store_true")
     ap.add_argument(
         "--rerank",
-        type=int,
-        default=10,
-        help="ivf-pq: also measure re-ranking rerank x k candidates (0: off)",
+        default="10,50",
+        help="ivf-pq: also measure re-ranking rerank x k candidates, for each comma-separated factor ('' or 0: off)",
     )
     args = ap.parse_args(argv)
+    args.rerank = [int(f) for f in str(args.rerank).split(",") if f.strip() and int(f) > 0]
     if args.quick:
         args.n = min(args.n, 20_000)
         args.nq = min(args.nq, 256)
@@ -498,13 +500,13 @@ def main(argv=None) -> None:
             del index
     ratios = []
     for kind, r in result["kinds"].items():
-        for entry in (r, r.get("with_rerank") or {}):
+        for entry in (r, *(r.get("with_rerank") or [])):
             for t in ("at_recall_0.9", "at_recall_0.95"):
                 if entry.get(t):
                     ratios += [entry[t]["batch_overhead"], entry[t]["single_overhead"]]
     wrapper_based = []
     for kind, r in result["kinds"].items():
-        for entry in (r, r.get("with_rerank") or {}):
+        for entry in (r, *(r.get("with_rerank") or [])):
             for t in ("at_recall_0.9", "at_recall_0.95"):
                 if entry.get(t):
                     wrapper_based += [

@@ -149,7 +149,8 @@ def decode_image(data: bytes, *, draft_size: tuple[int, int] | None = None, max_
     """Decode bytes to an upright RGB :class:`PIL.Image.Image`.
 
     ``draft_size`` lets JPEG decode at a reduced scale that is still at least that size (much faster for
-    large photos). Alpha is composited on white; 16-bit and float images are scaled to 8 bits.
+    large photos; the scale is Pillow's :meth:`~PIL.Image.Image.draft` choice, 1/2, 1/4 or 1/8). Alpha is
+    composited on white; 16-bit and float images are scaled to 8 bits.
     """
     from PIL import Image, ImageOps
 
@@ -158,7 +159,7 @@ def decode_image(data: bytes, *, draft_size: tuple[int, int] | None = None, max_
         if draft_size is not None and im.format == "JPEG":
             im.draft("RGB", draft_size)
         im.load()
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of an upright image
         return _to_rgb(im)
     except DecodeError:
         raise

@@ -338,9 +338,9 @@ class EfficientNetLite0Encoder(BaseEncoder):
         box = ((w - side) / 2.0, (h - side) / 2.0, (w + side) / 2.0, (h + side) / 2.0)
         im = im.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP)
         pixels = np.asarray(im)  # [224, 224, 3] uint8
-        out = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)  # [3, 224, 224]
-        out -= 127.0
-        out /= 128.0
+        out = np.empty(self.input_shape, dtype=np.float32)  # [3, 224, 224]
+        np.subtract(pixels.transpose(2, 0, 1), np.float32(127.0), out=out)
+        out *= np.float32(1.0 / 128.0)  # exact: a power of two, the same floats as dividing by 128
         return out
 
     # -- inference -----------------------------------------------------------------------------------
