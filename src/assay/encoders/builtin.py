@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import InputError
 from .base import register_encoder
 from .clip import ClipEncoder
-from .efficientnet import EfficientNetLite0Encoder
+from .efficientnet import EfficientNetLite0Encoder, EfficientNetLite2Encoder
 from .text import MiniLMEncoder
 
 __all__: list[str] = []
@@ -15,6 +15,12 @@ __all__: list[str] = []
 def _efficientnet_lite0(**kwargs) -> EfficientNetLite0Encoder:
     """``efficientnet-lite0``; kwargs: backend, cache_dir, batch_size, num_threads, weights."""
     return EfficientNetLite0Encoder(**kwargs)
+
+
+@register_encoder("efficientnet-lite2")
+def _efficientnet_lite2(**kwargs) -> EfficientNetLite2Encoder:
+    """``efficientnet-lite2`` (260 px, extra ``lite2``); kwargs as for efficientnet-lite0."""
+    return EfficientNetLite2Encoder(**kwargs)
 
 
 @register_encoder("clip")
