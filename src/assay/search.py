@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import DecodeError, IndexNotBuiltError, InputError, MissingDependencyError, NoEmbeddingsError, NotFoundError
 from .index import ConcatRows, KnnGraph, VectorIndex, knn_graph, neighbors as _index_neighbors
+from .index import rerank as _rerank
 from .vectors import VectorStore
 from .workspace import Workspace
 
@@ -338,10 +339,25 @@ def load_knn_graph(ws: Workspace, encoder: str | None = None) -> KnnGraph:
 
 
 # ---------------------------------------------------------------------------------------------- search
-class Searcher:
-    """Queries over one encoder's index in a workspace. Loads the index (memory-mapped) on first use."""
+#: ``ivf-pq`` only: a query fetches ``RERANK_FACTOR x k`` candidates (at most ``max(k, RERANK_MAX_CANDIDATES)``)
+#: and re-scores them exactly with the stored vectors. On the 1M bench (bench/index.py) 10x reached recall@10
+#: 0.87 and 50x 0.97, against 0.48 for the compressed codes alone.
+RERANK_FACTOR = 50
+RERANK_MAX_CANDIDATES = 1000
 
-    def __init__(self, ws: Workspace, encoder: str | None = None) -> None:
+
+class Searcher:
+    """Queries over one encoder's index in a workspace. Loads the index (memory-mapped) on first use.
+
+    ``rerank``: for an ``ivf-pq`` index, how many candidates per wanted result the index returns before
+    they are re-scored exactly with the workspace's stored vectors (``0`` or ``1``: no re-ranking, the
+    compressed codes' ranking as it is). Other kinds hold the vectors themselves and are never re-ranked.
+    """
+
+    def __init__(self, ws: Workspace, encoder: str | None = None, *, rerank: int = RERANK_FACTOR) -> None:
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
+            raise InputError(f"rerank must be a non-negative integer (0 = off), got {rerank!r}")
+        self.rerank = int(rerank)
         self.ws = ws
         self.encoder_name = encoder or ws.default_encoder
         self.store = ws.vectors(self.encoder_name)
@@ -476,9 +492,18 @@ class Searcher:
         if q.ndim == 1:
             q = q[None, :]
         idx = index or self.index()
+        raw = q
         if reduce and index is None:
             q = self._reduce(q)
-        return idx.search(q, k, exclude_ids=self.excluded_ids(keep_duplicates), exclude_per_query=exclude_per_query)
+        excluded = self.excluded_ids(keep_duplicates)
+        if index is None and idx.kind == "ivf-pq" and self.rerank > 1:
+            fetch = min(k * self.rerank, max(k, RERANK_MAX_CANDIDATES))
+            if fetch > k:
+                # Compressed codes rank approximately: re-score the candidates with the stored vectors (in
+                # the stored, unreduced space when the index holds PCA-reduced codes).
+                _, cand = idx.search(q, fetch, exclude_ids=excluded, exclude_per_query=exclude_per_query)
+                return _rerank(raw, cand, self.store.get, k)
+        return idx.search(q, k, exclude_ids=excluded, exclude_per_query=exclude_per_query)
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
         flat = [int(i) for i in ids.reshape(-1) if i >= 0]

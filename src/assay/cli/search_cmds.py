@@ -83,6 +83,7 @@ def search(
     encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Also return non-representative duplicates.")] = False,
     regions: Annotated[bool, typer.Option("--regions", help="Score each image by its best region (needs `assay embed --regions`); results gain \"region\" and \"box\".")] = False,
+    rerank: Annotated[int, typer.Option("--rerank", help="ivf-pq index only: re-score this many candidates per result with the stored vectors (0: off).")] = 50,
     json_: JsonOpt = False,
 ) -> None:
     """Search by item, image or text; --json prints {"results": [{"id", "score", "uri"}, ...]}, best first.
@@ -97,7 +98,7 @@ def search(
         if given != 1:
             raise InputError("give exactly one of --item ID, --image PATH, --text QUERY or --batch FILE")
         ws = open_workspace(workspace)
-        s = Searcher(ws, encoder)
+        s = Searcher(ws, encoder, rerank=rerank)
         if batch is not None:
             results = _run_batch(s, batch, k, keep_duplicates, regions)
             if json_:
