@@ -1139,9 +1139,15 @@ class VectorIndex:
             if q.dtype.kind not in "fiu":
                 raise InputError(f"queries must be numeric, got dtype {q.dtype}")
             q = np.ascontiguousarray(q, dtype=np.float32)
-        if not np.isfinite(q).all():
-            raise InputError("queries contain NaN or inf")
         nq = q.shape[0]
+        if nq == 1:  # a single query: its float64 dot product with itself is finite exactly when it is
+            # (float32 values cannot overflow it), and is cheaper than isfinite().all() per query
+            row = q[0].astype(np.float64)
+            finite = bool(np.isfinite(row @ row))
+        else:
+            finite = bool(np.isfinite(q).all())
+        if not finite:
+            raise InputError("queries contain NaN or inf")
         exclude = None
         if exclude_ids is not None:
             exclude = np.unique(_check_ids(exclude_ids, name="exclude_ids"))
@@ -1162,7 +1168,7 @@ class VectorIndex:
                 D, I = _compact(D, I, drop | (I < 0), k)
             elif k_fetch < k:
                 D, I = _pad(D, I, k)
-            if I[:, -1].min() < 0:  # FAISS pads at the end of a row
+            if (I[0, -1] < 0) if nq == 1 else (I[:, -1].min() < 0):  # FAISS pads at the end of a row
                 D[I < 0] = -np.inf
         if single:
             return D[0], I[0]
