@@ -19,7 +19,7 @@ one measured block of queries against the whole corpus), and ours/raw on a subse
 
     python bench/index.py --quick            # 20k vectors, a few minutes on 2 busy cores
     python bench/index.py --n 50000
-    python bench/index.py --n 1000000 --hnsw-m 16 --hnsw-efc 40
+    python bench/index.py --n 1000000 --hnsw-m 32 --hnsw-efc 80 --no-graph   # docs/bench_index_1m_s3*.json
 """
 
 from __future__ import annotations

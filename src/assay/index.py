@@ -16,12 +16,14 @@ The pieces
   ``hnsw``    HNSW graph (M=32) over the raw float32 vectors; chosen while ``n <= HNSW_MAX_N``
               (300,000) and it fits in memory: the best recall per query time at that size, but its
               build time grows fast and FAISS cannot delete from it (see :meth:`VectorIndex.remove`).
-              At 1M synthetic 256-d vectors on 2 cores (bench/index.py) IVF built 8x faster (60 s vs
-              479 s for HNSW M=16) and served recall@10 >= 0.9 at ~4x the batch QPS, hence the cap.
+              At 1M synthetic 256-d vectors on 2 cores (bench/index.py) IVF built 7x faster (50 s vs
+              357 s for HNSW M=32, efConstruction=80), while HNSW served recall@10 >= 0.9 at 1.9x IVF's
+              batch QPS: the build time and the missing deletes set the cap.
   ``ivf``     inverted lists over the raw vectors (``nlist ~ 4 sqrt(n)``); chosen past ``HNSW_MAX_N``
               while the raw vectors fit: fast to train and to add to, real deletes
   ``ivf-pq``  inverted lists with product-quantised codes (``m`` sub-quantizers, ``m`` divides ``dim``,
-              about ``dim / 4`` bytes per vector); chosen when the raw vectors do not fit
+              about ``dim / 4`` bytes per vector); chosen when the raw vectors do not fit. The codes rank
+              approximately; ``assay.search.Searcher`` re-ranks their candidates with the stored vectors
   ==========  =========================================================================================
 
   "Fits" means :func:`estimate_memory` ``<= MEMORY_FRACTION`` (one half) of the available memory, read
