@@ -123,37 +123,56 @@ def param_kw(kind: str, value: int | None) -> dict:
     return {"nprobe": value} if kind in ("ivf", "ivf-pq") else {"ef_search": value}
 
 
+def _alternate(reps: int, run_ours, run_raw) -> tuple[float, float, object]:
+    """Fastest of ``reps`` runs of each, alternating and taking turns at running first (the second run of
+    the same queries finds the index's memory warm): ``(ours s, raw s, ours' last result)``."""
+    best_o = best_r = float("inf")
+    res = None
+    for r in range(reps):
+        for who in (("ours", "raw") if r % 2 == 0 else ("raw", "ours")):
+            t0 = time.perf_counter()
+            if who == "ours":
+                res = run_ours()
+                best_o = min(best_o, time.perf_counter() - t0)
+            else:
+                run_raw()
+                best_r = min(best_r, time.perf_counter() - t0)
+    return best_o, best_r, res
+
+
+def _runners(index: VectorIndex, kind: str, value, k: int, post, qo, qr):
+    """Ours and raw searches of the same queries (``qo`` for ours, ``qr`` as a matrix for raw FAISS)."""
+    fi = index.faiss_index
+    kw = param_kw(kind, value)
+
+    def ours():
+        res = index.search(qo, k, **kw)
+        if post is not None:
+            res = post(qr, np.atleast_2d(res[1]))
+        return res
+
+    def raw():
+        if value is not None:
+            raw_set_param(fi, kind, value)
+        D, I = fi.search(qr, k)
+        if post is not None:
+            post(qr, I)
+
+    return ours, raw
+
+
 def batch_times(index: VectorIndex, kind: str, q: np.ndarray, value, reps: int, k: int = K, post=None):
     """Seconds for all queries in batches of 256: ``(ours, raw, ours' results)``.
 
-    Ours and raw alternate ``reps`` times on each batch, taking turns at running first (the second run of
-    the same queries finds the index's memory warm), and the fastest run of each counts: on a shared
-    machine the minimum filters out time slices lost to other processes. ``post(qb, I)`` (e.g. a
-    re-ranking) runs after both, inside the timing.
+    Ours and raw alternate ``reps`` times on each batch (:func:`_alternate`) and the fastest run of each
+    counts: on a shared machine the minimum filters out time slices lost to other processes. ``post(qb, I)``
+    (e.g. a re-ranking) runs after both, inside the timing.
     """
-    fi = index.faiss_index
-    kw = param_kw(kind, value)
     t_ours = t_raw = 0.0
     parts = []
     for s in range(0, len(q), BATCH):
         qb = q[s : s + BATCH]
-        best_o = best_r = float("inf")
-        for r in range(reps):
-            for who in (("ours", "raw") if r % 2 == 0 else ("raw", "ours")):  # each runs second (warm) in turn
-                if who == "ours":
-                    t0 = time.perf_counter()
-                    res = index.search(qb, k, **kw)
-                    if post is not None:
-                        res = post(qb, res[1])
-                    best_o = min(best_o, time.perf_counter() - t0)
-                else:
-                    if value is not None:
-                        raw_set_param(fi, kind, value)
-                    t0 = time.perf_counter()
-                    D, I = fi.search(qb, k)
-                    if post is not None:
-                        post(qb, I)
-                    best_r = min(best_r, time.perf_counter() - t0)
+        best_o, best_r, res = _alternate(reps, *_runners(index, kind, value, k, post, qb, qb))
         t_ours += best_o
         t_raw += best_r
         parts.append(res)
@@ -162,28 +181,9 @@ def batch_times(index: VectorIndex, kind: str, q: np.ndarray, value, reps: int, 
 
 def single_times(index: VectorIndex, kind: str, q: np.ndarray, value, reps: int, k: int = K, post=None):
     """Seconds for the queries one at a time (best of ``reps`` alternating runs per query)."""
-    fi = index.faiss_index
-    kw = param_kw(kind, value)
     t_ours = t_raw = 0.0
     for i in range(len(q)):
-        qi, q2 = q[i], q[i : i + 1]
-        best_o = best_r = float("inf")
-        for r in range(reps):
-            for who in (("ours", "raw") if r % 2 == 0 else ("raw", "ours")):  # each runs second (warm) in turn
-                if who == "ours":
-                    t0 = time.perf_counter()
-                    res = index.search(qi, k, **kw)
-                    if post is not None:
-                        post(q2, res[1][None, :])
-                    best_o = min(best_o, time.perf_counter() - t0)
-                else:
-                    if value is not None:
-                        raw_set_param(fi, kind, value)
-                    t0 = time.perf_counter()
-                    D, I = fi.search(q2, k)
-                    if post is not None:
-                        post(q2, I)
-                    best_r = min(best_r, time.perf_counter() - t0)
+        best_o, best_r, _ = _alternate(reps, *_runners(index, kind, value, k, post, q[i], q[i : i + 1]))
         t_ours += best_o
         t_raw += best_r
     return t_ours, t_raw

@@ -565,6 +565,18 @@ def _imagenet_tar() -> Path:
     return tar
 
 
+def _sample_batch(enc, picked: list[int]) -> np.ndarray:
+    """The ImageNet-sample photos at class indices ``picked`` (sorted file order), preprocessed by ``enc``."""
+    with tarfile.open(_imagenet_tar()) as tf:
+        members = sorted((m for m in tf.getmembers() if m.isfile()), key=lambda m: m.name)
+        batch = []
+        for i in picked:
+            im = Image.open(io.BytesIO(tf.extractfile(members[i]).read()))
+            im.draft("RGB", enc.draft_size)
+            batch.append(enc.preprocess(im))
+    return np.stack(batch)
+
+
 @pytest.mark.realdata
 def test_imagenet_class_names_match_the_sample_file_names():
     from assay.encoders.efficientnet import imagenet_class_names
@@ -584,15 +596,8 @@ def test_lite0_top1_on_imagenet_sample(lite0):
     preprocessing must classify most of them right (on all 1000: top-1 0.888, top-5 0.975)."""
     from assay.encoders.efficientnet import imagenet_class_names
 
-    with tarfile.open(_imagenet_tar()) as tf:
-        members = sorted((m for m in tf.getmembers() if m.isfile()), key=lambda m: m.name)
-        picked = list(range(0, 1000, 10))
-        batch = []
-        for i in picked:
-            im = Image.open(io.BytesIO(tf.extractfile(members[i]).read()))
-            im.draft("RGB", lite0.draft_size)
-            batch.append(lite0.preprocess(im))
-    idx, prob = lite0.classify(np.stack(batch), k=5)
+    picked = list(range(0, 1000, 10))
+    idx, prob = lite0.classify(_sample_batch(lite0, picked), k=5)
     assert idx.shape == (100, 5) and prob.shape == (100, 5)
     assert (np.diff(prob, axis=1) <= 0).all() and (prob.sum(axis=1) <= 1 + 1e-5).all()
     top1 = float((idx[:, 0] == np.asarray(picked)).mean())
@@ -815,14 +820,7 @@ def test_lite2_top1_on_imagenet_sample():
     pytest.importorskip("onnxruntime")
     enc = get_encoder("efficientnet-lite2")
     enc.load()
-    with tarfile.open(_imagenet_tar()) as tf:
-        members = sorted((m for m in tf.getmembers() if m.isfile()), key=lambda m: m.name)
-        picked = list(range(5, 1000, 20))
-        batch = []
-        for i in picked:
-            im = Image.open(io.BytesIO(tf.extractfile(members[i]).read()))
-            im.draft("RGB", enc.draft_size)
-            batch.append(enc.preprocess(im))
-    idx, _ = enc.classify(np.stack(batch), k=5)
+    picked = list(range(5, 1000, 20))
+    idx, _ = enc.classify(_sample_batch(enc, picked), k=5)
     top1 = float((idx[:, 0] == np.asarray(picked)).mean())
     assert top1 >= 0.75, top1
