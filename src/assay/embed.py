@@ -66,6 +66,25 @@ def load_encoder(encoder: str | Encoder) -> Encoder:
     return enc
 
 
+#: Failed items a report keeps as examples (it counts them all).
+ERROR_SAMPLES = 20
+
+
+def finite_rows(vecs: np.ndarray, extras: dict[str, np.ndarray]) -> np.ndarray:
+    """Boolean ``[n]``: rows whose vector and every extra are free of NaN and inf."""
+    finite = np.isfinite(vecs).all(axis=1)  # [n]
+    for arr in extras.values():
+        finite &= np.isfinite(arr).all(axis=1)
+    return finite
+
+
+def record_error(report: Any, item_id: int, reason: str) -> None:
+    """Count a failed item on ``report`` (``errors``) and keep the first few as ``error_samples``."""
+    report.errors += 1
+    if len(report.error_samples) < ERROR_SAMPLES:
+        report.error_samples.append((item_id, reason))
+
+
 class _ShardWriter:
     """Buffers rows and errors; commits them together, a shard at a time."""
 
@@ -78,9 +97,7 @@ class _ShardWriter:
         self.n = 0
 
     def add(self, ids: np.ndarray, vecs: np.ndarray, extras: dict[str, np.ndarray]) -> None:
-        finite = np.isfinite(vecs).all(axis=1)  # [n]
-        for name, arr in extras.items():
-            finite &= np.isfinite(arr).all(axis=1)
+        finite = finite_rows(vecs, extras)  # [n]
         if not finite.all():
             for i in ids[~finite]:
                 self.error(int(i), "the encoder produced NaN or inf for this item")
@@ -96,9 +113,7 @@ class _ShardWriter:
 
     def error(self, item_id: int, reason: str) -> None:
         self.errors.append((item_id, reason))
-        self.report.errors += 1
-        if len(self.report.error_samples) < 20:
-            self.report.error_samples.append((item_id, reason))
+        record_error(self.report, item_id, reason)
 
     def commit(self) -> None:
         if self.n:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from .embed import finite_rows, record_error
 from .errors import DecodeError, EmptyPoolError, InputError, NotFoundError, WorkspaceError
 from .loop import Miner
 from .vectors import VectorStore, encoder_key
@@ -412,9 +413,7 @@ class _RegionWriter:
         self.n = 0
 
     def add(self, ids: np.ndarray, vecs: np.ndarray, extras: dict[str, np.ndarray], boxes: np.ndarray, n_items: int) -> None:
-        finite = np.isfinite(vecs).all(axis=1)  # [n]
-        for arr in extras.values():
-            finite &= np.isfinite(arr).all(axis=1)
+        finite = finite_rows(vecs, extras)  # [n]
         if not finite.all():
             log.warning("%d regions gave NaN or inf and were left out", int((~finite).sum()))
             ids, vecs, boxes = ids[finite], vecs[finite], boxes[finite]
@@ -433,9 +432,7 @@ class _RegionWriter:
         """Report a failed image; ``broken`` (it does not decode at all) also marks the item ``error``."""
         if broken:
             self.errors.append((item_id, reason))
-        self.report.errors += 1
-        if len(self.report.error_samples) < 20:
-            self.report.error_samples.append((item_id, reason))
+        record_error(self.report, item_id, reason)
 
     def commit(self) -> None:
         if self.n:
