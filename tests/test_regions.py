@@ -460,3 +460,200 @@ def test_square_crops_spec_embeds_and_finds_the_patch(ws):
     build_index(ws, kind="flat")
     hits = Searcher(ws).search_regions(vector=_red_query(), k=3)
     assert hits[0].id == _target(ws) and hits[0].box == TARGET_BOX  # the stored box is the tile, not the crop
+
+
+# ---------------------------------------------------------------------------------------------- dense regions
+@settings(max_examples=150, deadline=None)
+@given(
+    w=st.integers(1, 3000), h=st.integers(1, 3000),
+    sides=st.lists(st.integers(64, 2048), min_size=1, max_size=3, unique=True),
+    window=st.integers(1, 8), stride=st.integers(1, 8), max_regions=st.sampled_from([3, 50, 300, MAX_SLOTS]),
+)
+def test_dense_layout_fits_the_budget_and_boxes_lie_inside(w, h, sides, window, stride, max_regions):
+    from assay.regions import DenseSpec, dense_input_size, dense_layout
+
+    if stride > window or max_regions < 4 * len(sides):
+        with pytest.raises(InputError):
+            DenseSpec(tuple(sides), window, stride, max_regions)
+        return
+    spec = DenseSpec(tuple(sides), window, stride, max_regions)
+    layout = dense_layout(w, h, spec)
+    assert [p["side"] for p in layout] == list(spec.sides)
+    total = 0
+    for p in layout:
+        W, H = p["size"]
+        assert (W, H) == dense_input_size(w, h, p["side"]) and W % 32 == 0 and H % 32 == 0
+        gw, gh = W // 32, H // 32
+        assert 1 <= p["window"] <= min(window, gw, gh)
+        for starts, cells in ((p["xs"], gw), (p["ys"], gh)):
+            assert starts[0] == 0 and starts[-1] == cells - p["window"]  # first and last cells covered
+            assert (np.diff(starts) > 0).all() and (np.diff(starts) <= max(stride, np.diff(starts).max(initial=1))).all()
+        total += len(p["xs"]) * len(p["ys"])
+    assert 1 <= total <= max_regions
+    boxes = tile_boxes(w, h, spec)
+    assert boxes.shape == (total, 4)
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
+def test_dense_spec_parsing_and_errors():
+    from assay.regions import DenseSpec
+
+    spec = parse_region_spec("dense:896,1792")
+    assert spec == DenseSpec((896, 1792), 4, 2) and spec.key == "dense:896,1792:window=4:stride=2"
+    assert parse_region_spec(spec.key) == spec and spec.n_regions == MAX_SLOTS
+    assert parse_region_spec("dense:448:window=3:stride=1:max=200").key == "dense:448:window=3:stride=1:max=200"
+    for bad in ("dense:", "dense:32", "dense:896,896", "dense:896:window=2:stride=3", "dense:896:max=5000",
+                "dense:896:foo=1", "dense:8000"):
+        with pytest.raises(InputError):
+            parse_region_spec(bad)
+    with pytest.raises(InputError, match="overlap applies to grid"):
+        parse_region_spec("dense:896", overlap=0.5)
+
+
+def test_pool_windows_equals_the_mean_of_each_window():
+    from assay.regions import pool_windows
+
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((5, 7, 9)).astype(np.float32)  # [C, h, w]
+    xs, ys = np.array([0, 2, 6]), np.array([0, 1, 4])
+    got = pool_windows(f, 3, xs, ys)  # [9, 5]
+    want = np.array([f[:, y:y + 3, x:x + 3].mean(axis=(1, 2)) for y in ys for x in xs])
+    assert got.shape == (9, 5) and np.allclose(got, want, atol=1e-5)
+    assert np.allclose(pool_windows(f, 7, np.array([0]), np.array([0]))[0], f[:, :, :7].mean(axis=(1, 2)), atol=1e-5)
+
+
+def _write_sized_scenes(folder, sizes, seed=0):
+    """Noisy green/blue photos of the given sizes; image 0 has a red patch of 1/8 of its shorter side."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        base = np.array([rng.integers(0, 60), rng.integers(60, 200), rng.integers(60, 200)])
+        arr = np.clip(base + rng.integers(-30, 30, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        if i == 0:
+            s = min(w, h) // 8
+            arr[h // 2 : h // 2 + s, w - 2 * s : w - s] = [230, 20, 20]
+        Image.fromarray(arr).save(folder / f"scene_{i:03d}.png")
+    return folder
+
+
+@pytest.fixture
+def dense_ws(tmp_path):
+    sizes = [(160, 120)] + [(96, 96), (200, 100), (64, 128), (120, 160)] * 4  # 17 images, 4 shapes
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-dense-color")
+    ingest(w.catalog, [_write_sized_scenes(tmp_path / "imgs", sizes)])
+    embed(w)
+    yield w
+    w.close()
+
+
+def _red_dense_query():
+    v = np.array([230 / 255, 20 / 255, 20 / 255, 0.05], np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_dense_regions_find_the_small_patch_with_its_box(dense_ws):
+    ws = dense_ws
+    rep = embed_regions(ws, spec="dense:128,256:window=2:stride=1")
+    assert rep.images == 17 and rep.errors == 0
+    # a shape-dependent number of regions per image, each with its box and logits
+    from assay.regions import dense_layout
+
+    spec = parse_region_spec("dense:128,256:window=2:stride=1")
+    want = {}
+    for i in ws.catalog.ids():
+        w, h = _size_of(ws, int(i))
+        want[int(i)] = sum(len(p["xs"]) * len(p["ys"]) for p in dense_layout(w, h, spec, cell=8))
+    assert rep.regions == sum(want.values()) == len(region_store(ws))
+    for i, n in want.items():
+        assert len(regions_of(ws, i)) == n
+    _ids, logits = region_store(ws).load(extra="head")
+    assert logits.shape == (rep.regions, 2)
+    build_index(ws, kind="flat")
+    s = Searcher(ws)
+    target = _target(ws)
+    hits = s.search_regions(vector=_red_dense_query(), k=5)
+    assert hits[0].id == target and hits[0].region is not None
+    x0, y0, x1, y1 = hits[0].box
+    w, h = _size_of(ws, target)
+    side = min(w, h) // 8  # the patch: x in [w - 2 side, w - side), y in [h // 2, h // 2 + side)
+    bx, by = (x0 + x1) / 2, (y0 + y1) / 2  # the centre of the box that found it lies on the patch
+    assert w - 2 * side <= bx <= w - side and h // 2 <= by <= h // 2 + side and (x1 - x0) * (y1 - y0) < w * h / 16
+    whole = s.search(vector=_red_dense_query(), k=5)
+    assert hits[0].score > next((hh.score for hh in whole if hh.id == target), -1.0) + 0.05
+    # every image scores by its best region: the library's ranking equals brute force
+    ids, V = ws.vectors().load()
+    rids, RV = region_store(ws).load()
+    q = np.random.default_rng(3).standard_normal(4).astype(np.float32)
+    q /= np.linalg.norm(q)
+    best = {}
+    for v, i in zip(np.concatenate([V, RV]).astype(np.float32) @ q, np.concatenate([ids, rids])):
+        p = int(parent_ids([i])[0])
+        best[p] = max(best.get(p, -9.0), float(v))
+    got = s.search_regions(vector=q, k=10)
+    want_rank = sorted(best.items(), key=lambda kv: -kv[1])[:10]
+    assert np.allclose([hh.score for hh in got], [v for _, v in want_rank], atol=2e-3)
+
+
+def test_dense_regions_resume_exactly_once(dense_ws, monkeypatch):
+    from assay.vectors import VectorStore
+
+    ws = dense_ws
+    calls = {"n": 0}
+    real = VectorStore.append
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VectorStore, "append", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        embed_regions(ws, spec="dense:128:window=2", shard_size=40)
+    monkeypatch.setattr(VectorStore, "append", real)
+    first = len(region_store(ws))
+    assert 0 < first
+    rep = embed_regions(ws, spec="dense:128:window=2", shard_size=40)
+    ids = region_store(ws).ids()
+    assert len(ids) == len(np.unique(ids)) and rep.pending < 17
+    total = sum(len(regions_of(ws, int(i))) for i in ws.catalog.ids())
+    assert total == len(ids)
+    assert embed_regions(ws, spec="dense:128:window=2").pending == 0
+
+
+def test_dense_regions_need_a_feature_map(ws):
+    with pytest.raises(InputError, match="feature map"):
+        embed_regions(ws, spec="dense:128")
+
+
+def test_cli_dense_regions_search_and_mine(tmp_path):
+    runner = CliRunner()
+    wdir = tmp_path / "w"
+    assert runner.invoke(app, ["init", str(wdir), "--encoder", "test-dense-color"]).exit_code == 0
+    _write_sized_scenes(tmp_path / "imgs", [(160, 120)] + [(96, 96), (200, 100)] * 4)
+    assert runner.invoke(app, ["-w", str(wdir), "ingest", str(tmp_path / "imgs")]).exit_code == 0
+    r = runner.invoke(app, ["-w", str(wdir), "embed", "--regions", "dense:128:window=2:stride=1", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)["regions"]
+    assert d["spec"] == "dense:128:window=2:stride=1" and d["images"] == 9 and d["regions"] > 9 * 20
+    r = runner.invoke(app, ["-w", str(wdir), "embed", "--regions", "dense:128", "--region-overlap", "0.5"])
+    assert r.exit_code == 2 and "overlap applies to grid" in r.output
+    assert runner.invoke(app, ["-w", str(wdir), "index", "--kind", "flat"]).exit_code == 0
+    with Workspace.open(wdir) as w:
+        target = _target(w)
+        hits = Searcher(w).search_regions(vector=_red_dense_query(), k=3)
+        assert hits[0].id == target and hits[0].box is not None
+        # mining with region evidence: a positive region label joins the training set
+        w.catalog.add_concept("red")
+        add_region_labels(w, "red", [hits[0].region], [1])
+        X, y = region_training_set(w, "red")
+        assert X.shape == (1, 4) and y.tolist() == [1]
+        others = [int(i) for i in w.catalog.ids() if int(i) != target]
+        w.catalog.add_labels(w.catalog.concept("red").id, others[:3], [0] * 3, source="human")
+    r = runner.invoke(app, ["-w", str(wdir), "mine", "red", "--regions", "--strategy", "entropy", "--batch", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)["items"]) == 3

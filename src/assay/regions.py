@@ -223,18 +223,189 @@ class RegionSpec:
 _SPEC_RE = re.compile(r"^grid:(\d+(?:,\d+)*)(?::overlap=([0-9.]+))?(:square)?$")
 
 
-def parse_region_spec(text: str | RegionSpec, *, overlap: float | None = None) -> RegionSpec:
-    """Parse ``grid:2,3`` / ``grid:2,3:overlap=0.5`` / ``grid:6:square`` (``overlap`` given here overrides the text's)."""
+_DENSE_RE = re.compile(r"^dense:(\d+(?:,\d+)*)((?::(?:window|stride|max)=\d+)*)$")
+
+
+def parse_region_spec(text: str | RegionSpec | DenseSpec, *, overlap: float | None = None) -> RegionSpec | DenseSpec:
+    """Parse ``grid:2,3`` / ``grid:2,3:overlap=0.5`` / ``grid:6:square`` (``overlap`` given here overrides the
+    text's) or ``dense:896,1792[:window=4][:stride=2][:max=1024]`` (:class:`DenseSpec`)."""
+    if isinstance(text, DenseSpec):
+        if overlap:
+            raise InputError("overlap applies to grid specs; a dense spec sets its stride instead")
+        return text
     if isinstance(text, RegionSpec):
         return text if overlap is None else RegionSpec(text.scales, overlap, text.square)
     if not isinstance(text, str):
         raise InputError(f"a region spec must be a string like 'grid:2,3', got {text!r}")
-    m = _SPEC_RE.match(text.strip().replace(" ", ""))
+    compact = text.strip().replace(" ", "")
+    d = _DENSE_RE.match(compact)
+    if d:
+        if overlap:
+            raise InputError("overlap applies to grid specs; a dense spec sets its stride instead")
+        opts = dict(o.split("=") for o in d.group(2).split(":") if o)
+        return DenseSpec(tuple(int(v) for v in d.group(1).split(",")), window=int(opts.get("window", 4)),
+                         stride=int(opts.get("stride", 2)), max_regions=int(opts.get("max", MAX_SLOTS)))
+    m = _SPEC_RE.match(compact)
     if not m:
-        raise InputError(f"a region spec looks like 'grid:2,3', 'grid:2,3:overlap=0.5' or 'grid:6:square', got {text!r}")
+        raise InputError("a region spec looks like 'grid:2,3', 'grid:2,3:overlap=0.5', 'grid:6:square' or "
+                         f"'dense:896,1792:window=4:stride=2', got {text!r}")
     scales = tuple(int(s) for s in m.group(1).split(","))
     ov = overlap if overlap is not None else float(m.group(2)) if m.group(2) else 0.0
     return RegionSpec(scales, ov, bool(m.group(3)))
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """Windows pooled from one high-resolution feature map per scale (R-MAC style regional pooling).
+
+    For each shorter side in ``sides`` the whole image is resized (its shorter side to about that many pixels)
+    and run once through the encoder's :meth:`feature_map`; every ``window x window`` block of cells, at a
+    step of ``stride`` cells, is one region: the mean of its cells, the same pooling that makes the whole
+    image's embedding, so a window embeds that part of the image as the network sees it in context. One pass
+    gives hundreds of windows, each framing a small object far better than a grid tile can afford to.
+
+    Parameters
+    ----------
+    sides : tuple of int
+        Shorter sides of the passes, in pixels (64..4096). A larger side makes small objects larger for the
+        network: an object of a fraction ``f`` of the image's side spans ``f * side`` pixels, and the
+        network knows objects best at around 100-250 pixels.
+    window : int
+        Window side in cells (a cell is 32 input pixels for EfficientNet-Lite).
+    stride : int
+        Step between windows in cells (at most ``window``). It grows where an image would get more than
+        ``max_regions`` windows (a panorama), so that every image fits.
+    max_regions : int
+        Regions per image at most (<= 1024, the id space of an image's regions; >= 4 per side), shared
+        equally by the sides.
+    """
+
+    sides: tuple[int, ...]
+    window: int = 4
+    stride: int = 2
+    max_regions: int = MAX_SLOTS
+    overlap: float = 0.0  # the interface of RegionSpec (grids only)
+    square: bool = False
+
+    def __post_init__(self) -> None:
+        sides = tuple(self.sides)
+        if not sides:
+            raise InputError("a dense region spec needs at least one side, got none")
+        for v in sides:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 64 <= int(v) <= 4096:
+                raise InputError(f"dense sides must be integers in 64..4096 (pixels), got {v!r}")
+        if len(set(sides)) != len(sides):
+            raise InputError(f"dense sides must be distinct, got {list(sides)}")
+        for name, v, hi in (("window", self.window, 64), ("stride", self.stride, 64),
+                            ("max_regions", self.max_regions, MAX_SLOTS)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= int(v) <= hi:
+                raise InputError(f"{name} must be an integer in 1..{hi}, got {v!r}")
+        if self.stride > self.window:
+            raise InputError(f"stride ({self.stride}) must not exceed the window ({self.window}): cells would be skipped")
+        if self.max_regions < 4 * len(sides):
+            raise InputError(f"max_regions ({self.max_regions}) must allow 4 windows per side ({len(sides)} sides)")
+        object.__setattr__(self, "sides", tuple(int(v) for v in sides))
+        for name in ("window", "stride", "max_regions"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return self.sides
+
+    @property
+    def n_regions(self) -> int:
+        """Slots per image at most (an image uses slots ``0 .. r - 1``, r depending on its shape)."""
+        return self.max_regions
+
+    @property
+    def key(self) -> str:
+        """Canonical text form, e.g. ``dense:896,1792:window=4:stride=2``."""
+        base = f"dense:{','.join(str(v) for v in self.sides)}:window={self.window}:stride={self.stride}"
+        return base + (f":max={self.max_regions}" if self.max_regions != MAX_SLOTS else "")
+
+    def __str__(self) -> str:
+        return self.key
+
+
+#: A dense pass's longer side is at most this many times its ``side`` (a panorama is scaled down to fit),
+#: which bounds the memory of one pass.
+DENSE_MAX_ASPECT = 3
+
+
+def dense_input_size(width: int, height: int, side: int, cell: int = 32) -> tuple[int, int]:
+    """``(W, H)`` of a ``width x height`` image resized for a dense pass: the shorter side scaled to about
+    ``side`` (less where the longer side would exceed ``DENSE_MAX_ASPECT * side``), both sides rounded to a
+    multiple of ``cell`` pixels (at least one cell)."""
+    w, h = int(width), int(height)
+    scale = min(int(side) / min(w, h), DENSE_MAX_ASPECT * int(side) / max(w, h))
+    return (max(cell, int(round(w * scale / cell)) * cell), max(cell, int(round(h * scale / cell)) * cell))
+
+
+def _window_starts(cells: int, window: int, stride: int) -> np.ndarray:
+    """Start cells of windows along an axis: every ``stride`` cells, and one ending at the last cell."""
+    last = cells - window
+    starts = np.arange(0, last + 1, stride, dtype=np.int64)
+    return starts if starts[-1] == last else np.append(starts, last)
+
+
+def dense_layout(width: int, height: int, spec: DenseSpec, cell: int = 32) -> list[dict[str, Any]]:
+    """The passes of a ``width x height`` image under ``spec``, in slot order: for each side
+    ``{"side", "size": (W, H), "window", "xs", "ys"}`` (window start cells along each axis; a region per
+    ``(y, x)`` pair, row by row). The window shrinks to the map where the map is smaller; the stride grows
+    until the image's windows fit ``spec.max_regions`` (shared equally by the sides)."""
+    for name, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise InputError(f"{name} must be a positive integer, got {v!r}")
+    n_sides = len(spec.sides)
+    out = []
+    for j, side in enumerate(spec.sides):
+        budget = spec.max_regions // n_sides + (1 if j < spec.max_regions % n_sides else 0)
+        size = dense_input_size(width, height, side, cell)
+        gw, gh = size[0] // cell, size[1] // cell
+        win = min(spec.window, gw, gh)
+
+        def count(st: int) -> int:
+            return len(_window_starts(gw, win, st)) * len(_window_starts(gh, win, st))
+
+        stride = min(spec.stride, win)
+        if count(stride) > budget:  # the smallest stride that fits (count falls as the stride grows)
+            lo, hi = stride, max(gw, gh)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if count(mid) <= budget else (mid + 1, hi)
+            stride = lo
+        xs, ys = _window_starts(gw, win, stride), _window_starts(gh, win, stride)
+        out.append({"side": side, "size": size, "window": win, "xs": xs, "ys": ys})
+    return out
+
+
+def _dense_boxes(width: int, height: int, layout: list[dict[str, Any]], cell: int = 32) -> np.ndarray:
+    """Pixel boxes ``[R, 5]`` (x0, y0, x1, y1, side) of a dense layout, in the image's own pixels."""
+    rows = []
+    for p in layout:
+        sx, sy = width / p["size"][0], height / p["size"][1]
+        gy, gx = np.meshgrid(p["ys"], p["xs"], indexing="ij")  # row-major
+        cx0, cy0 = gx.ravel() * cell, gy.ravel() * cell
+        cx1, cy1 = cx0 + p["window"] * cell, cy0 + p["window"] * cell
+        x0 = np.clip(np.floor(cx0 * sx + 0.5), 0, width - 1)
+        y0 = np.clip(np.floor(cy0 * sy + 0.5), 0, height - 1)
+        x1 = np.clip(np.maximum(np.floor(cx1 * sx + 0.5), x0 + 1), 1, width)
+        y1 = np.clip(np.maximum(np.floor(cy1 * sy + 0.5), y0 + 1), 1, height)
+        rows.append(np.stack([x0, y0, x1, y1, np.full(len(x0), p["side"])], axis=1))
+    return np.concatenate(rows).astype(np.int64)
+
+
+def pool_windows(fmap: np.ndarray, window: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Means of ``window x window`` blocks of a feature map ``[C, h, w]`` starting at cells ``(ys x xs)``,
+    row by row -> float32 ``[len(ys) * len(xs), C]`` (summed-area table: cost independent of the window)."""
+    f = np.asarray(fmap, dtype=np.float32)
+    c, h, w = f.shape
+    sat = np.zeros((c, h + 1, w + 1), dtype=np.float64)  # float64: no cancellation over large maps
+    np.cumsum(np.cumsum(f, axis=1, dtype=np.float64), axis=2, out=sat[:, 1:, 1:])
+    y0, x0 = np.asarray(ys)[:, None], np.asarray(xs)[None, :]  # [ny, 1], [1, nx]
+    y1, x1 = y0 + window, x0 + window
+    sums = sat[:, y1, x1] - sat[:, y0, x1] - sat[:, y1, x0] + sat[:, y0, x0]  # [C, ny, nx]
+    return (sums.reshape(c, -1).T / float(window * window)).astype(np.float32)
 
 
 def _axis_bounds(length: int, n: int, overlap: float) -> tuple[np.ndarray, np.ndarray]:
@@ -264,18 +435,21 @@ def square_crops(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return out
 
 
-def tile_boxes(width: int, height: int, spec: RegionSpec) -> np.ndarray:
+def tile_boxes(width: int, height: int, spec: RegionSpec | DenseSpec) -> np.ndarray:
     """Pixel boxes of the regions of a ``width x height`` image, in slot order.
 
     Returns
     -------
-    boxes : int64 ``[spec.n_regions, 4]``
+    boxes : int64 ``[R, 4]``
         ``(x0, y0, x1, y1)`` with ``0 <= x0 < x1 <= width`` and ``0 <= y0 < y1 <= height`` (end exclusive,
-        Pillow's crop convention); scale by scale, row by row, left to right.
+        Pillow's crop convention); scale by scale, row by row, left to right. ``R = spec.n_regions`` for a
+        grid; for a dense spec it depends on the image's shape (at most ``spec.max_regions``).
     """
     for name, v in (("width", width), ("height", height)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
             raise InputError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(spec, DenseSpec):
+        return _dense_boxes(int(width), int(height), dense_layout(int(width), int(height), spec))[:, :4]
     out = []
     for n in spec.scales:
         x0, x1 = _axis_bounds(int(width), n, spec.overlap)
@@ -443,8 +617,7 @@ class _RegionWriter:
                 {"id": int(i), "spec": self.spec.key, "item_id": int(p), "slot": int(s), "scale": int(sc),
                  "x0": int(b[0]), "y0": int(b[1]), "x1": int(b[2]), "y1": int(b[3]), "width": int(b[4]),
                  "height": int(b[5])}
-                for i, p, s, sc, b in zip(ids, parent_ids(ids), slot_of(ids),
-                                          self.spec.slot_scales()[slot_of(ids)], boxes)
+                for i, p, s, sc, b in zip(ids, parent_ids(ids), slot_of(ids), boxes[:, 6], boxes)
             ]
             t = regions_table
             with self.ws.catalog.engine.begin() as conn:
@@ -468,10 +641,12 @@ class RegionFailure(Exception):
     """An image that decodes but whose regions fail (crops, inference): reported, the item stays ``ok``."""
 
 
-def _decode_regions(enc: Any, uri: str, spec: RegionSpec) -> tuple[np.ndarray, np.ndarray] | DecodeError:
-    """``(boxes [R, 6], inputs [R, *input_shape])`` of one image, or the reason it cannot be decoded.
+def _decode_regions(enc: Any, uri: str, spec: RegionSpec | DenseSpec) -> tuple[np.ndarray, Any] | DecodeError:
+    """``(boxes [R, 7], inputs)`` of one image, or the reason it cannot be decoded.
 
-    A box row is ``x0, y0, x1, y1, width, height`` (the image's size repeated on every row)."""
+    A box row is ``x0, y0, x1, y1, width, height, scale`` (the image's size repeated on every row; ``scale``
+    is the grid size, or the dense pass's side). ``inputs`` is ``[R, *input_shape]`` for a grid (one crop
+    per tile), and for a dense spec the list of ``(pixels [3, H, W], layout pass)`` of its passes."""
     from .media import decode_image, read_bytes
 
     try:
@@ -481,13 +656,38 @@ def _decode_regions(enc: Any, uri: str, spec: RegionSpec) -> tuple[np.ndarray, n
     except Exception as exc:  # one bad image never stops the run; the reason is recorded on it
         return DecodeError(f"{type(exc).__name__}: {exc}")
     try:
-        boxes = tile_boxes(image.size[0], image.size[1], spec)  # [R, 4]
-        crops = square_crops(boxes, image.size[0], image.size[1]) if spec.square else boxes  # [R, 4]
-        arrays = np.stack([enc.preprocess(image.crop(tuple(int(v) for v in b))) for b in crops])
+        w, h = image.size
+        if isinstance(spec, DenseSpec):
+            cell = int(getattr(enc, "feature_stride", 32))
+            layout = dense_layout(w, h, spec, cell)
+            boxes5 = _dense_boxes(w, h, layout, cell)  # [R, 5]
+            inputs: Any = [(enc.preprocess_dense(image, p["size"]), p) for p in layout]
+            boxes, scale = boxes5[:, :4], boxes5[:, 4:5]
+        else:
+            boxes = tile_boxes(w, h, spec)  # [R, 4]
+            crops = square_crops(boxes, w, h) if spec.square else boxes  # [R, 4]
+            inputs = np.stack([enc.preprocess(image.crop(tuple(int(v) for v in b))) for b in crops])
+            scale = spec.slot_scales()[:, None]
         size = np.broadcast_to(np.asarray(image.size, dtype=np.int64), (len(boxes), 2))  # [R, 2]
-        return np.concatenate([boxes, size], axis=1), arrays
+        return np.concatenate([boxes, size, scale], axis=1), inputs
     except Exception as exc:  # the image is fine, its tiles are not (e.g. too small to crop): regions only
         return RegionFailure(f"its regions could not be made: {type(exc).__name__}: {exc}")
+
+
+def dense_region_vectors(enc: Any, inputs: list[tuple[np.ndarray, dict[str, Any]]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Region vectors of one image's dense passes: ``(L2-normalised [R, dim], extras)`` in slot order.
+
+    The encoder's ``dense_extra`` (efficientnet: ``"imagenet_logits"``) is computed for each window by its
+    ``logits_from_features`` from the window's pooled features, as the whole image's logits are from its
+    pooled features."""
+    raw = np.concatenate([pool_windows(enc.feature_map(x[None])[0], p["window"], p["xs"], p["ys"])
+                          for x, p in inputs])  # [R, dim] unnormalised window means
+    extras = {}
+    name = getattr(enc, "dense_extra", None)  # the extra its head computes from pooled features, if any
+    if name in getattr(enc, "extras_spec", {}) and hasattr(enc, "logits_from_features"):
+        extras[name] = enc.logits_from_features(raw)
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    return raw / np.maximum(norms, 1e-12), extras
 
 
 def embed_regions(
@@ -539,6 +739,9 @@ def embed_regions(
     enc = load_encoder(encoder or ws.default_encoder)
     if "image" not in enc.modalities:
         raise InputError(f"encoder {enc.name!r} does not embed images; regions need an image encoder")
+    if isinstance(spec, DenseSpec) and not (hasattr(enc, "feature_map") and hasattr(enc, "preprocess_dense")):
+        raise InputError(f"dense regions pool a convolutional feature map, which encoder {enc.name!r} does not "
+                         "expose; use efficientnet-lite0 / efficientnet-lite2, or a grid spec")
     ensure_tables(ws)
     store = region_store(ws, enc.name)
     report = RegionEmbedReport(encoder=enc.name, spec=spec.key, regions_per_image=spec.n_regions)
@@ -555,7 +758,11 @@ def embed_regions(
         if len(ids):
             if ids.max() >= MAX_ITEM_ID:
                 raise WorkspaceError(f"item id {int(ids.max())} is too large for region ids (must be < 2**52)")
-            done = store.contains(region_ids(ids[:, None], np.arange(R)[None, :]).ravel()).reshape(len(ids), R).any(axis=1)
+            # An image's regions are committed together, slot 0 first: it is done when slot 0 is stored (a
+            # dense image has a shape-dependent number of regions). Grids check every slot, as they always did.
+            R_check = 1 if isinstance(spec, DenseSpec) else R
+            done = store.contains(region_ids(ids[:, None], np.arange(R_check)[None, :]).ravel()).reshape(
+                len(ids), R_check).any(axis=1)
             ids = ids[~done]
         if limit is not None:
             ids = ids[:limit]
@@ -577,7 +784,7 @@ def _run_pipeline(ws, enc, ids, spec, writer, batch_size, workers, progress) -> 
     workers = workers or max(2, os.cpu_count() or 2)
     R = spec.n_regions
     slots = np.arange(R, dtype=np.int64)
-    window = max(4, (batch_size * 3) // max(R, 1))  # images decoded ahead of inference
+    window = 2 * workers if isinstance(spec, DenseSpec) else max(4, (batch_size * 3) // max(R, 1))  # decoded ahead
     pend_ids: list[np.ndarray] = []
     pend_arrays: list[np.ndarray] = []
     pend_boxes: list[np.ndarray] = []
@@ -613,6 +820,17 @@ def _run_pipeline(ws, enc, ids, spec, writer, batch_size, workers, progress) -> 
                     progress(1)
                 continue
             boxes, arrays = res
+            if isinstance(spec, DenseSpec):  # one image at a time: its passes differ in size from any other's
+                rids = region_ids(np.full(len(boxes), item_id), np.arange(len(boxes)))
+                try:
+                    vecs, extras = dense_region_vectors(enc, arrays)
+                except Exception as exc:
+                    writer.error(item_id, f"region inference failed: {type(exc).__name__}: {exc}")
+                else:
+                    writer.add(rids, vecs, extras, boxes, 1)
+                if progress is not None:
+                    progress(1)
+                continue
             pend_ids.append(region_ids(np.full(R, item_id), slots))
             pend_arrays.append(arrays)
             pend_boxes.append(boxes)

@@ -622,15 +622,31 @@ class Searcher:
             q = q[None, :]
         idx = index or self.region_index()
         R = self.region_spec().n_regions
-        # k images hold at most k * (R + 1) rows, so the top k*(R+1) rows name at least k distinct images
-        # (or all there are): the top-k by best region is exact for an exact index.
-        fetch = min(k * (R + 1), max(idx.ntotal, 1))
+        # If the top F rows name at least k distinct images, the top-k images by best region are exact (for
+        # an exact index): an image missing from them has no row above the F-th, so none above the k-th
+        # image's best. k images hold at most k * (R + 1) rows, so F = k * (R + 1) always suffices; start
+        # smaller (a dense spec allows up to 1,024 regions per image, most of them far from any one query)
+        # and double F for the queries that are still short of k images.
+        cap = min(k * (R + 1), max(idx.ntotal, 1))
+        fetch = min(cap, max(4 * k, k * min(R + 1, 16)))
         per_query = None
         if exclude_items is not None:
             ex = np.asarray(exclude_items, dtype=np.int64).reshape(-1, 1)  # [q, 1]
             per_query = np.concatenate([ex, region_ids(ex, np.arange(R)[None, :])], axis=1)  # [q, R + 1]
-        s, i = idx.search(q, fetch, exclude_ids=self._region_exclusions(keep_duplicates), exclude_per_query=per_query)
-        return best_per_parent(s, i, k)
+        excluded = self._region_exclusions(keep_duplicates)
+        rows = np.arange(len(q))
+        out = [np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64),
+               np.full((len(q), k), -1, np.int64)]
+        while len(rows):
+            s, i = idx.search(q[rows], fetch, exclude_ids=excluded,
+                              exclude_per_query=None if per_query is None else per_query[rows])
+            bs, bp, bt = best_per_parent(s, i, k)
+            done = (bp[:, -1] >= 0) | (fetch >= cap) | ((i < 0).any(axis=1))  # k images, or all there are
+            for arr, val in zip(out, (bs, bp, bt)):
+                arr[rows[done]] = val[done]
+            rows = rows[~done]
+            fetch = min(cap, fetch * 4)
+        return out[0], out[1], out[2]
 
     def _region_hits(self, scores: np.ndarray, ids: np.ndarray, trig: np.ndarray) -> list[list[RegionHit]]:
         from .regions import region_boxes

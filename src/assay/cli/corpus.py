@@ -67,7 +67,7 @@ def embed(
     reset: Annotated[bool, typer.Option("--reset", help="Drop this encoder's stored embeddings first.")] = False,
     regions: Annotated[
         Optional[str],
-        typer.Option("--regions", help="Also embed regions: 'grid:2,3' = the whole image + 2x2 and 3x3 tiles (default: off)."),
+        typer.Option("--regions", help="Also embed regions: 'grid:2,3' = the whole image + 2x2 and 3x3 tiles; 'dense:1792' = windows pooled from one feature map of the image at 1792 px (small objects; efficientnet encoders) (default: off)."),
     ] = None,
     region_overlap: Annotated[
         Optional[float], typer.Option("--region-overlap", min=0.0, max=0.9, help="Fraction of a tile shared with its neighbour (with --regions).")

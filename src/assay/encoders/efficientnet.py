@@ -91,6 +91,18 @@ GRAPH_SPEC: dict[str, Any] = {
     "graph_version": 1,
 }
 
+#: The dense graphs (region search, :mod:`assay.regions` ``dense:`` specs): the head's feature map before
+#: pooling, for any input size, and the final linear layer on its own. Bump on any change of meaning.
+DENSE_GRAPH_SPEC: dict[str, Any] = {
+    "fmap": "head (conv 1x1 -> BN -> ReLU6) before global pooling, [n, 1280, H/32, W/32], dynamic H and W",
+    "head": "final linear layer, pooled 1280-d features -> 1000 ImageNet logits",
+    "graph_version": 1,
+}
+DENSE_INPUT, DENSE_OUTPUT = "pixels", "fmap"
+HEAD_INPUT, HEAD_OUTPUT = "features", "logits"
+#: Input pixels per feature-map cell (the network's output stride).
+FEATURE_STRIDE = 32
+
 BACKENDS = ("onnx", "torch")
 DEFAULT_BACKEND = "onnx"  # measured ~10x faster than eager torch on this CPU (bench/encoders_bare.py)
 ONNX_OPSET = 17
@@ -249,6 +261,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         self.exported_ = False
         self._session: Any = None
         self._torch_model: Any = None
+        self._dense: tuple[Any, Any] | None = None  # ONNX sessions (feature map, head), loaded on first use
         self._version: str | None = None
 
     # -- identity ------------------------------------------------------------------------------------
@@ -335,7 +348,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         self._session = session
         self.onnx_path_ = path
 
-    def _make_session(self, ort: Any, path: Path) -> Any:
+    def _make_session(self, ort: Any, path: Path, *, check_io: bool = True) -> Any:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.num_threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
@@ -349,7 +362,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         names_in = [i.name for i in session.get_inputs()]
         names_out = [o.name for o in session.get_outputs()]
-        if names_in != [ONNX_INPUT] or names_out != list(ONNX_OUTPUTS):
+        if check_io and (names_in != [ONNX_INPUT] or names_out != list(ONNX_OUTPUTS)):
             raise EncoderError(f"unexpected ONNX graph at {path}: inputs {names_in}, outputs {names_out}")
         return session
 
@@ -439,6 +452,98 @@ class EfficientNetLiteEncoder(BaseEncoder):
         idx = np.argsort(-p, axis=1, kind="stable")[:, :k].astype(np.int64)  # [n, k]
         return idx, np.take_along_axis(p, idx, axis=1).astype(np.float32)
 
+    # -- dense features (region search) -------------------------------------------------------------
+
+    #: Input pixels per cell of :meth:`feature_map`.
+    feature_stride = FEATURE_STRIDE
+    #: The extra that :meth:`logits_from_features` computes for a pooled window (region embeddings).
+    dense_extra = "imagenet_logits"
+
+    def preprocess_dense(self, image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        """The whole image (no crop) resized to ``size = (W, H)`` (multiples of :attr:`feature_stride`; see
+        :func:`assay.regions.dense_input_size`), scaled as :meth:`preprocess` does -> float32 ``[3, H, W]``,
+        the input of :meth:`feature_map`."""
+        from PIL import Image
+
+        w, h = (int(v) for v in size)
+        if w < self.feature_stride or h < self.feature_stride:
+            raise InputError(f"dense input size must be at least {self.feature_stride} px a side, got {size!r}")
+        im = ensure_rgb(image).resize((w, h), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
+        pixels = np.asarray(im)  # [H, W, 3] uint8
+        out = np.empty((3, h, w), dtype=np.float32)
+        np.subtract(pixels.transpose(2, 0, 1), np.float32(127.0), out=out)
+        out *= np.float32(1.0 / 128.0)
+        return out
+
+    def feature_map(self, pixels: np.ndarray) -> np.ndarray:
+        """The head's feature map before pooling: ``[n, 3, H, W]`` -> float32 ``[n, 1280, H/32, W/32]``.
+
+        Its mean over the cells is the (unnormalised) embedding of that input, so the mean over a window of
+        cells embeds that part of the image, seen in its context (R-MAC style regional pooling): one pass at
+        high resolution gives every window of an image. H and W should be multiples of 32.
+        """
+        x = np.asarray(pixels)
+        if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < self.feature_stride:
+            raise InputError(f"{self.name} feature_map expects [n, 3, H, W] with H, W >= 32, got {list(x.shape)}")
+        if not np.isfinite(x).all():
+            raise InputError("feature_map input contains NaN or inf")
+        self._load_dense()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._dense is not None:
+            return self._dense[0].run([DENSE_OUTPUT], {DENSE_INPUT: x})[0]
+        import torch
+
+        with torch.inference_mode():
+            return self._torch_model.net.extract_features(
+                torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).contiguous().numpy()
+
+    def logits_from_features(self, features: np.ndarray) -> np.ndarray:
+        """ImageNet logits ``[m, 1000]`` of pooled, *unnormalised* features ``[m, 1280]`` (means of cells of
+        :meth:`feature_map`): the final linear layer alone."""
+        f = np.asarray(features)
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise InputError(f"features must be [m, {self.dim}], got {list(f.shape)}")
+        self._load_dense()
+        f = np.ascontiguousarray(f, dtype=np.float32)
+        if self._dense is not None:
+            return self._dense[1].run([HEAD_OUTPUT], {HEAD_INPUT: f})[0]
+        import torch
+
+        with torch.inference_mode():
+            return self._torch_model.net._fc(torch.from_numpy(f)).numpy()
+
+    def dense_onnx_paths(self) -> tuple[Path, Path]:
+        """Where the dense ONNX exports (feature map, head) for these weights live (they may not exist yet)."""
+        key = spec_hash({"weights_sha256": file_fingerprint(self._weights_path()), "dense": DENSE_GRAPH_SPEC,
+                         "arch": self.name, "exporter": _exporter_id(), "opset": ONNX_OPSET})
+        d = default_cache_dir(self.cache_dir) / "onnx"
+        return d / f"{self.name}-fmap-{key[:24]}.onnx", d / f"{self.name}-head-{key[:24]}.onnx"
+
+    def _load_dense(self) -> None:
+        if not self.loaded:
+            raise EncoderError(f"{self.name} is not loaded; call load() first")
+        if self._session is None or self._dense is not None:
+            return  # torch backend, or loaded already
+        ort = require("onnxruntime", "onnx", f"the {self.name} ONNX backend (or pass backend='torch')")
+        paths = self.dense_onnx_paths()
+        sessions = []
+        for path, export in zip(paths, (_export_onnx_fmap, _export_onnx_head)):
+            session = None
+            if path.is_file():
+                try:
+                    session = self._make_session(ort, path, check_io=False)
+                except Exception:  # noqa: BLE001 - a damaged cache file
+                    path.unlink(missing_ok=True)
+            if session is None:
+                try:
+                    with atomic_path(path) as tmp:
+                        export(self._weights_path(), tmp, self.name)
+                        session = self._make_session(ort, tmp, check_io=False)
+                except OSError as exc:
+                    raise EncoderError(f"cannot write the ONNX cache at {path.parent} ({exc})") from exc
+            sessions.append(session)
+        self._dense = (sessions[0], sessions[1])
+
 
 # ----------------------------------------------------------------------------------------------------
 # torch model and ONNX export
@@ -514,6 +619,41 @@ def _export_onnx(weights: Path, out: Path, arch: str = _ARCH, size: int = INPUT_
         raise EncoderError(
             f"exporting {arch} to ONNX failed: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _export_quiet(torch: Any, module: Any, dummy: Any, out: Path, names: tuple[str, str], dyn: dict, arch: str) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (dummy,), str(out), input_names=[names[0]], output_names=[names[1]],
+                              dynamic_axes=dyn, opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False)
+    except Exception as exc:
+        raise EncoderError(f"exporting {arch} ({names[1]}) to ONNX failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _export_onnx_fmap(weights: Path, out: Path, arch: str = _ARCH) -> None:
+    """Export the feature-map graph (dynamic batch, height and width)."""
+    torch = require("torch", "torch", f"exporting {arch} to ONNX")
+    net = _build_torch_model(weights, arch).net
+
+    class FeatureMap(torch.nn.Module):
+        def __init__(self, net: Any) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            return self.net.extract_features(x)
+
+    dyn = {DENSE_INPUT: {0: "batch", 2: "height", 3: "width"}, DENSE_OUTPUT: {0: "batch", 2: "h", 3: "w"}}
+    _export_quiet(torch, FeatureMap(net).eval(), torch.zeros((1, 3, 64, 96)), out, (DENSE_INPUT, DENSE_OUTPUT), dyn, arch)
+
+
+def _export_onnx_head(weights: Path, out: Path, arch: str = _ARCH) -> None:
+    """Export the final linear layer alone (pooled features -> logits)."""
+    torch = require("torch", "torch", f"exporting {arch} to ONNX")
+    fc = _build_torch_model(weights, arch).net._fc.eval()
+    dyn = {HEAD_INPUT: {0: "batch"}, HEAD_OUTPUT: {0: "batch"}}
+    _export_quiet(torch, fc, torch.zeros((2, fc.in_features)), out, (HEAD_INPUT, HEAD_OUTPUT), dyn, arch)
 
 
 class EfficientNetLite0Encoder(EfficientNetLiteEncoder):

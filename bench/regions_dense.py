@@ -1,0 +1,182 @@
+"""Benchmark: dense regions (windows pooled from one high-resolution feature map) against whole-image search.
+
+The corpus and queries are those of bench/regions.py: ImageNet-sample backgrounds (non-animal, non-vehicle
+classes), one CIFAR-10 *train* photo pasted into each at 10 % or 20 % of the shorter side; queries by exemplar
+(unpasted CIFAR-10 *test* photos) and by text (``a photo of a <class>``, ConSE bridge with MiniLM).
+
+It runs the library's path end to end: ``embed`` (whole images), ``embed_regions(spec=dense:...)``,
+``build_index(kind="flat")``; recall@k of each class's positives of one size is computed in numpy from the
+stores (an image scores by the max over itself and its regions, regions of any number per image) and
+cross-checked against :meth:`assay.search.Searcher.search_regions_batch` and ``search_regions_texts``.
+
+Cost: seconds per image of the whole-image embedding and of the region pass, regions per image, bytes per
+image of the region store (measured on disk) and of the flat joint index.
+
+    python bench/regions_dense.py --n 200 --spec dense:1792:window=5:stride=2       # quick
+    python bench/regions_dense.py --n 500 --k 100                                   # the reported run
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import emit, machine, peak_rss_mb, shared_data
+from regions import _dir_bytes, _make_corpus, _recall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--n", type=int, default=500, help="corpus images (half with 10 %% objects, half with 20 %%)")
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--exemplars", type=int, default=5, help="exemplar queries per class")
+    ap.add_argument("--spec", default="dense:1792:window=5:stride=2", help="the dense region spec")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", default=None, help="keep the workspace in this folder")
+    args = ap.parse_args()
+    data = shared_data(args.data)
+    if data is None:
+        emit({"benchmark": "regions_dense", "skipped": "shared data not found (set ASSAY_SHARED_DATA)"})
+        return
+    from assay import Workspace, embed, ingest
+    from assay.embed import load_encoder
+    from assay.regions import embed_regions, parent_ids, parse_region_spec, region_store
+    from assay.search import Searcher, _class_text_embeddings, build_index
+    from assay.zeroshot import conse_image_vectors
+
+    rng = np.random.default_rng(args.seed)
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="assay-bench-dense-"))
+    try:
+        rows, queries, classes = _make_corpus(data, tmp / "imgs", args.n, args.exemplars, rng)
+        ws = Workspace.init(tmp / "ws")
+        ingest(ws.catalog, [tmp / "imgs"])
+        t0 = time.perf_counter()
+        embed(ws, batch_size=32)
+        t_whole = time.perf_counter() - t0
+        spec = parse_region_spec(args.spec)
+        t0 = time.perf_counter()
+        rrep = embed_regions(ws, spec=spec)
+        t_regions = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        brep = build_index(ws, kind="flat")
+        t_index = time.perf_counter() - t0
+
+        enc = load_encoder(ws.default_encoder)
+        uri_row = {str(tmp / "imgs" / r[0]): k for k, r in enumerate(rows)}
+        ids = ws.catalog.ids()
+        uris = ws.catalog.uris(ids)
+        item_ids = np.asarray(sorted(int(i) for i in ids), dtype=np.int64)
+        row_of = np.asarray([uri_row[uris[int(i)]] for i in item_ids])
+        cls = np.asarray([rows[r][1] for r in row_of])  # [N]
+        frac = np.asarray([rows[r][2] for r in row_of])  # [N]
+        pos = {int(i): j for j, i in enumerate(item_ids)}
+        store, rstore = ws.vectors(), region_store(ws)
+        V = store.get(item_ids)  # [N, d]
+        rids, RV = rstore.load()  # [M], [M, d]
+        owner = np.asarray([pos[int(p)] for p in parent_ids(rids)])  # [M] row of the parent image
+        per_image = np.bincount(owner, minlength=len(item_ids))
+        class_emb, _ = _class_text_embeddings(ws)
+        CV = conse_image_vectors(store.get(item_ids, extra="imagenet_logits", dtype=np.float16), class_emb)
+        _, RL = rstore.load(extra="imagenet_logits", dtype=np.float16)
+        RCV = conse_image_vectors(RL, class_emb)  # [M, 384]
+        del RL
+
+        ex_q = {c: enc.embed_images(queries[c]) for c in range(10)}  # [exemplars, d] per class
+        searcher = Searcher(ws)
+        text_q, _route = searcher.vectors_for_texts([f"a photo of a {c}" for c in classes])  # [10, 384]
+
+        def image_scores(item_vecs, region_vecs, q, regions: bool):
+            s = item_vecs @ q  # [N]
+            if regions:
+                np.maximum.at(s, owner, region_vecs @ q)
+            return s
+
+        def evaluate(item_vecs, region_vecs, qs_by_class, regions):
+            out = {0.1: [], 0.2: []}
+            for c, qs in qs_by_class.items():
+                for q in np.atleast_2d(qs):
+                    s = image_scores(item_vecs, region_vecs, q, regions)
+                    for f in (0.1, 0.2):
+                        out[f].append(_recall(s, (cls == c) & (frac == f), args.k))
+            return {f"{int(f * 100)}%": round(float(np.mean(v)), 3) for f, v in out.items()}
+
+        text_by_class = {c: text_q[c] for c in range(10)}
+        results = {
+            "whole": {"exemplar": evaluate(V, RV, ex_q, False), "text": evaluate(CV, RCV, text_by_class, False)},
+            spec.key: {"exemplar": evaluate(V, RV, ex_q, True), "text": evaluate(CV, RCV, text_by_class, True)},
+        }
+        # the library's region search on the flat joint index agrees with the numpy ranking
+        check = []
+        t0 = time.perf_counter()
+        lib_hits = searcher.search_regions_batch(np.stack([ex_q[c][0] for c in range(10)]), k=args.k)
+        t_search = (time.perf_counter() - t0) / 10
+        for c in range(10):
+            s = image_scores(V, RV, ex_q[c][0], True)
+            want = set(item_ids[np.argsort(-s, kind="stable")[: args.k]].tolist())
+            check.append(len(want & {h.id for h in lib_hits[c]}) / args.k)
+        text_hits = searcher.search_regions_texts([f"a photo of a {classes[0]}"], k=args.k)[0]
+        s = image_scores(CV, RCV, text_q[0], True)
+        want = set(item_ids[np.argsort(-s, kind="stable")[: args.k]].tolist())
+        check.append(len(want & {h.id for h in text_hits}) / args.k)
+        # how much of the object the box of a correct hit covers (first exemplar of each class, top 20)
+        cover = []
+        for c in range(10):
+            for h in lib_hits[c][:20]:
+                r = rows[row_of[pos[h.id]]]
+                if r[1] == c and h.box is not None:
+                    ox0, oy0, ox1, oy1 = r[3]
+                    bx0, by0, bx1, by1 = h.box
+                    inter = max(0, min(ox1, bx1) - max(ox0, bx0)) * max(0, min(oy1, by1) - max(oy0, by0))
+                    cover.append(inter / ((ox1 - ox0) * (oy1 - oy0)))
+
+        base = results["whole"]
+        ratio = {how: {f: (round(results[spec.key][how][f] / base[how][f], 2) if base[how][f] > 0 else None)
+                       for f in ("10%", "20%")} for how in ("exemplar", "text")}
+        n_img = len(item_ids)
+        emit({
+            "benchmark": "regions_dense",
+            "setup": {"corpus_images": n_img, "k": args.k, "random_recall_at_k": round(args.k / n_img, 3),
+                      "exemplar_queries": 10 * args.exemplars, "text_queries": 10, "spec": spec.key,
+                      "encoder": enc.name, "text_route": "ConSE bridge (minilm)",
+                      "object_side": "10 % or 20 % of the background's shorter side",
+                      "backgrounds": "ImageNet sample, non-animal non-vehicle classes"},
+            "recall_at_k": results,
+            "ratio_vs_whole": ratio,
+            "target_2x_for_10pct": {"exemplar": ratio["exemplar"]["10%"], "text": ratio["text"]["10%"],
+                                    "met_by_exemplar": bool((ratio["exemplar"]["10%"] or 0) >= 2.0),
+                                    "met_by_text": bool((ratio["text"]["10%"] or 0) >= 2.0)},
+            "library_search_agrees_with_numpy": [round(x, 3) for x in check],
+            "box_covers_object_fraction_mean": round(float(np.mean(cover)), 3) if cover else None,
+            "cost": {
+                "whole_embed_s_per_image": round(t_whole / n_img, 4),
+                "region_pass_s_per_image": round(t_regions / n_img, 4),
+                "time_ratio_vs_whole": round((t_whole + t_regions) / t_whole, 1),
+                "regions_per_image": {"mean": round(float(per_image.mean()), 1), "min": int(per_image.min()),
+                                      "max": int(per_image.max())},
+                "region_store_bytes_per_image": round(_dir_bytes(rstore.root) / n_img),
+                "item_store_bytes_per_image": round(_dir_bytes(store.root) / n_img),
+                "joint_index_bytes_per_image": round(float(brep["regions"]["index"]["bytes_per_vector"])
+                                                     * (1 + per_image.mean())),
+                "region_search_s_per_query": round(t_search, 4),
+            },
+            "seconds": {"embed_whole": round(t_whole, 1), "embed_regions": round(t_regions, 1),
+                        "index": round(t_index, 1)},
+            "embed_report": rrep.to_dict() | {"error_samples": rrep.to_dict()["error_samples"][:3]},
+            "peak_rss_mb": round(peak_rss_mb(), 1), "machine": machine(),
+        })
+        ws.close()
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
