@@ -593,9 +593,24 @@ def test_dense_regions_find_the_small_patch_with_its_box(dense_ws):
     for v, i in zip(np.concatenate([V, RV]).astype(np.float32) @ q, np.concatenate([ids, rids])):
         p = int(parent_ids([i])[0])
         best[p] = max(best.get(p, -9.0), float(v))
-    got = s.search_regions(vector=q, k=10)
-    want_rank = sorted(best.items(), key=lambda kv: -kv[1])[:10]
-    assert np.allclose([hh.score for hh in got], [v for _, v in want_rank], atol=2e-3)
+    from assay.index import VectorIndex
+
+    calls = []
+    real_search = VectorIndex.search
+
+    def counting(self, *a, **kw):
+        calls.append(a[1] if len(a) > 1 else kw.get("k"))
+        return real_search(self, *a, **kw)
+
+    for k in (10, 17):  # k = 17, every image: the first fetch names too few images and has to grow
+        calls.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(VectorIndex, "search", counting)
+            got = s.search_regions(vector=q, k=k)
+        if k == 17:
+            assert len(calls) >= 2 and calls[1] > calls[0]
+        want_rank = sorted(best.items(), key=lambda kv: -kv[1])[:k]
+        assert len(got) == k and np.allclose([hh.score for hh in got], [v for _, v in want_rank], atol=2e-3)
 
 
 def test_dense_regions_resume_exactly_once(dense_ws, monkeypatch):

@@ -626,7 +626,7 @@ class Searcher:
         # an exact index): an image missing from them has no row above the F-th, so none above the k-th
         # image's best. k images hold at most k * (R + 1) rows, so F = k * (R + 1) always suffices; start
         # smaller (a dense spec allows up to 1,024 regions per image, most of them far from any one query)
-        # and double F for the queries that are still short of k images.
+        # and grow F 4x for the queries that are still short of k images.
         cap = min(k * (R + 1), max(idx.ntotal, 1))
         fetch = min(cap, max(4 * k, k * min(R + 1, 16)))
         per_query = None
