@@ -320,33 +320,33 @@ class EfficientNetLiteEncoder(BaseEncoder):
     def _load_onnx(self) -> None:
         ort = require("onnxruntime", "onnx", f"the {self.name} ONNX backend (or pass backend='torch')")
         path = self.onnx_cache_path()
-        self.exported_ = False
-        session = None
+        self._session, self.exported_ = self._cached_session(
+            ort, path, lambda tmp: _export_onnx(self._weights_path(), tmp, self.name, self.input_size), check_io=True)
+        self.onnx_path_ = path
+
+    def _cached_session(self, ort: Any, path: Path, export: Any, *, check_io: bool) -> tuple[Any, bool]:
+        """``(session, exported)`` for the ONNX file at ``path``: the cached file, or ``export(tmp)`` written
+        atomically and validated in onnxruntime before it becomes the cache entry."""
         if path.is_file():
             try:
-                session = self._make_session(ort, path)
+                return self._make_session(ort, path, check_io=check_io), False
             except Exception:  # noqa: BLE001 - a damaged cache file (unlikely: written atomically)
                 path.unlink(missing_ok=True)
-                session = None
-        if session is None:
-            try:
-                with atomic_path(path) as tmp:
-                    _export_onnx(self._weights_path(), tmp, self.name, self.input_size)
-                    try:  # validate before it becomes the cache entry
-                        session = self._make_session(ort, tmp)
-                    except Exception as exc:
-                        raise EncoderError(
-                            f"the exported {self.name} ONNX model does not load in onnxruntime "
-                            f"{getattr(ort, '__version__', '?')}: {type(exc).__name__}: {exc}"
-                        ) from exc
-            except OSError as exc:
-                raise EncoderError(
-                    f"cannot write the ONNX cache at {path.parent} ({exc}); "
-                    "pass cache_dir= or set ASSAY_CACHE_DIR"
-                ) from exc
-            self.exported_ = True
-        self._session = session
-        self.onnx_path_ = path
+        try:
+            with atomic_path(path) as tmp:
+                export(tmp)
+                try:  # validate before it becomes the cache entry
+                    session = self._make_session(ort, tmp, check_io=check_io)
+                except Exception as exc:
+                    raise EncoderError(
+                        f"the exported {self.name} ONNX model does not load in onnxruntime "
+                        f"{getattr(ort, '__version__', '?')}: {type(exc).__name__}: {exc}"
+                    ) from exc
+        except OSError as exc:
+            raise EncoderError(
+                f"cannot write the ONNX cache at {path.parent} ({exc}); pass cache_dir= or set ASSAY_CACHE_DIR"
+            ) from exc
+        return session, True
 
     def _make_session(self, ort: Any, path: Path, *, check_io: bool = True) -> Any:
         opts = ort.SessionOptions()
@@ -382,11 +382,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         box = ((w - side) / 2.0, (h - side) / 2.0, (w + side) / 2.0, (h + side) / 2.0)
         size = self.input_size
         im = im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP)
-        pixels = np.asarray(im)  # [224, 224, 3] uint8
-        out = np.empty(self.input_shape, dtype=np.float32)  # [3, 224, 224]
-        np.subtract(pixels.transpose(2, 0, 1), np.float32(127.0), out=out)
-        out *= np.float32(1.0 / 128.0)  # exact: a power of two, the same floats as dividing by 128
-        return out
+        return _scaled_chw(np.asarray(im))  # [3, 224, 224]
 
     # -- inference -----------------------------------------------------------------------------------
 
@@ -469,11 +465,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         if w < self.feature_stride or h < self.feature_stride:
             raise InputError(f"dense input size must be at least {self.feature_stride} px a side, got {size!r}")
         im = ensure_rgb(image).resize((w, h), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
-        pixels = np.asarray(im)  # [H, W, 3] uint8
-        out = np.empty((3, h, w), dtype=np.float32)
-        np.subtract(pixels.transpose(2, 0, 1), np.float32(127.0), out=out)
-        out *= np.float32(1.0 / 128.0)
-        return out
+        return _scaled_chw(np.asarray(im))  # [3, H, W]
 
     def feature_map(self, pixels: np.ndarray) -> np.ndarray:
         """The head's feature map before pooling: ``[n, 3, H, W]`` -> float32 ``[n, 1280, H/32, W/32]``.
@@ -525,29 +517,25 @@ class EfficientNetLiteEncoder(BaseEncoder):
         if self._session is None or self._dense is not None:
             return  # torch backend, or loaded already
         ort = require("onnxruntime", "onnx", f"the {self.name} ONNX backend (or pass backend='torch')")
-        paths = self.dense_onnx_paths()
-        sessions = []
-        for path, export in zip(paths, (_export_onnx_fmap, _export_onnx_head)):
-            session = None
-            if path.is_file():
-                try:
-                    session = self._make_session(ort, path, check_io=False)
-                except Exception:  # noqa: BLE001 - a damaged cache file
-                    path.unlink(missing_ok=True)
-            if session is None:
-                try:
-                    with atomic_path(path) as tmp:
-                        export(self._weights_path(), tmp, self.name)
-                        session = self._make_session(ort, tmp, check_io=False)
-                except OSError as exc:
-                    raise EncoderError(f"cannot write the ONNX cache at {path.parent} ({exc})") from exc
-            sessions.append(session)
+        fmap_path, head_path = self.dense_onnx_paths()
+        weights = self._weights_path()
+        sessions = [self._cached_session(ort, path, lambda tmp, f=export: f(weights, tmp, self.name), check_io=False)[0]
+                    for path, export in ((fmap_path, _export_onnx_fmap), (head_path, _export_onnx_head))]
         self._dense = (sessions[0], sessions[1])
 
 
 # ----------------------------------------------------------------------------------------------------
 # torch model and ONNX export
 # ----------------------------------------------------------------------------------------------------
+
+
+def _scaled_chw(pixels: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` -> float32 ``[3, H, W]`` scaled as ``(x - 127) / 128`` (one pass, no copy of
+    the transpose)."""
+    out = np.empty((3, pixels.shape[0], pixels.shape[1]), dtype=np.float32)
+    np.subtract(pixels.transpose(2, 0, 1), np.float32(127.0), out=out)
+    out *= np.float32(1.0 / 128.0)  # exact: a power of two, the same floats as dividing by 128
+    return out
 
 
 def _exporter_id() -> str:
