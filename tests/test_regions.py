@@ -200,6 +200,7 @@ def test_plain_embed_adds_no_regions(ws):
 def test_region_search_finds_the_small_patch_with_its_box(ws):
     rep = embed_regions(ws, spec="grid:2,3", batch_size=16)
     assert rep.images == 30 and rep.regions == 30 * 13 and rep.errors == 0
+    assert rep.to_dict()["regions_per_image"] == 13 == rep.to_dict()["max_regions_per_image"]
     brep = build_index(ws, kind="flat")
     assert brep["regions"]["items"] == 30 and brep["regions"]["regions"] == 390
     s = Searcher(ws)
@@ -568,6 +569,10 @@ def test_dense_regions_find_the_small_patch_with_its_box(dense_ws):
         w, h = _size_of(ws, int(i))
         want[int(i)] = sum(len(p["xs"]) * len(p["ys"]) for p in dense_layout(w, h, spec, cell=8))
     assert rep.regions == sum(want.values()) == len(region_store(ws))
+    # the report gives the mean count of this run, and the spec's cap apart
+    d = rep.to_dict()
+    assert d["regions_per_image"] == round(rep.regions / 17, 1) and d["max_regions_per_image"] == spec.n_regions
+    assert d["regions_per_image"] < d["max_regions_per_image"]
     for i, n in want.items():
         assert len(regions_of(ws, i)) == n
     _ids, logits = region_store(ws).load(extra="head")

@@ -549,7 +549,7 @@ def region_spec_of(ws: Workspace, encoder: str | None = None) -> RegionSpec | No
 class RegionEmbedReport:
     encoder: str
     spec: str
-    regions_per_image: int
+    max_regions_per_image: int  # a grid's exact count; a dense spec's cap (its count depends on the image's shape)
     pending: int = 0  # images whose regions needed embedding
     images: int = 0  # images whose regions this run committed
     regions: int = 0  # region rows committed by this run
@@ -559,9 +559,15 @@ class RegionEmbedReport:
     seconds: float = 0.0
     total_regions: int = 0
 
+    @property
+    def regions_per_image(self) -> float:
+        """Mean regions per image committed by this run (the spec's cap when it committed none)."""
+        return round(self.regions / self.images, 1) if self.images else float(self.max_regions_per_image)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "encoder": self.encoder, "spec": self.spec, "regions_per_image": self.regions_per_image,
+            "max_regions_per_image": self.max_regions_per_image,
             "pending": self.pending, "images": self.images, "regions": self.regions, "errors": self.errors,
             "error_samples": [{"id": i, "reason": r} for i, r in self.error_samples], "shards": self.shards,
             "seconds": round(self.seconds, 3),
@@ -744,7 +750,7 @@ def embed_regions(
                          "expose; use efficientnet-lite0 / efficientnet-lite2, or a grid spec")
     ensure_tables(ws)
     store = region_store(ws, enc.name)
-    report = RegionEmbedReport(encoder=enc.name, spec=spec.key, regions_per_image=spec.n_regions)
+    report = RegionEmbedReport(encoder=enc.name, spec=spec.key, max_regions_per_image=spec.n_regions)
     R = spec.n_regions
     with store:
         if reset:

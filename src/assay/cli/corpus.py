@@ -140,8 +140,8 @@ def embed(
         if region_report is not None:
             rr = region_report
             out.print(
-                f"regions {rr.spec}: {rr.regions} regions of {rr.images} of {rr.pending} pending images, {rr.errors} failed "
-                f"({rr.seconds:.1f} s); {rr.total_regions} regions stored in all"
+                f"regions {rr.spec}: {rr.regions} regions ({rr.regions_per_image:g} per image) of {rr.images} of "
+                f"{rr.pending} pending images, {rr.errors} failed ({rr.seconds:.1f} s); {rr.total_regions} regions stored in all"
             )
         out.print(
             f"{report.encoder}: embedded {report.embedded} of {report.pending} pending items, {report.errors} failed "
