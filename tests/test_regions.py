@@ -392,6 +392,31 @@ def test_region_proba_picks_the_best_region():
     assert np.allclose(p, [0.7, 0.9]) and t.tolist() == [int(region_ids([1], [1])[0]), 2]
 
 
+def test_region_proba_in_blocks_equals_one_pass(monkeypatch):
+    import assay.regions as R
+
+    class Model:
+        def predict_proba(self, X):
+            return X[:, 0]
+
+    rng = np.random.default_rng(3)
+    items, n_regions = np.arange(1, 41, dtype=np.int64), 7
+    rids = region_ids(items[:, None], np.arange(n_regions)[None, :]).ravel()
+    table = {int(i): rng.random() for i in np.concatenate([items, rids])}
+    stored = set(int(i) for i in rids[rng.random(len(rids)) < 0.6])  # some images have few or no regions
+    args = (Model(), items, lambda ids: np.array([[table[int(i)]] for i in ids]),
+            lambda ids: np.array([[table[int(i)]] for i in ids]), n_regions,
+            lambda ids: np.array([int(i) in stored for i in ids]))
+    p1, t1 = region_proba(*args)
+    monkeypatch.setattr(R, "REGION_PROBA_BLOCK", 10)  # one image per block
+    p2, t2 = region_proba(*args)
+    assert np.array_equal(p1, p2) and np.array_equal(t1, t2)
+    for k, i in enumerate(items):  # brute force: the best of the image and its stored regions
+        cands = [int(i)] + [int(r) for r in region_ids(np.full(n_regions, i), np.arange(n_regions)) if int(r) in stored]
+        best = max(cands, key=lambda c: table[c])
+        assert p1[k] == np.float32(table[best]) and t1[k] == best
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_embed_regions_and_search_regions_json(tmp_path):
     runner = CliRunner()

@@ -1155,6 +1155,9 @@ def _check_batch(n: Any) -> int:
     return int(n)
 
 
+REGION_PROBA_BLOCK = 1 << 18  # region ids looked up per block in region_proba
+
+
 def region_proba(model: Any, item_ids: np.ndarray, item_vectors: Callable[[np.ndarray], np.ndarray],
                  region_vectors: Callable[[np.ndarray], np.ndarray], n_regions: int,
                  has_regions: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -1180,17 +1183,23 @@ def region_proba(model: Any, item_ids: np.ndarray, item_vectors: Callable[[np.nd
     best = np.asarray(model.predict_proba(np.asarray(item_vectors(item_ids), dtype=np.float32)), dtype=np.float64)  # [m]
     trig = item_ids.copy()
     if n_regions and m:
-        rids = region_ids(item_ids[:, None], np.arange(n_regions)[None, :]).ravel()  # [m * R]
-        ok = has_regions(rids) if has_regions is not None else np.ones(len(rids), bool)
-        if ok.any():
+        step = max(1, REGION_PROBA_BLOCK // n_regions)  # images per block: bounds memory for dense specs' 1,024 slots
+        slots = np.arange(n_regions)[None, :]
+        for s in range(0, m, step):
+            blk = item_ids[s : s + step]
+            b = len(blk)
+            rids = region_ids(blk[:, None], slots).ravel()  # [b * R]
+            ok = has_regions(rids) if has_regions is not None else np.ones(len(rids), bool)
+            if not ok.any():
+                continue
             p = np.full(len(rids), -np.inf)
             p[ok] = model.predict_proba(np.asarray(region_vectors(rids[ok]), dtype=np.float32))
-            p = p.reshape(m, n_regions)  # [m, R]
-            j = np.argmax(p, axis=1)  # [m]
-            pr = p[np.arange(m), j]
-            better = pr > best
-            best = np.where(better, pr, best)
-            trig = np.where(better, rids.reshape(m, n_regions)[np.arange(m), j], trig)
+            p = p.reshape(b, n_regions)  # [b, R]
+            j = np.argmax(p, axis=1)  # [b]
+            pr = p[np.arange(b), j]
+            better = pr > best[s : s + step]
+            best[s : s + step] = np.where(better, pr, best[s : s + step])
+            trig[s : s + step] = np.where(better, rids.reshape(b, n_regions)[np.arange(b), j], trig[s : s + step])
     return best, trig
 
 
