@@ -49,7 +49,7 @@ def test_init_ingest_embed_status_json(tmp_path):
 
 def test_errors_are_one_clear_line_and_exit_code(tmp_path):
     r = _run("status", "-w", str(tmp_path / "nowhere"))
-    assert r.exit_code == 1 and "no assay workspace" in r.output
+    assert r.exit_code == 2 and "no assay workspace" in r.output
     ws = str(tmp_path / "ws")
     _run("init", ws)
     r = _run("-w", ws, "ingest", str(tmp_path / "missing"))

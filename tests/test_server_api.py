@@ -274,6 +274,48 @@ def test_stale_round_is_refused(ws, client):
     assert client.get("/api/concepts/red/rounds/1").json()["open"] is False
 
 
+def test_a_retry_of_a_saved_submission_is_replayed_even_once_its_round_is_stale(ws, client):
+    t = truth(ws)
+    b1 = _first_round(client)
+    first = _sub("retry-after-stale-1", "carol", 1, [(b1["items"][0]["id"], 1)])
+    r = client.post("/api/concepts/red/labels", json=first)
+    assert r.status_code == 200 and r.json()["written"] == 1
+    for rnd in (1, 2):
+        batch = client.get("/api/concepts/red/rounds/latest").json()
+        ids = [it["id"] for it in batch["items"]]
+        client.post("/api/concepts/red/labels", json=_sub(f"fill-{rnd}-xyz", "ann", batch["round"], [(i, t[i]) for i in ids]))
+        assert client.get("/api/concepts/red/proposer", params={"wait": 20}).json()["state"] == "done"
+    assert client.get("/api/concepts/red/rounds/latest").json()["round"] == 3
+    n0 = label_rows(ws)
+    r = client.post("/api/concepts/red/labels", json=first)  # the same request again: saved, so replayed
+    assert r.status_code == 200 and r.json()["replayed"] is True and r.json()["written"] == 0
+    changed = _sub("retry-after-stale-1", "carol", 1, [(b1["items"][0]["id"], 0)])
+    assert client.post("/api/concepts/red/labels", json=changed).status_code == 409
+    assert label_rows(ws) == n0
+
+
+def test_nan_and_infinity_in_bodies_are_422_not_500(ws, client):
+    _first_round(client)
+    for raw in ('{"submission_id":"abcdefgh1","annotator":"a","round":NaN,"labels":[]}',
+                '{"submission_id":"abcdefgh1","annotator":"a","round":1,"labels":[{"item_id":1e400,"value":1}]}',
+                '{"submission_id":"abcdefgh1","annotator":"a","round":1,"labels":[{"item_id":1,"value":Infinity}]}'):
+        r = client.post("/api/concepts/red/labels", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (raw, r.status_code, r.text)
+        assert r.json()["detail"]
+    r = client.post("/api/concepts", content='{"name":"x","exemplars":[Infinity]}', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_thumbnail_errors_name_the_file_never_its_path(ws, client):
+    from pathlib import Path
+
+    item = ws.catalog.get(int(ws.catalog.ids()[0]))
+    Path(item.uri).unlink()
+    r = client.get(f"/api/items/{item.id}/thumb")
+    assert r.status_code == 404 and Path(item.uri).name in r.json()["detail"]
+    assert str(Path(item.uri).parent) not in r.json()["detail"]
+
+
 def test_oversized_bodies_are_refused_before_parsing(ws):
     app = create_app(ws, ServerConfig(max_body_bytes=2000))
     with TestClient(app) as c:

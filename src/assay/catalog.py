@@ -35,7 +35,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .errors import CatalogError, InputError, MissingDependencyError, NotFoundError
+from .errors import MAX_INT64, CatalogError, InputError, MissingDependencyError, NotFoundError
 
 __all__ = [
     "ITEM_STATUSES",
@@ -207,6 +207,8 @@ class ItemRow:
 
 
 def _redact(url: str) -> str:
+    if url.startswith("sqlite:"):  # no password to hide; the path is literal (see Catalog.open)
+        return url
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:  # pragma: no cover - a URL SQLAlchemy cannot parse is reported as given
@@ -301,8 +303,7 @@ class _MiningMixin:
 
     # ------------------------------------------------------------------ concepts
     def add_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] = ()) -> Concept:
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise InputError(f"a concept name must be a non-empty string of at most 200 characters, got {name!r}")
+        self.check_concept_name(name)
         if text is not None and not text.strip():
             raise InputError("the concept's --text must not be empty")
         t = concepts_table
@@ -311,6 +312,15 @@ class _MiningMixin:
                 raise InputError(f"concept {name!r} exists already")
             conn.execute(sa.insert(t).values(name=name, text=text, exemplars=[int(i) for i in exemplars], created_at=_now()))
         return self.concept(name)
+
+    @staticmethod
+    def check_concept_name(name: str) -> None:
+        """Raise InputError unless ``name`` can name a concept (also in the labelling page's URLs)."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise InputError(f"a concept name must be a non-empty string of at most 200 characters, got {name!r}")
+        if "/" in name or "\\" in name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name) or name != name.strip():
+            raise InputError(f"a concept name may not contain '/', '\\', control characters or surrounding spaces "
+                             f"(it is part of the labelling page's URLs), got {name!r}")
 
     def update_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] | None = None) -> Concept:
         c = self.concept(name)
@@ -368,6 +378,7 @@ class _MiningMixin:
         return len(rows)
 
     def get_ids_existing(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids if 0 <= int(i) <= MAX_INT64]  # no stored id lies outside int64
         out: list[int] = []
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 900):
@@ -503,10 +514,19 @@ class Catalog(_MiningMixin):
             kwargs["pool_pre_ping"] = True
             if "connect_timeout" not in self.url:
                 kwargs["connect_args"] = {"connect_timeout": self.CONNECT_TIMEOUT}
+        target: Any = self.url
+        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            # The path is taken literally (a folder named "a?b" or "100%" is a folder, not a query string or
+            # an escape).
+            target = sa.engine.URL.create("sqlite", database=self.url[len("sqlite:///") :])
         try:
-            engine = sa.create_engine(self.url, **kwargs)
+            engine = sa.create_engine(target, **kwargs)
         except ModuleNotFoundError as exc:
             raise MissingDependencyError(exc.name or "psycopg", "postgres", "a PostgreSQL catalog") from exc
+        except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:
+            raise InputError(
+                f"unsupported catalog URL {_redact(self.url)!r} ({exc}); use sqlite:///path or postgresql://user@host/db"
+            ) from exc
         if engine.dialect.name == "sqlite":
 
             @sa.event.listens_for(engine, "connect")
@@ -541,6 +561,9 @@ class Catalog(_MiningMixin):
                 raise CatalogError(
                     f"cannot open the catalog at {_redact(self.url)}: {str(exc.orig).strip()}{self._hint(engine)}"
                 ) from exc
+            except sa.exc.DatabaseError as exc:  # e.g. a file that is not a SQLite database
+                engine.dispose()
+                raise CatalogError(f"cannot open the catalog at {_redact(self.url)}: {str(exc.orig).strip()}") from exc
         sa.event.listen(engine, "commit", _count_commit)
         self._engine = engine
         return self
@@ -612,6 +635,54 @@ class Catalog(_MiningMixin):
                 rows = conn.execute(sa.select(items_table.c.uri).where(items_table.c.uri.in_(chunk)))
                 found.update(r.uri for r in rows)
         return found
+
+    #: Reasons (see :func:`assay.media.read_bytes`) of items that could not be *read*: worth another try.
+    READ_ERROR_PREFIXES = ("missing file", "permission denied", "cannot read", "is a directory")
+
+    def error_uris(self, uris: Sequence[str]) -> set[str]:
+        """The subset of ``uris`` whose item has status ``error``."""
+        found: set[str] = set()
+        t = items_table
+        with self.engine.connect() as conn:
+            for start in range(0, len(uris), 900):
+                chunk = list(uris[start : start + 900])
+                rows = conn.execute(sa.select(t.c.uri).where(t.c.uri.in_(chunk)).where(t.c.status == "error"))
+                found.update(r.uri for r in rows)
+        return found
+
+    def revive_items(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Give items that failed (status ``error``) the new probe results in ``rows`` (dicts as for
+        :meth:`add_items`, with status ``ok``): a file that was missing, unreadable or broken and has since
+        been put right. An item is revived when its bytes changed, when it had no bytes (never read), or when
+        it failed to be read (missing file, permission denied, ...); a file whose same bytes failed to decode
+        stays in error. Exact-duplicate links are recomputed for the revived hashes. Returns how many items
+        were revived; rows whose item is not in error, or whose status is not ok, are ignored."""
+        rows = [r for r in rows if r.get("status", "ok") == "ok" and r.get("uri")]
+        if not rows:
+            return 0
+        t = items_table
+        n = 0
+        with self.engine.begin() as conn:
+            for r in rows:
+                changed_or_unread = sa.or_(
+                    t.c.sha256.is_(None), t.c.sha256 != r.get("sha256"),
+                    *[t.c.error.like(p + "%") for p in self.READ_ERROR_PREFIXES],
+                )
+                res = conn.execute(
+                    sa.update(t).where(t.c.uri == r["uri"]).where(t.c.status == "error").where(changed_or_unread).values(
+                        status="ok", error=None, sha256=r.get("sha256"), size=r.get("size"), width=r.get("width"),
+                        height=r.get("height"), format=r.get("format"), duplicate_of=None,
+                    )
+                )
+                n += res.rowcount or 0
+            for sha in sorted({r["sha256"] for r in rows if r.get("sha256")}):
+                ids = [int(x) for x in conn.execute(sa.select(t.c.id).where(t.c.sha256 == sha).order_by(t.c.id)).scalars()]
+                if not ids:
+                    continue
+                conn.execute(sa.update(t).where(t.c.id == ids[0]).values(duplicate_of=None))
+                if len(ids) > 1:
+                    conn.execute(sa.update(t).where(t.c.sha256 == sha).where(t.c.id > ids[0]).values(duplicate_of=ids[0]))
+        return n
 
     def add_items(self, rows: Sequence[dict[str, Any]], source_id: int | None = None) -> int:
         """Insert items whose URI is not in the catalog yet; return how many were new.

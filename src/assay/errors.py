@@ -28,6 +28,7 @@ __all__ = [
     "UnknownNameError",
     "NotFoundError",
     "WorkspaceError",
+    "NoWorkspaceError",
     "IndexNotBuiltError",
     "NoEmbeddingsError",
     "EncoderError",
@@ -70,6 +71,10 @@ class WorkspaceError(AssayError):
     """No workspace where one was expected, or a workspace in a state that cannot serve the request."""
 
 
+class NoWorkspaceError(WorkspaceError, NotFoundError):
+    """No workspace at the path given (bad input: the CLI exits 2)."""
+
+
 class IndexNotBuiltError(WorkspaceError):
     """A search was asked for before an index was built (run `assay index`)."""
 
@@ -110,3 +115,32 @@ def require(module: str, extra: str, purpose: str = ""):
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+
+
+#: The largest id an int64 column holds.
+MAX_INT64 = 2**63 - 1
+
+
+def as_item_id(value: object, where: str = "item id") -> int:
+    """``value`` as an item id: an int, a whole float (``12.0``, as JSON or Parquet may hold ids) or a string of
+    digits, in ``0 .. 2**63 - 1``; booleans, fractions and anything else are refused with :class:`InputError`
+    naming ``where``."""
+    v = value.strip() if isinstance(value, str) else value
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**63:
+        v = int(v)
+    if isinstance(v, str) and v.lstrip("-").isdigit():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        try:
+            import numpy as np
+
+            if isinstance(v, np.integer):
+                v = int(v)
+        except ImportError:  # pragma: no cover
+            pass
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(f"{where} must be an integer, got {value!r}")
+    if not 0 <= v <= MAX_INT64:
+        raise InputError(f"{where} must be between 0 and 2**63 - 1, got {v}")
+    return v
+

@@ -60,6 +60,7 @@ class IngestReport:
     skipped_rows: list[str] = field(default_factory=list)  # manifest rows that could not become items
     error_samples: list[tuple[str, str]] = field(default_factory=list)  # (uri, reason), first few
     exact_duplicates: int = 0  # new items whose bytes equal an earlier item's
+    revived: int = 0  # items in error before whose file is now fine (status back to ok)
     seconds: float = 0.0
 
     @property
@@ -74,6 +75,7 @@ class IngestReport:
             "already_present": self.already_present,
             "errors": self.errors,
             "exact_duplicates": self.exact_duplicates,
+            "revived": self.revived,
             "skipped_files": self.skipped_files,
             "skipped_rows": len(self.skipped_rows),
             "skipped_row_samples": self.skipped_rows[:10],
@@ -117,7 +119,22 @@ def probe_item(cand: _Candidate, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[s
 
 # ---------------------------------------------------------------------------------------------- discovery
 def _suffix(uri: str) -> str:
-    return PurePosixPath(uri.split("?", 1)[0]).suffix.lower()
+    """Lower-case extension; an http(s) URL's query string is not part of it (a file name's ``?`` is)."""
+    if uri.startswith(("http://", "https://")):
+        uri = uri.split("?", 1)[0].split("#", 1)[0]
+    return PurePosixPath(uri).suffix.lower()
+
+
+def _utf8_name(path: str, report: IngestReport) -> bool:
+    """False (and the path noted as skipped) for a file name that is not valid UTF-8: the catalog stores
+    text, so such a file cannot be recorded (rename it)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        report.skipped_rows.append(f"{shown}: file name is not valid UTF-8 (rename it to ingest it)")
+        return False
+    return True
 
 
 def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) -> Iterator[_Candidate]:
@@ -132,6 +149,9 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
             report.skipped_rows.append(f"{d}: {exc}")
             continue
         key = (st.st_dev, st.st_ino)
+        if d != root and (d / "assay.json").is_file() and (d / "vectors").is_dir():
+            report.skipped_rows.append(f"{d}: an assay workspace (its thumbnails and files are not corpus items)")
+            continue
         if key in seen_dirs:
             log.warning("symlink loop or repeated folder skipped: %s", d)
             report.skipped_rows.append(f"{d}: folder already visited (symlink loop)")
@@ -147,14 +167,24 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
             if e.name.startswith("."):
                 report.skipped_files += 1
                 continue
+            if not _utf8_name(e.path, report):
+                report.skipped_files += 1
+                continue
             try:
                 is_dir = e.is_dir(follow_symlinks=True)
+                is_file = not is_dir and e.is_file(follow_symlinks=True)
             except OSError:
-                is_dir = False
+                is_dir = is_file = False
             if is_dir:
                 subdirs.append(Path(e.path))
             elif _suffix(e.name) in extensions:
-                yield _Candidate(uri=file_uri(e.path))
+                if is_file:
+                    yield _Candidate(uri=file_uri(e.path))
+                elif os.path.lexists(e.path) and not os.path.exists(e.path):
+                    yield _Candidate(uri=file_uri(e.path))  # a broken symlink: recorded as "missing file"
+                else:  # a FIFO, socket or device named like an image: opening it could block forever
+                    report.skipped_rows.append(f"{e.path}: not a regular file")
+                    report.skipped_files += 1
             else:
                 report.skipped_files += 1
         stack.extend(reversed(subdirs))
@@ -205,38 +235,68 @@ def _read_manifest_table(uri: str):
     suffix = _suffix(uri)
     try:
         if is_local(uri):
-            src: Any = local_path(uri)
-            if not os.path.exists(src):
+            path = local_path(uri)
+            if not os.path.exists(path):
                 raise NotFoundError(f"manifest does not exist: {uri}")
+            if os.path.isdir(path):
+                raise InputError(f"manifest {uri} is a folder, not a file")
+            with open(path, "rb") as f:
+                data = f.read()
         else:
             import fsspec
 
             with fsspec.open(uri, "rb") as f:
-                src = pa.BufferReader(f.read())
+                data = f.read()
         if suffix == ".csv":
             import pyarrow.csv as pcsv
 
-            return pcsv.read_csv(src, convert_options=pcsv.ConvertOptions(strings_can_be_null=False))
+            # CSV has no types: every column is read as text, so "0001" stays "0001" (a file name) and a
+            # label "007" stays "007". The header is read first to name the columns.
+            try:
+                names = pcsv.open_csv(pa.BufferReader(data)).schema.names
+            except pa.ArrowInvalid as exc:
+                if "Empty CSV file" in str(exc):
+                    names = []
+                else:
+                    raise
+            types = {n: pa.string() for n in names}
+            return pcsv.read_csv(pa.BufferReader(data), convert_options=pcsv.ConvertOptions(
+                strings_can_be_null=False, column_types=types))
         if suffix in (".jsonl", ".ndjson"):
             import pyarrow.json as pjson
 
-            return pjson.read_json(src)
+            return pjson.read_json(pa.BufferReader(data))
         import pyarrow.parquet as pq
 
-        return pq.read_table(src)
+        return pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"cannot read manifest {uri}: {exc}") from exc
+        msg = str(exc)
+        if "UTF8" in msg or "utf8" in msg.lower():
+            msg += " (manifests must be UTF-8 text: re-save it as UTF-8)"
+        raise InputError(f"cannot read manifest {uri}: {msg}") from exc
 
 
-def _walk_manifest(uri: str, report: IngestReport) -> Iterator[_Candidate]:
+def _open_manifest(uri: str, report: IngestReport) -> Iterator[_Candidate]:
+    """Read and check a manifest now (a bad one fails before anything is written); yield its rows later.
+
+    A row is a **text item** when it has text and no image ``uri`` (an empty ``uri``, or one without an image
+    extension, which then names the text item); otherwise an **image item**, its ``text`` (a caption) kept
+    as metadata. A ``modality`` column (``image`` / ``text``) decides explicitly.
+    """
     table = _read_manifest_table(uri)
     cols = table.column_names
     if "uri" not in cols and "text" not in cols:
         raise InputError(
             f"manifest {uri} has columns {cols}; expected a 'uri' column (or a 'text' column for text items)"
         )
+    return _manifest_rows(uri, table, report)
+
+
+def _manifest_rows(uri: str, table: Any, report: IngestReport) -> Iterator[_Candidate]:
+    cols = table.column_names
     base = os.path.dirname(local_path(uri)) if is_local(uri) else uri.rsplit("/", 1)[0]
-    meta_cols = [c for c in cols if c not in ("uri", "text")]
+    has_text, has_modality = "text" in cols, "modality" in cols
+    meta_cols = [c for c in cols if c not in ("uri", "text", "modality")]
     has_id = "id" in cols
     row_no = 0
     for batch in table.to_batches(max_chunksize=_CHUNK):
@@ -249,14 +309,21 @@ def _walk_manifest(uri: str, report: IngestReport) -> Iterator[_Candidate]:
                 text = str(text)
             if raw_uri is not None and not isinstance(raw_uri, str):
                 raw_uri = str(raw_uri)
-            if "text" in cols and text is not None:
-                item_uri = raw_uri or f"{uri}#{'id=' + str(rec['id']) if has_id else 'row=' + str(row_no)}"
-                yield _Candidate(uri=item_uri, modality="text", text=text, meta=meta)
+            raw_uri = raw_uri.strip() if raw_uri else ""
+            modality = str(rec.get("modality") or "").strip().lower() if has_modality else ""
+            if modality not in ("", "image", "text"):
+                report.skipped_rows.append(f"{uri} row {row_no}: modality {modality!r} is not 'image' or 'text'")
                 continue
-            if not raw_uri or not raw_uri.strip():
+            if modality == "text" or (not modality and has_text and text is not None and (
+                    not raw_uri or _suffix(raw_uri) not in IMAGE_EXTENSIONS)):
+                item_uri = raw_uri or f"{uri}#{'id=' + str(rec['id']) if has_id else 'row=' + str(row_no)}"
+                yield _Candidate(uri=item_uri, modality="text", text=text or "", meta=meta)
+                continue
+            if has_text and text:
+                meta.setdefault("text", text)  # an image's caption
+            if not raw_uri:
                 report.skipped_rows.append(f"{uri} row {row_no}: empty uri")
                 continue
-            raw_uri = raw_uri.strip()
             if "://" in raw_uri and not raw_uri.startswith("file://"):
                 item_uri = raw_uri
             else:
@@ -275,9 +342,11 @@ def _discover(source: str, report: IngestReport, extensions: frozenset[str]) -> 
     source = str(source)
     suffix = _suffix(source)
     if suffix in MANIFEST_EXTENSIONS:
-        return "manifest", _walk_manifest(source if "://" in source else str(Path(source).absolute()), report)
+        return "manifest", _open_manifest(source if "://" in source else file_uri(local_path(source)), report)
     if "://" in source and not source.startswith("file://"):
         return "fsspec", _walk_fsspec(source, report, extensions)
+    if not _utf8_name(local_path(source), IngestReport()):
+        raise InputError(f"source path is not valid UTF-8: {source!r} (rename it)")
     path = Path(local_path(source))
     if not path.exists():
         if path.is_symlink():
@@ -285,6 +354,8 @@ def _discover(source: str, report: IngestReport, extensions: frozenset[str]) -> 
         raise NotFoundError(f"source does not exist: {source}")
     if path.is_dir():
         return "folder", _walk_local(path, report, extensions)
+    if not path.is_file():
+        raise InputError(f"source is not a regular file or folder (a FIFO, socket or device?): {source}")
     return "file", iter([_Candidate(uri=file_uri(path))])
 
 
@@ -308,11 +379,14 @@ def ingest(
     extensions: Iterable[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
+    retry_errors: bool = True,
 ) -> IngestReport:
     """Ingest every source into ``catalog``; return a report.
 
     Raises :class:`InputError` or :class:`NotFoundError` for a source that cannot be used at all (checked
     for every source before anything is written); per-item problems are recorded on the items instead.
+    With ``retry_errors`` (the default), items already in the catalog with status ``error`` are probed again
+    and revived when their file is now fine (``report.revived``).
     """
     sources = [str(s) for s in sources]
     if not sources:
@@ -332,6 +406,13 @@ def ingest(
                 existing = catalog.existing_uris([c.uri for c in chunk])
                 todo = [c for c in chunk if c.uri not in existing]
                 report.already_present += len(chunk) - len(todo)
+                if existing and retry_errors:
+                    # Items that failed before (a missing, unreadable or broken file) are probed again: one
+                    # that has been put right becomes ok, and `assay embed` then picks it up.
+                    failed = catalog.error_uris(sorted(existing))
+                    again = [c for c in chunk if c.uri in failed and c.modality == "image"]
+                    if again:
+                        report.revived += catalog.revive_items(list(pool.map(lambda c: probe_item(c, max_pixels), again)))
                 rows = list(pool.map(lambda c: probe_item(c, max_pixels), todo))
                 added = catalog.add_items(rows, source_id=source_id)
                 n_new += added

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EmptyPoolError, InputError, NotFoundError
+from .errors import EmptyPoolError, InputError, NotFoundError, UnknownNameError, as_item_id
 from .index import _in_sorted
 from .workspace import Workspace
 
@@ -280,6 +280,8 @@ def _cold_start(n, rng, corpus_ids, labelled_ids, excluded, seed_hits, random_fr
 # ---------------------------------------------------------------------------------------------- labels
 def parse_label_value(value: Any) -> int:
     """Map a label cell to 1 (positive) or 0 (negative); anything else raises InputError."""
+    if isinstance(value, float) and value in (0.0, 1.0):  # a numeric Parquet/JSON column: 1.0 / 0.0
+        value = int(value)
     s = str(value).strip().lower()
     if s in _POSITIVE:
         return 1
@@ -296,28 +298,45 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
     p = Path(path)
     if not p.exists():
         raise NotFoundError(f"labels file not found: {p}")
-    if p.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+    if not p.is_file():
+        raise InputError(f"labels file {p} is not a file")
+    try:
+        if p.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
 
-        records = pq.read_table(p).to_pylist()
-    elif p.suffix.lower() in (".jsonl", ".ndjson"):
-        records = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{p} line {n}: not JSON: {exc}") from exc
-    else:
-        with open(p, newline="", encoding="utf-8") as f:
-            records = list(csv.DictReader(f))
+            records = pq.read_table(p).to_pylist()
+        elif p.suffix.lower() in (".jsonl", ".ndjson"):
+            records = []
+            for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputError(f"{p} line {n}: not JSON: {exc}") from exc
+                    if not isinstance(rec, dict):
+                        raise InputError(f"{p} line {n}: expected a JSON object such as {{\"id\": 12, \"label\": 1}}, "
+                                         f"got {line.strip()[:80]}")
+                    records.append(rec)
+        else:
+            with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
+                records = list(csv.DictReader(f))
+    except InputError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except Exception as exc:  # pyarrow's errors on a broken Parquet file, an unreadable file
+        raise InputError(f"cannot read labels file {p}: {type(exc).__name__}: {exc}") from exc
     if not records:
         raise InputError(f"{p} holds no label rows")
     cols = set(records[0])
     if "label" not in cols or not ({"id", "uri"} & cols):
         raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
+
+    def blank(v: Any) -> bool:  # 0 and False are labels (negatives), not blanks
+        return v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
+
     # Rows left blank (a batch file not fully labelled yet) are skipped, not errors.
-    numbered = [(n, rec) for n, rec in enumerate(records, 1) if str(rec.get("label") or "").strip() != ""]
+    numbered = [(n, rec) for n, rec in enumerate(records, 1) if not blank(rec.get("label"))]
     if not numbered:
         raise InputError(f"{p}: every label cell is empty; fill the label column (1/0, yes/no) first")
     if len(numbered) < len(records):
@@ -333,13 +352,17 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
             raise InputError(f"{where}: {exc}") from None
         raw_id = rec.get("id")
         if raw_id not in (None, ""):
-            try:
-                ids[k] = int(raw_id)
-            except (TypeError, ValueError):
-                raise InputError(f"{where}: id must be an integer, got {raw_id!r}") from None
+            ids[k] = as_item_id(raw_id, f"{where}: id")
         else:
             uri = rec.get("uri")
-            item = cat.id_for_uri(str(uri)) if uri else None
+            item = None
+            if uri is not None and str(uri).strip():
+                from .media import file_uri, is_local, local_path
+
+                u = str(uri).strip()
+                item = cat.id_for_uri(u)
+                if item is None and is_local(u):  # a file:// URI, or a relative or unnormalised path
+                    item = cat.id_for_uri(file_uri(local_path(u)))
             if item is None:
                 raise InputError(f"{where}: uri {uri!r} is not in the catalog")
             ids[k] = item
@@ -418,7 +441,12 @@ class Miner:
         base_name = strategy.strip().lower().rpartition(":")[2]
         if use is not None and base_name == "value" and use.weight > 0 and "d" not in params:
             params.update(d=use.weight, model_term=use.term)
-        strat = get_strategy(strategy, pool_params={"k": seals_k} if strategy.startswith("seals:") else None, **params)
+        if proxy not in PROXIES:  # checked now: a cold start does not train one, and would record the bad name
+            raise UnknownNameError("proxy", proxy, PROXIES)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        is_seals = strategy.strip().lower().startswith("seals:")
+        strat = get_strategy(strategy, pool_params={"k": seals_k} if is_seals else None, **params)
         searcher = self._searcher()
         store = searcher.store
         t0 = time.perf_counter()
@@ -538,6 +566,14 @@ class Miner:
             )
         searcher = self._searcher()
         store = searcher.store
+        has = store.contains(labelled)
+        if not has.all():  # labels on items without an embedding (failed to decode, ingested after the last embed)
+            log.warning("%d labelled items have no embedding and are left out of training (run `assay embed`)",
+                        int((~has).sum()))
+            labelled, labels = labelled[has], labels[has]
+            if (labels == 1).sum() == 0 or (labels == 0).sum() == 0:
+                raise InputError(f"concept {concept.name!r} needs at least one positive and one negative label on "
+                                 "embedded items to harvest; run `assay embed`")
         model = make_proxy(proxy).fit(store.get(labelled), labels)
         if proxy == "logistic" and not searcher.index().metadata.get("pca"):
             w, _b = model.linear_weights()

@@ -13,7 +13,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import DecodeError, MissingDependencyError
 
@@ -39,7 +38,16 @@ def is_local(uri: str) -> bool:
 
 
 def local_path(uri: str) -> str:
-    return uri.removeprefix("file://")
+    """The filesystem path of a local URI: a plain path as it is; a ``file://`` URI percent-decoded
+    (``file:///a%20b.jpg`` -> ``/a b.jpg``), with an empty or ``localhost`` host (RFC 8089)."""
+    if not uri.startswith("file://"):
+        return uri
+    from urllib.parse import unquote
+
+    rest = uri[len("file://") :]
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    return unquote(rest)
 
 
 #: Pauses between the attempts to read a remote object (``s3://`` ...) that failed with a server error or a
@@ -106,16 +114,30 @@ class ImageInfo:
     mode: str
 
 
+_BOMB_WARNING_SILENCED = False
+
+
+def _silence_bomb_warning(Image) -> None:
+    """assay enforces its own pixel limit (``max_pixels``, :data:`DEFAULT_MAX_PIXELS`) after opening, so
+    Pillow's warning above ~89 Mpx is noise. It is silenced once, process-wide: turning it into an error
+    inside ``warnings.catch_warnings`` per call is not thread-safe (decoding runs in threads), and made the
+    same large image fail or pass at random."""
+    global _BOMB_WARNING_SILENCED
+    if not _BOMB_WARNING_SILENCED:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _BOMB_WARNING_SILENCED = True
+
+
 def _open(data: bytes, max_pixels: int):
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise DecodeError("empty file (0 bytes)")
+    _silence_bomb_warning(Image)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's hard limit (2x its
+        # warning level, ~179 Mpx); the warning only where an application made warnings errors (python -W error)
         raise DecodeError(f"decompression bomb refused: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise DecodeError("not an image: Pillow cannot identify the format") from exc
@@ -204,5 +226,6 @@ def _to_rgb(im):
 
 
 def file_uri(path: str | os.PathLike[str]) -> str:
-    """The URI assay records for a local file: its absolute path (symlinks kept as given)."""
-    return str(Path(path).absolute())
+    """The URI assay records for a local file: its absolute, normalised path (``.`` and ``..`` folded, so the
+    same file reached by two spellings is one item; symlinks kept as given)."""
+    return os.path.abspath(os.fspath(path))

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from .embed import EmbedReport
-from .encoders.base import l2_normalize
 from .errors import InputError, NotFoundError
 from .workspace import Workspace
 
@@ -63,6 +62,22 @@ def _keys_from_table(table, where: str) -> tuple[np.ndarray, str]:
     raise InputError(f"{where} has columns {cols}; expected one of {list(_KEY_COLUMNS)} to match catalog items")
 
 
+def _read(fn, where: str):
+    """Run a file reader; a file numpy or pyarrow cannot read becomes an InputError naming it."""
+    import pyarrow as pa
+
+    try:
+        return fn()
+    except InputError:
+        raise
+    except (ValueError, TypeError, OSError, EOFError, pa.ArrowException) as exc:
+        raise InputError(f"{where}: cannot read it ({type(exc).__name__}: {exc})") from exc
+
+
+def _np_load(f, **kw):
+    return _read(lambda: np.load(f, allow_pickle=False, **kw), str(f))
+
+
 def _discover(source: str) -> list[_Part]:
     import pyarrow.parquet as pq
 
@@ -78,8 +93,8 @@ def _discover(source: str) -> list[_Part]:
                 meta = p / "metadata" / f"metadata_{suffix}.parquet"
                 if not meta.exists():
                     raise InputError(f"{f} has no matching metadata file {meta}")
-                keys, kind = _keys_from_table(pq.read_table(meta), str(meta))
-                parts.append(_Part(str(f), (lambda f=f: np.load(f, mmap_mode="r")), keys, kind))
+                keys, kind = _keys_from_table(_read(lambda meta=meta: pq.read_table(meta), str(meta)), str(meta))
+                parts.append(_Part(str(f), (lambda f=f: _np_load(f, mmap_mode="r")), keys, kind))
             return parts
         files = sorted(str(x) for x in p.rglob("*") if x.suffix in (".npy", ".parquet") and not x.name.endswith((".ids.npy", "_ids.npy")))
     elif p.exists():
@@ -95,12 +110,14 @@ def _discover(source: str) -> list[_Part]:
             ids_path = _ids_for_npy(fp)
             if ids_path is None:
                 raise InputError(f"{f} has no ids file beside it (expected {fp.stem}.ids.npy)")
-            keys = np.load(ids_path)
+            keys = _np_load(ids_path)
             if keys.dtype.kind not in "iu":
                 raise InputError(f"{ids_path} must hold integer item ids, got dtype {keys.dtype}")
-            parts.append(_Part(f, (lambda f=f: np.load(f, mmap_mode="r")), keys.astype(np.int64), "id"))
+            if keys.ndim != 1:
+                raise InputError(f"{ids_path} must be a 1-D array of item ids, got shape {keys.shape}")
+            parts.append(_Part(f, (lambda f=f: _np_load(f, mmap_mode="r")), keys.astype(np.int64), "id"))
         elif fp.suffix == ".parquet":
-            table = pq.read_table(f)
+            table = _read(lambda f=f: pq.read_table(f), f)
             if "embedding" not in table.column_names:
                 raise InputError(f"{f} has columns {table.column_names}; expected an 'embedding' column")
             keys, kind = _keys_from_table(table, f)
@@ -111,7 +128,7 @@ def _discover(source: str) -> list[_Part]:
                 widths = {len(r) if r is not None else -1 for r in rows}
                 if len(widths) != 1 or -1 in widths:
                     raise InputError(f"{f}: every embedding must be a list of the same length, got lengths {sorted(widths)[:5]}")
-                return np.asarray(rows, dtype=np.float32)
+                return _read(lambda: np.asarray(rows, dtype=np.float32), f"{f} column 'embedding'")
 
             parts.append(_Part(f, load, keys, kind))
         else:
@@ -123,9 +140,10 @@ def _discover(source: str) -> list[_Part]:
 
 def import_embeddings(
     ws: Workspace, source: str | os.PathLike[str], *, name: str = PRECOMPUTED, normalize: bool = True,
-    shard_size: int = 65536,
+    shard_size: int = 65536, reset: bool = False,
 ) -> EmbedReport:
-    """Import existing embeddings into the workspace under encoder ``name``; validate everything first."""
+    """Import existing embeddings into the workspace under encoder ``name``; validate everything first.
+    ``reset`` drops the store's embeddings (after validation) so that a new import may change the dim."""
     t0 = time.perf_counter()
     parts = _discover(str(source))
     cat = ws.catalog
@@ -150,6 +168,9 @@ def import_embeddings(
             bad = ~np.isfinite(block).all(axis=1)
             if bad.any():
                 raise InputError(f"{part.path}: row {start + int(np.argmax(bad))} holds NaN or inf")
+            zero = np.linalg.norm(block.astype(np.float64), axis=1) == 0
+            if zero.any():
+                raise InputError(f"{part.path}: row {start + int(np.argmax(zero))} is all zeros (it has no direction)")
             if not normalize:
                 norms = np.linalg.norm(block, axis=1)
                 if np.abs(norms - 1).max() > 1e-2:
@@ -177,6 +198,8 @@ def import_embeddings(
     store = ws.vectors(name)
     report = EmbedReport(encoder=name, version=f"import:{Path(str(source)).name}", dim=dim)
     with store:
+        if reset:
+            store.reset()
         if store.exists():
             old = store.meta()
             if int(old["dim"]) != dim:
@@ -191,7 +214,8 @@ def import_embeddings(
                 sel = np.nonzero(new[start : start + shard_size])[0] + start
                 if len(sel) == 0:
                     continue
-                block = l2_normalize(np.asarray(vecs[sel], dtype=np.float32))
+                raw = np.asarray(vecs[sel], dtype=np.float64)  # float64: norms of huge values do not overflow
+                block = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
                 store.append(ids[sel], block)
                 report.embedded += len(sel)
                 report.shards += 1

@@ -934,7 +934,7 @@ def build_region_index(ws: Workspace, encoder: str | None = None, *, kind: str =
     if not rmeta["version"].startswith(imeta["version"] + "+regions("):
         raise WorkspaceError(
             f"the region vectors at {rstore.root} ({rmeta['version']}) were not made by the item encoder version "
-            f"{imeta['version']}; re-embed them with `assay embed --regions SPEC --reset`"
+            f"{imeta['version']}; re-embed them with `assay embed --regions SPEC --reset-regions`"
         )
     version = rmeta["version"]
     d = ws.index_dir(name) / REGION_INDEX_DIR

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DecodeError, IndexNotBuiltError, InputError, MissingDependencyError, NoEmbeddingsError, NotFoundError
+from .errors import (
+    DecodeError, IndexNotBuiltError, InputError, MissingDependencyError, NoEmbeddingsError, NotFoundError, as_item_id,
+)
 from .index import ConcatRows, KnnGraph, VectorIndex, knn_graph, neighbors as _index_neighbors
 from .index import rerank as _rerank
 from .vectors import VectorStore
@@ -536,7 +538,7 @@ class Searcher:
 
     def search_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
         """Items most like each given item; the query item itself is left out."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = np.asarray([as_item_id(i) for i in np.asarray(ids, dtype=object).reshape(-1)], dtype=np.int64)
         vecs = self.vectors_for_items(ids)
         s, i = self.search_vectors(vecs, k, exclude_per_query=ids[:, None], keep_duplicates=keep_duplicates)
         return self._hits(s, i)
@@ -687,7 +689,7 @@ class Searcher:
 
     def search_regions_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
         """Images most like each given image (its whole-image vector), by their best region; the query image is left out."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = np.asarray([as_item_id(i) for i in np.asarray(ids, dtype=object).reshape(-1)], dtype=np.int64)
         vecs = self.vectors_for_items(ids)
         return self._region_hits(*self.search_regions_vectors(vecs, k, exclude_items=ids, keep_duplicates=keep_duplicates))
 

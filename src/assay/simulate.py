@@ -740,7 +740,7 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
     p = Path(path)
     if not p.exists():
         raise NotFoundError(f"truth file not found: {p}")
-    with open(p, newline="", encoding="utf-8") as f:
+    with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM (Excel's "CSV UTF-8") is not a column name
         reader = csv.DictReader(f)
         cols = set(reader.fieldnames or [])
         if "label" not in cols or not ({"id", "uri"} & cols):

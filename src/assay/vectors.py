@@ -119,7 +119,16 @@ class VectorStore:
     def meta(self) -> dict[str, Any]:
         if not self.exists():
             raise NoEmbeddingsError(f"no embeddings at {self.root}; run `assay embed` first")
-        return json.loads(self.meta_path.read_text())
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise WorkspaceError(
+                f"the embedding store's metadata {self.meta_path} is unreadable ({exc}); restore it, or drop this "
+                "store's embeddings with `assay embed --reset`"
+            ) from exc
+        if not isinstance(meta, dict) or "dim" not in meta:
+            raise WorkspaceError(f"the embedding store's metadata {self.meta_path} is not a store description")
+        return meta
 
     @property
     def dim(self) -> int:
@@ -136,7 +145,9 @@ class VectorStore:
                 raise WorkspaceError(
                     f"the stored embeddings at {self.root} were made by {old['encoder']} version {old['version']} "
                     f"(dim {old['dim']}), not {encoder} version {version} (dim {dim}); "
-                    "re-embed with `assay embed --reset` to replace them"
+                    + ("re-embed the regions with `assay embed --regions SPEC --reset-regions` to replace them (the "
+                       "whole-image embeddings are kept)" if str(encoder).endswith("@regions") else
+                       "re-embed with `assay embed --reset` to replace them")
                 )
             return
         self.root.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
-from .errors import InputError, WorkspaceError
+from .errors import InputError, NoWorkspaceError, WorkspaceError
 from .vectors import VectorStore, encoder_key
 
 __all__ = ["Workspace", "WorkspaceConfig", "CONFIG_NAME", "DEFAULT_ENCODER"]
@@ -61,6 +61,15 @@ class Workspace:
             raise WorkspaceError(f"{root} already holds an assay workspace")
         if root.exists() and not root.is_dir():
             raise InputError(f"workspace path {root} exists and is not a folder")
+        for parent in root.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise InputError(f"cannot create workspace {root}: {parent} is a file, not a folder")
+                break
+        if not isinstance(default_encoder, str) or default_encoder.split(":", 1)[0] != "precomputed":
+            from .encoders.base import get_encoder
+
+            get_encoder(default_encoder)  # an unknown name fails now, not at the first embed (nothing is loaded)
         if catalog is not None and "://" not in catalog:
             raise InputError(f"--catalog must be a database URL such as postgresql://user@host/db, got {catalog!r}")
         root.mkdir(parents=True, exist_ok=True)
@@ -81,12 +90,12 @@ class Workspace:
         cfg_path = root / CONFIG_NAME
         if not cfg_path.exists():
             hint = "" if root.exists() else " (the folder does not exist)"
-            raise WorkspaceError(
+            raise NoWorkspaceError(
                 f"no assay workspace at {root}{hint}; create one with `assay init DIR` or pass -w/--workspace DIR"
             )
         try:
             cfg = WorkspaceConfig.from_dict(json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError, OSError) as exc:
             raise WorkspaceError(f"workspace config {cfg_path} is unreadable: {exc}") from exc
         return cls(root, cfg)
 

@@ -18,8 +18,10 @@ from rich.console import Console
 from ..errors import AssayError, InputError, NotFoundError
 from ..workspace import Workspace
 
-console = Console(stderr=True, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Messages carry user text (file names, concept names, region specs): no markup or emoji codes are read from
+# them ("[/]" or ":100:" print as they are); the few styled prefixes ask for markup explicitly.
+console = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 WorkspaceOpt = Annotated[
     Optional[Path],
@@ -43,7 +45,9 @@ def print_json(obj: Any) -> None:
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
-    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 

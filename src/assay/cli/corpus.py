@@ -31,7 +31,8 @@ def ingest(
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Reader threads.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Add the items of SOURCES to the catalog (hash, size, image header); re-ingesting adds nothing."""
+    """Add the items of SOURCES to the catalog (hash, size, image header); re-ingesting adds nothing, and
+    probes again the items that had failed (a file put back or fixed is revived)."""
     from ..ingest import ingest as run_ingest
 
     with errors_to_exit():
@@ -46,14 +47,16 @@ def ingest(
             f"{report.already_present} already present, {report.errors} with errors "
             f"({report.items_per_s:,.0f} items/s); exact duplicates in the catalog: {report.exact_duplicates}"
         )
+        if report.revived:
+            out.print(f"{report.revived} items that had failed are fine now (status ok again; `assay embed` takes them)")
         if report.skipped_files:
-            out.print(f"skipped {report.skipped_files} files that are hidden or have no image extension")
+            out.print(f"skipped {report.skipped_files} files that are hidden, have no image extension, or are not regular files")
         for line in report.skipped_rows[:10]:
             out.print(f"skipped: {line}")
         for uri, reason in report.error_samples[:10]:
             out.print(f"error: {uri}: {reason}")
         if report.seen == 0:
-            console.print("[yellow]warning:[/] the sources hold no items")
+            console.print("[yellow]warning:[/] the sources hold no items", markup=True)
 
 
 def embed(
@@ -64,7 +67,8 @@ def embed(
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Rows per committed shard.")] = 4096,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decode threads.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Embed at most N items.")] = None,
-    reset: Annotated[bool, typer.Option("--reset", help="Drop this encoder's stored embeddings first.")] = False,
+    reset: Annotated[bool, typer.Option("--reset", help="Drop this encoder's stored embeddings first (and its regions, with --regions).")] = False,
+    reset_regions: Annotated[bool, typer.Option("--reset-regions", help="With --regions: drop only the stored regions first (e.g. to change the spec); whole-image embeddings are kept.")] = False,
     regions: Annotated[
         Optional[str],
         typer.Option("--regions", help="Also embed regions: 'grid:2,3' = the whole image + 2x2 and 3x3 tiles; 'dense:1792' = windows pooled from one feature map of the image at 1792 px (small objects; efficientnet encoders) (default: off)."),
@@ -90,6 +94,8 @@ def embed(
             raise InputError(f"--engine must be 'local' or 'ray', got {engine!r}")
         if address is not None and engine != "ray":
             raise InputError("--address is only for --engine ray")
+        if reset_regions and regions is None:
+            raise InputError("--reset-regions needs --regions SPEC (the regions to embed afresh)")
         if region_overlap is not None and regions is None:
             raise InputError("--region-overlap needs --regions SPEC (e.g. --regions grid:2,3)")
         region_spec = None
@@ -104,7 +110,9 @@ def embed(
                 raise InputError("--engine ray embeds with an encoder; precomputed embeddings are imported locally")
             if not from_:
                 raise InputError("--encoder precomputed needs --from PATH (the embeddings to import)")
-            report = import_embeddings(ws, from_, name=name)
+            if limit is not None:
+                raise InputError("--limit is for encoders; an import of precomputed embeddings takes every row")
+            report = import_embeddings(ws, from_, name=name, reset=reset)
         else:
             if from_:
                 raise InputError("--from is only for --encoder precomputed")
@@ -129,7 +137,7 @@ def embed(
             with progress_bar(f"regions {region_spec.key}", enabled=not json_) as (start, advance):
                 region_report = embed_regions(
                     ws, name, spec=region_spec, batch_size=batch_size, shard_size=shard_size, workers=workers,
-                    limit=limit, reset=reset, progress=advance, on_start=start,
+                    limit=limit, reset=reset or reset_regions, progress=advance, on_start=start,
                 )
         if json_:
             d = report.to_dict()

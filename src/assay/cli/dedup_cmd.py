@@ -31,7 +31,7 @@ def dedup(
         Optional[float],
         typer.Option(
             "--threshold",
-            help="Cosine similarity in (0, 1] at or above which embeddings are near duplicates [default: 0.90].",
+            help="Cosine similarity in (0, 1] at or above which embeddings are near duplicates (default: 0.90).",
             show_default=False,
         ),
     ] = None,
@@ -39,7 +39,7 @@ def dedup(
         Optional[int],
         typer.Option(
             "--radius",
-            help="Hamming distance (of 64 bits) at or below which pHashes are duplicates [default: 8].",
+            help="Hamming distance (of 64 bits) at or below which pHashes are duplicates (default: 8).",
             show_default=False,
         ),
     ] = None,

@@ -16,7 +16,7 @@ concept_app = typer.Typer(help="Objects of interest: create and list concepts.",
 def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
     """Item ids for exemplars given as ids, catalog URIs or image files (ingested and embedded if new)."""
     from ..embed import embed
-    from ..errors import InputError, NotFoundError
+    from ..errors import InputError, NotFoundError, as_item_id
     from ..ingest import ingest
     from ..media import file_uri
     from ..search import build_index
@@ -25,7 +25,7 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
     new_files: list[str] = []
     for v in values:
         if v.strip().isdigit():
-            ids.append(int(v))
+            ids.append(as_item_id(v, f"exemplar {v!r}"))
             continue
         found = ws.catalog.id_for_uri(v) or ws.catalog.id_for_uri(file_uri(v))
         if found is not None:
@@ -41,10 +41,18 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
         ids.extend(ws.catalog.id_for_uri(file_uri(f)) for f in new_files)
         embed(ws, encoder)
         build_index(ws, encoder)
+    ids = list(dict.fromkeys(ids))  # an exemplar given twice is one exemplar
     known = set(ws.catalog.get_ids_existing(ids))
     missing = [i for i in ids if i not in known]
     if missing:
         raise NotFoundError(f"exemplar item ids not in the catalog: {missing}")
+    broken = [(r.id, r.error) for r in ws.catalog.get_many(ids) if r.status != "ok"]
+    if broken:
+        raise InputError(f"exemplar item(s) cannot be used, they failed to ingest or decode: {broken[:5]}")
+    store = ws.vectors(encoder)
+    unembedded = [i for i, ok in zip(ids, store.contains(ids) if store.exists() else [False] * len(ids)) if not ok]
+    if unembedded:
+        raise InputError(f"exemplar item(s) {unembedded[:10]} have no embedding yet; run `assay embed` first")
     return ids
 
 
@@ -62,6 +70,11 @@ def concept_add(
 
     with errors_to_exit():
         ws = open_workspace(workspace)
+        from ..errors import InputError
+
+        ws.catalog.check_concept_name(name)
+        if any(c.name == name for c in ws.catalog.concepts()):  # before exemplar files are ingested
+            raise InputError(f"concept {name!r} exists already")
         ex_ids = _resolve_exemplars(ws, encoder, exemplar or [])
         c = ws.catalog.add_concept(name, text=text, exemplars=ex_ids)
         if ex_ids:
@@ -110,6 +123,7 @@ def mine(
     from ..loop import Miner
 
     with errors_to_exit():
+        _check_out(out_file, (".csv",))
         ws = open_workspace(workspace)
         miner_cls = Miner
         if regions:
@@ -195,6 +209,7 @@ def harvest(
     from ..loop import Miner
 
     with errors_to_exit():
+        _check_out(out_file, (".csv", ".parquet", ""))
         ws = open_workspace(workspace)
         rows = Miner(ws, name).harvest(top=top, proxy=proxy)
         if out_file is not None:
@@ -205,6 +220,28 @@ def harvest(
         out.print(f"harvested {len(rows)} items for {name!r}" + (f" into {out_file}" if out_file else ""))
         for r in rows[:10]:
             out.print(f"{r['score']:.4f}  {r['id']}  {r['uri']}" + ("" if r["label"] is None else f"  (labelled {r['label']})"))
+
+
+def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
+    """Check ``--out`` before any work is done (a round is recorded before its file is written): the right
+    suffix, not a folder; missing parent folders are created."""
+    from ..errors import InputError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise InputError(f"--out {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        raise InputError(f"--out must end in {' or '.join(s for s in suffixes if s) or 'a suffix'}, got {path.name}")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"--out {path}: {parent} is a file, not a folder")
+            break
+    try:
+        path.absolute().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {path}: cannot create its folder: {exc}") from exc
 
 
 def _write_rows(rows: list[dict], path: Path) -> None:

@@ -75,7 +75,7 @@ def index(
 
 def search(
     workspace: WorkspaceOpt = None,
-    item: Annotated[Optional[int], typer.Option("--item", help="Find items like this item id.")] = None,
+    item: Annotated[Optional[int], typer.Option("--item", min=0, max=2**63 - 1, help="Find items like this item id.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Find items like this image file.")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Find items matching this text.")] = None,
     batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line: {\"item\": id} | {\"image\": path} | {\"text\": str}.")] = None,
@@ -144,6 +144,9 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
             continue
         vals = [queries[i][kind] for i in pos]
         if kind == "item":
+            from ..errors import as_item_id
+
+            vals = [as_item_id(v, f'{path}: "item"') for v in vals]
             fn = s.search_regions_items if regions else s.search_items
             hits = fn(vals, k=k, keep_duplicates=keep_duplicates)
         elif kind == "text":

@@ -39,8 +39,17 @@ def serve(
         uvicorn = require("uvicorn", "server", "assay serve")
         from ..server.app import ServerConfig, create_app
 
+        from ..errors import InputError
+        from ..select.strategies import get_strategy
+
+        get_strategy(strategy)  # an unknown strategy fails now, not at the first batch
+        if token is not None and not token.isascii():
+            raise InputError("--token must be ASCII (an HTTP Authorization header carries only ASCII)")
         token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         ws = open_workspace(workspace)
+        if encoder is not None and not ws.vectors(encoder).exists():
+            raise InputError(f"--encoder {encoder}: the workspace has no embeddings by it; run "
+                             f"`assay embed --encoder {encoder}` first, or leave --encoder out for the workspace's default")
         cfg = ServerConfig(token=token, encoder=encoder, strategy=strategy, batch=batch)
         app = create_app(ws, cfg)
         if not _is_loopback(host) and token is None:

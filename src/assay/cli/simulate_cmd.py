@@ -44,6 +44,14 @@ def simulate(
             novelty_threshold=novelty_threshold,
         )
         cfg.validate()
+        if out_dir is not None:
+            from ..errors import InputError
+
+            for p in [out_dir, *out_dir.absolute().parents]:  # checked now, not after the whole simulation
+                if p.exists():
+                    if not p.is_dir():
+                        raise InputError(f"--out {out_dir}: {p} is a file, not a folder")
+                    break
         ws = open_workspace(workspace)
         progress = (lambda msg: console.print(msg, highlight=False, markup=False)) if not json_ else None
         result = simulate_workspace(

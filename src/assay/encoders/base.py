@@ -159,6 +159,8 @@ def get_encoder(name: str, **kwargs) -> Encoder:
         raise UnknownNameError("encoder", name, [p + (":<arg>" if p in _TAKES_ARG else "") for p in _REGISTRY])
     factory = _REGISTRY[prefix]
     if sep:
+        if prefix not in _TAKES_ARG:
+            raise InputError(f"encoder {prefix!r} takes no argument after ':', got {name!r}")
         if not arg:
             raise InputError(f"encoder {name!r}: expected an argument after {prefix!r}:, got nothing")
         return factory(arg, **kwargs)

@@ -26,6 +26,7 @@ Formats (:data:`IMPORT_FORMATS`)
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,14 +77,12 @@ def _uri_ids(cat: Any, uris: Sequence[str]) -> dict[str, int]:
 
 def _candidates_for(uri: str) -> list[str]:
     """Forms under which a path may be in the catalog: as given, and as an absolute path."""
-    from ..media import is_local, local_path
+    from ..media import file_uri, is_local, local_path
 
     out = [uri]
     if is_local(uri):
         p = local_path(uri)
-        out += [p, str(Path(p).absolute())]
-        if uri.startswith("file://"):
-            out.append(p)
+        out += [p, file_uri(p), str(Path(p).absolute())]  # normalised, and as older versions recorded it
     return list(dict.fromkeys(out))
 
 
@@ -135,10 +134,9 @@ def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None) 
         value = _label_value(rec.get("label"), where)
         raw_id = rec.get("id")
         if raw_id not in (None, ""):
-            try:
-                item_id = int(raw_id)
-            except (TypeError, ValueError):
-                raise InputError(f"{where}: id must be an integer, got {raw_id!r}") from None
+            from ..errors import as_item_id
+
+            item_id = as_item_id(raw_id, f"{where}: id")
         else:
             uri = rec.get("uri")
             if uri in (None, ""):
@@ -312,7 +310,7 @@ def _file_item(ws: Any, f: Path, where: str) -> int:
     by an export, that item, but only when the file's bytes are the item's (a folder of ordinary files named
     ``000123.jpg`` must not be taken for items 123)."""
     target = f.resolve() if f.is_symlink() else f.absolute()
-    found = _resolve_uris(ws.catalog, [str(target), str(f.absolute())])
+    found = _resolve_uris(ws.catalog, [str(target), os.path.abspath(f), str(f.absolute())])
     if found:
         return next(iter(found.values()))
     if f.stem.isdigit():
@@ -446,6 +444,8 @@ def import_labels(
     missing = [n for n in names if n not in known]
     if missing and not create_concepts:
         raise NotFoundError(f"no concept named {missing[0]!r}; create it with `assay concept add` or pass --create-concept")
+    for n in missing:  # every name checked before any is created
+        cat.check_concept_name(n)
     for n in missing:
         cat.add_concept(n)
     groups: dict[tuple[str, str, str | None], list[LabelEntry]] = {}

@@ -460,20 +460,27 @@ def read_score_records(path: str | Path) -> list[dict[str, Any]]:
             return pq.read_table(p).to_pylist()
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise InputError(f"{p} is not a readable Parquet file: {exc}") from exc
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        records = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{p} line {n}: not JSON: {exc}") from exc
-                if not isinstance(rec, dict):
-                    raise InputError(f"{p} line {n}: expected a JSON object per line, got {type(rec).__name__}")
-                records.append(rec)
-        return records
-    with open(p, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not a file")
+    try:
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            records = []
+            for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputError(f"{p} line {n}: not JSON: {exc}") from exc
+                    if not isinstance(rec, dict):
+                        raise InputError(f"{p} line {n}: expected a JSON object per line, got {type(rec).__name__}")
+                    records.append(rec)
+            return records
+        with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
+            return list(csv.DictReader(f))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc}") from exc
 
 
 def _uri_map(catalog: Catalog, uris: Sequence[str]) -> dict[str, tuple[int, int | None, int | None]]:

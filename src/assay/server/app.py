@@ -57,6 +57,7 @@ from ..workspace import Workspace
 try:
     import sqlalchemy as sa
     from fastapi import Body, FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -65,7 +66,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(getattr(exc, "name", None) or "fastapi", "server", "the labelling web app") from exc
 
 from ..catalog import labels_table
-from ..regions import RegionMiner, region_ids, region_label_rows, region_labels_table, region_proposals, region_store, slot_of
+from ..regions import (
+    RegionMiner, region_ids, region_label_rows, region_labels_table, region_proposals, region_spec_of, region_store, slot_of,
+)
 from . import records
 from .records import ConflictError, StaleRoundError
 from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES, thumbnail_path
@@ -77,6 +80,21 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 TOKEN_COOKIE = "assay_token"
 MAX_ID = 2**63 - 1
+def _json_safe(v: Any) -> Any:
+    """``v`` with non-finite floats as strings and anything else JSON cannot hold as its ``str``."""
+    import math
+
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return str(v)
+
+
 _ANSWER_SOURCES = ("human", "oracle", "import")  # the answers a person (or a stand-in) gave; pseudo-labels are not
 
 
@@ -539,6 +557,13 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
                              (WorkspaceError, 409), (CatalogError, 503), (MissingDependencyError, 501)):
         app.add_exception_handler(exc_type, _handler(status))
 
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input; a NaN or Infinity in the body (Python's json reads
+        # them) would then make the 422 itself fail to serialise, a 500. Inputs are made JSON-safe here.
+        return JSONResponse({"detail": _json_safe(exc.errors())}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, _validation)
+
     def concept_of(name: str):
         return cat.concept(name)
 
@@ -683,20 +708,40 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         c = concept_of(name)
         row, rows = round_of(c, body.round)
         latest = rows[-1].number
-        if row.number <= latest - cfg.open_rounds:
-            raise StaleRoundError(f"round {row.number} is stale: the latest round is {latest} and labels are taken for "
-                                  f"rounds {max(1, latest - cfg.open_rounds + 1)}..{latest}; reload the batch")
+        ids = [lab.item_id for lab in body.labels]
+        payload = {"concept": c.id, "round": row.number, "annotator": body.annotator,
+                   "labels": [[lab.item_id, lab.value] + ([lab.region_slot] if lab.region_slot is not None else [])
+                              for lab in body.labels], "skipped": list(body.skipped)}
+        digest = records.payload_digest(payload)
+        batch = {int(p["item_id"]) for p in cat.proposals(row.id)}
+        # A retry of a submission already recorded is answered from the record, whatever happened since (the
+        # round went stale, the region store changed): the annotator's answers were saved.
+        res = records.replay_of(cat.engine, submission_id=body.submission_id, concept_id=c.id, digest=digest)
+        if res is None:
+            if row.number <= latest - cfg.open_rounds:
+                raise StaleRoundError(f"round {row.number} is stale: the latest round is {latest} and labels are taken "
+                                      f"for rounds {max(1, latest - cfg.open_rounds + 1)}..{latest}; reload the batch")
+            res = _write_submission(c, row, body, ids, batch, digest)
+        # The batch is complete once every proposed item has an answer or a skip from someone.
+        answered = set(_answers(cat.engine, c.id, sorted(batch))) | records.skipped_items(cat.engine, row.id)
+        complete = batch <= answered
+        nxt = proposer.status(c.id)
+        if complete and cfg.auto_propose and row.number == latest and not res["replayed"]:
+            nxt = proposer.start(c, default_params(c), only_if_idle=True,
+                                 still_wanted=lambda: cat.rounds(c.id)[-1].number == row.number)
+        return {"concept": c.name, "round": row.number, "written": res["written"], "replayed": res["replayed"],
+                "recorded": res["recorded"], "complete": complete, "remaining": len(batch - answered), "next": nxt}
+
+    def _write_submission(c: Any, row: Any, body: SubmissionIn, ids: list[int], batch: set[int], digest: str) -> Any:
         if len(body.labels) + len(body.skipped) == 0:
             raise InputError("a submission needs at least one label or skipped item")
         if len(body.labels) > cfg.max_labels:
             raise InputError(f"at most {cfg.max_labels} labels per request, got {len(body.labels)}")
-        ids = [lab.item_id for lab in body.labels]
         every = ids + list(body.skipped)
         if len(set(every)) != len(every):
             seen: set[int] = set()
             dup = sorted({i for i in every if i in seen or seen.add(i)})
             raise InputError(f"each item may appear once per submission (in labels or skipped); repeated: {dup[:10]}")
-        batch = {int(p["item_id"]) for p in cat.proposals(row.id)}
         outside = [i for i in every if i not in batch]
         if outside:
             unknown = set(outside) - set(cat.get_ids_existing(outside))
@@ -713,28 +758,25 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
             if not known.all():
                 bad = [(lab.item_id, lab.region_slot) for lab, k in zip(region_labels, known) if not k]
                 raise NotFoundError(f"(item, region slot) pairs {bad[:10]} are not embedded regions of this workspace")
-        payload = {"concept": c.id, "round": row.number, "annotator": body.annotator,
-                   "labels": [[lab.item_id, lab.value] + ([lab.region_slot] if lab.region_slot is not None else [])
-                              for lab in body.labels], "skipped": list(body.skipped)}
+            shown = (row.params or {}).get("regions")
+            shown = shown if isinstance(shown, str) else None
+            spec_now = region_spec_of(ws, cfg.encoder)
+            current = None if spec_now is None else spec_now.key
+            if shown is not None and current is not None and shown != current:
+                raise StaleRoundError(
+                    f"round {row.number} showed regions of spec {shown}, but the workspace's regions are now "
+                    f"{current}: region slots no longer name the boxes that were shown; label the image, or "
+                    "reload a new batch")
         extra = []
         if region_labels:  # written with the submission, in its transaction: all of it or none
             extra = [(region_labels_table, region_label_rows(ws, c.id, rids, [lab.value for lab in region_labels],
                                                              source="human", annotator=body.annotator,
                                                              encoder=cfg.encoder))]
         with write_lock:
-            res = records.record_submission(
+            return records.record_submission(
                 cat.engine, submission_id=body.submission_id, concept_id=c.id, round_id=row.id,
-                annotator=body.annotator, digest=records.payload_digest(payload), item_ids=ids,
+                annotator=body.annotator, digest=digest, item_ids=ids,
                 values=[lab.value for lab in body.labels], skipped=body.skipped, extra_rows=extra)
-        # The batch is complete once every proposed item has an answer or a skip from someone.
-        answered = set(_answers(cat.engine, c.id, sorted(batch))) | records.skipped_items(cat.engine, row.id)
-        complete = batch <= answered
-        nxt = proposer.status(c.id)
-        if complete and cfg.auto_propose and row.number == latest:
-            nxt = proposer.start(c, default_params(c), only_if_idle=True,
-                                 still_wanted=lambda: cat.rounds(c.id)[-1].number == row.number)
-        return {"concept": c.name, "round": row.number, "written": res["written"], "replayed": res["replayed"],
-                "recorded": res["recorded"], "complete": complete, "remaining": len(batch - answered), "next": nxt}
 
     @app.get("/api/concepts/{name}/labels", tags=["labels"])
     def label_history(name: ConceptPath, item_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,

@@ -23,6 +23,7 @@ __all__ = [
     "ConflictError",
     "StaleRoundError",
     "SubmissionResult",
+    "replay_of",
     "ensure_tables",
     "payload_digest",
     "record_submission",
@@ -111,6 +112,24 @@ def record_submission(
     except sa.exc.OperationalError as exc:
         raise CatalogError(f"the catalog rejected a write: {exc.orig}") from exc
     return SubmissionResult(written=len(rows), replayed=False, recorded=len(rows))
+
+
+def replay_of(engine: sa.Engine, *, submission_id: str, concept_id: int, digest: str) -> SubmissionResult | None:
+    """The result of a submission recorded before under this id (a retry), or None when the id is new.
+
+    Raises :class:`ConflictError` when the id was used for a different body. Checked before anything that
+    may have changed since the first attempt (e.g. the round going stale), so that a retry of an acknowledged
+    submission is always answered "replayed", never refused."""
+    with engine.connect() as conn:
+        prev = conn.execute(sa.select(submissions_table).where(submissions_table.c.submission_id == submission_id)).first()
+    if prev is None:
+        return None
+    if prev.digest != digest or prev.concept_id != concept_id:
+        raise ConflictError(
+            f"submission id {submission_id!r} was used before for a different set of labels; "
+            "make a new id for every new submission (reuse one only to retry the same request)"
+        )
+    return SubmissionResult(written=0, replayed=True, recorded=int(prev.n_labels))
 
 
 def skipped_items(engine: sa.Engine, round_id: int) -> set[int]:

@@ -65,7 +65,11 @@ def thumbnail_path(ws: Workspace, item_id: int, size: int = DEFAULT_THUMB_SIZE) 
     try:
         image = decode_image(read_bytes(item.uri), draft_size=(size, size))
     except DecodeError as exc:
-        raise NotFoundError(f"item {item_id} has no viewable image: {exc}") from exc
+        # The reason names the file, never its path on the server.
+        msg = str(exc)
+        for u in sorted({item.uri, item.uri.removeprefix("file://")}, key=len, reverse=True):
+            msg = msg.replace(u, u.rstrip("/").rsplit("/", 1)[-1] or u)
+        raise NotFoundError(f"item {item_id} has no viewable image: {msg}") from exc
     image.thumbnail((size, size))
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")

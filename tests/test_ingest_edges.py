@@ -1,0 +1,266 @@
+"""Ingest and embed on awkward inputs: file names, paths, manifests, failed items put right, precomputed files."""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import fake_encoder  # noqa: F401  registers "test-mean-color"
+from assay.catalog import Catalog
+from assay.cli.main import app
+from assay.embed import embed
+from assay.encoders.base import get_encoder
+from assay.errors import InputError, NoWorkspaceError, WorkspaceError
+from assay.ingest import ingest
+from assay.media import DEFAULT_MAX_PIXELS, local_path, probe_image
+from assay.precomputed import import_embeddings
+from assay.workspace import Workspace
+
+from conftest import write_images
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cat(tmp_path):
+    c = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+    yield c
+    c.close()
+
+
+def _uris(cat):
+    return sorted(cat.uris(cat.ids(status=None)).values())
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_ingested(cat, tmp_path):
+    d = tmp_path / "d"
+    write_images(d, 2)
+    bad = os.fsencode(str(d)) + b"/caf\xe9.png"
+    with open(bad, "wb") as f:
+        f.write((d / "img_000.png").read_bytes())
+    rep = ingest(cat, [d])
+    assert rep.new == 2 and any("not valid UTF-8" in s for s in rep.skipped_rows)
+
+
+def test_the_same_folder_spelled_two_ways_is_ingested_once(cat, tmp_path, monkeypatch):
+    write_images(tmp_path / "imgs" / "sub", 3)
+    (tmp_path / "other").mkdir()
+    assert ingest(cat, [tmp_path / "imgs" / "sub"]).new == 3
+    monkeypatch.chdir(tmp_path / "other")
+    rep = ingest(cat, ["../imgs/sub", "../imgs/./sub/"])
+    assert rep.new == 0 and rep.already_present == 6
+    assert all(".." not in u and "/./" not in u for u in _uris(cat))
+
+
+def test_manifest_with_uri_and_text_columns_keeps_images_and_captions(cat, tmp_path):
+    write_images(tmp_path, 2)
+    (tmp_path / "m.csv").write_text(
+        "uri,text,label\n"
+        "img_000.png,a red thing,a\n"      # image with a caption
+        "img_001.png,,b\n"                 # image, empty caption
+        ",a text item,c\n"                 # text only
+        "doc-7,named text item,d\n"        # a text item named by a non-image uri
+    )
+    rep = ingest(cat, [tmp_path / "m.csv"])
+    assert rep.new == 4 and rep.errors == 0
+    rows = {r.uri: r for r in cat.get_many(cat.ids(status=None))}
+    img0 = rows[str(tmp_path / "img_000.png")]
+    assert img0.modality == "image" and img0.meta["text"] == "a red thing" and img0.meta["label"] == "a"
+    assert rows[str(tmp_path / "img_001.png")].modality == "image"
+    texts = sorted(r.text for r in rows.values() if r.modality == "text")
+    assert texts == ["a text item", "named text item"]
+
+
+def test_csv_manifest_values_stay_text(cat, tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "0001", "PNG")  # a file named 0001 (no extension needed in a manifest)
+    (tmp_path / "m.csv").write_text("uri,label\n0001,007\n")
+    ingest(cat, [tmp_path / "m.csv"])
+    (row,) = cat.get_many(cat.ids(status=None))
+    assert row.uri == str(tmp_path / "0001") and row.status == "ok" and row.meta["label"] == "007"
+
+
+def test_latin1_csv_is_refused_naming_the_encoding(cat, tmp_path):
+    (tmp_path / "m.csv").write_bytes("uri,label\ncaf\xe9.png,x\n".encode("latin-1"))
+    with pytest.raises(InputError, match="UTF-8"):
+        ingest(cat, [tmp_path / "m.csv"])
+
+
+def test_a_bad_manifest_fails_before_any_source_is_written(cat, tmp_path):
+    write_images(tmp_path / "imgs", 3)
+    (tmp_path / "nouri.csv").write_text("path,label\na.png,x\n")
+    with pytest.raises(InputError, match="expected a 'uri' column"):
+        ingest(cat, [tmp_path / "imgs", tmp_path / "nouri.csv"])
+    assert cat.count()["total"] == 0
+    with pytest.raises(Exception):
+        ingest(cat, [tmp_path / "imgs", tmp_path / "missing.csv"])
+    assert cat.count()["total"] == 0
+
+
+def test_file_uris_are_percent_decoded(cat, tmp_path):
+    d = tmp_path / "sp ace #1"
+    write_images(d, 1)
+    p = d / "img_000.png"
+    assert local_path(p.as_uri()) == str(p)
+    assert local_path("file://localhost" + str(p)) == str(p)
+    (tmp_path / "m.csv").write_text(f"uri\n{p.as_uri()}\n")
+    rep = ingest(cat, [tmp_path / "m.csv"])
+    assert rep.new == 1 and rep.errors == 0 and _uris(cat) == [str(p)]
+
+
+def test_question_marks_in_local_names_and_fifos(cat, tmp_path):
+    write_images(tmp_path, 1)
+    os.rename(tmp_path / "img_000.png", tmp_path / "what?.png")
+    os.mkfifo(tmp_path / "pipe.jpg")  # would block an open() forever
+    rep = ingest(cat, [tmp_path])
+    assert rep.new == 1 and _uris(cat) == [str(tmp_path / "what?.png")]
+    assert any("not a regular file" in s for s in rep.skipped_rows)
+
+
+def test_large_images_follow_assay_limit_in_threads():
+    # 144 Mpx is under assay's 150 Mpx limit (Pillow only warns above 89 Mpx): ok in every thread, every time
+    buf = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buf, "PNG")
+    data = buf.getvalue()
+    with ThreadPoolExecutor(8) as pool:
+        infos = list(pool.map(lambda _: probe_image(data), range(32)))
+    assert all(i.width == 12000 for i in infos)
+    buf = io.BytesIO()
+    Image.new("1", (13000, 12000)).save(buf, "PNG")  # 156 Mpx
+    with pytest.raises(Exception, match="above the limit"):
+        probe_image(buf.getvalue())
+    assert 12000 * 12000 < DEFAULT_MAX_PIXELS < 13000 * 12000
+
+
+def test_a_file_put_back_after_failing_is_revived_and_embedded(tmp_path):
+    ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    paths = write_images(tmp_path / "imgs", 4)
+    ingest(ws.catalog, [tmp_path / "imgs"])
+    paths[1].rename(tmp_path / "away.png")
+    rep = embed(ws)
+    assert rep.embedded == 3 and rep.errors == 1
+    assert ws.catalog.count()["error"] == 1
+    # still missing: nothing revived
+    assert ingest(ws.catalog, [tmp_path / "imgs"]).revived == 0
+    (tmp_path / "away.png").rename(paths[1])
+    again = ingest(ws.catalog, [tmp_path / "imgs"])
+    assert again.revived == 1 and again.new == 0 and ws.catalog.count()["error"] == 0
+    assert embed(ws).embedded == 1 and len(ws.vectors()) == 4
+    # an item whose bytes failed to decode stays in error while its bytes are the same, and is tried again
+    # once they change
+    bad = tmp_path / "imgs" / "img_002.png"
+    ws.catalog.mark_errors([(ws.catalog.id_for_uri(str(bad)), "cannot decode image: broken data stream")])
+    assert ingest(ws.catalog, [tmp_path / "imgs"]).revived == 0
+    Image.new("RGB", (9, 9), "red").save(bad)
+    assert ingest(ws.catalog, [tmp_path / "imgs"]).revived == 1
+    ws.close()
+
+
+def test_revived_item_takes_its_place_among_exact_duplicates(tmp_path):
+    c = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+    write_images(tmp_path / "a", 1)
+    src = tmp_path / "a" / "img_000.png"
+    data = src.read_bytes()
+    src.rename(tmp_path / "hidden.png")
+    # item 1 is recorded missing (a manifest naming it), item 2 has the same bytes
+    (tmp_path / "m.csv").write_text(f"uri\n{src}\n")
+    ingest(c, [tmp_path / "m.csv"])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "copy.png").write_bytes(data)
+    ingest(c, [tmp_path / "b"])
+    first, second = c.ids(status=None)
+    assert c.get(int(first)).status == "error" and c.get(int(second)).duplicate_of is None
+    (tmp_path / "hidden.png").rename(src)
+    assert ingest(c, [tmp_path / "m.csv"]).revived == 1
+    assert c.get(int(first)).duplicate_of is None and c.get(int(second)).duplicate_of == int(first)
+    c.close()
+
+
+@pytest.mark.parametrize("name", ["qu?x", "pc%41t"])
+def test_workspace_paths_with_url_characters_keep_their_catalog_inside(tmp_path, name):
+    ws = Workspace.init(tmp_path / name)
+    write_images(tmp_path / "imgs", 1)
+    ingest(ws.catalog, [tmp_path / "imgs"])
+    ws.close()
+    assert (tmp_path / name / "catalog.db").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["imgs", name])
+    with Workspace.open(tmp_path / name) as again:
+        assert again.catalog.count()["total"] == 1
+
+
+def test_workspace_and_encoder_errors_are_input_errors(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        Workspace.init(tmp_path / "afile" / "sub")
+    with pytest.raises(InputError, match="unknown encoder"):
+        Workspace.init(tmp_path / "w", default_encoder="bogus")
+    with pytest.raises(InputError, match="takes no argument"):
+        get_encoder("efficientnet-lite0:foo")
+    with pytest.raises(NoWorkspaceError):
+        Workspace.open(tmp_path / "nowhere")
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "catalog.db").write_text("garbage, not a database")
+    r = runner.invoke(app, ["init", str(tmp_path / "g")])
+    assert r.exit_code == 1 and "not a database" in r.output
+    r = runner.invoke(app, ["init", str(tmp_path / "b"), "--catalog", "bogus://x"])
+    assert r.exit_code == 2 and "unsupported catalog URL" in r.output
+
+
+def test_a_corrupt_store_description_is_a_clear_error(tmp_path):
+    ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    write_images(tmp_path / "imgs", 2)
+    ingest(ws.catalog, [tmp_path / "imgs"])
+    embed(ws)
+    (ws.vectors().root / "store.json").write_text("{not json")
+    with pytest.raises(WorkspaceError, match="unreadable"):
+        ws.vectors().meta()
+    ws.close()
+
+
+def test_precomputed_files_that_cannot_be_read_or_have_no_direction(tmp_path):
+    ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    write_images(tmp_path / "imgs", 3)
+    ingest(ws.catalog, [tmp_path / "imgs"])
+    ids = ws.catalog.ids()
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    np.save(pre / "e.ids.npy", ids)
+    (pre / "e.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(InputError, match="cannot read"):
+        import_embeddings(ws, pre / "e.npy")
+    np.save(pre / "e.npy", np.array([["a"] * 4] * 3, dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="cannot read"):
+        import_embeddings(ws, pre / "e.npy")
+    v = np.ones((3, 4), np.float32)
+    v[1] = 0
+    np.save(pre / "e.npy", v)
+    with pytest.raises(InputError, match="all zeros"):
+        import_embeddings(ws, pre / "e.npy")
+    np.save(pre / "e.npy", np.full((3, 4), 1e30, np.float32))  # squares overflow float32
+    assert import_embeddings(ws, pre / "e.npy").embedded == 3
+    _, got = ws.vectors("precomputed").load(dtype=np.float32)
+    assert np.allclose(got, 0.5, atol=1e-3)
+    np.save(pre / "e.npy", np.ones((3, 8), np.float32))
+    with pytest.raises(InputError, match="holds dim 4"):
+        import_embeddings(ws, pre / "e.npy")
+    assert import_embeddings(ws, pre / "e.npy", reset=True).embedded == 3
+    assert ws.vectors("precomputed").dim == 8
+    np.save(pre / "e.ids.npy", ids[None, :])
+    with pytest.raises(InputError, match="1-D"):
+        import_embeddings(ws, pre / "e.npy")
+    ws.close()
+
+
+def test_a_workspace_inside_the_ingested_folder_is_skipped(tmp_path):
+    write_images(tmp_path / "data", 3)
+    ws = Workspace.init(tmp_path / "data" / "ws", default_encoder="test-mean-color")
+    write_images(ws.cache_dir / "thumbs", 2, fmt="JPEG")  # like the labelling page's thumbnails
+    rep = ingest(ws.catalog, [tmp_path / "data"])
+    assert rep.new == 3 and any("an assay workspace" in s for s in rep.skipped_rows)
+    ws.close()

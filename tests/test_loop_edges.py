@@ -1,0 +1,154 @@
+"""The loop's commands on awkward input: label files, output paths, exemplars, names, strategy spellings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import fake_encoder  # noqa: F401
+from conftest import colour_corpus
+from assay import Workspace, embed, ingest
+from assay.cli.main import app
+from assay.errors import InputError, UnknownNameError
+from assay.loop import Miner, read_label_file
+from assay.search import build_index
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    ingest(w.catalog, [colour_corpus(tmp_path / "imgs", 12, 60, 0, size=(16, 16))])
+    embed(w)
+    build_index(w, kind="flat")
+    yield w
+    w.close()
+
+
+def _cli(ws, *args):
+    return runner.invoke(app, ["-w", str(ws.root), *args], catch_exceptions=False)
+
+
+def test_zero_and_false_labels_are_negatives_in_jsonl_and_parquet(ws, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = [int(i) for i in ws.catalog.ids()[:4]]
+    (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"id": ids[0], "label": 1}, {"id": ids[1], "label": 0}, {"id": ids[2], "label": False},
+        {"id": ids[3], "label": None}]) + "\n")
+    got_ids, vals = read_label_file(ws, tmp_path / "l.jsonl")
+    assert got_ids.tolist() == ids[:3] and vals.tolist() == [1, 0, 0]
+    pq.write_table(pa.table({"id": ids[:3], "label": [1.0, 0.0, 0.0]}), tmp_path / "l.parquet")
+    assert read_label_file(ws, tmp_path / "l.parquet")[1].tolist() == [1, 0, 0]
+
+
+def test_label_files_that_cannot_be_read_are_clear_errors(ws, tmp_path):
+    i = int(ws.catalog.ids()[0])
+    (tmp_path / "dir.csv").mkdir()
+    (tmp_path / "latin.csv").write_bytes("id,label,note\n%d,1,caf\xe9\n".encode("latin-1") % i)
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+    (tmp_path / "huge.csv").write_text("id,label\n99999999999999999999999,1\n")
+    (tmp_path / "frac.jsonl").write_text(json.dumps({"id": i + 0.7, "label": 1}) + "\n")
+    (tmp_path / "bool.jsonl").write_text(json.dumps({"id": True, "label": 1}) + "\n")
+    for name, msg in [("dir.csv", "not a file"), ("latin.csv", "UTF-8"), ("broken.parquet", "cannot read"),
+                      ("list.jsonl", "JSON object"), ("huge.csv", "2\\*\\*63"), ("frac.jsonl", "integer"),
+                      ("bool.jsonl", "integer")]:
+        with pytest.raises(InputError, match=msg):
+            read_label_file(ws, tmp_path / name)
+    n0 = len(ws.catalog.current_labels(ws.catalog.add_concept("red").id)[0])
+    r = _cli(ws, "label", "red", "--file", str(tmp_path / "latin.csv"))
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert len(ws.catalog.current_labels(ws.catalog.concept("red").id)[0]) == n0
+
+
+def test_bom_file_uris_and_spaces_in_label_files(ws, tmp_path):
+    from pathlib import Path
+
+    rows = ws.catalog.get_many(ws.catalog.ids()[:3])
+    lines = ["uri,label", f"{Path(rows[0].uri).as_uri()},1", f"  {rows[1].uri}  ,0", f"{rows[2].uri},yes"]
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode())
+    ids, vals = read_label_file(ws, tmp_path / "bom.csv")
+    assert ids.tolist() == [r.id for r in rows] and vals.tolist() == [1, 0, 1]
+
+
+def test_mine_out_is_checked_before_a_round_is_recorded(ws, tmp_path):
+    ws.catalog.add_concept("red", text="red")
+    r = _cli(ws, "mine", "red", "--batch", "5", "--out", str(tmp_path))  # a folder
+    assert r.exit_code == 2 and "is a folder" in r.output
+    assert ws.catalog.rounds(ws.catalog.concept("red").id) == []
+    r = _cli(ws, "mine", "red", "--batch", "5", "--out", str(tmp_path / "new" / "sub" / "batch.csv"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "new" / "sub" / "batch.csv").read_text().startswith("id,uri,score,prelabel,label")
+    r = _cli(ws, "harvest", "red", "--out", str(tmp_path / "mined.txt"))
+    assert r.exit_code == 2 and ".csv or .parquet" in r.output
+
+
+def test_concept_add_checks_the_name_before_ingesting_exemplars(ws, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (230, 10, 10)).save(tmp_path / "new.png")
+    ws.catalog.add_concept("red", text="red")
+    n0 = ws.catalog.count()["total"]
+    r = _cli(ws, "concept", "add", "red", "--exemplar", str(tmp_path / "new.png"))
+    assert r.exit_code == 2 and "exists already" in r.output
+    assert ws.catalog.count()["total"] == n0  # the exemplar file was not ingested
+    r = _cli(ws, "concept", "add", "a/b")
+    assert r.exit_code == 2 and "may not contain" in r.output
+    r = _cli(ws, "concept", "add", "[bold]oops")  # rich markup characters are printed as they are
+    assert r.exit_code == 0 and "[bold]oops" in r.output
+    r = _cli(ws, "mine", "[bold]nope")
+    assert r.exit_code == 2 and "[bold]nope" in r.output
+
+
+def test_a_broken_exemplar_file_is_refused_every_time(ws, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    for _ in range(2):
+        r = _cli(ws, "concept", "add", "zz", "--exemplar", str(tmp_path / "bad.png"))
+        assert r.exit_code == 2 and "cannot be used" in r.output
+    assert [c.name for c in ws.catalog.concepts()] == []
+
+
+def test_harvest_leaves_out_labels_on_items_without_an_embedding(ws, tmp_path):
+    from PIL import Image
+
+    truth = {r.id: int(r.meta["label"] == "red") for r in ws.catalog.get_many(ws.catalog.ids())}
+    c = ws.catalog.add_concept("red", text="red")
+    ids = list(truth)[:30]
+    Miner(ws, "red").record_labels(ids, [truth[i] for i in ids])
+    Image.new("RGB", (16, 16), (230, 10, 10)).save(tmp_path / "late.png")
+    ingest(ws.catalog, [tmp_path / "late.png"])  # ingested after the last embed
+    late = ws.catalog.id_for_uri(str(tmp_path / "late.png"))
+    Miner(ws, "red").record_labels([late], [1])
+    rows = Miner(ws, "red").harvest(top=5)
+    assert len(rows) == 5 and c.id
+
+
+def test_strategy_spelling_proxy_and_seed_are_checked_up_front(ws):
+    truth = {r.id: int(r.meta["label"] == "red") for r in ws.catalog.get_many(ws.catalog.ids())}
+    ws.catalog.add_concept("red", text="red")
+    m = Miner(ws, "red")
+    with pytest.raises(UnknownNameError):
+        m.propose(strategy="seals:entropy", batch=5, proxy="bogus")  # a cold start: no proxy trained yet
+    with pytest.raises(InputError, match="seed"):
+        m.propose(strategy="seals:entropy", batch=5, seed=-1)
+    assert ws.catalog.rounds(m.concept.id) == []
+    ids = list(truth)[:20]
+    m.record_labels(ids, [truth[i] for i in ids])
+    _, lower = m.propose(strategy="seals:entropy", batch=3, seed=0, seals_k=1)
+    ws.catalog.add_concept("red2", text="red")
+    m2 = Miner(ws, "red2")
+    m2.record_labels(ids, [truth[i] for i in ids])
+    _, upper = m2.propose(strategy="SEALS:entropy", batch=3, seed=0, seals_k=1)
+    assert upper.pool_size == lower.pool_size < len(truth) - len(ids)
+
+
+def test_simulate_out_onto_a_file_fails_before_simulating(ws, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = _cli(ws, "simulate", "--positive", "red", "--out", str(tmp_path / "afile"))
+    assert r.exit_code == 2 and "is a file" in r.output
