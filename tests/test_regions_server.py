@@ -96,6 +96,25 @@ def test_region_round_shows_boxes_and_takes_region_labels(client_ws):
     assert nxt["strategy"].startswith("regions(")
 
 
+def test_a_region_label_is_refused_once_the_region_spec_changed(client_ws):
+    c, ws = client_ws
+    target = int(ws.catalog.ids()[0])
+    assert c.post("/api/concepts", json={"name": "red", "text": "red"}).status_code == 201
+    ids = [int(i) for i in ws.catalog.ids()]
+    ws.catalog.add_labels(ws.catalog.concept("red").id, [target] + ids[1:4], [1, 0, 0, 0], source="human")
+    batch = _propose(c, {"regions": True, "strategy": "most-likely-positive"})
+    it = next(x for x in batch["items"] if x["region"] is not None)
+    embed_regions(ws, spec="grid:3", reset=True)  # slot numbers now name other boxes
+    body = {"submission_id": "sub-spec-changed", "annotator": "ann", "round": batch["round"],
+            "labels": [{"item_id": it["id"], "value": 1, "region_slot": min(it["region"]["slot"], 5)}]}
+    r = c.post("/api/concepts/red/labels", json=body)
+    assert r.status_code == 409 and "grid:2,3" in r.json()["detail"] and "grid:3" in r.json()["detail"]
+    assert len(region_labels(ws, "red")[0]) == 0
+    # the image itself can still be labelled
+    body = {**body, "submission_id": "sub-spec-changed-2", "labels": [{"item_id": it["id"], "value": 1}]}
+    assert c.post("/api/concepts/red/labels", json=body).status_code == 200
+
+
 def test_plain_rounds_have_no_region(client_ws):
     c, ws = client_ws
     assert c.post("/api/concepts", json={"name": "red", "text": "red"}).status_code == 201
