@@ -702,3 +702,12 @@ def test_cli_dense_regions_search_and_mine(tmp_path):
     r = runner.invoke(app, ["-w", str(wdir), "mine", "red", "--regions", "--strategy", "entropy", "--batch", "3", "--json"])
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.stdout)["items"]) == 3
+
+
+def test_a_dense_pass_enlarges_a_small_image_at_most_eight_times():
+    from assay.regions import DENSE_MAX_UPSCALE, dense_input_size
+
+    assert DENSE_MAX_UPSCALE == 8
+    assert dense_input_size(80, 120, 4096) == (640, 960)  # not 4096 x 6144
+    assert dense_input_size(500, 375, 2240) == (2976, 2240)  # photos of usual size: as before
+    assert dense_input_size(2, 3, 256) == (32, 32)  # at least one cell

@@ -330,14 +330,16 @@ class DenseSpec:
 #: A dense pass's longer side is at most this many times its ``side`` (a panorama is scaled down to fit),
 #: which bounds the memory of one pass.
 DENSE_MAX_ASPECT = 3
+DENSE_MAX_UPSCALE = 8.0  # a dense pass enlarges an image at most this many times
 
 
 def dense_input_size(width: int, height: int, side: int, cell: int = 32) -> tuple[int, int]:
     """``(W, H)`` of a ``width x height`` image resized for a dense pass: the shorter side scaled to about
-    ``side`` (less where the longer side would exceed ``DENSE_MAX_ASPECT * side``), both sides rounded to a
-    multiple of ``cell`` pixels (at least one cell)."""
+    ``side`` (less where the longer side would exceed ``DENSE_MAX_ASPECT * side``, and never enlarged more
+    than ``DENSE_MAX_UPSCALE`` times: a thumbnail at ``dense:4096`` would cost gigabytes and show nothing
+    new), both sides rounded to a multiple of ``cell`` pixels (at least one cell)."""
     w, h = int(width), int(height)
-    scale = min(int(side) / min(w, h), DENSE_MAX_ASPECT * int(side) / max(w, h))
+    scale = min(int(side) / min(w, h), DENSE_MAX_ASPECT * int(side) / max(w, h), DENSE_MAX_UPSCALE)
     return (max(cell, int(round(w * scale / cell)) * cell), max(cell, int(round(h * scale / cell)) * cell))
 
 
