@@ -99,3 +99,17 @@ def _force_progress() -> bool:
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose <= 0:
+        import warnings
+
+        # A warning is one line for the user ("warning: ..."), not Python's file:line and source echo.
+        def _show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+            console.print(f"[yellow]warning:[/] {_escape(str(message))}", markup=True, highlight=False)
+
+        warnings.showwarning = _show
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -990,7 +990,10 @@ class SealsStrategy(Strategy):
         if cand.size == 0:
             raise EmptyPoolError(
                 f"strategy {self.name!r}: the SEALS pool is empty (labelled items: {ctx.labelled_ids.size}); "
-                "label a few items first, e.g. with most-likely-positive from a text query"
+                + ("every neighbour of the labelled items is labelled, proposed and not yet answered, or set "
+                   "aside; answer the open batches, or use a full-scan strategy (e.g. entropy)"
+                   if ctx.labelled_ids.size else
+                   "label a few items first, e.g. with most-likely-positive from a text query")
             )
         sel = self.base.select(ctx.replace(pool_ids=cand), n, rng)
         return dataclasses.replace(sel, strategy=self.name)
