@@ -152,3 +152,12 @@ def test_simulate_out_onto_a_file_fails_before_simulating(ws, tmp_path):
     (tmp_path / "afile").write_text("x")
     r = _cli(ws, "simulate", "--positive", "red", "--out", str(tmp_path / "afile"))
     assert r.exit_code == 2 and "is a file" in r.output
+
+
+def test_a_label_file_giving_one_item_two_labels_is_refused(ws, tmp_path):
+    i, j = (int(x) for x in ws.catalog.ids()[:2])
+    (tmp_path / "dup.csv").write_text(f"id,label\n{i},1\n{j},0\n{i},1\n")
+    assert read_label_file(ws, tmp_path / "dup.csv")[1].tolist() == [1, 0, 1]  # the same answer twice is fine
+    (tmp_path / "conflict.csv").write_text(f"id,label\n{i},1\n{j},0\n{i},0\n")
+    with pytest.raises(InputError, match="rows 1 and 3"):
+        read_label_file(ws, tmp_path / "conflict.csv")

@@ -370,6 +370,11 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
     for (n, _), i in zip(numbered, ids.tolist()):
         if i not in known:
             raise InputError(f"{p} row {n}: item id {i} is not in the catalog")
+    first: dict[int, tuple[int, int]] = {}
+    for (n, _), i, v in zip(numbered, ids.tolist(), vals.tolist()):
+        if i in first and first[i][1] != v:
+            raise InputError(f"{p} rows {first[i][0]} and {n} give item {i} two different labels; keep one")
+        first.setdefault(i, (n, v))
     return ids, vals
 
 
