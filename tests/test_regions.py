@@ -523,6 +523,12 @@ def test_dense_layout_fits_the_budget_and_boxes_lie_inside(w, h, sides, window, 
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
 
 
+def test_overlap_given_twice_must_agree():
+    assert parse_region_spec("grid:2:overlap=0.3", overlap=0.3).overlap == 0.3
+    with pytest.raises(InputError, match="give one"):
+        parse_region_spec("grid:2:overlap=0.3", overlap=0.5)
+
+
 def test_dense_spec_parsing_and_errors():
     from assay.regions import DenseSpec
 

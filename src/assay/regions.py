@@ -250,6 +250,8 @@ def parse_region_spec(text: str | RegionSpec | DenseSpec, *, overlap: float | No
         raise InputError("a region spec looks like 'grid:2,3', 'grid:2,3:overlap=0.5', 'grid:6:square' or "
                          f"'dense:896,1792:window=4:stride=2', got {text!r}")
     scales = tuple(int(s) for s in m.group(1).split(","))
+    if overlap is not None and m.group(2) and float(m.group(2)) != float(overlap):
+        raise InputError(f"the spec {text!r} sets overlap={m.group(2)} and --region-overlap gives {overlap}; give one")
     ov = overlap if overlap is not None else float(m.group(2)) if m.group(2) else 0.0
     return RegionSpec(scales, ov, bool(m.group(3)))
 
