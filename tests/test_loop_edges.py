@@ -161,3 +161,44 @@ def test_a_label_file_giving_one_item_two_labels_is_refused(ws, tmp_path):
     (tmp_path / "conflict.csv").write_text(f"id,label\n{i},1\n{j},0\n{i},0\n")
     with pytest.raises(InputError, match="rows 1 and 3"):
         read_label_file(ws, tmp_path / "conflict.csv")
+
+
+def test_harvest_leaves_out_labelled_negatives_and_honours_min_score(ws):
+    truth = {r.id: int(r.meta["label"] == "red") for r in ws.catalog.get_many(ws.catalog.ids())}
+    ws.catalog.add_concept("red", text="red")
+    ids = list(truth)[:40]
+    Miner(ws, "red").record_labels(ids, [truth[i] for i in ids])
+    negatives = {i for i in ids if truth[i] == 0}
+    rows = Miner(ws, "red").harvest(top=len(truth))
+    assert not {r["id"] for r in rows} & negatives and len(rows) == len(truth) - len(negatives)
+    every = Miner(ws, "red").harvest(top=len(truth), include_negatives=True)
+    assert {r["id"] for r in every} >= negatives
+    high = Miner(ws, "red").harvest(top=len(truth), min_score=0.5)
+    assert high and all(r["score"] >= 0.5 for r in high) and len(high) < len(rows)
+    with pytest.raises(InputError, match="min_score"):
+        Miner(ws, "red").harvest(min_score=2.0)
+    r = _cli(ws, "harvest", "red", "--top", "5", "--json")
+    assert r.exit_code == 0 and not {x["id"] for x in json.loads(r.stdout)["items"]} & negatives
+
+
+def test_a_stale_index_is_reported(tmp_path, caplog):
+    from assay.search import Searcher
+
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    ingest(w.catalog, [colour_corpus(tmp_path / "imgs", 4, 16, 0, size=(16, 16))])
+    embed(w, limit=5)
+    build_index(w, kind="flat")
+    assert Searcher(w).index() is not None and Searcher(w).stale_rows == 0
+    embed(w)
+    s = Searcher(w)
+    with caplog.at_level("WARNING"):
+        s.index()
+    assert s.stale_rows == 15 and "older than its embeddings" in caplog.text
+    build_index(w, kind="flat")
+    assert Searcher(w).index().ntotal == 20 and Searcher(w).stale_rows == 0
+    w.close()
+
+
+def test_version_option():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("assay ")

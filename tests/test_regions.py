@@ -462,6 +462,14 @@ def test_cli_embed_regions_and_search_regions_json(tmp_path):
     assert r.exit_code == 0, r.output
     items = json.loads(r.stdout)["items"]
     assert len(items) == 3 and all("box" in it for it in items)
+    out_csv = tmp_path / "rb.csv"
+    r = runner.invoke(app, ["-w", str(wdir), "mine", "red", "--regions", "--strategy", "entropy", "--batch", "3",
+                            "--out", str(out_csv)])
+    assert r.exit_code == 0, r.output
+    import csv as _csv
+
+    rows = list(_csv.DictReader(out_csv.open()))
+    assert list(rows[0]) == ["id", "uri", "score", "prelabel", "x0", "y0", "x1", "y1", "label"] and len(rows) == 3
 
 
 def test_item_consumers_never_see_regions_and_cold_start_mining(ws):

@@ -550,10 +550,13 @@ class Miner:
 
     def harvest(
         self, *, top: int = 1000, proxy: str = "logistic", keep_duplicates: bool = False, include_pseudo: bool = False,
+        include_negatives: bool = False, min_score: float | None = None,
     ) -> list[dict[str, Any]]:
         """Score the corpus with a model trained on every label and return the ``top`` items, best first.
 
-        Pseudo-labels take part in training only with ``include_pseudo``.
+        Pseudo-labels take part in training only with ``include_pseudo``. Items whose current label is
+        negative are left out of the mined set unless ``include_negatives`` (a person said no); with
+        ``min_score``, so are items the model scores below it.
 
         For the linear proxy the ranking is a maximum-inner-product search on the FAISS index with the
         model's weight vector (the index holds unit vectors, and ``P = sigmoid(w.x + b)`` is monotone in
@@ -561,6 +564,8 @@ class Miner:
         """
         if isinstance(top, bool) or not isinstance(top, int) or top <= 0:
             raise InputError(f"top must be a positive integer, got {top!r}")
+        if min_score is not None and not (isinstance(min_score, (int, float)) and 0.0 <= float(min_score) <= 1.0):
+            raise InputError(f"min_score must be a probability in [0, 1], got {min_score!r}")
         concept = self.concept
         cat = self.ws.catalog
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
@@ -580,11 +585,13 @@ class Miner:
                 raise InputError(f"concept {concept.name!r} needs at least one positive and one negative label on "
                                  "embedded items to harvest; run `assay embed`")
         model = make_proxy(proxy).fit(store.get(labelled), labels)
+        negatives = set() if include_negatives else set(labelled[labels == 0].tolist())
+        fetch = top + len(negatives)  # the labelled negatives among the hits are dropped below
         if proxy == "logistic" and not searcher.index().metadata.get("pca"):
             w, _b = model.linear_weights()
             q = np.asarray(w, dtype=np.float32)
             q /= max(float(np.linalg.norm(q)), 1e-12)
-            _, ids = searcher.search_vectors(q, top, keep_duplicates=keep_duplicates)
+            _, ids = searcher.search_vectors(q, fetch, keep_duplicates=keep_duplicates)
             ids = ids[0][ids[0] >= 0]
             method = "mips"
         else:  # a non-linear proxy (or PCA-reduced index): a blockwise scan of the store
@@ -592,11 +599,16 @@ class Miner:
             if not keep_duplicates:
                 corpus = corpus[~np.isin(corpus, cat.non_representative_ids())]
             scores = np.concatenate([model.predict_proba(store.get(corpus[s : s + 65536])) for s in range(0, len(corpus), 65536)])
-            ids = corpus[np.argsort(-scores, kind="stable")[:top]]
+            ids = corpus[np.argsort(-scores, kind="stable")[:fetch]]
             method = "scan"
+        if negatives:
+            ids = ids[~np.isin(ids, np.fromiter(negatives, dtype=np.int64))]
         probs = model.predict_proba(store.get(ids)) if len(ids) else np.zeros(0)
         order = np.argsort(-probs, kind="stable")
-        ids, probs = ids[order], probs[order]
+        ids, probs = ids[order][:top], probs[order][:top]
+        if min_score is not None:
+            keep = probs >= float(min_score)
+            ids, probs = ids[keep], probs[keep]
         label_of = dict(zip(labelled.tolist(), labels.tolist()))
         uris = cat.uris(ids)
         return [

@@ -152,6 +152,7 @@ def build_index(
             keep = np.isin(ids, _ok_store_ids(ws, store))
             index.retrain(ids[keep], _Reduced(rows, reducer, keep), rng=rng)
             report["retrained"] = True
+    index.metadata["store_rows"] = len(store)  # lets a searcher tell that embeddings were added since
     index.save(main_dir)
     report["index"] = index.info()
     if bridge and CLASS_SCORES_EXTRA in meta.get("extras", {}):
@@ -372,6 +373,7 @@ class Searcher:
         self._region_index: VectorIndex | None = None
         self._region_bridge: VectorIndex | None = None
         self._region_spec: Any = None
+        self.stale_rows = 0  # embeddings stored since the index was built (0 when up to date or unknown)
 
     # -------------------------------------------------------------- parts
     def index(self) -> VectorIndex:
@@ -386,6 +388,14 @@ class Searcher:
                     f"the index of {self.encoder_name!r} was built from embeddings version {self._index.encoder_version}, "
                     f"the store now holds version {meta['version']}; run `assay index` to rebuild it"
                 )
+            built_on = self._index.metadata.get("store_rows")
+            if built_on is not None:
+                now = len(self.store)
+                if now > int(built_on):
+                    log.warning("the index of %s is older than its embeddings: %d embedded since it was built are "
+                                "not searched, mined or harvested; run `assay index` to add them",
+                                self.encoder_name, now - int(built_on))
+                    self.stale_rows = now - int(built_on)
         return self._index
 
     def reducer(self):

@@ -19,12 +19,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            v = metadata.version("assay")
+        except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+            v = "unknown"
+        typer.echo(f"assay {v}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     workspace: Annotated[
         Optional[Path], typer.Option("-w", "--workspace", help="Workspace folder (default: current directory).")
     ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output (-v, -vv).")] = 0,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print assay's version and exit.")
+    ] = False,
 ) -> None:
     State.workspace = workspace
     setup_logging(verbose)

@@ -130,21 +130,23 @@ def mine(
             from ..regions import RegionMiner
 
             miner_cls = RegionMiner
-        row, outcome = miner_cls(ws, name, encoder=encoder).propose(
+        miner = miner_cls(ws, name, encoder=encoder)
+        labelled_now, _ = ws.catalog.current_labels(miner.concept.id)
+        unanswered = len(miner._pending(miner.concept.id, labelled_now))
+        row, outcome = miner.propose(
             strategy=strategy, batch=batch, seed=seed, proxy=proxy, seals_k=seals_k, keep_duplicates=keep_duplicates
         )
+        if unanswered and not json_:
+            from ._common import console
+
+            console.print(f"note: {unanswered} items proposed in the last 3 rounds are not labelled yet and were left "
+                          "out of this pool (label them with `assay label`; they return after 3 rounds)")
         uris = ws.catalog.uris(outcome.ids)
         items = [
             {"id": int(i), "uri": uris.get(int(i), ""), "score": float(s),
              "prelabel": None if outcome.prelabels is None else float(outcome.prelabels[k]), "reason": outcome.reasons[k]}
             for k, (i, s) in enumerate(zip(outcome.ids, outcome.scores))
         ]
-        if out_file is not None:
-            with open(out_file, "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=["id", "uri", "score", "prelabel", "label"])
-                w.writeheader()
-                for it in items:
-                    w.writerow({"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""})
         if regions:
             from ..regions import region_proposals
 
@@ -152,6 +154,18 @@ def mine(
             for it in items:
                 r = boxes.get(it["id"])
                 it["box"] = None if r is None else r["box"]
+        if out_file is not None:
+            # score: the strategy's own score (e.g. entropy); prelabel: the proxy's P(positive); label: fill in
+            # 1/0 and give the file to `assay label`. With --regions, the box that triggered the proposal.
+            box_cols = ["x0", "y0", "x1", "y1"] if regions else []
+            with open(out_file, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=["id", "uri", "score", "prelabel", *box_cols, "label"])
+                w.writeheader()
+                for it in items:
+                    rec = {"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""}
+                    if regions:
+                        rec.update(zip(box_cols, it.get("box") or [None] * 4))
+                    w.writerow(rec)
         result = {"round": row.number, "round_id": row.id, "strategy": row.strategy, "cold_start": outcome.cold_start,
                   "pool_size": row.pool_size, "scanned_fraction": row.scanned_fraction, "proxy": row.proxy,
                   "seconds": row.seconds, "items": items}
@@ -203,6 +217,8 @@ def harvest(
     top: Annotated[int, typer.Option("--top", min=1, help="How many items to harvest.")] = 1000,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the mined set here (.csv or .parquet).")] = None,
     proxy: Annotated[str, typer.Option("--proxy")] = "logistic",
+    min_score: Annotated[Optional[float], typer.Option("--min-score", min=0.0, max=1.0, help="Leave out items the model scores below this probability.")] = None,
+    include_negatives: Annotated[bool, typer.Option("--include-negatives", help="Keep items labelled negative (left out by default: a person said no).")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Score the corpus with the final model (a maximum-inner-product search on the index) and write the mined set."""
@@ -211,7 +227,7 @@ def harvest(
     with errors_to_exit():
         _check_out(out_file, (".csv", ".parquet", ""))
         ws = open_workspace(workspace)
-        rows = Miner(ws, name).harvest(top=top, proxy=proxy)
+        rows = Miner(ws, name).harvest(top=top, proxy=proxy, min_score=min_score, include_negatives=include_negatives)
         if out_file is not None:
             _write_rows(rows, out_file)
         if json_:
