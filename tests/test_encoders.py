@@ -773,8 +773,27 @@ def test_minilm_version_is_stable_and_cheap_to_get(minilm):
 def test_minilm_missing_transformers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(MissingDependencyError) as exc:
-        get_encoder("minilm").load()
+        get_encoder("minilm", backend="torch").load()
     assert exc.value.extra == "text"
+
+
+def test_minilm_onnx_backend_equals_torch_and_needs_no_transformers_once_cached(minilm, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tokenizers")
+    texts = TEXTS + ["", "naïve café 日本語", "word " * 300]
+    onnx = get_encoder("minilm", backend="onnx", cache_dir=tmp_path)
+    onnx.load()  # exports once into tmp_path
+    assert onnx.backend_ == "onnx" and onnx.onnx_cache_path().is_file()
+    torch_enc = get_encoder("minilm", backend="torch")
+    torch_enc.load()
+    np.testing.assert_allclose(onnx.embed_texts(texts), torch_enc.embed_texts(texts), atol=1e-5)
+    # once the export is cached, loading imports neither transformers nor torch
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    again = get_encoder("minilm", backend="onnx", cache_dir=tmp_path)
+    again.load()
+    np.testing.assert_allclose(again.embed_texts(texts[:2]), torch_enc.embed_texts(texts[:2]), atol=1e-5)
+    with pytest.raises(InputError, match="backend"):
+        get_encoder("minilm", backend="tf")
 
 
 def test_minilm_rejects_bad_model_dir(tmp_path):
