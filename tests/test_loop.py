@@ -88,9 +88,12 @@ def test_relabelling_keeps_history_and_latest_wins(ws):
     ids, vals = ws.catalog.current_labels(c.id)
     assert ids.tolist() == [i] and vals.tolist() == [0]
     assert [h["annotator"] for h in ws.catalog.label_history(c.id, i)] == ["ann", "bob"]
-    ws.catalog.add_labels(c.id, [i], [1], source="pseudo")
+    j = int(ws.catalog.ids()[1])
+    ws.catalog.add_labels(c.id, [i, j], [1, 1], source="pseudo")
     assert ws.catalog.current_labels(c.id)[1].tolist() == [0]
-    assert ws.catalog.current_labels(c.id, include_pseudo=True)[1].tolist() == [1]
+    # a pseudo-label never overrides a person's answer, however recent; it stands for items nobody answered
+    ids, vals = ws.catalog.current_labels(c.id, include_pseudo=True)
+    assert ids.tolist() == [i, j] and vals.tolist() == [0, 1]
 
 
 def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):

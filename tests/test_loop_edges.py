@@ -202,3 +202,17 @@ def test_a_stale_index_is_reported(tmp_path, caplog):
 def test_version_option():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.startswith("assay ")
+
+
+def test_a_later_pseudo_label_never_hides_a_human_answer_in_exports(ws):
+    from assay.interop.exports import collect_rows
+
+    c = ws.catalog.add_concept("red", text="red")
+    i, j = (int(x) for x in ws.catalog.ids()[:2])
+    ws.catalog.add_labels(c.id, [i], [0], source="human", annotator="carol")
+    ws.catalog.add_labels(c.id, [i, j], [1, 1], source="pseudo")  # e.g. re-imported from an older export
+    rows = {r.id: r for r in collect_rows(ws, "red", with_scores=False)[0]}
+    assert (rows[i].label, rows[i].source, rows[i].annotator) == (0, "human", "carol")
+    assert (rows[j].label, rows[j].source) == (1, "pseudo")
+    rows = {r.id: r for r in collect_rows(ws, "red", include_pseudo=False, with_scores=False)[0]}
+    assert set(rows) == {i}

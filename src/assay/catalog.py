@@ -389,18 +389,23 @@ class _MiningMixin:
     def current_labels(self, concept_id: int, *, include_pseudo: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The latest label of each item for a concept: ``(ids int64 [n], values int8 [n])``, ids ascending.
 
-        Human, oracle and imported labels count; pseudo-labels only when asked. The latest row wins.
+        Human, oracle and imported labels count, the latest row winning; pseudo-labels only when asked, and
+        only for items that have no such answer (a pseudo-label never overrides a person's answer).
         """
         t = labels_table
-        q = sa.select(t.c.item_id, t.c.value, t.c.id).where(t.c.concept_id == concept_id)
+        q = sa.select(t.c.item_id, t.c.value, t.c.id, t.c.source).where(t.c.concept_id == concept_id)
         if not include_pseudo:
             q = q.where(t.c.source != "pseudo")
         latest: dict[int, tuple[int, int]] = {}
+        pseudo: dict[int, tuple[int, int]] = {}
         with self.engine.connect() as conn:
             for r in conn.execute(q):
-                prev = latest.get(int(r.item_id))
+                target = pseudo if r.source == "pseudo" else latest
+                prev = target.get(int(r.item_id))
                 if prev is None or int(r.id) > prev[0]:
-                    latest[int(r.item_id)] = (int(r.id), int(r.value))
+                    target[int(r.item_id)] = (int(r.id), int(r.value))
+        for i, v in pseudo.items():
+            latest.setdefault(i, v)
         ids = np.asarray(sorted(latest), dtype=np.int64)
         vals = np.asarray([latest[i][1] for i in ids.tolist()], dtype=np.int8)
         return ids, vals

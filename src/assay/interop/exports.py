@@ -109,13 +109,19 @@ def negative_name(concept: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- rows
 def _latest_labels(cat: Any, concept_id: int, include_pseudo: bool) -> dict[int, dict[str, Any]]:
+    """Each labelled item's current label: the latest answer of a person (or a stand-in: human, oracle,
+    import); a pseudo-label only for items nobody answered (never over an answer, whatever its age), and only
+    with ``include_pseudo`` -- the same precedence the proxy's training uses."""
     latest: dict[int, dict[str, Any]] = {}
+    pseudo: dict[int, dict[str, Any]] = {}
     for h in cat.label_history(concept_id):
-        if h["source"] == "pseudo" and not include_pseudo:
-            continue
-        prev = latest.get(int(h["item_id"]))
+        target = pseudo if h["source"] == "pseudo" else latest
+        prev = target.get(int(h["item_id"]))
         if prev is None or int(h["id"]) > int(prev["id"]):
-            latest[int(h["item_id"])] = h
+            target[int(h["item_id"])] = h
+    if include_pseudo:
+        for i, h in pseudo.items():
+            latest.setdefault(i, h)
     return latest
 
 
