@@ -264,3 +264,20 @@ def test_a_workspace_inside_the_ingested_folder_is_skipped(tmp_path):
     rep = ingest(ws.catalog, [tmp_path / "data"])
     assert rep.new == 3 and any("an assay workspace" in s for s in rep.skipped_rows)
     ws.close()
+
+
+def test_a_copy_stands_in_for_an_original_that_failed(tmp_path):
+    c = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+    write_images(tmp_path / "a", 1)
+    data = (tmp_path / "a" / "img_000.png").read_bytes()
+    for name in ("b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "copy.png").write_bytes(data)
+    ingest(c, [tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    a, b, cc = (int(i) for i in c.ids())
+    assert c.non_representative_ids().tolist() == [b, cc]
+    c.mark_errors([(a, "cannot decode image: broken")])
+    assert c.non_representative_ids().tolist() == [cc]  # b represents the group now
+    c.mark_errors([(b, "cannot decode image: broken")])
+    assert cc not in c.non_representative_ids().tolist()  # the first copy that is fine
+    c.close()

@@ -870,9 +870,20 @@ class Catalog(_MiningMixin):
         """Ids that search and selection skip by default (sorted, unique): items whose bytes equal an earlier
         item's (from ingest), and members of a near-duplicate group other than its representative."""
         t, d = items_table, dup_members_table
+        o = t.alias("original")
         with self.engine.connect() as conn:
-            exact = [r[0] for r in conn.execute(sa.select(t.c.id).where(t.c.duplicate_of.is_not(None)))]
+            rows = conn.execute(
+                sa.select(t.c.id, t.c.duplicate_of, o.c.status, t.c.status.label("own")).join(o, o.c.id == t.c.duplicate_of)
+                .where(t.c.duplicate_of.is_not(None)).order_by(t.c.id)
+            ).all()
             near = [r[0] for r in conn.execute(sa.select(d.c.item_id).where(d.c.item_id != d.c.representative))]
+        exact: list[int] = []
+        stands_in: set[int] = set()  # groups whose original failed: their first copy represents them
+        for item_id, original, status, own in rows:
+            if status != "ok" and own == "ok" and original not in stands_in:
+                stands_in.add(original)
+                continue
+            exact.append(int(item_id))
         return np.unique(np.asarray(exact + near, dtype=np.int64))
 
     def replace_duplicate_groups(
