@@ -216,3 +216,14 @@ def test_a_later_pseudo_label_never_hides_a_human_answer_in_exports(ws):
     assert (rows[j].label, rows[j].source) == (1, "pseudo")
     rows = {r.id: r for r in collect_rows(ws, "red", include_pseudo=False, with_scores=False)[0]}
     assert set(rows) == {i}
+
+
+def test_index_without_options_keeps_the_pca_and_kind_it_was_built_with(ws):
+    rep = build_index(ws, kind="hnsw", pca=2, rebuild=True)
+    assert rep["index"]["kind"] == "hnsw"
+    again = build_index(ws)  # e.g. what `assay dedup` runs to bring the index up to date
+    assert again["action"] == "updated" and "rebuilt_because" not in again
+    assert again["index"]["kind"] == "hnsw"
+    from assay.search import Searcher
+
+    assert Searcher(ws).index().metadata.get("pca") == 2

@@ -127,6 +127,12 @@ def build_index(
     existing = None
     if not rebuild and (main_dir / "meta.json").exists():
         existing = VectorIndex.load(main_dir, mmap=False)
+        # Options left out keep what the index was built with (`assay index` after `--pca 64 --kind ivf`, or
+        # the update `assay dedup` makes, must not quietly rebuild a full-size flat index).
+        if pca is None:
+            pca = existing.metadata.get("pca") or None
+        if kind == "auto":
+            kind = existing.kind if existing.kind in KINDS else "auto"
         reasons = []
         if existing.encoder_version != meta["version"]:
             reasons.append(f"the embeddings were re-made (version {existing.encoder_version} -> {meta['version']})")
