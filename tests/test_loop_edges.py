@@ -227,3 +227,16 @@ def test_index_without_options_keeps_the_pca_and_kind_it_was_built_with(ws):
     from assay.search import Searcher
 
     assert Searcher(ws).index().metadata.get("pca") == 2
+
+
+def test_overlong_annotators_are_refused_and_imports_are_all_or_nothing(ws, tmp_path):
+    from assay.interop.imports import import_labels
+
+    ids = [int(x) for x in ws.catalog.ids()[:3]]
+    c = ws.catalog.add_concept("red", text="red")
+    with pytest.raises(InputError, match="200 characters"):
+        ws.catalog.add_labels(c.id, ids[:1], [1], source="human", annotator="b" * 250)
+    (tmp_path / "long.csv").write_text(f"id,label,annotator\n{ids[0]},1,alice\n{ids[1]},0,alice\n{ids[2]},1,{'b' * 250}\n")
+    with pytest.raises(InputError, match="200 characters"):
+        import_labels(ws, tmp_path / "long.csv", concept="dog", create_concepts=True)
+    assert ws.catalog.label_history(c.id) == [] and "dog" not in {x.name for x in ws.catalog.concepts()}

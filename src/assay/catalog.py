@@ -353,25 +353,37 @@ class _MiningMixin:
         source: str, annotator: str | None = None, round_id: int | None = None,
     ) -> int:
         """Append label rows (one transaction: all or nothing). Relabelling appends; history is kept."""
-        if source not in LABEL_SOURCES:
-            raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
-        ids = [int(i) for i in item_ids]
-        vals = [int(v) for v in values]
-        if len(ids) != len(vals):
-            raise InputError(f"{len(ids)} item ids but {len(vals)} label values")
-        bad = [v for v in vals if v not in (0, 1)]
-        if bad:
-            raise InputError(f"label values must be 0 (negative) or 1 (positive), got {bad[:5]}")
-        known = set(self.get_ids_existing(ids))
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            raise NotFoundError(f"{len(unknown)} labelled item ids are not in the catalog, e.g. {unknown[:5]}")
+        return self.add_label_batches([(concept_id, item_ids, values, source, annotator, round_id)])
+
+    def add_label_batches(
+        self, batches: Sequence[tuple[int, Any, Any, str, str | None, int | None]],
+    ) -> int:
+        """Append several ``(concept_id, item_ids, values, source, annotator, round_id)`` batches of labels in
+        one transaction: every row is checked first, then all are written or none."""
         now = _now()
-        rows = [
-            {"concept_id": concept_id, "item_id": i, "value": v, "source": source, "annotator": annotator,
-             "round_id": round_id, "created_at": now}
-            for i, v in zip(ids, vals)
-        ]
+        rows: list[dict[str, Any]] = []
+        for concept_id, item_ids, values, source, annotator, round_id in batches:
+            if source not in LABEL_SOURCES:
+                raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
+            if annotator is not None and (not isinstance(annotator, str) or len(annotator) > 200):
+                raise InputError(f"an annotator is a name of at most 200 characters, got {str(annotator)[:40]!r}... "
+                                 f"({len(str(annotator))} characters)")
+            ids = [int(i) for i in item_ids]
+            vals = [int(v) for v in values]
+            if len(ids) != len(vals):
+                raise InputError(f"{len(ids)} item ids but {len(vals)} label values")
+            bad = [v for v in vals if v not in (0, 1)]
+            if bad:
+                raise InputError(f"label values must be 0 (negative) or 1 (positive), got {bad[:5]}")
+            known = set(self.get_ids_existing(ids))
+            unknown = [i for i in ids if i not in known]
+            if unknown:
+                raise NotFoundError(f"{len(unknown)} labelled item ids are not in the catalog, e.g. {unknown[:5]}")
+            rows.extend(
+                {"concept_id": concept_id, "item_id": i, "value": v, "source": source, "annotator": annotator,
+                 "round_id": round_id, "created_at": now}
+                for i, v in zip(ids, vals)
+            )
         with self.engine.begin() as conn:
             for start in range(0, len(rows), 5000):
                 conn.execute(sa.insert(labels_table), rows[start : start + 5000])

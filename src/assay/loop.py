@@ -544,8 +544,8 @@ class Miner:
         for v in values.tolist():
             if int(v) not in (0, 1):
                 raise InputError(f"label values must be 0 or 1, got {v!r}")
-        for round_id, idx in groups.items():
-            n += cat.add_labels(concept.id, ids[idx], values[idx], source=source, annotator=annotator, round_id=round_id)
+        n += cat.add_label_batches(  # one transaction: every answer of the file, or none
+            [(concept.id, ids[idx], values[idx], source, annotator, round_id) for round_id, idx in groups.items()])
         return n
 
     def harvest(

@@ -446,18 +446,23 @@ def import_labels(
         raise NotFoundError(f"no concept named {missing[0]!r}; create it with `assay concept add` or pass --create-concept")
     for n in missing:  # every name checked before any is created
         cat.check_concept_name(n)
+    long_names = sorted({e.annotator for e in entries if e.annotator is not None and len(e.annotator) > 200})
+    if long_names:
+        raise InputError(f"annotator names are at most 200 characters; {len(long_names)} are longer, e.g. "
+                         f"{long_names[0][:40]!r}...")
     for n in missing:
         cat.add_concept(n)
     groups: dict[tuple[str, str, str | None], list[LabelEntry]] = {}
     for e in entries:
         groups.setdefault((e.concept, e.source, e.annotator), []).append(e)
-    written = 0
     per: dict[str, int] = {}
+    batches = []
     for (cname, src, who), es in groups.items():
         c = cat.concept(cname)
-        written += cat.add_labels(c.id, np.asarray([e.item_id for e in es], dtype=np.int64),
-                                  np.asarray([e.value for e in es], dtype=np.int64), source=src, annotator=who)
+        batches.append((c.id, np.asarray([e.item_id for e in es], dtype=np.int64),
+                        np.asarray([e.value for e in es], dtype=np.int64), src, who, None))
         per[cname] = per.get(cname, 0) + len(es)
+    written = cat.add_label_batches(batches)  # one transaction: the whole file or nothing
     return ImportReport(
         format=fmt, file=str(path), written=written, concepts=per, positives=sum(e.value == 1 for e in entries),
         skipped=skipped, pseudo=sum(e.source == "pseudo" for e in entries), created_concepts=missing,
