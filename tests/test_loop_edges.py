@@ -240,3 +240,25 @@ def test_overlong_annotators_are_refused_and_imports_are_all_or_nothing(ws, tmp_
     with pytest.raises(InputError, match="200 characters"):
         import_labels(ws, tmp_path / "long.csv", concept="dog", create_concepts=True)
     assert ws.catalog.label_history(c.id) == [] and "dog" not in {x.name for x in ws.catalog.concepts()}
+
+
+def test_coco_files_that_would_mislabel_are_refused(ws, tmp_path):
+    from assay.interop.imports import import_labels
+
+    rows = ws.catalog.get_many(ws.catalog.ids()[:2])
+    images = [{"id": k + 1, "file_name": r.uri} for k, r in enumerate(rows)]
+    good = {"images": images, "categories": [{"id": 1, "name": "red"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1}]}
+    cases = {
+        "dangling": ({**good, "annotations": [{"id": 1, "image_id": 9, "category_id": 1}]}, "not among the file's images"),
+        "strcat": ({**good, "categories": [{"id": "1", "name": "red"}]}, "integer id"),
+        "dupname": ({**good, "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "red"}]}, "appears twice"),
+        "noimgid": ({**good, "images": [{"file_name": r.uri} for r in rows]}, "integer id"),
+    }
+    for name, (doc, msg) in cases.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        with pytest.raises(InputError, match=msg):
+            import_labels(ws, tmp_path / f"{name}.json", fmt="coco", concept="red", create_concepts=True)
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    rep = import_labels(ws, tmp_path / "good.json", fmt="coco", concept="red", create_concepts=True)
+    assert rep.written == 2 and rep.positives == 1

@@ -278,7 +278,18 @@ def _parse_coco(ws: Any, path: Path, concept: str | None, annotator: str | None)
     for key in ("images", "categories", "annotations"):
         if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
             raise InputError(f"{path}: a COCO file needs a list '{key}'")
-    cats = {c.get("name"): c.get("id") for c in doc["categories"] if isinstance(c, dict)}
+    def _id(v: Any, where: str) -> int:  # COCO ids are integers; "1" and 1 must not silently differ
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise InputError(f"{path.name} {where}: expected an integer id, got {v!r}")
+        return v
+
+    cats: dict[str, int] = {}
+    for n, c in enumerate(doc["categories"], 1):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            raise InputError(f"{path.name} category {n}: expected an object with a 'name'")
+        if c["name"] in cats:
+            raise InputError(f"{path.name}: category name {c['name']!r} appears twice")
+        cats[c["name"]] = _id(c.get("id"), f"category {n}")
     if concept is None:
         if len(cats) != 1:
             raise InputError(f"{path} has categories {sorted(map(str, cats))}; pass --concept to pick one")
@@ -286,12 +297,27 @@ def _parse_coco(ws: Any, path: Path, concept: str | None, annotator: str | None)
     if concept not in cats:
         raise InputError(f"{path} has no category {concept!r}; categories: {sorted(map(str, cats))}")
     cid = cats[concept]
-    positive = {a.get("image_id") for a in doc["annotations"] if isinstance(a, dict) and a.get("category_id") == cid}
+    image_ids: set[int] = set()
     forms_of = {}
     for n, im in enumerate(doc["images"], 1):
         if not isinstance(im, dict):
             raise InputError(f"{path.name} image {n}: expected an object")
+        i = _id(im.get("id"), f"image {n}")
+        if i in image_ids:
+            raise InputError(f"{path.name} image {n}: image id {i} appears twice")
+        image_ids.add(i)
         forms_of[n] = [f for f in (im.get("coco_url"), im.get("file_name")) if isinstance(f, str) and f]
+    positive: set[int] = set()
+    for n, a in enumerate(doc["annotations"], 1):
+        if not isinstance(a, dict):
+            raise InputError(f"{path.name} annotation {n}: expected an object")
+        img, cat_id = _id(a.get("image_id"), f"annotation {n} image_id"), _id(a.get("category_id"), f"annotation {n} category_id")
+        if img not in image_ids:
+            raise InputError(f"{path.name} annotation {n}: image_id {img} is not among the file's images")
+        if cat_id not in cats.values():
+            raise InputError(f"{path.name} annotation {n}: category_id {cat_id} is not among the file's categories")
+        if cat_id == cid:
+            positive.add(img)
     uri_ids = _resolve_uris(ws.catalog, [f for fs in forms_of.values() for f in fs])
     entries = []
     for n, im in enumerate(doc["images"], 1):
