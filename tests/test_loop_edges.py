@@ -262,3 +262,22 @@ def test_coco_files_that_would_mislabel_are_refused(ws, tmp_path):
     (tmp_path / "good.json").write_text(json.dumps(good))
     rep = import_labels(ws, tmp_path / "good.json", fmt="coco", concept="red", create_concepts=True)
     assert rep.written == 2 and rep.positives == 1
+
+
+def test_file_tree_exports_refuse_missing_files_before_writing(ws, tmp_path):
+    from pathlib import Path
+
+    from assay.interop.exports import export as export_concept
+
+    c = ws.catalog.add_concept("red", text="red")
+    rows = ws.catalog.get_many(ws.catalog.ids()[:3])
+    ws.catalog.add_labels(c.id, [r.id for r in rows], [1, 0, 1], source="human")
+    Path(rows[0].uri).unlink()
+    for fmt in ("imagefolder", "fiftyone"):
+        with pytest.raises(InputError, match="missing"):
+            export_concept(ws, "red", fmt=fmt, out=tmp_path / fmt, copy=True)
+        assert not (tmp_path / fmt).exists()
+    export_concept(ws, "red", fmt="csv", out=tmp_path / "sub" / "red.csv")  # needs no files
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        export_concept(ws, "red", fmt="csv", out=tmp_path / "afile" / "red.csv")

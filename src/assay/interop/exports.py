@@ -367,10 +367,25 @@ def _place(uri: str, dest: Path, copy: bool) -> None:
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot create the folder: {exc}") from exc
+
+
+def _check_sources(rows: list[ExportRow]) -> None:
+    """A file tree export links or copies every labelled file: a local file that is gone is refused before
+    anything is written (a half-written tree, or a dangling link, is worse than no export)."""
+    from ..media import is_local, local_path
+
+    gone = [r for r in rows if r.label is not None and is_local(r.uri) and not os.path.isfile(local_path(r.uri))]
+    if gone:
+        raise InputError(f"{len(gone)} labelled items' files are missing, e.g. item {gone[0].id} ({gone[0].uri}); put "
+                         "them back, or export as csv/parquet, which do not need the files")
 
 
 def _write_imagefolder(rows: list[ExportRow], out: Path, concept: str, copy: bool) -> None:
+    _check_sources(rows)
     _check_out_dir(out)
     pos_dir, neg_dir = out / safe_name(concept), out / safe_name(negative_name(concept))
     pos_dir.mkdir(exist_ok=True)
@@ -389,6 +404,7 @@ def _write_imagefolder(rows: list[ExportRow], out: Path, concept: str, copy: boo
 
 
 def _write_fiftyone(rows: list[ExportRow], out: Path, concept: str, copy: bool) -> None:
+    _check_sources(rows)
     _check_out_dir(out)
     data = out / "data"
     data.mkdir(exist_ok=True)
@@ -417,8 +433,16 @@ def export(
     out = Path(out)
     if fmt in ("csv", "parquet", "label-studio", "coco") and out.is_dir():
         raise InputError(f"--out {out} is a folder; the {fmt} export writes one file")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"--out {out}: {parent} is a file, not a folder")
+            break
     if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--out {out}: cannot create its folder: {exc}") from exc
     rows, model_version = collect_rows(
         ws, concept, include_pseudo=include_pseudo, top=top if fmt in ("csv", "parquet", "label-studio") else 0,
         score_model=score_model, with_scores=with_scores, proxy=proxy, encoder=encoder,
