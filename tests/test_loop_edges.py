@@ -281,3 +281,22 @@ def test_file_tree_exports_refuse_missing_files_before_writing(ws, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         export_concept(ws, "red", fmt="csv", out=tmp_path / "afile" / "red.csv")
+
+
+def test_export_top_rows_skip_duplicates(ws, tmp_path):
+    from assay.interop.exports import collect_rows
+
+    truth = {r.id: int(r.meta["label"] == "red") for r in ws.catalog.get_many(ws.catalog.ids())}
+    red = [i for i, v in truth.items() if v][:1]
+    src = ws.catalog.get(red[0]).uri
+    (tmp_path / "dups").mkdir()
+    for k in range(3):  # exact copies of a red image: they would top the ranking
+        (tmp_path / "dups" / f"copy{k}.png").write_bytes(open(src, "rb").read())
+    ingest(ws.catalog, [tmp_path / "dups"])
+    embed(ws)
+    ws.catalog.add_concept("red", text="red")
+    ids = list(truth)[:30]
+    Miner(ws, "red").record_labels(ids, [truth[i] for i in ids])
+    rows, _ = collect_rows(ws, "red", top=10)
+    extra = [r.id for r in rows if r.label is None]
+    assert len(extra) == 10 and not set(extra) & set(ws.catalog.non_representative_ids().tolist())

@@ -144,6 +144,8 @@ def collect_rows(
     score_of: dict[int, float] = {}
     model_version: str | None = None
     extra_ids = np.zeros(0, dtype=np.int64)
+    # The unlabelled top-scored rows skip labelled items, non-representative duplicates and items not ok.
+    skip = np.concatenate([labelled, cat.non_representative_ids(), cat.ids(status="error")]) if top else labelled
     if with_scores and score_model is not None:
         from .scores import read_scores, resolve_model
 
@@ -151,7 +153,7 @@ def collect_rows(
         s_ids, s_vals = read_scores(cat, concept, model_version)
         score_of = dict(zip(s_ids.tolist(), s_vals.tolist()))
         if top:
-            un = ~np.isin(s_ids, labelled)
+            un = ~np.isin(s_ids, skip)
             order = np.argsort(-s_vals[un], kind="stable")[:top]
             extra_ids = s_ids[un][order]
     elif with_scores:
@@ -174,7 +176,7 @@ def collect_rows(
                 ids_all_a = np.concatenate(ids_all)
                 p_all_a = np.concatenate(p_all)
                 score_of = dict(zip(ids_all_a.tolist(), p_all_a.tolist()))
-                un = ~np.isin(ids_all_a, labelled)
+                un = ~np.isin(ids_all_a, skip)
                 order = np.argsort(-p_all_a[un], kind="stable")[:top]
                 extra_ids = ids_all_a[un][order]
             else:
