@@ -300,3 +300,35 @@ def test_export_top_rows_skip_duplicates(ws, tmp_path):
     rows, _ = collect_rows(ws, "red", top=10)
     extra = [r.id for r in rows if r.label is None]
     assert len(extra) == 10 and not set(extra) & set(ws.catalog.non_representative_ids().tolist())
+
+
+def test_import_files_with_odd_shapes_are_clear_errors(ws, tmp_path):
+    from pathlib import Path
+
+    from assay.interop.imports import import_labels
+    from assay.interop.scores import import_scores
+
+    i = int(ws.catalog.ids()[0])
+    uri = ws.catalog.get(i).uri
+    ws.catalog.add_concept("red", text="red")
+    (tmp_path / "extra.csv").write_text(f"id,label\n{i},1,surplus\n")
+    with pytest.raises(InputError, match="more fields"):
+        read_label_file(ws, tmp_path / "extra.csv")
+    with pytest.raises(InputError, match="more fields"):
+        import_labels(ws, tmp_path / "extra.csv", concept="red")
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(InputError, match="folder"):
+        import_labels(ws, tmp_path / "dir.json", fmt="coco", concept="red")
+    (tmp_path / "latin.json").write_bytes('{"images": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(InputError, match="UTF-8"):
+        import_labels(ws, tmp_path / "latin.json", fmt="label-studio", concept="red")
+    (tmp_path / "ls.json").write_text(json.dumps([{"data": {"image": uri}, "annotations": [
+        {"result": [{"type": "choices", "value": ["red"]}]}]}]))
+    with pytest.raises(InputError, match="'value' must be an object"):
+        import_labels(ws, tmp_path / "ls.json", fmt="label-studio", concept="red")
+    # scores: other spellings of a corpus path resolve; ids beyond int64 are unknown ids, not a crash
+    (tmp_path / "s.csv").write_text(f"uri,score\n{Path(uri).as_uri()},0.9\n")
+    assert import_scores(ws.catalog, tmp_path / "s.csv", model="m", concept="red").rows == 1
+    (tmp_path / "big.jsonl").write_text(json.dumps({"id": 10**30, "score": 0.5}) + "\n")
+    with pytest.raises(InputError):
+        import_scores(ws.catalog, tmp_path / "big.jsonl", model="m2", concept="red")

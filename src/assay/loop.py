@@ -320,6 +320,9 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
         else:
             with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
                 records = list(csv.DictReader(f))
+            for n, r in enumerate(records, 2):
+                if None in r:  # csv puts fields beyond the header under the key None
+                    raise InputError(f"{p} line {n}: more fields than the header has columns")
     except InputError:
         raise
     except UnicodeDecodeError as exc:

@@ -191,13 +191,24 @@ def _ls_annotator(ann: dict[str, Any]) -> str | None:
     return None if who in (None, "") else f"label-studio:{who}"
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; a folder, a file that is not UTF-8 or not JSON is an InputError naming it."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; expected a JSON file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not JSON: {exc}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+
+
 def _parse_label_studio(
     ws: Any, path: Path, concept: str | None, annotator: str | None, url_prefix: str | None,
 ) -> tuple[list[LabelEntry], int]:
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not JSON: {exc}") from exc
+    tasks = _read_json(path)
     if isinstance(tasks, dict) and isinstance(tasks.get("tasks"), list):
         tasks = tasks["tasks"]
     if not isinstance(tasks, list):
@@ -261,7 +272,10 @@ def _parse_label_studio(
                 f"{where}: the annotation has no 'choices' result (result types: {types}); "
                 "the export comes from a project with another label config"
             )
-        vals = (choices[0].get("value") or {}).get("choices") or []
+        value_obj = choices[0].get("value")
+        if not isinstance(value_obj, dict):
+            raise InputError(f"{where}: a choices result's 'value' must be an object with 'choices', got {value_obj!r}")
+        vals = value_obj.get("choices") or []
         if not isinstance(vals, list) or len(vals) != 1:
             raise InputError(f"{where}: expected exactly one choice, got {vals!r}")
         c, value = _ls_choice_value(vals[0], concept, known, where)
@@ -271,10 +285,7 @@ def _parse_label_studio(
 
 # ---------------------------------------------------------------------------------------------- coco
 def _parse_coco(ws: Any, path: Path, concept: str | None, annotator: str | None) -> tuple[list[LabelEntry], int]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not JSON: {exc}") from exc
+    doc = _read_json(path)
     for key in ("images", "categories", "annotations"):
         if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
             raise InputError(f"{path}: a COCO file needs a list '{key}'")
@@ -386,10 +397,7 @@ def _parse_fiftyone(ws: Any, root: Path, concept: str | None, annotator: str | N
     if not labels_path.exists():
         raise NotFoundError(f"no labels.json in {root}")
     base = labels_path.parent
-    try:
-        doc = json.loads(labels_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{labels_path} is not JSON: {exc}") from exc
+    doc = _read_json(labels_path)
     if not isinstance(doc, dict) or not isinstance(doc.get("labels"), dict):
         raise InputError(f"{labels_path}: expected {{'classes': [...], 'labels': {{uuid: target}}}}")
     classes = doc.get("classes")

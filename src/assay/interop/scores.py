@@ -476,7 +476,11 @@ def read_score_records(path: str | Path) -> list[dict[str, Any]]:
                     records.append(rec)
             return records
         with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
-            return list(csv.DictReader(f))
+            rows = list(csv.DictReader(f))
+        for n, r in enumerate(rows, 2):
+            if None in r:  # csv puts fields beyond the header under the key None
+                raise InputError(f"{p} line {n}: more fields than the header has columns")
+        return rows
     except UnicodeDecodeError as exc:
         raise InputError(f"{p} is not UTF-8 text ({exc}); save it as UTF-8") from exc
     except OSError as exc:
@@ -484,21 +488,31 @@ def read_score_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _uri_map(catalog: Catalog, uris: Sequence[str]) -> dict[str, tuple[int, int | None, int | None]]:
-    """``{uri: (id, width, height)}`` for the uris in the catalog."""
+    """``{uri: (id, width, height)}`` for the uris in the catalog; a local path is also looked up in its
+    other spellings (``file://``, relative, unnormalised), as label imports do."""
+    from .imports import _candidates_for
+
     out: dict[str, tuple[int, int | None, int | None]] = {}
     t = items_table
     uris = list(dict.fromkeys(uris))
+    forms = {u: _candidates_for(u) for u in uris}
+    wanted = list(dict.fromkeys(f for fs in forms.values() for f in fs))
+    found: dict[str, tuple[int, int | None, int | None]] = {}
     with catalog.engine.connect() as conn:
-        for start in range(0, len(uris), 900):
-            for r in conn.execute(sa.select(t.c.id, t.c.uri, t.c.width, t.c.height).where(t.c.uri.in_(uris[start : start + 900]))):
-                out[r.uri] = (int(r.id), r.width, r.height)
+        for start in range(0, len(wanted), 900):
+            for r in conn.execute(sa.select(t.c.id, t.c.uri, t.c.width, t.c.height).where(t.c.uri.in_(wanted[start : start + 900]))):
+                found[r.uri] = (int(r.id), r.width, r.height)
+    for u, fs in forms.items():
+        hit = next((found[f] for f in fs if f in found), None)
+        if hit is not None:
+            out[u] = hit
     return out
 
 
 def _id_map(catalog: Catalog, ids: Sequence[int]) -> dict[int, tuple[int | None, int | None]]:
     out: dict[int, tuple[int | None, int | None]] = {}
     t = items_table
-    ids = list(dict.fromkeys(ids))
+    ids = [i for i in dict.fromkeys(ids) if isinstance(i, int) and 0 <= i < 2**63]  # no stored id lies beyond
     with catalog.engine.connect() as conn:
         for start in range(0, len(ids), 900):
             for r in conn.execute(sa.select(t.c.id, t.c.width, t.c.height).where(t.c.id.in_(ids[start : start + 900]))):
