@@ -382,7 +382,7 @@ def _folder_concept(names: list[str], concept: str | None, known: set[str], wher
 def _parse_imagefolder(ws: Any, root: Path, concept: str | None, annotator: str | None) -> tuple[list[LabelEntry], int]:
     if not root.is_dir():
         raise InputError(f"an imagefolder import needs a folder, got {root}")
-    dirs = sorted(d.name for d in root.iterdir() if d.is_dir())
+    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))  # .ipynb_checkpoints
     c, mapping = _folder_concept(dirs, concept, {x.name for x in ws.catalog.concepts()}, str(root))
     entries = []
     for d in dirs:

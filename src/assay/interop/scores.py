@@ -594,12 +594,9 @@ def import_scores(
         where = f"{p.name} row {n}"
         raw_id = rec.get("id")
         if raw_id not in (None, ""):
-            try:
-                item_id = int(raw_id)
-                if isinstance(raw_id, float) and raw_id != item_id:
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise InputError(f"{where}: id must be an integer, got {raw_id!r}") from None
+            from ..errors import as_item_id
+
+            item_id = as_item_id(raw_id, f"{where}: id")
             if item_id not in id_map:
                 raise InputError(f"{where}: item id {item_id} is not in the catalog")
             size = id_map[item_id]
