@@ -332,3 +332,29 @@ def test_import_files_with_odd_shapes_are_clear_errors(ws, tmp_path):
     (tmp_path / "big.jsonl").write_text(json.dumps({"id": 10**30, "score": 0.5}) + "\n")
     with pytest.raises(InputError):
         import_scores(ws.catalog, tmp_path / "big.jsonl", model="m2", concept="red")
+
+
+def test_label_studio_url_prefix_encodes_odd_file_names(ws, tmp_path):
+    from PIL import Image
+
+    from assay.interop.exports import export
+    from assay.interop.imports import import_labels
+
+    d = tmp_path / "odd"
+    d.mkdir()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(d / "my cat #1.png")
+    ingest(ws.catalog, [d])
+    embed(ws)
+    item = ws.catalog.id_for_uri(str(d / "my cat #1.png"))
+    c = ws.catalog.add_concept("red", text="red")
+    ws.catalog.add_labels(c.id, [item], [1], source="human")
+    out = tmp_path / "ls.json"
+    export(ws, "red", fmt="label-studio", out=out, url_prefix="/data/local-files/?d=", include_pseudo=False)
+    task = json.loads(out.read_text())[0]
+    assert "%20" in task["data"]["image"] and "%231" in task["data"]["image"] and "#" not in task["data"]["image"]
+    del task["data"]["assay_uri"]  # as a Label Studio export gives it back: only data.image
+    task["annotations"] = [{"result": [{"type": "choices", "value": {"choices": ["red2"]}}]}]
+    out.write_text(json.dumps([task]))
+    ws.catalog.add_concept("red2", text="red")
+    rep = import_labels(ws, out, fmt="label-studio", concept="red2", url_prefix="/data/local-files/?d=")
+    assert rep.written == 1

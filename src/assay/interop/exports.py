@@ -256,9 +256,12 @@ def label_studio_config(concept: str) -> str:
 def _ls_image(uri: str, url_prefix: str | None) -> str:
     if url_prefix is None:
         return uri
+    from urllib.parse import quote
+
     from ..media import is_local, local_path
 
-    return url_prefix + local_path(uri).lstrip("/") if is_local(uri) else uri
+    # The path is percent-encoded: a '#', '?' or space in a file name must not end the URL's query.
+    return url_prefix + quote(local_path(uri).lstrip("/"), safe="/") if is_local(uri) else uri
 
 
 def _rid() -> str:

@@ -228,7 +228,10 @@ def _parse_label_studio(
             )
         forms = [img[len(url_prefix):] if url_prefix and img.startswith(url_prefix) else img]
         if url_prefix and img.startswith(url_prefix):
+            from urllib.parse import unquote
+
             forms.append("/" + forms[0])
+            forms += [unquote(forms[0]), "/" + unquote(forms[0])]  # as assay exports it: percent-encoded
         if isinstance(data.get("assay_uri"), str):
             forms.append(data["assay_uri"])
         return forms
