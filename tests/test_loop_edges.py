@@ -358,3 +358,21 @@ def test_label_studio_url_prefix_encodes_odd_file_names(ws, tmp_path):
     ws.catalog.add_concept("red2", text="red")
     rep = import_labels(ws, out, fmt="label-studio", concept="red2", url_prefix="/data/local-files/?d=")
     assert rep.written == 1
+
+
+def test_a_fiftyone_export_with_copied_media_and_null_classes_imports(ws, tmp_path):
+    from assay.interop.imports import import_labels
+
+    rows = ws.catalog.get_many(ws.catalog.ids()[:3])
+    root = tmp_path / "fo"
+    (root / "data").mkdir(parents=True)
+    labels = {}
+    for k, r in enumerate(rows):  # FiftyOne's default: media copied under its own names, classes null
+        (root / "data" / f"img{k:03d}.png").write_bytes(open(r.uri, "rb").read())
+        labels[f"img{k:03d}"] = {"label": "red" if k == 0 else "not-red"}
+    (root / "labels.json").write_text(json.dumps({"classes": None, "labels": labels}))
+    ws.catalog.add_concept("red", text="red")
+    rep = import_labels(ws, root, fmt="fiftyone", concept="red")
+    assert rep.written == 3 and rep.positives == 1
+    ids, vals = ws.catalog.current_labels(ws.catalog.concept("red").id)
+    assert dict(zip(ids.tolist(), vals.tolist())) == {rows[0].id: 1, rows[1].id: 0, rows[2].id: 0}

@@ -367,7 +367,20 @@ def _file_item(ws: Any, f: Path, where: str) -> int:
         raise InputError(
             f"{where}: {f.name} is not a corpus file, and its bytes are not those of item {int(f.stem)}"
         )
-    raise InputError(f"{where}: {f.name} is neither named by an item id nor a corpus file")
+    if f.is_file():  # a copy under another name (FiftyOne's default export copies media): match its bytes
+        import hashlib
+
+        import sqlalchemy as sa
+
+        from ..catalog import items_table
+
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        t = items_table
+        with ws.catalog.engine.connect() as conn:
+            hit = conn.execute(sa.select(t.c.id).where(t.c.sha256 == digest).order_by(t.c.id).limit(1)).first()
+        if hit is not None:
+            return int(hit[0])
+    raise InputError(f"{where}: {f.name} is neither named by an item id, a corpus file, nor a copy of one")
 
 
 def _folder_concept(names: list[str], concept: str | None, known: set[str], where: str) -> tuple[str, dict[str, int]]:
@@ -404,7 +417,11 @@ def _parse_fiftyone(ws: Any, root: Path, concept: str | None, annotator: str | N
     if not isinstance(doc, dict) or not isinstance(doc.get("labels"), dict):
         raise InputError(f"{labels_path}: expected {{'classes': [...], 'labels': {{uuid: target}}}}")
     classes = doc.get("classes")
-    names = sorted({safe_name(str(x)) for x in classes}) if isinstance(classes, list) else []
+    if isinstance(classes, list):
+        names = sorted({safe_name(str(x)) for x in classes})
+    else:  # FiftyOne writes "classes": null by default, with the class names as the targets
+        targets = [t.get("label") if isinstance(t, dict) else t for t in doc["labels"].values()]
+        names = sorted({safe_name(t) for t in targets if isinstance(t, str)})
     c, mapping = _folder_concept(names, concept, {x.name for x in ws.catalog.concepts()}, str(labels_path))
     files = {p.stem: p for p in (base / "data").iterdir()} if (base / "data").is_dir() else {}
     entries, skipped = [], 0
