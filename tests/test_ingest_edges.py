@@ -281,3 +281,43 @@ def test_a_copy_stands_in_for_an_original_that_failed(tmp_path):
     c.mark_errors([(b, "cannot decode image: broken")])
     assert cc not in c.non_representative_ids().tolist()  # the first copy that is fine
     c.close()
+
+
+def test_rounds_recorded_at_once_all_get_a_number(tmp_path):
+    c = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+    concept = c.add_concept("x")
+
+    def one(_):
+        return c.add_round(concept.id, strategy="s", params={}, encoder=None, encoder_version=None, proxy={},
+                           pool_size=None, scanned_fraction=None, seconds={}, proposals=[]).number
+
+    with ThreadPoolExecutor(4) as pool:
+        numbers = list(pool.map(one, range(20)))
+    assert sorted(numbers) == list(range(1, 21))
+    c.close()
+
+
+def test_a_reset_killed_part_way_never_leaves_a_new_description_over_old_vectors(tmp_path, monkeypatch):
+    ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    write_images(tmp_path / "imgs", 6)
+    ingest(ws.catalog, [tmp_path / "imgs"])
+    embed(ws, shard_size=2)
+    store = ws.vectors()
+    removed = []
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        removed.append(self.name)
+        if len(removed) == 3:
+            raise KeyboardInterrupt  # the kill
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        store.reset()
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    markers = sorted(p.name for p in store.root.glob("shard-*.json")) + removed[:1]
+    assert removed[0].startswith("shard-") and removed[0].endswith(".json") and markers  # a marker first
+    assert not list(store.root.glob("shard-*.json"))  # every marker went before any array or store.json
+    assert (store.root / "store.json").exists()  # the description goes last
+    ws.close()

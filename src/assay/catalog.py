@@ -436,22 +436,32 @@ class _MiningMixin:
         proxy: dict[str, Any], pool_size: int | None, scanned_fraction: float | None, seconds: dict[str, float],
         proposals: Sequence[dict[str, Any]],
     ) -> RoundRow:
-        """Record a round and its proposed batch atomically; its number is the concept's next."""
+        """Record a round and its proposed batch atomically; its number is the concept's next. Two rounds
+        recorded at once (two `assay mine`, or one beside the server's proposer) both get a number: the one
+        that loses the race for a number tries again with the next."""
         r, p = rounds_table, proposals_table
-        with self.engine.begin() as conn:
-            last = conn.execute(sa.select(sa.func.max(r.c.number)).where(r.c.concept_id == concept_id)).scalar()
-            number = int(last or 0) + 1
-            res = conn.execute(
-                sa.insert(r).values(
-                    concept_id=concept_id, number=number, strategy=strategy, params=params, encoder=encoder,
-                    encoder_version=encoder_version, proxy=proxy, pool_size=pool_size,
-                    scanned_fraction=scanned_fraction, seconds=seconds, created_at=_now(),
-                )
-            )
-            round_id = int(res.inserted_primary_key[0])
-            if proposals:
-                conn.execute(sa.insert(p), [{"round_id": round_id, **row} for row in proposals])
-        return self.round(round_id)
+        for attempt in range(8):
+            try:
+                with self.engine.begin() as conn:
+                    last = conn.execute(sa.select(sa.func.max(r.c.number)).where(r.c.concept_id == concept_id)).scalar()
+                    number = int(last or 0) + 1
+                    res = conn.execute(
+                        sa.insert(r).values(
+                            concept_id=concept_id, number=number, strategy=strategy, params=params, encoder=encoder,
+                            encoder_version=encoder_version, proxy=proxy, pool_size=pool_size,
+                            scanned_fraction=scanned_fraction, seconds=seconds, created_at=_now(),
+                        )
+                    )
+                    round_id = int(res.inserted_primary_key[0])
+                    if proposals:
+                        conn.execute(sa.insert(p), [{"round_id": round_id, **row} for row in proposals])
+                return self.round(round_id)
+            except sa.exc.IntegrityError:
+                if attempt == 7:
+                    raise CatalogError("could not number the round: other rounds of this concept kept being "
+                                       "recorded at the same moment; run the command again") from None
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def round(self, round_id: int) -> RoundRow:
         with self.engine.connect() as conn:

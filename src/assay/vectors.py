@@ -365,9 +365,16 @@ class VectorStore:
         return removed
 
     def reset(self) -> None:
-        """Remove every shard and the store's metadata."""
+        """Remove every shard and the store's metadata.
+
+        Crash-safe order: the shard markers (``shard-*.json``, what makes a shard count) go first, then the
+        arrays, and the store description (``store.json``, which names the encoder version) last. A kill
+        part-way leaves the old description over fewer shards, so the next plain ``embed`` still refuses to
+        mix versions and asks for ``--reset`` again, never a new description over old vectors."""
         if self.root.exists():
-            for p in self.root.iterdir():
-                if p.name != ".lock":
-                    p.unlink()
+            files = [p for p in self.root.iterdir() if p.name != ".lock" and p.is_file()]
+            rank = {True: 0, False: 1}
+            files.sort(key=lambda p: (2 if p.name == "store.json" else rank[p.name.endswith(".json")], p.name))
+            for p in files:
+                p.unlink(missing_ok=True)
         self._index_cache = None
