@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -376,3 +377,21 @@ def test_a_fiftyone_export_with_copied_media_and_null_classes_imports(ws, tmp_pa
     assert rep.written == 3 and rep.positives == 1
     ids, vals = ws.catalog.current_labels(ws.catalog.concept("red").id)
     assert dict(zip(ids.tolist(), vals.tolist())) == {rows[0].id: 1, rows[1].id: 0, rows[2].id: 0}
+
+
+def test_two_index_builds_at_once_take_turns(ws):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'tests'); import fake_encoder; from assay import Workspace; "
+            "from assay.search import build_index; w = Workspace.open(sys.argv[1]); "
+            "[build_index(w, kind='flat', rebuild=True) for _ in range(4)]")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(ws.root)], cwd=Path(__file__).parents[1],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    from assay.search import Searcher
+
+    s = Searcher(ws)
+    assert s.index().ntotal == len(ws.vectors())
+    assert len(s.search_items([int(ws.catalog.ids()[0])], k=3)[0]) == 3

@@ -20,6 +20,7 @@ left out of results unless ``keep_duplicates=True``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -100,6 +101,37 @@ def _ok_store_ids(ws: Workspace, store: VectorStore) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- building
+_INDEX_LOCKS_HELD: set[str] = set()
+
+
+@contextlib.contextmanager
+def _index_write_lock(root: Path):
+    """One index writer per encoder at a time (`assay index`, dedup's update, `concept add --exemplar`): a
+    second waits for the first instead of deleting its files. Re-entrant within a process."""
+    import fcntl
+
+    key = str(root.absolute())
+    if key in _INDEX_LOCKS_HELD:
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".write.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is writing the index at %s; waiting for it", root)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _INDEX_LOCKS_HELD.add(key)
+        try:
+            yield
+        finally:
+            _INDEX_LOCKS_HELD.discard(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def build_index(
     ws: Workspace,
     encoder: str | None = None,
@@ -110,7 +142,23 @@ def build_index(
     rng: np.random.Generator | int = 0,
     bridge: bool = True,
 ) -> dict[str, Any]:
-    """Build or update the index of ``encoder``'s embeddings; return a JSON-ready report."""
+    """Build or update the index of ``encoder``'s embeddings; return a JSON-ready report. Writers of one
+    encoder's index take turns (a second waits for the first)."""
+    name = encoder or ws.default_encoder
+    with _index_write_lock(ws.index_dir(name)):
+        return _build_index_locked(ws, encoder, kind=kind, pca=pca, rebuild=rebuild, rng=rng, bridge=bridge)
+
+
+def _build_index_locked(
+    ws: Workspace,
+    encoder: str | None = None,
+    *,
+    kind: str = "auto",
+    pca: int | None = None,
+    rebuild: bool = False,
+    rng: np.random.Generator | int = 0,
+    bridge: bool = True,
+) -> dict[str, Any]:
     if kind not in KINDS:
         from .errors import UnknownNameError
 
