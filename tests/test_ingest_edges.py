@@ -321,3 +321,21 @@ def test_a_reset_killed_part_way_never_leaves_a_new_description_over_old_vectors
     assert not list(store.root.glob("shard-*.json"))  # every marker went before any array or store.json
     assert (store.root / "store.json").exists()  # the description goes last
     ws.close()
+
+
+def test_near_duplicate_pairs_of_a_clique_are_rescored_in_bounded_chunks(monkeypatch):
+    import assay.dedup as D
+    from assay.index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=16).astype(np.float32)
+    vecs = base + 0.01 * rng.normal(size=(300, 16)).astype(np.float32)  # near-identical frames
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1, 301, dtype=np.int64)
+    index = VectorIndex(spec="flat", dim=16).build(ids, vecs, rng=0)
+    want = D.embedding_pairs(ids, vecs, 0.9, index=index, k=8)
+    monkeypatch.setattr(D, "_RESCORE_CHUNK", 97)
+    got = D.embedding_pairs(ids, vecs, 0.9, index=index, k=8)
+    assert len(want[0]) == 300 * 299 // 2
+    for a, b in zip(want, got):
+        assert np.array_equal(a, b)

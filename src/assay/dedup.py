@@ -715,6 +715,9 @@ def embedding_pairs(
     )
 
 
+_RESCORE_CHUNK = 1 << 14  # candidate pairs re-scored at once in _index_pairs (2 x 84 MB at 1280-d)
+
+
 def _index_pairs(
     arr,
     rows,
@@ -751,9 +754,15 @@ def _index_pairs(
             known = (flat >= 0) & (sorted_ids[p] == flat)
             sims = np.full(flat.shape, -np.inf, dtype=np.float32)
             if known.any():
-                cand_rows = _rows_at(rows, order[p[known]])  # [c, d]
-                qrow = np.repeat(np.arange(len(todo)), kk)[known]  # [c]
-                sims[known] = np.einsum("cd,cd->c", Q[todo][qrow], cand_rows)
+                kpos = np.nonzero(known)[0]  # [c]
+                qrow_all = np.repeat(np.arange(len(todo)), kk)  # [t kk]
+                Qt = Q[todo]
+                # In chunks of pairs: when every neighbour passes (near-identical frames), kk grows towards
+                # the corpus size and one [t kk, d] gather would need gigabytes.
+                for c0 in range(0, len(kpos), _RESCORE_CHUNK):
+                    sel = kpos[c0 : c0 + _RESCORE_CHUNK]
+                    cand_rows = _rows_at(rows, order[p[sel]])  # [c, d]
+                    sims[sel] = np.einsum("cd,cd->c", Qt[qrow_all[sel]], cand_rows)
             sims = sims.reshape(nbr.shape)  # [t, kk]
             hit = sims >= threshold
             r, col = np.nonzero(hit)
