@@ -19,8 +19,6 @@ corpus with the final model through a maximum-inner-product search on the index.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -295,40 +293,10 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
 
     Unknown ids or uris and values outside the allowed set raise :class:`InputError` naming the row.
     """
-    p = Path(path)
-    if not p.exists():
-        raise NotFoundError(f"labels file not found: {p}")
-    if not p.is_file():
-        raise InputError(f"labels file {p} is not a file")
-    try:
-        if p.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
+    from .interop.scores import read_score_records
 
-            records = pq.read_table(p).to_pylist()
-        elif p.suffix.lower() in (".jsonl", ".ndjson"):
-            records = []
-            for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputError(f"{p} line {n}: not JSON: {exc}") from exc
-                    if not isinstance(rec, dict):
-                        raise InputError(f"{p} line {n}: expected a JSON object such as {{\"id\": 12, \"label\": 1}}, "
-                                         f"got {line.strip()[:80]}")
-                    records.append(rec)
-        else:
-            with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
-                records = list(csv.DictReader(f))
-            for n, r in enumerate(records, 2):
-                if None in r:  # csv puts fields beyond the header under the key None
-                    raise InputError(f"{p} line {n}: more fields than the header has columns")
-    except InputError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p} is not UTF-8 text ({exc}); save it as UTF-8") from exc
-    except Exception as exc:  # pyarrow's errors on a broken Parquet file, an unreadable file
-        raise InputError(f"cannot read labels file {p}: {type(exc).__name__}: {exc}") from exc
+    p = Path(path)
+    records = read_score_records(p, what="labels file")
     if not records:
         raise InputError(f"{p} holds no label rows")
     cols = set(records[0])

@@ -144,20 +144,13 @@ def build_index(
 ) -> dict[str, Any]:
     """Build or update the index of ``encoder``'s embeddings; return a JSON-ready report. Writers of one
     encoder's index take turns (a second waits for the first)."""
-    name = encoder or ws.default_encoder
-    with _index_write_lock(ws.index_dir(name)):
-        return _build_index_locked(ws, encoder, kind=kind, pca=pca, rebuild=rebuild, rng=rng, bridge=bridge)
+    with _index_write_lock(ws.index_dir(encoder or ws.default_encoder)):
+        return _build_index_locked(ws, encoder, kind, pca, rebuild, rng, bridge)
 
 
 def _build_index_locked(
-    ws: Workspace,
-    encoder: str | None = None,
-    *,
-    kind: str = "auto",
-    pca: int | None = None,
-    rebuild: bool = False,
-    rng: np.random.Generator | int = 0,
-    bridge: bool = True,
+    ws: Workspace, encoder: str | None, kind: str, pca: int | None, rebuild: bool, rng: np.random.Generator | int,
+    bridge: bool,
 ) -> dict[str, Any]:
     if kind not in KINDS:
         from .errors import UnknownNameError

@@ -447,11 +447,17 @@ class ScoreImportReport:
         return asdict(self)
 
 
-def read_score_records(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a CSV, Parquet or JSONL file as dicts (by suffix: .parquet, .jsonl/.ndjson, else CSV)."""
+def read_score_records(path: str | Path, what: str = "scores file") -> list[dict[str, Any]]:
+    """The rows of a CSV, Parquet or JSONL file as dicts (by suffix: .parquet, .jsonl/.ndjson, else CSV).
+
+    Every way the file can be unreadable (missing, a folder, not UTF-8, broken Parquet, a JSONL line that is
+    not an object, a CSV row with more fields than the header) raises InputError/NotFoundError naming it;
+    a BOM is fine. ``what`` names the file in messages (e.g. "labels file")."""
     p = Path(path)
     if not p.exists():
-        raise NotFoundError(f"scores file not found: {p}")
+        raise NotFoundError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder, not a file")
     suffix = p.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -459,9 +465,7 @@ def read_score_records(path: str | Path) -> list[dict[str, Any]]:
         try:
             return pq.read_table(p).to_pylist()
         except Exception as exc:  # pyarrow raises several types for a bad file
-            raise InputError(f"{p} is not a readable Parquet file: {exc}") from exc
-    if p.is_dir():
-        raise InputError(f"{p} is a folder, not a file")
+            raise InputError(f"cannot read {what} {p}: not a readable Parquet file: {exc}") from exc
     try:
         if suffix in (".jsonl", ".ndjson", ".json"):
             records = []
