@@ -29,6 +29,8 @@ __all__ = [
     "NotFoundError",
     "WorkspaceError",
     "NoWorkspaceError",
+    "as_item_id",
+    "check_folder",
     "IndexNotBuiltError",
     "NoEmbeddingsError",
     "EncoderError",
@@ -144,3 +146,21 @@ def as_item_id(value: object, where: str = "item id") -> int:
         raise InputError(f"{where} must be between 0 and 2**63 - 1, got {v}")
     return v
 
+
+def check_folder(folder: object, label: str, *, create: bool = False) -> None:
+    """Raise :class:`InputError` naming ``label`` when ``folder``, or the nearest existing folder above it,
+    is a file; with ``create``, make the missing folders (a failure is an InputError too). For output paths
+    checked before any work is done."""
+    from pathlib import Path
+
+    folder = Path(folder)  # type: ignore[arg-type]
+    for p in [folder, *folder.absolute().parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"{label}: {p} is a file, not a folder")
+            break
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{label}: cannot create the folder {folder}: {exc}") from exc

@@ -125,14 +125,12 @@ def _suffix(uri: str) -> str:
     return PurePosixPath(uri).suffix.lower()
 
 
-def _utf8_name(path: str, report: IngestReport) -> bool:
-    """False (and the path noted as skipped) for a file name that is not valid UTF-8: the catalog stores
-    text, so such a file cannot be recorded (rename it)."""
+def _is_utf8(path: str) -> bool:
+    """False for a file name that is not valid UTF-8: the catalog stores text, so such a file cannot be
+    recorded (rename it)."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        report.skipped_rows.append(f"{shown}: file name is not valid UTF-8 (rename it to ingest it)")
         return False
     return True
 
@@ -167,7 +165,9 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
             if e.name.startswith("."):
                 report.skipped_files += 1
                 continue
-            if not _utf8_name(e.path, report):
+            if not _is_utf8(e.path):
+                shown = e.path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                report.skipped_rows.append(f"{shown}: file name is not valid UTF-8 (rename it to ingest it)")
                 report.skipped_files += 1
                 continue
             try:
@@ -345,7 +345,7 @@ def _discover(source: str, report: IngestReport, extensions: frozenset[str]) -> 
         return "manifest", _open_manifest(source if "://" in source else file_uri(local_path(source)), report)
     if "://" in source and not source.startswith("file://"):
         return "fsspec", _walk_fsspec(source, report, extensions)
-    if not _utf8_name(local_path(source), IngestReport()):
+    if not _is_utf8(local_path(source)):
         raise InputError(f"source path is not valid UTF-8: {source!r} (rename it)")
     path = Path(local_path(source))
     if not path.exists():

@@ -315,6 +315,11 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
     ids = np.empty(len(numbered), dtype=np.int64)
     vals = np.empty(len(numbered), dtype=np.int8)
     cat = ws.catalog
+    from .interop.imports import _resolve_uris
+
+    # Rows named by uri are looked up in one go, under every spelling of a local path (file://, relative).
+    uri_ids = _resolve_uris(cat, [str(r["uri"]).strip() for _, r in numbered
+                                  if r.get("id") in (None, "") and r.get("uri") is not None and str(r["uri"]).strip()])
     for k, (n, rec) in enumerate(numbered):
         where = f"{p} row {n}"
         try:
@@ -326,14 +331,7 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
             ids[k] = as_item_id(raw_id, f"{where}: id")
         else:
             uri = rec.get("uri")
-            item = None
-            if uri is not None and str(uri).strip():
-                from .media import file_uri, is_local, local_path
-
-                u = str(uri).strip()
-                item = cat.id_for_uri(u)
-                if item is None and is_local(u):  # a file:// URI, or a relative or unnormalised path
-                    item = cat.id_for_uri(file_uri(local_path(u)))
+            item = uri_ids.get(str(uri).strip()) if uri is not None else None
             if item is None:
                 raise InputError(f"{where}: uri {uri!r} is not in the catalog")
             ids[k] = item

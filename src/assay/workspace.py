@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
-from .errors import InputError, NoWorkspaceError, WorkspaceError
+from .errors import InputError, NoWorkspaceError, WorkspaceError, check_folder
 from .vectors import VectorStore, encoder_key
 
 __all__ = ["Workspace", "WorkspaceConfig", "CONFIG_NAME", "DEFAULT_ENCODER"]
@@ -61,11 +61,7 @@ class Workspace:
             raise WorkspaceError(f"{root} already holds an assay workspace")
         if root.exists() and not root.is_dir():
             raise InputError(f"workspace path {root} exists and is not a folder")
-        for parent in root.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise InputError(f"cannot create workspace {root}: {parent} is a file, not a folder")
-                break
+        check_folder(root.parent, f"cannot create workspace {root}")
         if not isinstance(default_encoder, str) or default_encoder.split(":", 1)[0] != "precomputed":
             from .encoders.base import get_encoder
 

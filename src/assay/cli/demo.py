@@ -24,18 +24,14 @@ def demo(
     """Build a workspace from a real dataset, ingest and embed it, and show what the embeddings know."""
     from ..datasets import write_cifar10, write_digits
     from ..demo import run_demo
-    from ..errors import InputError, NotFoundError
+    from ..errors import NotFoundError, check_folder
 
     with errors_to_exit():
         t0 = time.perf_counter()
         from ..encoders.base import get_encoder
 
         get_encoder(encoder)  # an unknown name fails before any data is written
-        for p in [out_dir, *out_dir.absolute().parents]:
-            if p.exists():
-                if not p.is_dir():
-                    raise InputError(f"--out {out_dir}: {p} is a file, not a folder")
-                break
+        check_folder(out_dir, f"--out {out_dir}")
         if data is not None:
             npz = Path(data) / "cifar10" / "cifar10_jpeg_bytes.npz"
             if not npz.exists():

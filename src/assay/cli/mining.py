@@ -241,7 +241,7 @@ def harvest(
 def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
     """Check ``--out`` before any work is done (a round is recorded before its file is written): the right
     suffix, not a folder; missing parent folders are created."""
-    from ..errors import InputError
+    from ..errors import InputError, check_folder
 
     if path is None:
         return
@@ -249,15 +249,7 @@ def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
         raise InputError(f"--out {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
     if path.suffix.lower() not in suffixes:
         raise InputError(f"--out must end in {' or '.join(s for s in suffixes if s) or 'a suffix'}, got {path.name}")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"--out {path}: {parent} is a file, not a folder")
-            break
-    try:
-        path.absolute().parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {path}: cannot create its folder: {exc}") from exc
+    check_folder(path.absolute().parent, f"--out {path}", create=True)
 
 
 def _write_rows(rows: list[dict], path: Path) -> None:

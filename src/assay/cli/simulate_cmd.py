@@ -45,13 +45,9 @@ def simulate(
         )
         cfg.validate()
         if out_dir is not None:
-            from ..errors import InputError
+            from ..errors import check_folder
 
-            for p in [out_dir, *out_dir.absolute().parents]:  # checked now, not after the whole simulation
-                if p.exists():
-                    if not p.is_dir():
-                        raise InputError(f"--out {out_dir}: {p} is a file, not a folder")
-                    break
+            check_folder(out_dir, f"--out {out_dir}")  # checked now, not after the whole simulation
         ws = open_workspace(workspace)
         progress = (lambda msg: console.print(msg, highlight=False, markup=False)) if not json_ else None
         result = simulate_workspace(

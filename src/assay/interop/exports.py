@@ -44,7 +44,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from ..errors import InputError, UnknownNameError
+from ..errors import InputError, UnknownNameError, check_folder
 
 __all__ = [
     "FORMATS",
@@ -438,16 +438,7 @@ def export(
     out = Path(out)
     if fmt in ("csv", "parquet", "label-studio", "coco") and out.is_dir():
         raise InputError(f"--out {out} is a folder; the {fmt} export writes one file")
-    for parent in out.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"--out {out}: {parent} is a file, not a folder")
-            break
-    if out.parent and not out.parent.exists():
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"--out {out}: cannot create its folder: {exc}") from exc
+    check_folder(out.parent, f"--out {out}", create=True)
     rows, model_version = collect_rows(
         ws, concept, include_pseudo=include_pseudo, top=top if fmt in ("csv", "parquet", "label-studio") else 0,
         score_model=score_model, with_scores=with_scores, proxy=proxy, encoder=encoder,

@@ -492,24 +492,14 @@ def read_score_records(path: str | Path, what: str = "scores file") -> list[dict
 
 
 def _uri_map(catalog: Catalog, uris: Sequence[str]) -> dict[str, tuple[int, int | None, int | None]]:
-    """``{uri: (id, width, height)}`` for the uris in the catalog; a local path is also looked up in its
-    other spellings (``file://``, relative, unnormalised), as label imports do."""
-    from .imports import _candidates_for
-
+    """``{uri: (id, width, height)}`` for the uris in the catalog (exactly as stored)."""
     out: dict[str, tuple[int, int | None, int | None]] = {}
     t = items_table
     uris = list(dict.fromkeys(uris))
-    forms = {u: _candidates_for(u) for u in uris}
-    wanted = list(dict.fromkeys(f for fs in forms.values() for f in fs))
-    found: dict[str, tuple[int, int | None, int | None]] = {}
     with catalog.engine.connect() as conn:
-        for start in range(0, len(wanted), 900):
-            for r in conn.execute(sa.select(t.c.id, t.c.uri, t.c.width, t.c.height).where(t.c.uri.in_(wanted[start : start + 900]))):
-                found[r.uri] = (int(r.id), r.width, r.height)
-    for u, fs in forms.items():
-        hit = next((found[f] for f in fs if f in found), None)
-        if hit is not None:
-            out[u] = hit
+        for start in range(0, len(uris), 900):
+            for r in conn.execute(sa.select(t.c.id, t.c.uri, t.c.width, t.c.height).where(t.c.uri.in_(uris[start : start + 900]))):
+                out[r.uri] = (int(r.id), r.width, r.height)
     return out
 
 
@@ -581,7 +571,13 @@ def import_scores(
         raise InputError(f"{p} has no 'concept' column; add one or pass --concept")
     # Resolve ids and uris in bulk first.
     uris = [str(r["uri"]) for r in records if r.get("id") in (None, "") and r.get("uri") not in (None, "")]
-    uri_map = _uri_map(catalog, uris) if uris else {}
+    uri_map: dict[str, tuple[int, int | None, int | None]] = {}
+    if uris:  # every spelling of a local path (file://, relative, unnormalised), as label imports resolve them
+        from .imports import _resolve_uris
+
+        resolved = _resolve_uris(catalog, list(dict.fromkeys(uris)))
+        sizes = _id_map(catalog, list(resolved.values()))
+        uri_map = {u: (i, *sizes.get(i, (None, None))) for u, i in resolved.items()}
     raw_ids: list[int] = []
     for r in records:
         v = r.get("id")
