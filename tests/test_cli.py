@@ -89,3 +89,40 @@ def test_demo_pipeline_end_to_end_with_mining(tmp_path):
     assert set(strategies) == {"random", "most-likely-positive", "seals:most-likely-positive", "seals:entropy"}
     assert all(s["labels"] <= 150 for s in strategies.values())
     assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_damaged_shard_and_index_are_reported_and_repaired(tmp_path):
+    write_images(tmp_path / "imgs", 12)
+    ws = str(tmp_path / "ws")
+    assert _run("init", ws, "--encoder", "test-mean-color").exit_code == 0
+    assert _run("-w", ws, "ingest", str(tmp_path / "imgs")).exit_code == 0
+    assert _run("-w", ws, "embed", "--shard-size", "5", "--batch-size", "5").exit_code == 0
+    assert _run("-w", ws, "index").exit_code == 0
+    store = tmp_path / "ws" / "vectors" / "test-mean-color"
+    (store / "shard-000002.json").write_text("garbage")
+    data = (store / "shard-000001.npy").read_bytes()
+    (store / "shard-000001.npy").write_bytes(data[:100])
+    # status still answers, and says what is damaged and what to run
+    st = json.loads(_run("-w", ws, "status", "--json").stdout)
+    assert st["embeddings"]["test-mean-color"] == 7 and "--repair" in st["damaged"]["test-mean-color"]
+    r = _run("-w", ws, "index")
+    assert r.exit_code != 0 and "shard-000002.json" in r.output and "assay embed --repair" in r.output
+    assert "Traceback" not in r.output
+    r = _run("-w", ws, "embed", "--repair", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert sorted(d["shard"] for d in rep["repaired"]) == [1, 2]
+    assert rep["embedded"] == 10 and rep["total_embedded"] == 12
+    st = json.loads(_run("-w", ws, "status", "--json").stdout)
+    assert st["embeddings"]["test-mean-color"] == 12 and "damaged" not in st
+    r = _run("-w", ws, "embed", "--repair")
+    assert r.exit_code == 0 and "reads back whole" in r.output
+    # a damaged index file is rebuilt by `assay index`, and searching it first says how
+    index_dir = tmp_path / "ws" / "index" / "test-mean-color" / "main"
+    assert _run("-w", ws, "index").exit_code == 0
+    for f in index_dir.glob("*.faiss"):
+        f.write_bytes(f.read_bytes()[:50])
+    r = _run("-w", ws, "search", "--item", "1")
+    assert r.exit_code != 0 and "rebuild it with `assay index`" in r.output
+    assert _run("-w", ws, "index").exit_code == 0
+    assert _run("-w", ws, "search", "--item", "1").exit_code == 0

@@ -104,3 +104,65 @@ def test_a_store_opened_before_another_resets_it_reads_the_new_rows(tmp_path):
     second = _unit(rng, 3, 4)
     other.append(np.array([3, 1, 2]), second)  # same shard number, rows in another order
     assert np.allclose(early.get([1, 2, 3]), second[[1, 2, 0]], atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# damaged shards: a clear error naming the file and the fix, and `repair` drops exactly the damaged ones
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _three_shards(tmp_path):
+    rng = np.random.default_rng(3)
+    s = VectorStore(tmp_path / "v")
+    s.create(encoder="e", version="1", dim=8, extras={"logits": 3})
+    for k in range(3):
+        s.append(np.arange(10 * k, 10 * k + 5), _unit(rng, 5, 8), {"logits": np.ones((5, 3))})
+    return s
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate-vectors", "garble-marker", "delete-ids", "short-ids", "truncate-extra", "nan-vectors"],
+)
+def test_a_damaged_shard_is_named_and_repair_drops_only_it(tmp_path, damage):
+    from assay.errors import DamagedStoreError
+
+    s = _three_shards(tmp_path)
+    base = s.root / "shard-000002"
+    if damage == "truncate-vectors":
+        data = (s.root / "shard-000002.npy").read_bytes()
+        (s.root / "shard-000002.npy").write_bytes(data[: len(data) // 2])
+    elif damage == "garble-marker":
+        base.with_suffix(".json").write_text("{not json")
+    elif damage == "delete-ids":
+        (s.root / "shard-000002.ids.npy").unlink()
+    elif damage == "short-ids":
+        np.save(s.root / "shard-000002.ids.npy", np.arange(3, dtype=np.int64))
+    elif damage == "truncate-extra":
+        (s.root / "shard-000002.logits.npy").write_bytes(b"\x93NUMPY garbage")
+    else:  # a well-formed file whose values are not finite
+        v = np.load(s.root / "shard-000002.npy")
+        v[1, 2] = np.nan
+        np.save(s.root / "shard-000002.npy", v)
+    problems = s.check()
+    assert [p.seq for p in problems] == [2] and problems[0].reason
+    if damage in ("garble-marker", "delete-ids", "short-ids", "truncate-vectors"):
+        # Readers fail with the file's name and the remedy, not a numpy traceback.
+        with pytest.raises(DamagedStoreError, match=r"shard-000002.*assay embed --repair"):
+            s.load()
+    dropped = s.repair()
+    assert [p.seq for p in dropped] == [2]
+    assert s.check() == [] and len(s) == 10
+    ids, _ = s.load()
+    assert sorted(ids.tolist()) == [0, 1, 2, 3, 4, 20, 21, 22, 23, 24]
+    assert not list(s.root.glob("shard-000002*"))
+    assert s.repair() == []  # nothing left to drop
+    # The dropped ids can be stored again.
+    s.append(np.arange(10, 15), _unit(np.random.default_rng(4), 5, 8), {"logits": np.zeros((5, 3))})
+    assert len(s) == 15
+
+
+def test_readable_rows_counts_around_a_garbled_marker(tmp_path):
+    s = _three_shards(tmp_path)
+    (s.root / "shard-000001.json").write_text("[]")
+    assert s.readable_rows() == 10

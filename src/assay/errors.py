@@ -33,6 +33,7 @@ __all__ = [
     "check_folder",
     "IndexNotBuiltError",
     "NoEmbeddingsError",
+    "DamagedStoreError",
     "EncoderError",
     "DecodeError",
     "CatalogError",
@@ -79,6 +80,10 @@ class NoWorkspaceError(WorkspaceError, NotFoundError):
 
 class IndexNotBuiltError(WorkspaceError):
     """A search was asked for before an index was built (run `assay index`)."""
+
+
+class DamagedStoreError(WorkspaceError):
+    """A file of the embedding store is missing, truncated or garbled (``assay embed --repair`` fixes it)."""
 
 
 class NoEmbeddingsError(WorkspaceError):

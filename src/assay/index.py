@@ -635,7 +635,10 @@ def _read_bundle_meta(directory: str | os.PathLike[str], fmt: str, what: str) ->
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise WorkspaceError(f"cannot read {path}: {exc}") from exc
+        hint = "; rebuild it with `assay index`" if fmt == _INDEX_FORMAT else ""
+        raise WorkspaceError(f"cannot read {path}: {exc}{hint}") from exc
+    if not isinstance(meta, dict):
+        raise WorkspaceError(f"{path} is not a {what} description")
     if meta.get("format") != fmt:
         raise WorkspaceError(f"{path} holds {meta.get('format')!r}, not a {what} ({fmt!r})")
     if int(meta.get("format_version", 0)) > _FORMAT_VERSION:
@@ -1257,7 +1260,9 @@ class VectorIndex:
             try:
                 index = faiss.read_index(str(path))
             except RuntimeError as exc:
-                raise WorkspaceError(f"cannot read the FAISS index {path}: {exc}") from exc
+                raise WorkspaceError(
+                    f"cannot read the FAISS index {path} ({exc}); it is damaged: rebuild it with `assay index`"
+                ) from exc
         if int(index.d) != dim:
             raise WorkspaceError(f"{path} holds vectors of dim {index.d}, its metadata says {dim}")
         spec = IndexSpec.from_dict(meta["spec"])

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from .errors import (
-    DecodeError, IndexNotBuiltError, InputError, MissingDependencyError, NoEmbeddingsError, NotFoundError, as_item_id,
+    DecodeError, IndexNotBuiltError, InputError, MissingDependencyError, NoEmbeddingsError, NotFoundError, WorkspaceError,
+    as_item_id,
 )
 from .index import ConcatRows, KnnGraph, VectorIndex, knn_graph, neighbors as _index_neighbors
 from .index import rerank as _rerank
@@ -167,7 +168,11 @@ def _build_index_locked(
     main_dir = root / _MAIN
     existing = None
     if not rebuild and (main_dir / "meta.json").exists():
-        existing = VectorIndex.load(main_dir, mmap=False)
+        try:
+            existing = VectorIndex.load(main_dir, mmap=False)
+        except WorkspaceError as exc:  # a damaged index is rebuilt from the store, not updated
+            log.warning("the existing index is unreadable and is rebuilt from the embeddings (%s)", exc)
+    if existing is not None:
         # Options left out keep what the index was built with (`assay index` after `--pca 64 --kind ivf`, or
         # the update `assay dedup` makes, must not quietly rebuild a full-size flat index).
         if pca is None:
@@ -211,7 +216,6 @@ def _build_index_locked(
 
     if region_store(ws, name).exists():
         # Items and their regions in one joint index (index/<key>/regions); the item index above stays item-only.
-        from .errors import WorkspaceError
 
         try:
             report["regions"] = build_region_index(ws, name, kind=kind, rebuild=rebuild, rng=rng, bridge=bridge)

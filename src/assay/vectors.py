@@ -31,9 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, NoEmbeddingsError, NotFoundError, WorkspaceError
+from .errors import DamagedStoreError, InputError, NoEmbeddingsError, NotFoundError, WorkspaceError
 
-__all__ = ["VectorStore", "Shard", "encoder_key"]
+__all__ = ["VectorStore", "Shard", "ShardProblem", "encoder_key"]
+
+#: What a damaged shard tells the user to do (every message about one ends with it).
+REPAIR_HINT = "run `assay embed --repair` to drop the damaged shards and embed their items again"
 
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")
 
@@ -82,16 +85,56 @@ class Shard:
     stamp: str = ""  # the commit marker's random uid: tells a shard from a later one with the same number
 
     def ids(self) -> np.ndarray:
-        return np.load(self.path.with_name(self.path.name[:-4] + ".ids.npy"))
+        ids = _load_npy(self.path.with_name(self.path.name[:-4] + ".ids.npy"), None)
+        if ids.ndim != 1 or ids.dtype != np.int64 or len(ids) != self.rows:
+            raise DamagedStoreError(
+                f"the ids of embedding shard {self.path.name} are damaged (expected int64 [{self.rows}], found "
+                f"{ids.dtype} {list(ids.shape)}); {REPAIR_HINT}"
+            )
+        return ids
 
     def vectors(self, mmap: bool = True) -> np.ndarray:
-        return np.load(self.path, mmap_mode="r" if mmap else None)
+        return _load_npy(self.path, "r" if mmap else None)
 
     def extra(self, name: str, mmap: bool = True) -> np.ndarray:
         p = self.path.with_name(self.path.name[:-4] + f".{name}.npy")
         if not p.exists():
             raise NotFoundError(f"shard {self.seq} has no extra {name!r}")
-        return np.load(p, mmap_mode="r" if mmap else None)
+        return _load_npy(p, "r" if mmap else None)
+
+
+def _load_npy(path: Path, mmap_mode: Any) -> np.ndarray:
+    """``np.load`` of a shard file; a missing, truncated or garbled file raises DamagedStoreError."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        what = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({exc})"
+        raise DamagedStoreError(f"embedding shard file {path} is {what}; {REPAIR_HINT}") from exc
+
+
+def _read_marker(path: Path) -> dict[str, Any]:
+    """A shard's commit marker; an unreadable one raises DamagedStoreError."""
+    try:
+        info = json.loads(path.read_text())
+        rows = int(info["rows"])
+        if rows < 0:
+            raise ValueError(f"negative row count {rows}")
+        if info.get("replaces") is not None:
+            int(info["replaces"])
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise DamagedStoreError(f"embedding shard marker {path} is unreadable ({exc}); {REPAIR_HINT}") from exc
+    if not isinstance(info, dict):  # pragma: no cover - int(info["rows"]) fails first
+        raise DamagedStoreError(f"embedding shard marker {path} is not a shard description; {REPAIR_HINT}")
+    return info
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """A damaged shard found by :meth:`VectorStore.check`: its number, marker file and what is wrong."""
+
+    seq: int
+    marker: Path
+    reason: str
 
 
 class VectorStore:
@@ -156,6 +199,15 @@ class VectorStore:
     # ------------------------------------------------------------------ locking
     def lock(self) -> None:
         """Take the store's writer lock (one embedding run at a time), or fail fast if it is held."""
+        self.lock_raw()
+        try:
+            self._cleanup()
+        except BaseException:
+            self.unlock()
+            raise
+
+    def lock_raw(self) -> None:
+        """Take the writer lock without cleaning up after an interrupted write (what :meth:`repair` needs)."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -164,7 +216,6 @@ class VectorStore:
             os.close(fd)
             raise WorkspaceError(f"another process is writing embeddings to {self.root}; wait for it to finish") from exc
         self._lock_fd = fd
-        self._cleanup()
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -189,7 +240,7 @@ class VectorStore:
             if seq not in committed:
                 p.unlink(missing_ok=True)
         for s in self.shards():
-            replaces = json.loads((self.root / f"shard-{s.seq:06d}.json").read_text()).get("replaces")
+            replaces = _read_marker(self.root / f"shard-{s.seq:06d}.json").get("replaces")
             if replaces is not None and replaces in committed:
                 self._delete_shard(int(replaces))
 
@@ -202,7 +253,7 @@ class VectorStore:
         for p in sorted(self.root.iterdir()):
             m = _SHARD_RE.match(p.name)
             if m:
-                info = json.loads(p.read_text())
+                info = _read_marker(p)
                 if info.get("replaces") is not None:
                     replaced.add(int(info["replaces"]))
                 stamp = str(info.get("uid") or p.stat().st_mtime_ns)  # stores written before uids: the mtime
@@ -211,6 +262,22 @@ class VectorStore:
 
     def __len__(self) -> int:
         return sum(s.rows for s in self.shards())
+
+    def readable_rows(self) -> int:
+        """Rows of the shards whose markers read (what :func:`len` counts, minus damaged markers)."""
+        rows: dict[int, int] = {}
+        replaced: set[int] = set()
+        for p in self.root.iterdir():
+            m = _SHARD_RE.match(p.name)
+            if m:
+                try:
+                    info = _read_marker(p)
+                except DamagedStoreError:
+                    continue
+                rows[int(m.group(1))] = int(info["rows"])
+                if info.get("replaces") is not None:
+                    replaced.add(int(info["replaces"]))
+        return sum(n for seq, n in rows.items() if seq not in replaced)
 
     def ids(self) -> np.ndarray:
         """Ids of every stored row, int64, in storage order."""
@@ -363,6 +430,73 @@ class VectorStore:
             self._delete_shard(s.seq)
         self._index_cache = None
         return removed
+
+    # ------------------------------------------------------------------ damage
+    def check(self) -> list[ShardProblem]:
+        """Read every committed shard in full and return the damaged ones (empty: the store is sound).
+
+        A shard is damaged when its marker is unreadable, a file is missing, truncated or garbled, the ids
+        are not ``int64 [rows]``, the vectors not ``float16 [rows, dim]``, an extra not ``[rows, width]``,
+        or a vector is not finite. Reading every file costs a full pass over the store."""
+        meta = self.meta()
+        dim, extras = int(meta["dim"]), {str(k): int(v) for k, v in meta.get("extras", {}).items()}
+        problems: list[ShardProblem] = []
+        markers = sorted(p for p in self.root.iterdir() if _SHARD_RE.match(p.name))
+        replaced: set[int] = set()
+        good: list[tuple[int, Path, dict[str, Any]]] = []
+        for p in markers:
+            seq = int(_SHARD_RE.match(p.name).group(1))  # type: ignore[union-attr]
+            try:
+                info = _read_marker(p)
+            except DamagedStoreError as exc:
+                problems.append(ShardProblem(seq, p, str(exc).split("; ")[0]))
+                continue
+            if info.get("replaces") is not None:
+                replaced.add(int(info["replaces"]))
+            good.append((seq, p, info))
+        for seq, p, info in good:
+            if seq in replaced:
+                continue
+            shard = Shard(seq=seq, rows=int(info["rows"]), path=p.with_suffix(".npy"))
+            try:
+                shard.ids()
+                v = shard.vectors(mmap=False)
+                if v.dtype != np.float16 or v.shape != (shard.rows, dim):
+                    raise DamagedStoreError(f"vectors are {v.dtype} {list(v.shape)}, expected float16 [{shard.rows}, {dim}]")
+                if not np.isfinite(v).all():
+                    raise DamagedStoreError("vectors contain NaN or inf")
+                for name, width in extras.items():
+                    e = shard.extra(name, mmap=False)
+                    if e.shape != (shard.rows, width):
+                        raise DamagedStoreError(f"extra {name!r} is {list(e.shape)}, expected [{shard.rows}, {width}]")
+            except (DamagedStoreError, NotFoundError) as exc:
+                problems.append(ShardProblem(seq, p, str(exc).split("; ")[0]))
+        return problems
+
+    def repair(self) -> list[ShardProblem]:
+        """Drop every damaged shard (see :meth:`check`) and return what was dropped.
+
+        The items of a dropped shard count as not embedded, so the next ``embed`` embeds them again. Takes
+        the writer lock unless this process holds it already. The marker goes first, so a crash part-way
+        leaves uncommitted files that the next writer removes."""
+        if not self.exists():
+            return []
+        held = self._lock_fd is not None
+        if not held:
+            self.lock_raw()
+        try:
+            problems = self.check()
+            for pr in problems:
+                pr.marker.unlink(missing_ok=True)
+                _fsync_dir(self.root)
+                self._delete_shard(pr.seq)
+            self._index_cache = None
+            if problems:
+                self._cleanup()
+            return problems
+        finally:
+            if not held:
+                self.unlock()
 
     def reset(self) -> None:
         """Remove every shard and the store's metadata.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
-from .errors import InputError, NoWorkspaceError, WorkspaceError, check_folder
+from .errors import DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, check_folder
 from .vectors import VectorStore, encoder_key
 
 __all__ = ["Workspace", "WorkspaceConfig", "CONFIG_NAME", "DEFAULT_ENCODER"]
@@ -132,14 +132,25 @@ class Workspace:
 
     def embedded_encoders(self) -> dict[str, int]:
         """``{encoder name: number of stored embeddings}`` for every store in the workspace."""
+        return self._stores()[0]
+
+    def _stores(self) -> tuple[dict[str, int], dict[str, str]]:
+        """``({encoder: stored rows}, {encoder: what is damaged})``; a damaged store counts its readable shards."""
         out: dict[str, int] = {}
+        damaged: dict[str, str] = {}
         vdir = self.root / "vectors"
         if vdir.exists():
             for d in sorted(vdir.iterdir()):
                 store = VectorStore(d)
-                if store.exists():
-                    out[store.meta()["encoder"]] = len(store)
-        return out
+                if not store.exists():
+                    continue
+                name = str(store.meta()["encoder"])
+                try:
+                    out[name] = len(store)
+                except DamagedStoreError as exc:
+                    damaged[name] = str(exc)
+                    out[name] = store.readable_rows()
+        return out, damaged
 
     def index_dir(self, encoder: str | None = None) -> Path:
         return self.root / "index" / encoder_key(encoder or self.default_encoder)
@@ -151,14 +162,16 @@ class Workspace:
     def status(self) -> dict[str, Any]:
         """What the workspace holds, as one JSON-ready dict."""
         counts = self.catalog.count()
+        stores, damaged = self._stores()
         return {
             "workspace": str(self.root),
             "catalog": _redact(self.catalog_url),
             "items": {"total": counts["total"], "ok": counts["ok"], "error": counts["error"],
                       "image": counts["image"], "text": counts["text"]},
             "exact_duplicates": counts["exact_duplicates"],
-            "embeddings": self.embedded_encoders(),
+            "embeddings": stores,
             "default_encoder": self.default_encoder,
+            **({"damaged": damaged} if damaged else {}),
         }
 
 

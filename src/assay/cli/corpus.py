@@ -80,6 +80,7 @@ def embed(
     address: Annotated[
         Optional[str], typer.Option("--address", help="With --engine ray: the cluster to join (e.g. ray://head:10001, 'auto'); default: start a local one.")
     ] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="First read every stored shard of this encoder (and its regions) and drop the damaged ones (truncated, garbled or missing files); their items are embedded again.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Embed every ok item not yet embedded by the encoder (resumable: run it again after a crash)."""
@@ -103,6 +104,14 @@ def embed(
             from ..regions import parse_region_spec
 
             region_spec = parse_region_spec(regions, overlap=region_overlap)  # validate before any work
+        repaired: list[dict[str, object]] = []
+        if repair and not reset:
+            repaired = _repair_stores(ws, name)
+            if not json_:
+                for r in repaired:
+                    out.print(f"repair: dropped damaged shard {r['shard']} of {r['store']} ({r['reason']})")
+                if not repaired:
+                    out.print("repair: every stored shard reads back whole")
         if name.split(":", 1)[0] == PRECOMPUTED:
             if region_spec is not None:
                 raise InputError("--regions needs an image encoder; precomputed embeddings have no images to crop")
@@ -143,6 +152,8 @@ def embed(
             d = report.to_dict()
             if region_report is not None:
                 d["regions"] = region_report.to_dict()
+            if repair:
+                d["repaired"] = repaired
             print_json(d)
             return
         if region_report is not None:
@@ -157,6 +168,17 @@ def embed(
         )
         for item_id, reason in report.error_samples[:10]:
             out.print(f"error: item {item_id}: {reason}")
+
+
+def _repair_stores(ws: object, name: str) -> list[dict[str, object]]:
+    """Drop the damaged shards of ``name``'s store and of its region store; what was dropped, as dicts."""
+    from ..regions import region_store
+
+    dropped: list[dict[str, object]] = []
+    for store in (ws.vectors(name), region_store(ws, name)):  # type: ignore[attr-defined]
+        for pr in store.repair():
+            dropped.append({"store": store.root.name, "shard": pr.seq, "reason": pr.reason})
+    return dropped
 
 
 def status(workspace: WorkspaceOpt = None, json_: JsonOpt = False) -> None:
@@ -175,6 +197,8 @@ def status(workspace: WorkspaceOpt = None, json_: JsonOpt = False) -> None:
         if st["embeddings"]:
             for name, n in st["embeddings"].items():
                 out.print(f"embeddings {name}: {n}")
+            for name, why in st.get("damaged", {}).items():
+                out.print(f"damaged    {name}: {why}")
         else:
             out.print("embeddings none yet (run `assay embed`)")
         if it["error"]:
