@@ -122,3 +122,15 @@ def test_near_duplicate_groups_replace_and_non_representatives(catalog):
     catalog.replace_duplicate_groups({}, method="embedding")
     assert catalog.duplicate_groups() == {}
     assert catalog.non_representative_ids().tolist() == [copy]
+
+
+def test_a_concept_and_its_exemplar_labels_are_written_together(catalog):
+    catalog.add_items([_row(f"/x/{i}.png", sha=f"{i:064d}") for i in range(4)])
+    a, b = catalog.ids()[:2].tolist()
+    c = catalog.add_concept("red", text="red things", exemplars=[a, b, a], exemplar_annotator="exemplar")
+    ids, vals = catalog.current_labels(c.id)
+    assert sorted(ids.tolist()) == sorted([a, b]) and vals.tolist() == [1, 1]
+    # an unknown exemplar id leaves neither the concept nor any label behind
+    with pytest.raises(NotFoundError, match="exemplar"):
+        catalog.add_concept("blue", exemplars=[a, 10**12], exemplar_annotator="exemplar")
+    assert [x.name for x in catalog.concepts()] == ["red"]

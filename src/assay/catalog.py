@@ -302,15 +302,33 @@ class _MiningMixin:
     engine: Engine
 
     # ------------------------------------------------------------------ concepts
-    def add_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] = ()) -> Concept:
+    def add_concept(
+        self, name: str, *, text: str | None = None, exemplars: Sequence[int] = (),
+        exemplar_annotator: str | None = None,
+    ) -> Concept:
+        """Create a concept. With ``exemplar_annotator``, each exemplar is also labelled positive (source
+        ``human``, that annotator) in the same transaction: the concept and its labels exist together or not
+        at all."""
         self.check_concept_name(name)
         if text is not None and not text.strip():
             raise InputError("the concept's --text must not be empty")
+        ex = [int(i) for i in exemplars]
+        if exemplar_annotator is not None and ex:
+            known = set(self.get_ids_existing(ex))
+            unknown = [i for i in ex if i not in known]
+            if unknown:
+                raise NotFoundError(f"{len(unknown)} exemplar item ids are not in the catalog, e.g. {unknown[:5]}")
         t = concepts_table
         with self.engine.begin() as conn:
             if conn.execute(sa.select(t.c.id).where(t.c.name == name)).first() is not None:
                 raise InputError(f"concept {name!r} exists already")
-            conn.execute(sa.insert(t).values(name=name, text=text, exemplars=[int(i) for i in exemplars], created_at=_now()))
+            res = conn.execute(sa.insert(t).values(name=name, text=text, exemplars=ex, created_at=_now()))
+            if exemplar_annotator is not None and ex:
+                cid = int(res.inserted_primary_key[0])
+                now = _now()
+                conn.execute(sa.insert(labels_table), [
+                    {"concept_id": cid, "item_id": i, "value": 1, "source": "human", "annotator": exemplar_annotator,
+                     "round_id": None, "created_at": now} for i in dict.fromkeys(ex)])
         return self.concept(name)
 
     @staticmethod

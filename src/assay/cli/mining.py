@@ -66,8 +66,6 @@ def concept_add(
     json_: JsonOpt = False,
 ) -> None:
     """Create a concept from a text query and/or exemplar images."""
-    from ..loop import Miner
-
     with errors_to_exit():
         ws = open_workspace(workspace)
         from ..errors import InputError
@@ -76,9 +74,7 @@ def concept_add(
         if any(c.name == name for c in ws.catalog.concepts()):  # before exemplar files are ingested
             raise InputError(f"concept {name!r} exists already")
         ex_ids = _resolve_exemplars(ws, encoder, exemplar or [])
-        c = ws.catalog.add_concept(name, text=text, exemplars=ex_ids)
-        if ex_ids:
-            Miner(ws, name, encoder=encoder).record_labels(ex_ids, [1] * len(ex_ids), source="human", annotator="exemplar")
+        c = ws.catalog.add_concept(name, text=text, exemplars=ex_ids, exemplar_annotator="exemplar")
         if json_:
             print_json({"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars})
         else:

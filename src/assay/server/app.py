@@ -645,9 +645,7 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
             if missing:
                 raise NotFoundError(f"exemplar item ids not in the catalog: {missing[:10]}")
         with write_lock:
-            c = cat.add_concept(body.name, text=body.text, exemplars=body.exemplars)
-            if body.exemplars:
-                cat.add_labels(c.id, body.exemplars, [1] * len(body.exemplars), source="human", annotator="exemplar")
+            c = cat.add_concept(body.name, text=body.text, exemplars=body.exemplars, exemplar_annotator="exemplar")
         return {"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars}
 
     @app.get("/api/concepts/{name}", tags=["concepts"])
