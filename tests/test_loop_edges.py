@@ -395,3 +395,44 @@ def test_two_index_builds_at_once_take_turns(ws):
     s = Searcher(ws)
     assert s.index().ntotal == len(ws.vectors())
     assert len(s.search_items([int(ws.catalog.ids()[0])], k=3)[0]) == 3
+
+
+def test_rounds_lists_provenance_and_writes_a_batch_again(ws, tmp_path):
+    import csv
+
+    ws.catalog.add_concept("red", text="red")
+    r = _cli(ws, "rounds", "red")
+    assert r.exit_code == 0 and "no rounds yet" in r.output
+    r = _cli(ws, "rounds", "red", "--out", str(tmp_path / "b.csv"))
+    assert r.exit_code != 0 and "no rounds yet" in r.output
+    r = _cli(ws, "mine", "red", "--batch", "6", "--strategy", "random", "--seed", "1", "--json")
+    first = json.loads(r.stdout)
+    # Answer 4 of the first round, then run a second one (as after an interrupted `mine --out`: the round is
+    # recorded but its CSV was never written).
+    ids = [it["id"] for it in first["items"]]
+    Miner(ws, "red").record_labels(np.array(ids[:4]), np.array([1, 0, 0, 1]))
+    r = _cli(ws, "mine", "red", "--batch", "5", "--strategy", "random", "--seed", "2")
+    assert r.exit_code == 0, r.output
+    r = _cli(ws, "rounds", "red", "--json")
+    got = json.loads(r.stdout)["rounds"]
+    assert [(g["round"], g["batch"], g["answered"], g["positives"]) for g in got] == [(1, 6, 4, 2), (2, 5, 0, 0)]
+    assert "random" in got[0]["strategy"] and got[0]["encoder"] == "test-mean-color"
+    r = _cli(ws, "rounds", "red")
+    assert "round 1" in r.output and "4 answered (2 positive)" in r.output
+    # the latest round's batch, as `mine --out` writes it; an earlier one by number
+    r = _cli(ws, "rounds", "red", "--out", str(tmp_path / "latest.csv"))
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "latest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["id", "uri", "score", "prelabel", "label"] and len(rows) == 5
+    r = _cli(ws, "rounds", "red", "--round", "1", "--out", str(tmp_path / "r1.csv"), "--json")
+    one = json.loads(r.stdout)
+    assert one["round"] == 1 and [it["id"] for it in one["items"]] == ids
+    assert [it["label"] for it in one["items"]][:4] == [1, 0, 0, 1]
+    with open(tmp_path / "r1.csv", newline="") as f:
+        assert [int(x["id"]) for x in csv.DictReader(f)] == ids
+    assert not list(tmp_path.glob(".*.tmp"))
+    r = _cli(ws, "rounds", "red", "--round", "9")
+    assert r.exit_code != 0 and "no round 9" in r.output and "rounds 1-2" in r.output
+    r = _cli(ws, "rounds", "nope")
+    assert r.exit_code != 0 and "no concept named 'nope'" in r.output

@@ -470,6 +470,10 @@ def test_cli_embed_regions_and_search_regions_json(tmp_path):
 
     rows = list(_csv.DictReader(out_csv.open()))
     assert list(rows[0]) == ["id", "uri", "score", "prelabel", "x0", "y0", "x1", "y1", "label"] and len(rows) == 3
+    # `assay rounds --out` writes a region round's batch again, boxes included
+    r = runner.invoke(app, ["-w", str(wdir), "rounds", "red", "--out", str(tmp_path / "again.csv")])
+    assert r.exit_code == 0, r.output
+    assert list(_csv.DictReader((tmp_path / "again.csv").open())) == rows
 
 
 def test_item_consumers_never_see_regions_and_cold_start_mining(ws):

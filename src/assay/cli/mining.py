@@ -151,17 +151,7 @@ def mine(
                 r = boxes.get(it["id"])
                 it["box"] = None if r is None else r["box"]
         if out_file is not None:
-            # score: the strategy's own score (e.g. entropy); prelabel: the proxy's P(positive); label: fill in
-            # 1/0 and give the file to `assay label`. With --regions, the box that triggered the proposal.
-            box_cols = ["x0", "y0", "x1", "y1"] if regions else []
-            with open(out_file, "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=["id", "uri", "score", "prelabel", *box_cols, "label"])
-                w.writeheader()
-                for it in items:
-                    rec = {"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""}
-                    if regions:
-                        rec.update(zip(box_cols, it.get("box") or [None] * 4))
-                    w.writerow(rec)
+            _write_batch_csv(out_file, items, regions=regions)
         result = {"round": row.number, "round_id": row.id, "strategy": row.strategy, "cold_start": outcome.cold_start,
                   "pool_size": row.pool_size, "scanned_fraction": row.scanned_fraction, "proxy": row.proxy,
                   "seconds": row.seconds, "items": items}
@@ -234,6 +224,107 @@ def harvest(
             out.print(f"{r['score']:.4f}  {r['id']}  {r['uri']}" + ("" if r["label"] is None else f"  (labelled {r['label']})"))
 
 
+def _write_batch_csv(path: Path, items: list[dict], *, regions: bool) -> None:
+    """A proposed batch as the CSV to label: id, uri, score (the strategy's own, e.g. entropy), prelabel (the
+    proxy's P(positive)), with ``regions`` the box that triggered the proposal, and an empty ``label`` column
+    to fill with 1/0 and give to `assay label`. Written to a temporary file and renamed: never half a file."""
+    import os
+    import tempfile
+
+    box_cols = ["x0", "y0", "x1", "y1"] if regions else []
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.absolute().parent))
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["id", "uri", "score", "prelabel", *box_cols, "label"])
+            w.writeheader()
+            for it in items:
+                rec = {"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""}
+                if regions:
+                    rec.update(zip(box_cols, it.get("box") or [None] * 4))
+                w.writerow(rec)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rounds(
+    name: Annotated[str, typer.Argument(help="Concept name.")],
+    workspace: WorkspaceOpt = None,
+    round_no: Annotated[Optional[int], typer.Option("--round", min=1, help="With --out or --json: this round (default: the latest).")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the round's batch as the CSV `assay mine --out` writes (e.g. again, after an interrupted `mine`).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List a concept's rounds with their provenance and answers, or write one round's batch again."""
+    from ..errors import NotFoundError
+
+    with errors_to_exit():
+        _check_out(out_file, (".csv",))
+        ws = open_workspace(workspace)
+        cat = ws.catalog
+        concept = cat.concept(name)
+        rows = cat.rounds(concept.id)
+        label_ids, label_vals = cat.current_labels(concept.id)
+        answer = dict(zip(label_ids.tolist(), label_vals.tolist()))
+        if round_no is not None:
+            chosen = [r for r in rows if r.number == round_no]
+            if not chosen:
+                have = f"rounds 1-{rows[-1].number}" if rows else "no rounds yet (run `assay mine`)"
+                raise NotFoundError(f"concept {name!r} has no round {round_no}; it has {have}")
+        elif out_file is not None:
+            if not rows:
+                raise NotFoundError(f"concept {name!r} has no rounds yet; run `assay mine {name}` first")
+            chosen = rows[-1:]
+        else:
+            chosen = rows
+
+        def summary(r) -> dict:
+            props = cat.proposals(r.id)
+            answered = [answer[p["item_id"]] for p in props if p["item_id"] in answer]
+            return {"round": r.number, "round_id": r.id, "created_at": r.created_at.isoformat(), "strategy": r.strategy,
+                    "batch": len(props), "answered": len(answered), "positives": int(sum(answered)),
+                    "pool_size": r.pool_size, "scanned_fraction": r.scanned_fraction, "encoder": r.encoder,
+                    "encoder_version": r.encoder_version, "proxy": r.proxy, "params": r.params,
+                    "seconds": r.seconds}
+
+        def batch_items(r) -> list[dict]:
+            props = cat.proposals(r.id)
+            uris = cat.uris([p["item_id"] for p in props])
+            items = [{"id": int(p["item_id"]), "uri": uris.get(int(p["item_id"]), ""), "score": p["score"],
+                      "prelabel": p["prelabel"], "reason": p["reason"], "label": answer.get(int(p["item_id"]))}
+                     for p in props]
+            if (r.params or {}).get("regions"):
+                from ..regions import region_proposals
+
+                boxes = region_proposals(ws, r.id)
+                for it in items:
+                    b = boxes.get(it["id"])
+                    it["box"] = None if b is None else b["box"]
+            return items
+
+        if out_file is not None:
+            r = chosen[-1]
+            items = batch_items(r)
+            _write_batch_csv(out_file, items, regions=bool((r.params or {}).get("regions")))
+        if json_:
+            if round_no is not None or out_file is not None:
+                print_json({**summary(chosen[-1]), "items": batch_items(chosen[-1])})
+            else:
+                print_json({"concept": name, "rounds": [summary(r) for r in chosen]})
+            return
+        if out_file is not None:
+            out.print(f"wrote round {chosen[-1].number} of {name!r} ({len(items)} items) to {out_file}")
+            return
+        if not chosen:
+            out.print(f"concept {name!r} has no rounds yet; run `assay mine {name}`")
+            return
+        for r in chosen:
+            d = summary(r)
+            scanned = "" if d["scanned_fraction"] is None else f", {100 * d['scanned_fraction']:.2f} % scanned"
+            out.print(f"round {d['round']}  {d['created_at'][:19]}  {d['strategy']}: {d['batch']} proposed, "
+                      f"{d['answered']} answered ({d['positives']} positive), pool {d['pool_size']}{scanned}")
+
+
 def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
     """Check ``--out`` before any work is done (a round is recorded before its file is written): the right
     suffix, not a folder; missing parent folders are created."""
@@ -268,5 +359,6 @@ def _write_rows(rows: list[dict], path: Path) -> None:
 def register(app: typer.Typer) -> None:
     app.add_typer(concept_app, name="concept")
     app.command("mine")(mine)
+    app.command("rounds")(rounds)
     app.command("label")(label)
     app.command("harvest")(harvest)
