@@ -39,7 +39,8 @@ def test_unreachable_postgres_at_start_fails_fast_with_a_clear_redacted_message(
     assert "'corpus'" in msg and "'alice'" in msg and "running" in msg
 
 
-def _inject_failures(engine: sa.Engine, times: int, when: str = "INSERT INTO labels"):
+def _inject_failures(engine: sa.Engine, times: int, when: str = "INSERT INTO labels",
+                     message: str = "disk I/O error (injected)"):
     """Make the next ``times`` statements starting with ``when`` fail as a lost connection would."""
     left = {"n": times}
 
@@ -47,7 +48,7 @@ def _inject_failures(engine: sa.Engine, times: int, when: str = "INSERT INTO lab
     def fail(conn, cursor, statement, params, context, executemany):
         if statement.lstrip().upper().startswith(when.upper()) and left["n"] > 0:
             left["n"] -= 1
-            raise sqlite3.OperationalError("disk I/O error (injected)")
+            raise sqlite3.OperationalError(message)
 
     return left
 
@@ -78,6 +79,23 @@ def test_retries_are_bounded_and_then_name_the_call(tmp_path, monkeypatch):
     _inject_failures(cat.engine, 100)
     with pytest.raises(CatalogError, match=r"failed during add_labels after 3 attempts.*injected"):
         cat.add_labels(cid, ids[:3], [1, 1, 1], source="human")
+    assert cat.current_labels(cid)[0].size == 0
+    cat.close()
+
+
+@pytest.mark.parametrize("message, hint", [
+    ("attempt to write a readonly database", "read-only"),
+    ("database or disk is full", "disk is full"),
+    ("database disk image is malformed", "damaged"),
+])
+def test_a_failure_no_retry_can_fix_is_reported_at_once_with_what_to_do(tmp_path, monkeypatch, message, hint):
+    monkeypatch.setattr(Catalog, "RETRY_DELAYS", (0.01, 0.01))
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+    cid, ids = _labels_setup(cat)
+    left = _inject_failures(cat.engine, 100, message=message)
+    with pytest.raises(CatalogError, match=rf"refused add_labels: {message}; .*{hint}"):
+        cat.add_labels(cid, ids[:3], [1, 1, 1], source="human")
+    assert left["n"] == 99  # one attempt: not retried
     assert cat.current_labels(cid)[0].size == 0
     cat.close()
 

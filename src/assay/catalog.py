@@ -983,6 +983,27 @@ def _is_disconnect(exc: BaseException) -> bool:
     )
 
 
+#: OperationalErrors that another attempt cannot fix: reported at once, with what to do, not retried.
+_PERMANENT = (
+    ("readonly database", "the catalog is read-only: give this user write access to the workspace, or copy it"),
+    ("read-only", "the catalog is read-only: give this user write access to the workspace, or copy it"),
+    ("database or disk is full", "the disk is full: free space and run the command again"),
+    ("could not extend file", "the disk is full: free space and run the command again"),
+    ("no space left", "the disk is full: free space and run the command again"),
+    ("no such table", "the catalog's schema is missing tables: is this an assay catalog?"),
+    ("file is not a database", "the catalog file is not an SQLite database (damaged?): restore it from a copy"),
+    ("database disk image is malformed", "the catalog file is damaged: restore it from a copy"),
+)
+
+
+def _permanent_reason(exc: BaseException) -> str | None:
+    text = str(getattr(exc, "orig", exc)).lower()
+    for needle, hint in _PERMANENT:
+        if needle in text:
+            return hint
+    return None
+
+
 def _count_commit(conn: Any) -> None:
     """Engine "commit" event: count the commits of the catalog call running on this thread."""
     if getattr(_RETRY_STATE, "active", False):
@@ -1016,6 +1037,11 @@ def _retrying(fn: Any) -> Any:
                     orig = exc.__cause__ if isinstance(exc, CatalogError) and exc.__cause__ is not None else exc
                     reason = str(getattr(orig, "orig", orig)).strip().splitlines()
                     reason_s = reason[0] if reason else type(orig).__name__
+                    hint = _permanent_reason(orig)
+                    if hint is not None:
+                        raise CatalogError(
+                            f"the catalog at {_redact(self.url)} refused {fn.__name__}: {reason_s}; {hint}"
+                        ) from exc
                     if getattr(_RETRY_STATE, "commits", 0):
                         # A transaction of this call is committed already (e.g. add_round's insert before
                         # its read-back): running the call again would write it twice.
