@@ -134,3 +134,25 @@ def test_a_concept_and_its_exemplar_labels_are_written_together(catalog):
     with pytest.raises(NotFoundError, match="exemplar"):
         catalog.add_concept("blue", exemplars=[a, 10**12], exemplar_annotator="exemplar")
     assert [x.name for x in catalog.concepts()] == ["red"]
+
+
+def test_an_ingest_racing_another_one_adds_only_what_the_other_did_not(catalog, monkeypatch):
+    # The other ingest commits /x/1 and /x/2 after this one checked which URIs exist: the unique URI
+    # refuses this batch, which is tried again without them instead of failing.
+    other = [_row(f"/x/{i}.png", sha=f"{i:064d}") for i in (1, 2)]
+    real = catalog.existing_uris
+    calls = {"n": 0}
+
+    def stale_then_real(uris):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            got = real(uris)
+            catalog.add_items(other)  # what the other process commits meanwhile
+            return got
+        return real(uris)
+
+    monkeypatch.setattr(catalog, "existing_uris", stale_then_real)
+    n = catalog.add_items([_row(f"/x/{i}.png", sha=f"{i:064d}") for i in range(5)])
+    monkeypatch.undo()
+    assert n == 3 and catalog.count()["total"] == 5
+    assert sorted(catalog.uris(catalog.ids()).values()) == sorted(f"/x/{i}.png" for i in range(5))

@@ -249,11 +249,20 @@ def _bulk_insert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, 
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
         # COPY: the fastest bulk path PostgreSQL has, inside the same transaction.
         raw = conn.connection.dbapi_connection
-        with raw.cursor() as cur:
-            cols_sql = ", ".join(dialect.identifier_preparer.quote(k) for k in keys)
-            with cur.copy(f"COPY {dialect.identifier_preparer.format_table(table)} ({cols_sql}) FROM STDIN") as cp:
-                for r in rows:
-                    cp.write_row([conv(j, r[k]) for j, k in enumerate(keys)])
+        cols_sql = ", ".join(dialect.identifier_preparer.quote(k) for k in keys)
+        sql = f"COPY {dialect.identifier_preparer.format_table(table)} ({cols_sql}) FROM STDIN"
+        dbapi = dialect.loaded_dbapi
+        try:
+            with raw.cursor() as cur:
+                with cur.copy(sql) as cp:
+                    for r in rows:
+                        cp.write_row([conv(j, r[k]) for j, k in enumerate(keys)])
+        # The raw cursor bypasses SQLAlchemy's wrapping: raise what SQLAlchemy would, so that callers (a
+        # unique URI hit by a concurrent ingest, a lost connection to retry) see one kind of error.
+        except dbapi.IntegrityError as exc:
+            raise sa.exc.IntegrityError(sql, None, exc) from exc
+        except dbapi.OperationalError as exc:
+            raise sa.exc.OperationalError(sql, None, exc) from exc
         return
     names = list(compiled.positiontup) if compiled.positional else None
     if names is not None:
@@ -521,6 +530,8 @@ class Catalog(_MiningMixin):
     """
 
     BATCH = 5000
+    #: Attempts of an insert of items whose URIs a concurrent ingest keeps adding first.
+    CONFLICT_ATTEMPTS = 5
     #: Seconds a PostgreSQL connection attempt may take (unless the URL sets ``connect_timeout``).
     CONNECT_TIMEOUT = 5
     #: Pauses between the attempts to reach the database when opening it (PostgreSQL only).
@@ -771,25 +782,35 @@ class Catalog(_MiningMixin):
             if r["uri"] not in seen:
                 seen.add(r["uri"])
                 unique.append(r)
-        existing = self.existing_uris([r["uri"] for r in unique])
-        new = [r for r in unique if r["uri"] not in existing]
-        if not new:
-            return 0
-        try:
-            with self.engine.begin() as conn:
-                # Ids only grow, so every row inserted below gets an id above the largest one now: that bound
-                # limits the duplicate update (rows of a concurrent ingest above it are merely checked too).
-                first_id = int(conn.execute(sa.select(sa.func.max(items_table.c.id))).scalar() or 0) + 1
-                for start in range(0, len(new), self.BATCH):
-                    chunk = new[start : start + self.BATCH]
-                    _bulk_insert(conn, items_table, chunk)
-                if any(r["sha256"] is not None for r in new):
-                    self._mark_exact_duplicates(conn, first_id)
-        except sa.exc.IntegrityError as exc:
-            raise CatalogError(f"could not add {len(new)} items (another ingest running?): {exc.orig}") from exc
-        except sa.exc.OperationalError as exc:
-            raise CatalogError(f"the catalog rejected a write: {exc.orig}") from exc
-        return len(new)
+        # A concurrent ingest of the same URIs (another process, another machine on PostgreSQL) can commit
+        # some of them between the check below and this insert: the unique URI then refuses the whole batch,
+        # which is rolled back and tried again without the URIs that are stored now.
+        for attempt in range(self.CONFLICT_ATTEMPTS):
+            existing = self.existing_uris([r["uri"] for r in unique])
+            new = [r for r in unique if r["uri"] not in existing]
+            if not new:
+                return 0
+            try:
+                with self.engine.begin() as conn:
+                    # Ids only grow, so every row inserted below gets an id above the largest one now: that
+                    # bound limits the duplicate update (rows of a concurrent ingest above it are checked too).
+                    first_id = int(conn.execute(sa.select(sa.func.max(items_table.c.id))).scalar() or 0) + 1
+                    for start in range(0, len(new), self.BATCH):
+                        chunk = new[start : start + self.BATCH]
+                        _bulk_insert(conn, items_table, chunk)
+                    if any(r["sha256"] is not None for r in new):
+                        self._mark_exact_duplicates(conn, first_id)
+                return len(new)
+            except sa.exc.IntegrityError as exc:
+                if attempt + 1 < self.CONFLICT_ATTEMPTS:
+                    log.info("items of this batch were added by a concurrent ingest; trying again without them")
+                    continue
+                raise CatalogError(
+                    f"could not add {len(new)} items: a concurrent writer kept adding the same URIs "
+                    f"({self.CONFLICT_ATTEMPTS} attempts): {exc.orig}") from exc
+            except sa.exc.OperationalError as exc:
+                raise CatalogError(f"the catalog rejected a write: {exc.orig}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _mark_exact_duplicates(conn: sa.Connection, first_id: int) -> None:

@@ -416,6 +416,8 @@ def ingest(
                 rows = list(pool.map(lambda c: probe_item(c, max_pixels), todo))
                 added = catalog.add_items(rows, source_id=source_id)
                 n_new += added
+                # URIs a concurrent ingest added between our check and our insert were present, not new.
+                report.already_present += len({r["uri"] for r in rows}) - added
                 for r in rows:
                     if r["status"] == "error":
                         report.errors += 1
