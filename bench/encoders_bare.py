@@ -21,9 +21,11 @@ import numpy as np
 
 def bare_items_per_s(encoder, batch: int, n_batches: int, warmup: int, rng: np.random.Generator) -> dict:
     """Items/s of ``encoder.embed_batch`` on random preprocessed tensors, after ``warmup`` untimed batches."""
-    x = rng.uniform(-127 / 128, 1.0, size=(batch, *encoder.input_shape)).astype(
-        np.float32
-    )  # [batch, 3, 224, 224]
+    shape = getattr(encoder, "pixels_shape", None)
+    if shape is not None:  # the input the embedding pipeline feeds it: uint8 pixels [batch, 224, 224, 3]
+        x = rng.integers(0, 256, size=(batch, *shape), dtype=np.uint8)
+    else:
+        x = rng.uniform(-1.0, 1.0, size=(batch, *encoder.input_shape)).astype(np.float32)  # [batch, 3, H, W]
     for _ in range(warmup):
         encoder.embed_batch(x)
     times = []

@@ -429,11 +429,31 @@ def test_lite0_draft_size_keeps_the_crop_at_full_resolution():
 
 def test_lite0_embed_batch_validates(lite0):
     with pytest.raises(InputError):
-        lite0.embed_batch(np.zeros((2, 224, 224, 3), np.float32))  # HWC, not CHW
+        lite0.embed_batch(np.zeros((2, 224, 224, 3), np.float32))  # float HWC: neither kind of batch
+    with pytest.raises(InputError, match="uint8 pixels"):
+        lite0.embed_batch(np.zeros((2, 3, 224, 224), np.uint8))  # uint8 CHW
+    with pytest.raises(InputError, match="other values"):
+        lite0.embed_batch(np.full((1, 3, 224, 224), 0.3, np.float32))  # not (x - 127) / 128 of 8-bit pixels
+    with pytest.raises(InputError, match="other values"):
+        lite0.embed_batch(np.full((1, 3, 224, 224), 2.0, np.float32))  # 383: outside 0..255
     with pytest.raises(InputError):
         lite0.embed_batch(np.zeros((3, 224, 224), np.float32))
     out = lite0.embed_batch(np.zeros((0, 3, 224, 224), np.float32))
     assert out.embeddings.shape == (0, 1280) and out.extras["imagenet_logits"].shape == (0, 1000)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_lite0_pixels_and_scaled_floats_give_the_same_bits(lite0, lite0_torch, backend):
+    enc = lite0 if backend == "onnx" else lite0_torch
+    ims = _images(3) + [Image.new("RGB", (300, 200), (0, 0, 0)), Image.new("RGB", (64, 90), (255, 255, 255))]
+    pixels = np.stack([enc.preprocess_pixels(im) for im in ims])
+    assert pixels.dtype == np.uint8 and pixels.shape == (5, 224, 224, 3)
+    scaled = np.stack([enc.preprocess(im) for im in ims])
+    np.testing.assert_array_equal(scaled, (pixels.transpose(0, 3, 1, 2).astype(np.float32) - 127) / 128)
+    a, b = enc.embed_batch(pixels), enc.embed_batch(scaled)
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    np.testing.assert_array_equal(a.extras["imagenet_logits"], b.extras["imagenet_logits"])
+    np.testing.assert_allclose(enc.embed_images(ims), a.embeddings, atol=1e-6)
 
 
 def test_lite0_chunks_big_batches_the_same(lite0_cache):

@@ -144,14 +144,21 @@ class EmbedHook(Protocol):
     def close(self) -> None: ...
 
 
+def model_input(enc: Encoder) -> Callable[[Any], np.ndarray]:
+    """The cheapest per-image preprocessing ``enc.embed_batch`` takes: ``preprocess_pixels`` (uint8 pixels,
+    scaled inside the model) where the encoder has it, else ``preprocess``."""
+    return getattr(enc, "preprocess_pixels", None) or enc.preprocess
+
+
 def _decode_one(
     enc: Encoder, item: ItemRow, draft: tuple[int, int] | None, hooks: Sequence[EmbedHook] = ()
 ) -> np.ndarray | tuple[np.ndarray, list[Any]] | DecodeError:
     try:
         image = decode_image(read_bytes(item.uri), draft_size=draft)
+        prep = model_input(enc)
         if not hooks:
-            return enc.preprocess(image)
-        return enc.preprocess(image), [h.preprocess(image) for h in hooks]
+            return prep(image)
+        return prep(image), [h.preprocess(image) for h in hooks]
     except DecodeError as exc:
         return exc
     except Exception as exc:  # one bad item never stops the run; the reason is recorded on it

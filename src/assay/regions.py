@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from .embed import finite_rows, record_error
+from .embed import finite_rows, model_input, record_error
 from .errors import DecodeError, EmptyPoolError, InputError, NotFoundError, WorkspaceError
 from .loop import Miner
 from .vectors import VectorStore, encoder_key
@@ -676,7 +676,8 @@ def _decode_regions(enc: Any, uri: str, spec: RegionSpec | DenseSpec) -> tuple[n
         else:
             boxes = tile_boxes(w, h, spec)  # [R, 4]
             crops = square_crops(boxes, w, h) if spec.square else boxes  # [R, 4]
-            inputs = np.stack([enc.preprocess(image.crop(tuple(int(v) for v in b))) for b in crops])
+            prep = model_input(enc)
+            inputs = np.stack([prep(image.crop(tuple(int(v) for v in b))) for b in crops])
             scale = spec.slot_scales()[:, None]
         size = np.broadcast_to(np.asarray(image.size, dtype=np.int64), (len(boxes), 2))  # [R, 2]
         return np.concatenate([boxes, size, scale], axis=1), inputs

@@ -109,7 +109,8 @@ class BaseEncoder:
     def embed_images(self, images: "list[Image.Image]") -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = np.stack([self.preprocess(im) for im in images])
+        prep = getattr(self, "preprocess_pixels", None) or self.preprocess  # the cheaper input, where there is one
+        batch = np.stack([prep(im) for im in images])
         return self.embed_batch(batch).embeddings
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
