@@ -9,7 +9,9 @@ all at once, or one branch at a time::
     │   └── UnknownNameError                  an unknown strategy, encoder, index kind, ...; lists the valid ones
     ├── NotFoundError (also a LookupError)    an item id, concept, path or source that does not exist
     ├── WorkspaceError                        no workspace here, or a workspace in a bad state
+    │   ├── NoWorkspaceError (+NotFoundError)  no workspace at the path given (or here)
     │   ├── IndexNotBuiltError                search or neighbours asked before `assay index`
+    │   ├── DamagedStoreError                 a stored embedding shard is truncated, garbled or missing
     │   └── NoEmbeddingsError                 a step that needs embeddings before `assay embed`
     ├── EncoderError                          an encoder that cannot load or run
     ├── DecodeError                           one item's bytes cannot be read or decoded (per-item, recorded)
