@@ -126,3 +126,19 @@ def test_damaged_shard_and_index_are_reported_and_repaired(tmp_path):
     assert r.exit_code != 0 and "rebuild it with `assay index`" in r.output
     assert _run("-w", ws, "index").exit_code == 0
     assert _run("-w", ws, "search", "--item", "1").exit_code == 0
+
+
+def test_search_shows_the_words_of_text_hits(tmp_path):
+    (tmp_path / "t.csv").write_text("text,label\nmy card has not arrived,a\nhow do I top up,b\nwhere is my new card,a\n")
+    ws = str(tmp_path / "ws")
+    assert _run("init", ws, "--encoder", "test-mean-color").exit_code == 0
+    assert _run("-w", ws, "ingest", str(tmp_path / "t.csv")).exit_code == 0
+    assert _run("-w", ws, "embed").exit_code == 0
+    assert _run("-w", ws, "index").exit_code == 0
+    r = _run("-w", ws, "search", "--text", "card", "-k", "3")
+    assert r.exit_code == 0 and "my card has not arrived" in r.output and "#row=" in r.output
+    res = json.loads(_run("-w", ws, "search", "--text", "card", "-k", "3", "--json").stdout)["results"]
+    assert sorted(h["text"] for h in res) == ["how do I top up", "my card has not arrived", "where is my new card"]
+    (tmp_path / "q.jsonl").write_text('{"text": "top up"}\n')
+    res = json.loads(_run("-w", ws, "search", "--batch", str(tmp_path / "q.jsonl"), "--json").stdout)
+    assert all("text" in h for h in res["queries"][0]["results"])

@@ -101,23 +101,43 @@ def search(
         s = Searcher(ws, encoder, rerank=rerank)
         if batch is not None:
             results = _run_batch(s, batch, k, keep_duplicates, regions)
+            texts = _texts_of(ws, [h["id"] for r in results for h in r["results"]])
+            for r in results:
+                for h in r["results"]:
+                    if h["id"] in texts:
+                        h["text"] = texts[h["id"]]
             if json_:
                 print_json({"queries": results})
             else:
                 for r in results:
                     out.print(f"# {json.dumps(r['query'])}")
                     for h in r["results"]:
-                        out.print(f"{h['score']:.4f}  {h['id']}  {h['uri']}")
+                        out.print(f"{h['score']:.4f}  {h['id']}  {h['uri']}{_snippet(h.get('text'))}")
             return
         fn = s.search_regions if regions else s.search
         hits = fn(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates)
+        texts = _texts_of(ws, [h.id for h in hits])
         if json_:
-            print_json({"results": [h.to_dict() for h in hits]})
+            print_json({"results": [{**h.to_dict(), **({"text": texts[h.id]} if h.id in texts else {})} for h in hits]})
             return
         for h in hits:
             box = getattr(h, "box", None)
             where = f"  box {list(box)}" if regions and box is not None else ("  whole image" if regions else "")
-            out.print(f"{h.score:.4f}  {h.id}  {h.uri}{where}")
+            out.print(f"{h.score:.4f}  {h.id}  {h.uri}{where}{_snippet(texts.get(h.id))}")
+
+
+def _texts_of(ws, ids: list[int]) -> dict[int, str]:
+    """``{id: text}`` for the text items among ``ids`` (a text hit is read by its words, not its URI)."""
+    if not ids:
+        return {}
+    return {it.id: it.text or "" for it in ws.catalog.get_many(sorted(set(ids))) if it.modality == "text"}
+
+
+def _snippet(text: str | None, width: int = 100) -> str:
+    if text is None:
+        return ""
+    one = " ".join(text.split())
+    return "  " + (one if len(one) <= width else one[: width - 1] + "…")
 
 
 def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = False) -> list[dict]:
