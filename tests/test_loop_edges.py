@@ -101,6 +101,9 @@ def test_concept_add_checks_the_name_before_ingesting_exemplars(ws, tmp_path):
     assert ws.catalog.count()["total"] == n0  # the exemplar file was not ingested
     r = _cli(ws, "concept", "add", "a/b")
     assert r.exit_code == 2 and "may not contain" in r.output
+    for dots in ("..", "."):  # the page's URLs would resolve them away
+        r = _cli(ws, "concept", "add", dots)
+        assert r.exit_code == 2 and "only dots" in " ".join(r.output.split())
     r = _cli(ws, "concept", "add", "[bold]oops")  # rich markup characters are printed as they are
     assert r.exit_code == 0 and "[bold]oops" in r.output
     r = _cli(ws, "mine", "[bold]nope")

@@ -121,6 +121,37 @@ def test_retried_submission_is_written_once(ws, client):
     assert label_rows(ws) == 2
 
 
+def test_an_answer_sent_again_under_a_new_id_is_not_a_second_label(ws, client):
+    # A page whose reply was lost re-sends what was saved, plus a new answer, under a new submission id.
+    batch = _first_round(client)
+    ids = [it["id"] for it in batch["items"]]
+    first = client.post("/api/concepts/red/labels", json=_sub("lost-reply-01", "ann", 1, [(ids[0], 1), (ids[1], 0)])).json()
+    again = client.post("/api/concepts/red/labels",
+                        json=_sub("lost-reply-02", "ann", 1, [(ids[0], 1), (ids[1], 0), (ids[2], 1)])).json()
+    assert first["written"] == 2 and again["written"] == 1 and again["recorded"] == 3
+    # a changed answer is a new row (the history keeps every change), and so is another annotator's
+    changed = client.post("/api/concepts/red/labels", json=_sub("lost-reply-03", "ann", 1, [(ids[0], 0)])).json()
+    other = client.post("/api/concepts/red/labels", json=_sub("lost-reply-04", "bea", 1, [(ids[0], 1)])).json()
+    assert changed["written"] == 1 and other["written"] == 1
+    hist = client.get("/api/concepts/red/labels").json()["labels"]
+    assert [(h["item_id"], h["value"], h["annotator"]) for h in hist] == [
+        (ids[0], 1, "ann"), (ids[1], 0, "ann"), (ids[2], 1, "ann"), (ids[0], 0, "ann"), (ids[0], 1, "bea")]
+    # history rows carry the round's number and times carry their zone
+    assert {h["round"] for h in hist} == {1} and all(h["created_at"].endswith("+00:00") for h in hist)
+
+
+def test_names_in_any_script_and_names_the_page_cannot_route(ws, client):
+    batch = _first_round(client)
+    r = client.post("/api/concepts/red/labels", json=_sub("unicode-ann-1", "王芳 / José", 1, [(batch["items"][0]["id"], 1)]))
+    assert r.status_code == 200, r.text
+    assert client.post("/api/concepts", json={"name": "voiture rouge é"}).status_code == 201
+    for bad in ["..", ".", "a/b"]:
+        r = client.post("/api/concepts", json={"name": bad})
+        assert r.status_code == 422 and ("only dots" in r.text or "'/'" in r.text), (bad, r.text)
+    r = client.post("/api/concepts", json={"name": "dup-ex", "exemplars": [batch["items"][0]["id"]] * 2})
+    assert r.status_code == 201 and r.json()["exemplars"] == [batch["items"][0]["id"]]
+
+
 def test_two_annotators_keep_both_answers_and_conflicts_show(ws, client):
     batch = _first_round(client)
     a, b = batch["items"][0]["id"], batch["items"][1]["id"]

@@ -75,3 +75,68 @@ def test_label_a_batch_with_the_keyboard(ws):
     assert {h["annotator"] for h in hist} == {"browser"} and {h["source"] for h in hist} == {"human"}
     assert {h["round_id"] for h in hist} == {ws.catalog.rounds(concept.id)[0].id}
     assert len(ws.catalog.rounds(concept.id)) == 2
+
+
+def _open(pw, url, annotator="browser"):
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(15000)
+    page.goto(f"{url}/?token={TOKEN}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_function("() => document.querySelectorAll('#grid .card').length === 6")
+    page.fill("#annotator", annotator)
+    page.click("h1")
+    return browser, page
+
+
+def test_answers_given_while_a_submit_is_on_its_way_are_sent_once_each(ws):
+    import time as _time
+
+    app = create_app(ws, ServerConfig(token=TOKEN, batch=6, auto_propose=False))
+    concept = ws.catalog.concept("red")
+    batch_ids = [int(p["item_id"]) for p in ws.catalog.proposals(ws.catalog.rounds(concept.id)[-1].id)]
+    with ServerThread(app) as url, sync_playwright() as pw:
+        browser, page = _open(pw, url, annotator="José Núñez")  # any script is a name
+
+        def slow(route):
+            _time.sleep(1.5)
+            route.continue_()
+
+        page.route("**/labels", slow)
+        page.keyboard.press("y")
+        page.keyboard.press("Enter")  # on its way for 1.5 s ...
+        page.keyboard.press("n")      # ... while two more answers are given
+        page.keyboard.press("y")
+        page.keyboard.press("Enter")  # ignored while in flight: the answers go right after
+        page.wait_for_selector("body[data-submitted='2']")
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('saved')")
+        page.unroute("**/labels")
+        # counts include what the server holds, after the reload
+        page.wait_for_function("() => document.querySelector('#counts').textContent.includes('3 to go')")
+        assert "2 yes · 1 no" in page.inner_text("#counts")
+        # Enter on a focused button is the button's own action, not a submit
+        page.focus("button[data-view='progress']")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#view-progress:not([hidden])")
+        browser.close()
+    hist = ws.catalog.label_history(concept.id)
+    assert sorted((h["item_id"], h["value"]) for h in hist) == sorted([(batch_ids[0], 1), (batch_ids[1], 0), (batch_ids[2], 1)])
+    assert {h["annotator"] for h in hist} == {"José Núñez"}
+
+
+def test_a_stale_round_keeps_the_answers_for_items_still_in_a_batch(ws):
+    app = create_app(ws, ServerConfig(token=TOKEN, batch=6, auto_propose=False, open_rounds=1))
+    concept = ws.catalog.concept("red")
+    with ServerThread(app) as url, sync_playwright() as pw:
+        browser, page = _open(pw, url)
+        page.keyboard.press("y")
+        page.keyboard.press("n")
+        # another annotator's page (here: the API) proposes the next round before these are sent
+        Miner(ws, "red").propose(strategy="random", batch=6, seed=7)
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('closed')")
+        assert page.inner_text("#round-info").startswith("round 2")
+        msg = page.inner_text("#status")
+        assert "round 1 closed before these answers were sent" in msg
+        browser.close()
+    assert ws.catalog.label_history(concept.id) == []  # nothing was written for the stale round

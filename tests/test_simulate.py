@@ -305,6 +305,23 @@ def test_cli_text_output(ws):
     assert "most-likely-positive" in res.stdout and "recall" in res.stdout
 
 
+def test_test_fraction_holds_out_a_fixed_random_share_for_a_corpus_without_a_split(ws, truth):
+    gt = load_ground_truth(ws, split_column="no-such-column", test_fraction=0.3)
+    assert 0.15 < gt.is_test.mean() < 0.45
+    again = load_ground_truth(ws, test_fraction=0.3)  # split columns are ignored, and the share is stable
+    np.testing.assert_array_equal(gt.is_test, again.is_test)
+    assert not np.array_equal(gt.is_test, truth.is_test)
+    with pytest.raises(InputError, match="strictly between 0 and 1"):
+        load_ground_truth(ws, test_fraction=1.0)
+    with pytest.raises(InputError, match="--test-fraction"):
+        load_ground_truth(ws, split_column="no-such-column")
+    res = _run(ws, "--positive", "red", *_SMALL, "--strategies", "random", "--split-column", "none",
+               "--test-fraction", "0.3", "--json")
+    assert res.exit_code == 0, res.output
+    proto = json.loads(res.stdout)["protocol"]
+    assert proto["test_fraction"] == 0.3 and proto["test_size"] == int(gt.is_test.sum())
+
+
 def test_cli_truth_file(ws, tmp_path, truth):
     path = tmp_path / "truth.csv"
     rows = [{"uri": truth.uris[int(i)], "label": "yes" if lab == "red" else "no", "split": "test" if t else "train"}

@@ -345,9 +345,10 @@ class _MiningMixin:
         """Raise InputError unless ``name`` can name a concept (also in the labelling page's URLs)."""
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise InputError(f"a concept name must be a non-empty string of at most 200 characters, got {name!r}")
-        if "/" in name or "\\" in name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name) or name != name.strip():
-            raise InputError(f"a concept name may not contain '/', '\\', control characters or surrounding spaces "
-                             f"(it is part of the labelling page's URLs), got {name!r}")
+        if ("/" in name or "\\" in name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name) or name != name.strip()
+                or set(name) == {"."}):
+            raise InputError(f"a concept name may not contain '/', '\\', control characters or surrounding spaces, "
+                             f"nor be only dots (it is part of the labelling page's URLs), got {name!r}")
 
     def update_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] | None = None) -> Concept:
         c = self.concept(name)

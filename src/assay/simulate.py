@@ -773,16 +773,22 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
     return out
 
 
+_TEST_SPLIT_SEED = 20220  # --test-fraction: which items are held out (fixed, so runs compare)
+
+
 def load_ground_truth(
     ws: Any, *, label_column: str = "label", split_column: str = "split", test_split: str = "test",
     encoder: str | None = None, truth: str | Path | None = None, keep_duplicates: bool = False,
+    test_fraction: float | None = None,
 ) -> GroundTruth:
     """Vectors, classes and splits of a workspace's embedded items.
 
     The corpus is every embedded item with status ok (non-representative duplicates left out unless
     ``keep_duplicates``). Classes come from the items' manifest metadata ``label_column``, or from a truth
     CSV (``id`` or ``uri``, ``label``, optional ``split``) that must cover every item of the corpus. The
-    split comes from the truth file's ``split`` column where given, else from the metadata ``split_column``.
+    split comes from the truth file's ``split`` column where given, else from the metadata ``split_column``;
+    with ``test_fraction`` (for corpora without a split) a seeded random share of the items is the test split
+    instead, and split columns are ignored.
 
     Raises
     ------
@@ -840,10 +846,20 @@ def load_ground_truth(
             labels[k] = str(metas[i][label_column])
             v = metas[i].get(split_column)
             splits[k] = None if v is None else str(v)
+    if test_fraction is not None:
+        if not (isinstance(test_fraction, (int, float)) and 0.0 < float(test_fraction) < 1.0):
+            raise InputError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
+        # Seeded by the ids themselves, so the same corpus gets the same test split in every run.
+        u = np.random.default_rng(_TEST_SPLIT_SEED).random(int(ids.max()) + 1)[ids] if ids.size else np.zeros(0)
+        is_test = u < float(test_fraction)
+        if not is_test.any() or is_test.all():
+            raise InputError(f"a test fraction of {test_fraction} leaves no item on one side of {ids.size} items")
+        return GroundTruth(ids=ids, vectors=vecs, labels=labels.astype(str), is_test=is_test, uris=uris)
     if all(s is None for s in splits):
         raise InputError(
             f"no item carries the split column {split_column!r}; the test split {test_split!r} holds the items AP is "
-            "measured on (name the column with --split-column, or add a 'split' column to the truth file)"
+            "measured on (name the column with --split-column, add a 'split' column to the truth file, or hold out "
+            "a random share of the corpus with --test-fraction 0.2)"
         )
     is_test = np.asarray([s == test_split for s in splits], dtype=bool)
     if not is_test.any():
@@ -856,6 +872,7 @@ def simulate_workspace(
     ws: Any, config: SimulationConfig, *, label_column: str = "label", split_column: str = "split",
     test_split: str = "test", encoder: str | None = None, truth: str | Path | None = None,
     out: str | Path | None = None, progress: Callable[[str], None] | None = None,
+    test_fraction: float | None = None,
 ) -> SimulationResult:
     """Load the ground truth of ``ws``, validate, simulate, and (with ``out``) write the report.
 
@@ -863,11 +880,12 @@ def simulate_workspace(
     """
     config.validate()
     gt = load_ground_truth(ws, label_column=label_column, split_column=split_column, test_split=test_split,
-                           encoder=encoder, truth=truth)
+                           encoder=encoder, truth=truth, test_fraction=test_fraction)
     if config.positive not in gt.classes:
         raise UnknownNameError("class", config.positive, gt.classes)
     result = simulate(gt, config, progress=progress)
     result.protocol.update({"label_column": label_column, "split_column": split_column, "test_split": test_split,
+                            "test_fraction": test_fraction,
                             "encoder": encoder or ws.default_encoder, "truth": None if truth is None else str(truth)})
     if out is not None:
         from .report import write_report

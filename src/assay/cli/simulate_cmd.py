@@ -16,6 +16,7 @@ def simulate(
     label_column: Annotated[str, typer.Option("--label-column", help="Item metadata column holding the class.")] = "label",
     split_column: Annotated[str, typer.Option("--split-column", help="Item metadata column holding the split.")] = "split",
     test_split: Annotated[str, typer.Option("--test-split", help="Split value of the held-out items (AP only, never labelled).")] = "test",
+    test_fraction: Annotated[float | None, typer.Option("--test-fraction", help="For a corpus without a split: hold out this random share of the items as the test split (split columns are then ignored).")] = None,
     prevalence: Annotated[float, typer.Option("--prevalence", help="Share of positives kept in the pool.")] = 0.005,
     budget: Annotated[int, typer.Option("--budget", help="Labels in all, the seed included.")] = 1000,
     batch: Annotated[int, typer.Option("--batch", help="Items proposed per round.")] = 100,
@@ -52,7 +53,7 @@ def simulate(
         progress = (lambda msg: console.print(msg, highlight=False, markup=False)) if not json_ else None
         result = simulate_workspace(
             ws, cfg, label_column=label_column, split_column=split_column, test_split=test_split, encoder=encoder,
-            truth=truth, out=out_dir, progress=progress,
+            truth=truth, out=out_dir, progress=progress, test_fraction=test_fraction,
         )
         if json_:
             print_json(result.to_json())

@@ -61,7 +61,7 @@ try:
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+    from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(getattr(exc, "name", None) or "fastapi", "server", "the labelling web app") from exc
 
@@ -123,15 +123,26 @@ class ServerConfig:
 
 
 # ---------------------------------------------------------------------------------------------- request bodies
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
-                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$")]
+def _concept_name(v: str) -> str:
+    from ..catalog import Catalog
+
+    Catalog.check_concept_name(v)  # the CLI's rule (InputError is a ValueError: a 422 naming the rule)
+    return v
+
+
+#: A concept name: the rule of `assay concept add` (any script; no '/', '\\', control characters, '.' or '..').
+ConceptName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+                        AfterValidator(_concept_name)]
+#: Who answered: any script (names like "José" or "王芳" are fine), no control characters, no '<' or '>'.
+Annotator = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                             pattern=r"^[^\x00-\x1f\x7f<>]+$")]
 ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
 ConceptPath = Annotated[str, PathParam(min_length=1, max_length=200, description="Concept name")]
 
 
 class ConceptIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Name
+    name: ConceptName
     text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)] | None = None
     exemplars: list[ItemId] = Field(default_factory=list, max_length=100)
 
@@ -150,7 +161,7 @@ class SubmissionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     submission_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")] = Field(
         description="Made by the client, new for each submission and reused only to retry it")
-    annotator: Name
+    annotator: Annotator
     round: Annotated[int, Field(ge=1, le=2**31 - 1)] = Field(description="The round number the batch came from")
     labels: list[LabelIn] = Field(default_factory=list, max_length=1000)
     skipped: list[ItemId] = Field(default_factory=list, max_length=1000)
@@ -486,7 +497,15 @@ def _name(uri: str) -> str:
 
 
 def _iso(t: Any) -> str | None:
-    return None if t is None else t.isoformat()
+    """A stored time as ISO 8601 with its offset. Times are written in UTC; SQLite hands them back without a
+    zone, so a naive one is UTC."""
+    if t is None:
+        return None
+    if getattr(t, "tzinfo", None) is None:
+        import datetime as _dt
+
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.isoformat()
 
 
 def _answers(engine: sa.Engine, concept_id: int, item_ids: list[int] | None) -> dict[int, list[dict[str, Any]]]:
@@ -645,7 +664,8 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
             if missing:
                 raise NotFoundError(f"exemplar item ids not in the catalog: {missing[:10]}")
         with write_lock:
-            c = cat.add_concept(body.name, text=body.text, exemplars=body.exemplars, exemplar_annotator="exemplar")
+            c = cat.add_concept(body.name, text=body.text, exemplars=list(dict.fromkeys(body.exemplars)),
+                                exemplar_annotator="exemplar")
         return {"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars}
 
     @app.get("/api/concepts/{name}", tags=["concepts"])
@@ -787,8 +807,10 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
             q = q.where(t.c.item_id == item_id)
         with cat.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
+        number = {r.id: r.number for r in cat.rounds(c.id)}
         for r in rows:
             r["created_at"] = _iso(r["created_at"])
+            r["round"] = number.get(r["round_id"])  # the round's number (round_id is the catalog's row id)
         return {"concept": c.name, "labels": rows}
 
     @app.get("/api/concepts/{name}/conflicts", tags=["labels"])

@@ -73,8 +73,9 @@ def record_submission(
 ) -> SubmissionResult:
     """Write a submission and its labels at once, or nothing.
 
-    Returns ``written`` (label rows added) and ``replayed`` (True when this id was recorded before with the
-    same body: nothing is written again). Raises :class:`ConflictError` when the id was used for another body.
+    Returns ``written`` (label rows added; an answer equal to the annotator's latest one for the item in this
+    round adds none), ``recorded`` (answers acknowledged) and ``replayed`` (True when this id was recorded
+    before with the same body: nothing is written again). Raises :class:`ConflictError` when the id was used for another body.
     The caller validates ids and values first; this function only writes. ``extra_rows`` (table, rows) go in
     the same transaction (e.g. region labels), so a retried submission never finds half of itself.
     """
@@ -93,6 +94,7 @@ def record_submission(
                 submission_id=submission_id, concept_id=concept_id, round_id=round_id, annotator=annotator,
                 digest=digest, n_labels=len(rows), skipped=[int(i) for i in skipped], created_at=now,
             ))
+            rows = _drop_repeats(conn, rows, concept_id=concept_id, round_id=round_id, annotator=annotator)
             if rows:
                 conn.execute(sa.insert(labels_table), rows)
             for table, more in extra_rows:
@@ -111,7 +113,27 @@ def record_submission(
         return SubmissionResult(written=0, replayed=True, recorded=int(prev.n_labels))
     except sa.exc.OperationalError as exc:
         raise CatalogError(f"the catalog rejected a write: {exc.orig}") from exc
-    return SubmissionResult(written=len(rows), replayed=False, recorded=len(rows))
+    return SubmissionResult(written=len(rows), replayed=False, recorded=len(item_ids))
+
+
+def _drop_repeats(conn: Any, rows: list[dict[str, Any]], *, concept_id: int, round_id: int | None,
+                  annotator: str) -> list[dict[str, Any]]:
+    """The rows that say something new: an answer equal to this annotator's latest answer for the item in the
+    same round is a repeat (a page that re-sent what was saved when the reply was lost, under a new
+    submission id), not a second label. A changed answer is kept, so the history still shows every change."""
+    if not rows:
+        return rows
+    t = labels_table
+    latest: dict[int, int] = {}
+    ids = sorted({int(r["item_id"]) for r in rows})
+    for start in range(0, len(ids), 900):
+        q = sa.select(t.c.item_id, t.c.value).where(
+            t.c.concept_id == concept_id, t.c.annotator == annotator, t.c.item_id.in_(ids[start : start + 900]),
+            t.c.round_id.is_(None) if round_id is None else t.c.round_id == round_id,
+        ).order_by(t.c.id)
+        for r in conn.execute(q):
+            latest[int(r.item_id)] = int(r.value)  # ordered by id: the last one wins
+    return [r for r in rows if latest.get(int(r["item_id"])) != int(r["value"])]
 
 
 def replay_of(engine: sa.Engine, *, submission_id: str, concept_id: int, digest: str) -> SubmissionResult | None:

@@ -6,8 +6,16 @@ const $ = (sel) => document.querySelector(sel);
 const state = {
   concept: null, batch: null, answers: new Map(), undo: [], cursor: 0,
   pending: null, // {id, body}: a submission not yet acknowledged; a retry of the same body reuses its id
+  sent: new Map(), // item id -> the answer the server acknowledged (this batch view)
+  inflight: false, // a submission is on its way: answers given meanwhile are sent right after it
   view: "label", polling: false,
 };
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+function unsentAnswers() {
+  return [...state.answers].filter(([id, v]) => state.sent.get(id) !== v);
+}
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -25,6 +33,10 @@ function status(msg, error = false) {
   const s = $("#status");
   s.textContent = msg;
   s.classList.toggle("error", error);
+}
+
+function clearError() {
+  if ($("#status").classList.contains("error")) status("");
 }
 
 function busy(on, text) {
@@ -88,26 +100,34 @@ async function createConcept(ev) {
 }
 
 // ------------------------------------------------------------------------------------------ the batch
-async function loadBatch() {
+async function loadBatch(keep = null) {
+  // keep: answers (item id -> value) not yet saved, carried over to the items of the new batch that hold them
   const grid = $("#grid");
-  if (!state.concept) { grid.replaceChildren(); return; }
+  if (!state.concept) { grid.replaceChildren(); return 0; }
   let batch = null;
   try {
     batch = await api(`/api/concepts/${encodeURIComponent(state.concept)}/rounds/latest`);
   } catch (e) {
-    if (e.status !== 404) return status(e.message, true);
+    if (e.status !== 404) { status(e.message, true); return 0; }
   }
+  if (!keep) clearError();
   state.batch = batch;
   state.answers = new Map();
+  state.sent = new Map();
   state.undo = [];
   state.cursor = 0;
   state.pending = null;
+  let kept = 0;
+  if (batch && keep) {
+    const ids = new Set(batch.items.map((it) => it.id));
+    for (const [id, v] of keep) if (ids.has(id)) { state.answers.set(id, v); kept++; }
+  }
   if (!batch) {
     grid.replaceChildren();
     $("#round-info").textContent = "no batch yet";
     $("#propose").hidden = false;
     updateCounts();
-    return;
+    return 0;
   }
   // start on the first item nobody has answered yet
   const first = batch.items.findIndex((it) => it.label === null && !it.skipped);
@@ -117,6 +137,7 @@ async function loadBatch() {
   renderGrid();
   const p = await api(`/api/concepts/${encodeURIComponent(state.concept)}/proposer`);
   if (p.state === "running") pollProposer();
+  return kept;
 }
 
 function regionOverlay(region) {
@@ -136,7 +157,7 @@ function regionOverlay(region) {
 
 function card(it, idx, { labelling }) {
   let media = it.thumb
-    ? el("img", { src: `${it.thumb}?size=160`, alt: it.name, loading: "lazy" })
+    ? el("img", { src: `${it.thumb}?size=160`, alt: it.name, loading: "lazy", onerror: thumbFailed })
     : el("div", { class: "text", text: it.text || "" });
   if (it.thumb && it.region && it.region.box && it.region.image_size) {
     media = el("div", { class: "thumbwrap", title: `region ${it.region.box.join(", ")} triggered this proposal` },
@@ -144,11 +165,14 @@ function card(it, idx, { labelling }) {
   }
   const pre = it.prelabel == null ? null : Number(it.prelabel);
   const meta = el("div", { class: "meta" },
-    el("span", { class: "prelabel", title: "the model's P(yes)", text: pre == null ? "p = –" : `p = ${pre.toFixed(2)}` }),
+    (labelling || pre != null) ? el("span", { class: "prelabel", title: "the model's P(yes)",
+      text: pre == null ? "p = –" : `p = ${pre.toFixed(2)}` }) : el("span", { text: it.name, class: "name" }),
     labelling ? el("span", { class: "answer" }) : el("span", { text: it.score != null ? `sim ${Number(it.score).toFixed(3)}` : "" }),
     el("button", { class: "more", title: "more like this", text: "more like this",
       onclick: (ev) => { ev.stopPropagation(); moreLikeThis(it.id); } }));
-  const c = el("div", { class: "card", "data-id": String(it.id), "data-idx": String(idx) }, media, meta);
+  const c = el("div", { class: "card", "data-id": String(it.id), "data-idx": String(idx), "data-name": it.name },
+    media, meta);
+  if (labelling) { c.id = `card-${idx}`; c.setAttribute("role", "option"); }
   if (pre != null) {
     const fill = el("div");
     fill.style.width = `${Math.round(pre * 100)}%`;
@@ -164,6 +188,20 @@ function card(it, idx, { labelling }) {
   }
   if (labelling) c.addEventListener("click", () => { state.cursor = idx; renderMarks(); });
   return c;
+}
+
+async function thumbFailed(ev) {
+  // A thumbnail that cannot be made (a file gone or damaged since ingest): say why on the card.
+  const img = ev.target;
+  img.onerror = null;
+  let why = "the image cannot be shown";
+  try {
+    const r = await fetch(img.src, { credentials: "same-origin" });
+    const d = await r.json();
+    if (d && d.detail) why = String(d.detail);
+  } catch (_) { /* keep the generic reason */ }
+  const card = img.closest(".card");
+  if (card && !card.querySelector(".broken")) card.append(el("div", { class: "broken", text: `cannot show: ${why}` }));
 }
 
 function renderGrid() {
@@ -183,18 +221,30 @@ function renderMarks() {
     c.classList.toggle("skip", a === "skip");
     c.dataset.answer = a || "";
     c.querySelector(".answer").textContent = a || "";
+    c.setAttribute("aria-selected", String(i === state.cursor));
+    c.setAttribute("aria-label", `${c.dataset.name}: ${a || "no answer yet"}`);
   }
+  $("#grid").setAttribute("aria-activedescendant", `card-${state.cursor}`);
   const cur = cards[state.cursor];
   if (cur && cur.scrollIntoView) cur.scrollIntoView({ block: "nearest" });
   updateCounts();
 }
 
 function updateCounts() {
-  const n = state.batch ? state.batch.items.length : 0;
+  // Every item counts once: this page's answer where there is one, else what the server holds for it.
+  const items = state.batch ? state.batch.items : [];
   let y = 0, no = 0, s = 0;
-  for (const v of state.answers.values()) { if (v.startsWith("yes")) y++; else if (v.startsWith("no")) no++; else s++; }
-  $("#counts").textContent = n ? `${y} yes · ${no} no · ${s} skipped · ${n - y - no - s} to go` : "";
-  $("#submit").disabled = state.answers.size === 0;
+  for (const it of items) {
+    const v = state.answers.get(it.id)
+      ?? (it.label === 1 ? "yes" : it.label === 0 ? "no" : it.skipped ? "skip" : null);
+    if (v == null) continue;
+    if (v.startsWith("yes")) y++; else if (v.startsWith("no")) no++; else s++;
+  }
+  const unsent = unsentAnswers().length;
+  $("#counts").textContent = items.length
+    ? `${y} yes · ${no} no · ${s} skipped · ${items.length - y - no - s} to go` + (unsent ? ` · ${unsent} not sent` : "")
+    : "";
+  $("#submit").disabled = unsent === 0 || state.inflight;
 }
 
 function answer(value) {
@@ -232,12 +282,15 @@ function move(delta) {
 }
 
 async function submit() {
-  if (!state.batch || state.answers.size === 0) return;
+  if (!state.batch) return;
+  if (state.inflight) return; // the answers given meanwhile are sent when this one returns
+  const unsent = unsentAnswers();
+  if (!unsent.length) return;
   const annotator = $("#annotator").value.trim();
   if (!annotator) { $("#annotator").focus(); return status("type your name (annotator) first, then press Enter again", true); }
   localStorage.setItem("assay.annotator", annotator);
   const labels = [], skipped = [];
-  for (const [id, v] of state.answers) {
+  for (const [id, v] of unsent) {
     if (v === "skip") { skipped.push(id); continue; }
     const lab = { item_id: id, value: v.startsWith("yes") ? 1 : 0 };
     if (v.endsWith("+box")) {
@@ -249,24 +302,44 @@ async function submit() {
   const body = { annotator, round: state.batch.round, labels, skipped };
   const key = JSON.stringify(body);
   if (!state.pending || state.pending.body !== key) state.pending = { id: newId().replace(/[^A-Za-z0-9_-]/g, ""), body: key };
-  $("#submit").disabled = true;
+  state.inflight = true;
+  updateCounts();
+  let res;
   try {
-    const res = await api(`/api/concepts/${encodeURIComponent(state.concept)}/labels`, {
+    res = await api(`/api/concepts/${encodeURIComponent(state.concept)}/labels`, {
       method: "POST", body: { submission_id: state.pending.id, ...body } });
-    state.pending = null;
-    status(`saved ${res.recorded} answers for round ${res.round}` + (res.complete ? "" : ` · ${res.remaining} items of the batch still open`));
-    document.body.dataset.submitted = String(Number(document.body.dataset.submitted || 0) + 1);
-    if (res.next && res.next.state === "running") await pollProposer();
-    else await loadBatch();
   } catch (e) {
-    status(`not saved: ${e.message}` + (e.status ? "" : " (network; press Enter to retry)"), true);
-    $("#submit").disabled = false;
+    state.inflight = false;
+    if (e.status === 409 && /stale/.test(e.message)) {
+      // The batch moved on: keep every answer whose item is in the latest batch, say what could not be kept.
+      const kept = await loadBatch(new Map(unsent));
+      const lost = unsent.length - kept;
+      return status(`round ${body.round} closed before these answers were sent; ${plural(kept, "answer")} kept for ` +
+        `items of the new batch (Enter to send)` + (lost > 0 ? `, ${plural(lost, "answer")} for items no longer ` +
+        "in a batch dropped (those items come back in a later round)" : ""), lost > 0);
+    }
+    updateCounts();
+    return status(`not saved: ${e.message}` + (e.status ? "" : " (network; press Enter to retry)"), true);
   }
+  state.inflight = false;
+  state.pending = null;
+  for (const [id, v] of unsent) state.sent.set(id, v);
+  document.body.dataset.submitted = String(Number(document.body.dataset.submitted || 0) + 1);
+  if (unsentAnswers().length) {
+    // answers given while this one was on its way: send them now, before the batch reloads
+    status(`saved ${plural(res.recorded, "answer")}; sending the answers given meanwhile`);
+    return submit();
+  }
+  status(`saved ${plural(res.recorded, "answer")} for round ${res.round}` +
+    (res.complete ? "" : ` · ${plural(res.remaining, "item")} of the batch still open`));
+  if (res.next && res.next.state === "running") await pollProposer();
+  else await loadBatch();
 }
 
 async function propose() {
   try {
     await api(`/api/concepts/${encodeURIComponent(state.concept)}/rounds`, { method: "POST", body: {} });
+    clearError();
     await pollProposer();
   } catch (e) { status(e.message, true); }
 }
@@ -326,7 +399,7 @@ function lineChart(series, { title, ylabel }) {
   series.forEach((s, k) => {
     if (!s.points.length) return;
     add("polyline", { class: k ? "line2" : "line", points: s.points.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" ") });
-    for (const p of s.points) add("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5 });
+    for (const p of s.points) add("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, class: k ? "dot2" : "dot" });
   });
   return el("figure", {}, svg, el("figcaption", { text: title }));
 }
@@ -371,6 +444,7 @@ async function showView(view) {
 function onKey(ev) {
   const tag = (ev.target && ev.target.tagName) || "";
   if (["INPUT", "SELECT", "TEXTAREA"].includes(tag) || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (["BUTTON", "A", "SUMMARY"].includes(tag) && (ev.key === "Enter" || ev.key === " ")) return; // the control's own action
   if (state.view !== "label") return;
   const k = ev.key;
   if (k === "y") answer("yes");
@@ -390,6 +464,11 @@ function onKey(ev) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#annotator").value = localStorage.getItem("assay.annotator") || "";
+  $("#annotator").addEventListener("change", (ev) => localStorage.setItem("assay.annotator", ev.target.value.trim()));
+  window.addEventListener("beforeunload", (ev) => {
+    // answers given on this page and not yet saved would be lost: ask first
+    if (unsentAnswers().length) { ev.preventDefault(); ev.returnValue = ""; }
+  });
   $("#annotator").addEventListener("keydown", (ev) => { if (ev.key === "Enter") { ev.target.blur(); submit(); } });
   $("#concept").addEventListener("change", (ev) => {
     state.concept = ev.target.value;
