@@ -78,6 +78,18 @@ def test_bom_file_uris_and_spaces_in_label_files(ws, tmp_path):
     assert ids.tolist() == [r.id for r in rows] and vals.tolist() == [1, 0, 1]
 
 
+def test_mine_takes_a_proxy_named_after_the_strategy(ws):
+    ws.catalog.add_concept("red", text="red")
+    r = _cli(ws, "mine", "red", "--batch", "4", "--strategy", "random@mlp", "--json")
+    assert r.exit_code == 0, r.output
+    assert ws.catalog.rounds(ws.catalog.concept("red").id)[-1].params["proxy"] == "mlp"
+    r = _cli(ws, "mine", "red", "--batch", "4", "--strategy", "random@mlp", "--proxy", "svm")
+    assert r.exit_code == 2 and "give one" in r.output
+    r = _cli(ws, "mine", "red", "--batch", "4", "--strategy", "nope")
+    listed = r.output.split("expected one of:")[1].replace("\n", " ").split(", ")
+    assert r.exit_code == 2 and len(listed) == len(set(x.strip() for x in listed))
+
+
 def test_mine_out_is_checked_before_a_round_is_recorded(ws, tmp_path):
     ws.catalog.add_concept("red", text="red")
     r = _cli(ws, "mine", "red", "--batch", "5", "--out", str(tmp_path))  # a folder
@@ -198,8 +210,19 @@ def test_a_stale_index_is_reported(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         s.index()
     assert s.stale_rows == 15 and "older than its embeddings" in caplog.text
+    # the text bridge is built with the index: a text query through it says so too
+    caplog.clear()
+    s = Searcher(w)
+    with caplog.at_level("WARNING"), pytest.raises(Exception):
+        s.bridge_index()  # (this encoder has no bridge; the warning comes first)
+    assert s.stale_rows == 15 and "older than its embeddings" in caplog.text
     build_index(w, kind="flat")
     assert Searcher(w).index().ntotal == 20 and Searcher(w).stale_rows == 0
+    # region text search in a workspace without regions says to embed them (not only to index)
+    from assay.errors import NoEmbeddingsError
+
+    with pytest.raises(NoEmbeddingsError, match="embed --regions"):
+        Searcher(w).region_bridge_index()
     w.close()
 
 

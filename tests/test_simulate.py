@@ -322,6 +322,22 @@ def test_test_fraction_holds_out_a_fixed_random_share_for_a_corpus_without_a_spl
     assert proto["test_fraction"] == 0.3 and proto["test_size"] == int(gt.is_test.sum())
 
 
+def test_relative_uris_in_a_truth_file_are_relative_to_its_folder(ws, tmp_path, truth, monkeypatch):
+    import os
+
+    sub = tmp_path / "truth"
+    sub.mkdir()
+    path = sub / "truth.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["uri", "label", "split"])
+        w.writeheader()
+        for i, lab, t in zip(truth.ids, truth.labels, truth.is_test):
+            w.writerow({"uri": os.path.relpath(truth.uris[int(i)], sub), "label": lab, "split": "test" if t else "train"})
+    monkeypatch.chdir(tmp_path)  # not the truth file's folder
+    gt = load_ground_truth(ws, truth=path)
+    np.testing.assert_array_equal(gt.labels, truth.labels)
+
+
 def test_cli_truth_file(ws, tmp_path, truth):
     path = tmp_path / "truth.csv"
     rows = [{"uri": truth.uris[int(i)], "label": "yes" if lab == "red" else "no", "split": "test" if t else "train"}

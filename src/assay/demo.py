@@ -50,6 +50,10 @@ def run_demo(
         from .simulate import SimulationConfig, simulate_workspace
 
         build_index(ws, encoder, bridge=False)
+        # A small corpus (--n) at 2 % would leave fewer positives than the seed takes: keep at least 10 to
+        # find beyond the seed's 5 (the prevalence used is reported with the results).
+        pool = sum(1 for r in rows.values() if str(r.meta.get("split")) != "test") or len(rows)
+        prevalence = min(0.5, max(prevalence, 15.0 / pool))
         config = SimulationConfig(
             positive=positive, prevalence=prevalence, budget=budget, batch=batch, seeds=1,
             strategies=("random", "most-likely-positive", "seals:most-likely-positive", "seals:entropy"),

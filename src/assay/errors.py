@@ -64,7 +64,7 @@ class UnknownNameError(InputError):
     def __init__(self, kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> None:
         self.kind = kind
         self.name = name
-        self.valid = sorted(valid)
+        self.valid = sorted(set(valid))
         super().__init__(f"unknown {kind} {name!r}; expected one of: {', '.join(self.valid)}")
 
 

@@ -538,6 +538,7 @@ class Searcher:
 
     def bridge_index(self) -> VectorIndex:
         if self._bridge is None:
+            self.index()  # built with the bridge: warns when both are older than the embeddings
             d = self.ws.index_dir(self.encoder_name) / _BRIDGE
             if not (d / "meta.json").exists():
                 raise IndexNotBuiltError(f"no text bridge for {self.encoder_name!r} yet; run `assay index`")
@@ -652,6 +653,7 @@ class Searcher:
         if self._region_bridge is None:
             from .regions import REGION_BRIDGE_DIR
 
+            self.region_spec()  # no region vectors at all: say to embed them, not only to index
             d = self.ws.index_dir(self.encoder_name) / REGION_BRIDGE_DIR
             if not (d / "meta.json").exists():
                 raise IndexNotBuiltError(f"no region text bridge for {self.encoder_name!r} yet; run `assay index`")

@@ -758,7 +758,11 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
                     raise InputError(f"{where}: item id {item} is not in the simulated corpus (an embedded, ok item)")
             else:
                 uri = (rec.get("uri") or "").strip()
-                item = uri_to_id.get(uri, uri_to_id.get(file_uri(uri)) if uri else None)  # type: ignore[arg-type]
+                item = uri_to_id.get(uri) if uri else None
+                if item is None and uri and "://" not in uri:
+                    # a relative path is relative to the truth file's folder, as in a manifest (else to here)
+                    rel = Path(uri) if Path(uri).is_absolute() else p.parent / uri
+                    item = uri_to_id.get(file_uri(rel), uri_to_id.get(file_uri(uri)))
                 if item is None:
                     raise InputError(f"{where}: uri {uri!r} is not an embedded item of the catalog")
             label = (rec.get("label") or "").strip()

@@ -104,7 +104,7 @@ def mine(
     workspace: WorkspaceOpt = None,
     strategy: Annotated[str, typer.Option("--strategy", help="e.g. seals:entropy, most-likely-positive, k-center, value.")] = "seals:entropy",
     batch: Annotated[int, typer.Option("--batch", min=1, help="Items to propose.")] = 50,
-    proxy: Annotated[str, typer.Option("--proxy", help="logistic | mlp | ensemble")] = "logistic",
+    proxy: Annotated[str, typer.Option("--proxy", help="logistic | mlp | ensemble | svm")] = "logistic",
     seals_k: Annotated[int, typer.Option("--seals-k", min=1, help="Neighbours per labelled item in a SEALS pool.")] = 100,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
@@ -116,6 +116,7 @@ def mine(
     json_: JsonOpt = False,
 ) -> None:
     """Run one round: train the proxy, build the pool, score, select, and record the proposed batch."""
+    from ..errors import InputError
     from ..loop import Miner
 
     with errors_to_exit():
@@ -126,6 +127,13 @@ def mine(
             from ..regions import RegionMiner
 
             miner_cls = RegionMiner
+        from ..simulate import split_spec
+
+        base, own_proxy = split_spec(strategy)  # "seals:entropy@mlp": the strategy names its own proxy
+        if own_proxy is not None:
+            if proxy not in ("logistic", own_proxy):
+                raise InputError(f"--strategy {strategy} names the proxy {own_proxy!r} and --proxy says {proxy!r}; give one")
+            strategy, proxy = base, own_proxy
         miner = miner_cls(ws, name, encoder=encoder)
         labelled_now, _ = ws.catalog.current_labels(miner.concept.id)
         unanswered = len(miner._pending(miner.concept.id, labelled_now))

@@ -24,7 +24,7 @@ def simulate(
     strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategy names.")] = (
         "random,entropy,seals:entropy,most-likely-positive,seals:most-likely-positive"
     ),
-    proxy: Annotated[str, typer.Option("--proxy", help="logistic | mlp | ensemble")] = "logistic",
+    proxy: Annotated[str, typer.Option("--proxy", help="logistic | mlp | ensemble | svm")] = "logistic",
     seals_k: Annotated[int, typer.Option("--seals-k", help="Neighbours per labelled item in a SEALS pool.")] = 100,
     seed_positives: Annotated[int, typer.Option("--seed-positives", help="Positives in the seed.")] = 5,
     seed_negatives: Annotated[int, typer.Option("--seed-negatives", help="Negatives in the seed.")] = 95,

@@ -212,6 +212,12 @@ def _boxes_model(cat: Any, concept: str, boxes_model: str | None, score_model: s
         return boxes_model
     if score_model in with_boxes:
         return score_model
+    if len(with_boxes) > 1:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%d models gave boxes for %r (%s): the export has no boxes; choose one with --boxes-model",
+            len(with_boxes), concept, ", ".join(with_boxes))
     return with_boxes[0] if len(with_boxes) == 1 else None
 
 
