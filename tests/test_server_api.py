@@ -140,6 +140,20 @@ def test_an_answer_sent_again_under_a_new_id_is_not_a_second_label(ws, client):
     assert {h["round"] for h in hist} == {1} and all(h["created_at"].endswith("+00:00") for h in hist)
 
 
+def test_ids_and_answers_must_be_json_integers(ws, client):
+    batch = _first_round(client)
+    i = batch["items"][0]["id"]
+    for k, lab in enumerate([{"item_id": str(i), "value": 1}, {"item_id": i, "value": True},
+                             {"item_id": i, "value": 1.0}, {"item_id": float(i), "value": 0}]):
+        body = {"submission_id": f"strict-sub-{k:02d}", "annotator": "ann", "round": 1, "labels": [lab]}
+        r = client.post("/api/concepts/red/labels", json=body)
+        assert r.status_code == 422, (lab, r.text)
+    r = client.post("/api/concepts/red/labels", json={"submission_id": "strict-sub-99", "annotator": "ann",
+                                                      "round": "1", "labels": [{"item_id": i, "value": 1}]})
+    assert r.status_code == 422
+    assert label_rows(ws) == 0
+
+
 def test_names_in_any_script_and_names_the_page_cannot_route(ws, client):
     batch = _first_round(client)
     r = client.post("/api/concepts/red/labels", json=_sub("unicode-ann-1", "王芳 / José", 1, [(batch["items"][0]["id"], 1)]))

@@ -141,16 +141,17 @@ ConceptPath = Annotated[str, PathParam(min_length=1, max_length=200, description
 
 
 class ConceptIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: ConceptName
     text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)] | None = None
     exemplars: list[ItemId] = Field(default_factory=list, max_length=100)
 
 
 class LabelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: an id or answer must be a JSON integer; "73", 1.0 and true are refused, not coerced
+    model_config = ConfigDict(extra="forbid", strict=True)
     item_id: ItemId
-    value: Literal[0, 1] = Field(description="1 = yes (positive), 0 = no (negative)")
+    value: Annotated[int, Field(ge=0, le=1)] = Field(description="1 = yes (positive), 0 = no (negative)")
     region_slot: Annotated[int, Field(ge=0, le=1023)] | None = Field(
         None, description="The answer is about this region of the image too (the box shown; the region's slot "
                           "in its image, as the batch gives it: region ids exceed JavaScript's exact integers): "
@@ -158,7 +159,7 @@ class LabelIn(BaseModel):
 
 
 class SubmissionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     submission_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")] = Field(
         description="Made by the client, new for each submission and reused only to retry it")
     annotator: Annotator
@@ -171,7 +172,7 @@ class ProposeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strategy: Annotated[str, StringConstraints(pattern=r"^[a-z:_-]{1,64}$")] | None = None
     batch: Annotated[int, Field(ge=1, le=1000)] | None = None
-    proxy: Literal["logistic", "mlp", "ensemble"] | None = None
+    proxy: Literal["logistic", "mlp", "ensemble", "svm"] | None = None
     seed: Annotated[int, Field(ge=0, le=2 ** 31 - 1)] | None = None
     regions: bool | None = Field(None, description="Mine per image with region evidence (needs `assay embed --regions`)")
 
