@@ -98,7 +98,11 @@ def test_labelling_loop_end_to_end(ws, client):
     assert sorted((h["item_id"], h["value"]) for h in hist) == sorted(answers)
     assert {h["annotator"] for h in hist} == {"ann"} and {h["source"] for h in hist} == {"human"}
     assert {h["round_id"] for h in hist} == {batch["round_id"]}
-    assert client.get("/api/concepts/red/rounds/1").json()["answered"] == 8
+    r1 = client.get("/api/concepts/red/rounds/1").json()
+    assert r1["answered"] == 8
+    skipped = [it for it in r1["items"] if it["skipped"]]
+    assert [it["id"] for it in skipped] == [ids[-1]]
+    assert [k["annotator"] for k in skipped[0]["skipped_by"]] == ["ann"] and skipped[0]["skipped_by"][0]["at"].endswith("+00:00")
     rounds = client.get("/api/concepts/red/rounds").json()["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     concepts = client.get("/api/concepts").json()["concepts"]

@@ -601,7 +601,7 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         ids = [int(p["item_id"]) for p in props]
         items = {it.id: it for it in cat.get_many(ids)}
         answers = _answers(cat.engine, concept.id, ids)
-        skipped = records.skipped_items(cat.engine, row.id)
+        skipped = records.skips(cat.engine, row.id)
         regions = region_proposals(ws, row.id) if (row.params or {}).get("regions") else {}
         out = []
         for p in props:
@@ -610,7 +610,8 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
                 continue
             view = _item_view(it, answers.get(it.id, []))
             view.update(rank=p["rank"], score=p["score"], prelabel=p["prelabel"], reason=p["reason"],
-                        skipped=it.id in skipped)
+                        skipped=it.id in skipped,
+                        skipped_by=[{"annotator": k["annotator"], "at": _iso(k["at"])} for k in skipped.get(it.id, [])])
             reg = regions.get(it.id)
             view["region"] = ({"id": reg["region"], "slot": int(slot_of([reg["region"]])[0]), "box": reg["box"],
                                "image_size": reg["image_size"]} if reg and reg["box"] is not None else None)

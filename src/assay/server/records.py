@@ -156,11 +156,20 @@ def replay_of(engine: sa.Engine, *, submission_id: str, concept_id: int, digest:
 
 def skipped_items(engine: sa.Engine, round_id: int) -> set[int]:
     """Item ids skipped by anyone in submissions for a round."""
-    out: set[int] = set()
+    return set(skips(engine, round_id))
+
+
+def skips(engine: sa.Engine, round_id: int) -> dict[int, list[dict[str, Any]]]:
+    """Who skipped which item of a round, and when: ``{item id: [{"annotator", "at"}, ...]}`` (oldest first).
+    A skip writes no label; the submission that carried it is the record."""
+    t = submissions_table
+    out: dict[int, list[dict[str, Any]]] = {}
     with engine.connect() as conn:
-        for r in conn.execute(sa.select(submissions_table.c.skipped).where(submissions_table.c.round_id == round_id)):
+        q = sa.select(t.c.skipped, t.c.annotator, t.c.created_at).where(t.c.round_id == round_id).order_by(t.c.created_at)
+        for r in conn.execute(q):
             sk = r.skipped
             if isinstance(sk, str):  # pragma: no cover - drivers that hand JSON back as text
                 sk = json.loads(sk)
-            out.update(int(i) for i in (sk or []))
+            for i in sk or []:
+                out.setdefault(int(i), []).append({"annotator": r.annotator, "at": r.created_at})
     return out

@@ -184,7 +184,8 @@ function card(it, idx, { labelling }) {
   }
   if (labelling && (it.label !== null || it.skipped)) {
     const by = it.answers.map((a) => `${a.annotator} ${a.value ? "yes" : "no"}`).join(", ");
-    c.append(el("div", { class: "done", text: it.skipped && !by ? "skipped before" : `answered: ${by}` }));
+    const skippers = [...new Set((it.skipped_by || []).map((k) => k.annotator))].join(", ");
+    c.append(el("div", { class: "done", text: it.skipped && !by ? `skipped by ${skippers || "someone"}` : `answered: ${by}` }));
   }
   if (labelling) c.addEventListener("click", () => { state.cursor = idx; renderMarks(); });
   return c;
