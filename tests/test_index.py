@@ -811,3 +811,18 @@ def test_add_remove_sequences_keep_ids_consistent(ops, kind):
         assert found <= live
         if kind != "hnsw":  # exhaustive kinds return every live item
             assert found == live
+
+
+def test_hnsw_returns_k_results_when_k_is_above_its_ef_search():
+    """HNSW gives at most efSearch results per query; a k above it (harvest --top 10000) is honoured, not
+    padded with -1."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    idx = VectorIndex(spec=make_spec("hnsw", 3000, 16, ef_search=32), dim=16).build(np.arange(3000), x)
+    D, I = idx.search(x[:2], 1500)
+    assert (I >= 0).all() and I.shape == (2, 1500)
+    assert all(len(set(row.tolist())) == 1500 for row in I)
+    assert np.all(np.diff(D, axis=1) <= 1e-6)  # still best first
+    with pytest.raises(Exception, match="ef_search"):
+        idx.search(x[:1], 10, ef_search=0)

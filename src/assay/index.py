@@ -1158,8 +1158,17 @@ class VectorIndex:
             exclude = np.unique(_check_ids(exclude_ids, name="exclude_ids"))
         per_query = _pad_exclusions(exclude_per_query, nq) if exclude_per_query is not None else None
         extra = per_query.shape[1] if per_query is not None else 0
-        params, _keep = self._search_params(nprobe, ef_search, exclude)
         k_fetch = min(k + extra, int(index.ntotal))
+        valid_ef = ef_search is None or (isinstance(ef_search, (int, np.integer)) and not isinstance(ef_search, bool)
+                                         and ef_search > 0)
+        if self.kind == "hnsw" and k_fetch > 0 and valid_ef:
+            # HNSW returns at most efSearch results per query: a k above it (a harvest's --top 10000) would be
+            # padded with -1 without a word. Search at least k wide.
+            ef_now = int(ef_search) if ef_search is not None else int(
+                _faiss().downcast_index(index.index).hnsw.efSearch)
+            if k_fetch > ef_now:
+                ef_search = k_fetch
+        params, _keep = self._search_params(nprobe, ef_search, exclude)
         if k_fetch == 0:
             D = np.full((nq, k), -np.inf, dtype=np.float32)
             I = np.full((nq, k), -1, dtype=np.int64)
