@@ -93,3 +93,39 @@ def test_every_check_fails_before_writing(ws, tmp_path):
     with pytest.raises(NotFoundError):
         import_embeddings(ws, tmp_path / "absent.npy")
     assert not ws.vectors("precomputed").exists()
+
+
+def test_a_workspace_with_only_precomputed_embeddings_harvests_and_exports_with_encoder(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from assay.cli.main import app
+
+    w = Workspace.init(tmp_path / "ws")  # default encoder efficientnet-lite0: never embedded here
+    write_images(tmp_path / "imgs", 30)
+    ingest(w.catalog, [tmp_path / "imgs"])
+    ids = w.catalog.ids()
+    x = _vecs(30, d=16)
+    x[:10] += 3.0  # ten alike
+    np.save(tmp_path / "e.npy", x)
+    np.save(tmp_path / "e.ids.npy", ids)
+    import_embeddings(w, str(tmp_path / "e.npy"))
+    w.close()
+    run = lambda *a: CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *a], catch_exceptions=False)  # noqa: E731
+    assert run("index", "--encoder", "precomputed").exit_code == 0
+    assert run("concept", "add", "pos").exit_code == 0
+    (tmp_path / "l.csv").write_text("id,label\n" + "".join(f"{int(i)},{int(k < 3)}\n" for k, i in
+                                                          enumerate(list(ids[:3]) + list(ids[20:25]))))
+    assert run("label", "pos", "--file", str(tmp_path / "l.csv")).exit_code == 0
+    r = run("harvest", "pos", "--top", "5")
+    assert r.exit_code != 0 and "holds embeddings of precomputed (30 rows)" in " ".join(r.output.split())
+    r = run("harvest", "pos", "--top", "5", "--encoder", "precomputed", "--json")
+    assert r.exit_code == 0, r.output
+    got = [row["id"] for row in json.loads(r.stdout)["items"]]
+    assert len(got) == 5 and set(got) <= set(ids[:10].tolist())
+    r = run("export", "pos", "--format", "csv", "--out", str(tmp_path / "x.csv"), "--top", "4")
+    assert r.exit_code != 0 and "--encoder" in r.output
+    r = run("export", "pos", "--format", "csv", "--out", str(tmp_path / "x.csv"), "--top", "4", "--encoder", "precomputed")
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "x.csv").read_text().strip().splitlines()) == 1 + 8 + 4

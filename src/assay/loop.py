@@ -545,6 +545,7 @@ class Miner:
             )
         searcher = self._searcher()
         store = searcher.store
+        store.meta()  # no embeddings for this encoder: say so, and which encoders have them
         has = store.contains(labelled)
         if not has.all():  # labels on items without an embedding (failed to decode, ingested after the last embed)
             log.warning("%d labelled items have no embedding and are left out of training (run `assay embed`)",

@@ -159,9 +159,26 @@ class VectorStore:
     def exists(self) -> bool:
         return self.meta_path.exists()
 
+    def _missing(self) -> NoEmbeddingsError:
+        """The error for a store that does not exist, naming the stores the workspace does hold."""
+        others = []
+        if self.root.parent.is_dir():
+            for d in sorted(self.root.parent.iterdir()):
+                if d != self.root and not d.name.endswith("@regions") and (d / "store.json").is_file():
+                    try:
+                        others.append(f"{VectorStore(d).meta()['encoder']} ({VectorStore(d).readable_rows()} rows)")
+                    except Exception:  # noqa: BLE001 - a damaged neighbour does not hide this message
+                        others.append(d.name)
+        name = self.root.name
+        if others:
+            return NoEmbeddingsError(
+                f"no embeddings of {name} in this workspace; it holds embeddings of {', '.join(others)}: pass "
+                f"--encoder NAME (or run `assay embed --encoder {name}`)")
+        return NoEmbeddingsError(f"no embeddings at {self.root}; run `assay embed` first")
+
     def meta(self) -> dict[str, Any]:
         if not self.exists():
-            raise NoEmbeddingsError(f"no embeddings at {self.root}; run `assay embed` first")
+            raise self._missing()
         try:
             meta = json.loads(self.meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
@@ -292,7 +309,7 @@ class VectorStore:
     def load(self, *, dtype: Any = np.float32, extra: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All rows at once: ``(ids [n], vectors [n, dim])`` (converted to ``dtype``)."""
         if not self.exists():
-            raise NoEmbeddingsError(f"no embeddings at {self.root}; run `assay embed` first")
+            raise self._missing()
         ids, vecs = [], []
         for i, v in self.iter_shards(extra=extra):
             ids.append(i)

@@ -183,6 +183,7 @@ def export_cmd(
     no_scores: Annotated[bool, typer.Option("--no-scores", help="Do not train a proxy for the score column.")] = False,
     proxy: Annotated[str, typer.Option("--proxy")] = "logistic",
     url_prefix: Annotated[Optional[str], typer.Option("--url-prefix", help="label-studio: data.image = PREFIX + local path (e.g. /data/local-files/?d=).")] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder whose embeddings score the rows (default: the workspace's).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Export a concept's mined set for a labelling team or a training job."""
@@ -192,7 +193,7 @@ def export_cmd(
         ws = open_workspace(workspace)
         rep = export(ws, name, fmt=fmt, out=out_path, include_pseudo=not no_pseudo, copy=copy, top=top,
                      score_model=score_model, boxes_model=boxes_model, with_scores=not no_scores, proxy=proxy,
-                     url_prefix=url_prefix)
+                     url_prefix=url_prefix, encoder=encoder)
         if json_:
             print_json(rep.to_dict())
         else:

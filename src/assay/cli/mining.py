@@ -213,6 +213,7 @@ def harvest(
     proxy: Annotated[str, typer.Option("--proxy")] = "logistic",
     min_score: Annotated[Optional[float], typer.Option("--min-score", min=0.0, max=1.0, help="Leave out items the model scores below this probability.")] = None,
     include_negatives: Annotated[bool, typer.Option("--include-negatives", help="Keep items labelled negative (left out by default: a person said no).")] = False,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder whose embeddings to use (default: the workspace's).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Score the corpus with the final model (a maximum-inner-product search on the index) and write the mined set."""
@@ -221,7 +222,7 @@ def harvest(
     with errors_to_exit():
         _check_out(out_file, (".csv", ".parquet", ""))
         ws = open_workspace(workspace)
-        rows = Miner(ws, name).harvest(top=top, proxy=proxy, min_score=min_score, include_negatives=include_negatives)
+        rows = Miner(ws, name, encoder=encoder).harvest(top=top, proxy=proxy, min_score=min_score, include_negatives=include_negatives)
         if out_file is not None:
             _write_rows(rows, out_file)
         if json_:

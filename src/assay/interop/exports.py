@@ -183,6 +183,12 @@ def collect_rows(
                 have = labelled[store.contains(labelled)] if len(labelled) else labelled
                 if len(have):
                     score_of = dict(zip(have.tolist(), model.predict_proba(store.get(have)).tolist()))
+        elif top:  # asked for the best unlabelled items, which need a model: say why there is none
+            store.meta()  # no embeddings for this encoder: names the encoders that have some
+            raise InputError(
+                f"--top {top} ranks unlabelled items with a model trained on {concept!r}'s labels, which needs at "
+                f"least one positive and one negative label on embedded items (has {int((tr_y == 1).sum())} "
+                f"positive, {int((tr_y == 0).sum())} negative); label more, or pass --no-scores without --top")
     items = {r.id: r for r in cat.get_many(np.concatenate([labelled, extra_ids]))}
     rows: list[ExportRow] = []
     for i in labelled.tolist():
