@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,6 +62,70 @@ def test_parquet_with_embedding_column(ws, tmp_path):
     x = _vecs(6, 4)
     pq.write_table(pa.table({"id": ids, "embedding": x.tolist()}), tmp_path / "e.parquet")
     assert import_embeddings(ws, tmp_path / "e.parquet").embedded == 6
+
+
+def test_parquet_uris_are_spelled_as_ingest_spells_them(ws, tmp_path):
+    rows = ws.catalog.get_many(ws.catalog.ids())
+    sub = tmp_path / "emb"
+    sub.mkdir()
+    import os
+
+    spellings = [
+        Path(rows[0].uri).as_uri(),                             # file://
+        os.path.relpath(rows[1].uri, sub),                       # relative to the Parquet's folder
+        str(Path(rows[2].uri).parent / ".." / Path(rows[2].uri).parent.name / Path(rows[2].uri).name),  # with ..
+        rows[3].uri, rows[4].uri, rows[5].uri,
+    ]
+    pq.write_table(pa.table({"uri": spellings, "embedding": _vecs(6, 4).tolist()}), sub / "e.parquet")
+    rep = import_embeddings(ws, sub / "e.parquet")
+    assert rep.embedded == 6 and sorted(ws.vectors("precomputed").ids().tolist()) == sorted(r.id for r in rows)
+
+
+def test_parquet_problems_are_named_by_row(ws, tmp_path):
+    ids = ws.catalog.ids()
+    x = _vecs(6, 4)
+    cases = {
+        "nullid": (pa.table({"id": pa.array([int(ids[0]), None] + [int(i) for i in ids[2:]], pa.int64()),
+                             "embedding": x.tolist()}), r"row 1: the id is empty"),
+        "floatid": (pa.table({"id": [float(i) + 0.5 for i in ids], "embedding": x.tolist()}), "integer item ids"),
+        "empty": (pa.table({"id": pa.array([], pa.int64()), "embedding": pa.array([], pa.list_(pa.float32()))}),
+                  "holds no rows"),
+        "binary": (pa.table({"id": ids, "embedding": [b"\x00" * 4000] * 6}), "must hold lists of numbers"),
+        "ragged": (pa.table({"id": ids, "embedding": [[1.0, 2.0]] * 5 + [[1.0]]}), "row 5 has 1"),
+        "nullvec": (pa.table({"id": ids, "embedding": [[1.0, 2.0]] * 5 + [None]}), "row 5: the embedding is empty"),
+    }
+    for name, (table, match) in cases.items():
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        with pytest.raises(InputError, match=match) as exc:
+            import_embeddings(ws, tmp_path / f"{name}.parquet")
+        assert len(str(exc.value)) < 400, name  # no dump of the column
+    assert not ws.vectors("precomputed").exists()
+
+
+def test_reimport_and_failed_items_are_reported(ws, tmp_path, caplog):
+    from assay import ingest as _ingest
+
+    ids = ws.catalog.ids()
+    np.save(tmp_path / "a.npy", _vecs(6))
+    np.save(tmp_path / "a.ids.npy", ids)
+    import_embeddings(ws, tmp_path / "a.npy")
+    before = ws.vectors("precomputed").get(ids)
+    np.save(tmp_path / "b.npy", _vecs(6, seed=9))
+    np.save(tmp_path / "b.ids.npy", ids)
+    with caplog.at_level("WARNING"):
+        rep = import_embeddings(ws, tmp_path / "b.npy")
+    assert rep.embedded == 0 and "6 rows of the import are already stored" in caplog.text and "--reset" in caplog.text
+    np.testing.assert_array_equal(ws.vectors("precomputed").get(ids), before)
+    # items whose files failed at ingest: stored, but the user hears they will never be indexed
+    (tmp_path / "gone.csv").write_text("uri\n/nowhere/a.png\n/nowhere/b.png\n")
+    _ingest(ws.catalog, [tmp_path / "gone.csv"])
+    bad = ws.catalog.ids(status="error")
+    np.save(tmp_path / "c.npy", _vecs(2))
+    np.save(tmp_path / "c.ids.npy", bad)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        import_embeddings(ws, tmp_path / "c.npy")
+    assert "2 imported ids are items whose files failed at ingest" in caplog.text
 
 
 def test_every_check_fails_before_writing(ws, tmp_path):

@@ -16,10 +16,13 @@ instead) and stored as float16 shards like any encoder's output.
 
 from __future__ import annotations
 
+
 import glob
+import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,8 @@ import numpy as np
 from .embed import EmbedReport
 from .errors import InputError, NotFoundError
 from .workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 __all__ = ["import_embeddings", "PRECOMPUTED"]
 
@@ -50,16 +55,55 @@ def _ids_for_npy(p: Path) -> Path | None:
 
 
 def _keys_from_table(table, where: str) -> tuple[np.ndarray, str]:
+    import pyarrow as pa
+
     cols = table.column_names
     if "id" in cols:
-        try:
-            return np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=np.int64), "id"
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{where}: column 'id' must hold integers: {exc}") from exc
+        col = table.column("id")
+        if not pa.types.is_integer(col.type):
+            raise InputError(f"{where}: column 'id' must hold integer item ids, got {col.type}")
+        if col.null_count:
+            first = int(np.argmax(np.asarray(col.is_null().to_numpy(zero_copy_only=False))))
+            raise InputError(f"{where}: row {first}: the id is empty ({col.null_count} rows have none)")
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64), "id"
     for c in ("uri", "image_path", "url"):
         if c in cols:
-            return np.asarray(table.column(c).to_pylist(), dtype=object), "uri"
+            keys = table.column(c).to_pylist()
+            empty = [k for k, u in enumerate(keys) if u is None or not str(u).strip()]
+            if empty:
+                raise InputError(f"{where}: row {empty[0]}: the {c!r} is empty ({len(empty)} rows have none)")
+            return np.asarray([str(u).strip() for u in keys], dtype=object), "uri"
     raise InputError(f"{where} has columns {cols}; expected one of {list(_KEY_COLUMNS)} to match catalog items")
+
+
+def _list_column(col, where: str) -> np.ndarray:
+    """An Arrow column of equal-length number lists -> float32 ``[n, dim]``, without a Python list per row
+    (a 1M x 1280 column as Python floats would need ~40 GB)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = col.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        raise InputError(f"{where}: column 'embedding' must hold lists of numbers, got {str(t)[:80]}")
+    n = len(col)
+    if n == 0:
+        raise InputError(f"{where} holds no rows")
+    if col.null_count:
+        first = int(np.argmax(np.asarray(col.is_null().to_numpy(zero_copy_only=False))))
+        raise InputError(f"{where}: row {first}: the embedding is empty ({col.null_count} rows have none)")
+    if not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
+        raise InputError(f"{where}: column 'embedding' must hold numbers, got lists of {t.value_type}")
+    lengths = np.asarray(pc.list_value_length(col).to_numpy(zero_copy_only=False))
+    if lengths.min() != lengths.max() or lengths[0] == 0:
+        odd = int(np.argmax(lengths != lengths[0])) if lengths.min() != lengths.max() else 0
+        raise InputError(f"{where}: every embedding must be a list of the same length; row 0 has {int(lengths[0])} "
+                         f"values, row {odd} has {int(lengths[odd])}")
+    values = col.flatten()
+    if values.null_count:
+        raise InputError(f"{where}: column 'embedding' holds empty values inside its lists")
+    flat = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
+    return flat.reshape(n, int(lengths[0]))
 
 
 def _read(fn, where: str):
@@ -123,19 +167,38 @@ def _discover(source: str) -> list[_Part]:
             keys, kind = _keys_from_table(table, f)
             col = table.column("embedding")
 
-            def load(col=col, f=f):
-                rows = col.to_pylist()
-                widths = {len(r) if r is not None else -1 for r in rows}
-                if len(widths) != 1 or -1 in widths:
-                    raise InputError(f"{f}: every embedding must be a list of the same length, got lengths {sorted(widths)[:5]}")
-                return _read(lambda: np.asarray(rows, dtype=np.float32), f"{f} column 'embedding'")
-
-            parts.append(_Part(f, load, keys, kind))
+            parts.append(_Part(f, (lambda col=col, f=f: _list_column(col, f)), keys, kind))
         else:
             raise InputError(f"{f}: expected .npy shards or .parquet files")
     if not parts:
         raise InputError(f"no embeddings found at {source} (expected .npy + .ids.npy, clip-retrieval folders, or .parquet)")
     return parts
+
+
+def _ids_of_uris(cat: Any, uris: list[str], base: Path, where: str) -> np.ndarray:
+    """Catalog ids of ``uris`` in one bulk lookup, spelled as ingest spells them: a relative path is relative to
+    the embeddings file's folder (as in a manifest; else to the current folder), ``file://`` URIs are decoded
+    and paths normalised. An unknown one raises InputError naming its row."""
+    from .interop.imports import _resolve_uris
+    from .media import is_local, local_path
+
+    def beside(u: str) -> str:
+        if is_local(u):
+            pth = local_path(u)
+            if not os.path.isabs(pth):
+                return str(base / pth)
+        return u
+
+    first = _resolve_uris(cat, sorted({beside(u) for u in uris}))
+    missing = sorted({u for u in uris if beside(u) not in first})
+    second = _resolve_uris(cat, missing) if missing else {}
+    ids = np.empty(len(uris), dtype=np.int64)
+    for k, u in enumerate(uris):
+        i = first.get(beside(u), second.get(u))
+        if i is None:
+            raise InputError(f"{where}: row {k} names {u!r}, which is not in the catalog; ingest it first")
+        ids[k] = i
+    return ids
 
 
 def import_embeddings(
@@ -183,18 +246,19 @@ def import_embeddings(
                     f"{part.path}: {int(unknown.sum())} ids are not in the catalog, e.g. {ids[unknown][:5].tolist()}"
                 )
         else:
-            ids = np.empty(len(part.keys), dtype=np.int64)
-            for k, uri in enumerate(part.keys):
-                item_id = cat.id_for_uri(str(uri))
-                if item_id is None:
-                    raise InputError(f"{part.path}: row {k} names {uri!r}, which is not in the catalog; ingest it first")
-                ids[k] = item_id
+            ids = _ids_of_uris(cat, [str(u) for u in part.keys], Path(part.path).parent, part.path)
         dup = [int(i) for i in ids if int(i) in seen]
         if dup or len(np.unique(ids)) != len(ids):
             raise InputError(f"{part.path}: items appear more than once, e.g. {dup[:5] or 'within the file'}")
         seen.update(int(i) for i in ids)
         resolved.append((part, ids))
     assert dim is not None
+    all_ids = np.concatenate([ids for _, ids in resolved]) if resolved else np.zeros(0, np.int64)
+    broken = np.isin(all_ids, cat.ids(status="error"))
+    if broken.any():
+        log.warning("%d imported ids are items whose files failed at ingest (status error, e.g. ids %s): their "
+                    "vectors are stored but they are never indexed, searched or mined; fix or re-ingest the files",
+                    int(broken.sum()), all_ids[broken][:5].tolist())
     store = ws.vectors(name)
     report = EmbedReport(encoder=name, version=f"import:{Path(str(source)).name}", dim=dim)
     with store:
@@ -220,5 +284,9 @@ def import_embeddings(
                 report.embedded += len(sel)
                 report.shards += 1
         report.total_embedded = len(store)
+    kept = len(all_ids) - report.pending
+    if kept and not reset:
+        log.warning("%d rows of the import are already stored for %s and were kept as they were (the import's "
+                    "vectors for them are not used); import with --reset to replace them", kept, name)
     report.seconds = time.perf_counter() - t0
     return report
