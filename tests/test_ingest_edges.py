@@ -339,3 +339,32 @@ def test_near_duplicate_pairs_of_a_clique_are_rescored_in_bounded_chunks(monkeyp
     assert len(want[0]) == 300 * 299 // 2
     for a, b in zip(want, got):
         assert np.array_equal(a, b)
+
+
+def test_jsonl_columns_whose_type_changes_between_lines_are_read_as_text(cat, tmp_path):
+    import json
+
+    write_images(tmp_path / "imgs", 3)
+    names = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    lines = [{"uri": f"imgs/{names[0]}", "label": 1}, {"uri": f"imgs/{names[1]}", "label": "yes"},
+             {"uri": f"imgs/{names[2]}", "label": None, "extra": {"a": 1}}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    rep = ingest(cat, [tmp_path / "m.jsonl"])
+    assert rep.new == 3
+    metas = sorted((r.meta for r in cat.get_many(cat.ids())), key=lambda m: str(m.get("label")))
+    assert [m["label"] for m in metas] == ["1", None, "yes"]  # 1 and "yes" both arrive, as text
+    assert any(m.get("extra") == {"a": 1} for m in metas)  # a column only a later line has is kept
+    (tmp_path / "bad.jsonl").write_text('{"uri": "a.png", "label": 1}\n{"uri": "b.png", "label": "x"}\nnot json\n')
+    with pytest.raises(InputError, match="line 3 is not JSON"):
+        ingest(cat, [tmp_path / "bad.jsonl"])
+
+
+def test_a_uri_twice_in_a_manifest_counts_once_and_conflicting_metadata_is_reported(cat, tmp_path, caplog):
+    write_images(tmp_path / "imgs", 2)
+    a, b = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    (tmp_path / "m.csv").write_text(f"uri,label\nimgs/{a},cat\nimgs/{a},dog\nimgs/{b},cat\n")
+    with caplog.at_level("WARNING"):
+        rep = ingest(cat, [tmp_path / "m.csv"])
+    assert (rep.seen, rep.new, rep.already_present) == (3, 2, 1)
+    assert "appears more than once with different metadata" in caplog.text
+    assert sorted(r.meta["label"] for r in cat.get_many(cat.ids())) == ["cat", "cat"]

@@ -229,6 +229,44 @@ def _json_safe(v: Any) -> Any:
     return str(v)
 
 
+def _jsonl_mixed_types(data: bytes, uri: str):
+    """A JSONL manifest whose column changes type between lines (Arrow refuses it): read line by line, and
+    keep such a column as text (as CSV columns are), so a label 1 and a label "yes" both arrive."""
+    import json
+
+    import pyarrow as pa
+
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(data.decode("utf-8", errors="strict").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"cannot read manifest {uri}: line {n} is not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"cannot read manifest {uri}: line {n} is not a JSON object")
+        rows.append(rec)
+    cols: dict[str, set[type]] = {}
+    for rec in rows:
+        for k, v in rec.items():
+            if v is not None:
+                cols.setdefault(k, set()).add(type(v))
+    mixed = {k for k, types in cols.items() if len(types - {bool}) > 1 or (bool in types and len(types) > 1)}
+    for rec in rows:
+        for k in mixed:
+            v = rec.get(k)
+            if v is not None and not isinstance(v, str):
+                rec[k] = json.dumps(v) if isinstance(v, (dict, list, bool)) else str(v)
+    if mixed:
+        log.info("manifest %s: columns %s hold values of several types and are read as text", uri, sorted(mixed))
+    keys = list(dict.fromkeys(k for rec in rows for k in rec))  # every line's columns, not the first line's
+    try:
+        return pa.table({k: pa.array([rec.get(k) for rec in rows]) for k in keys})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"cannot read manifest {uri}: {exc}") from None
+
+
 def _read_manifest_table(uri: str):
     import pyarrow as pa
 
@@ -265,7 +303,12 @@ def _read_manifest_table(uri: str):
         if suffix in (".jsonl", ".ndjson"):
             import pyarrow.json as pjson
 
-            return pjson.read_json(pa.BufferReader(data))
+            try:
+                return pjson.read_json(pa.BufferReader(data))
+            except pa.ArrowInvalid as exc:
+                if "changed from" not in str(exc):
+                    raise
+                return _jsonl_mixed_types(data, uri)  # e.g. "label": 1 on one line and "yes" on another
         import pyarrow.parquet as pq
 
         return pq.read_table(pa.BufferReader(data))
@@ -400,11 +443,24 @@ def ingest(
         for source, kind, candidates in plans:
             report.sources.append(source)
             source_id = catalog.add_source(source, kind)
-            n_new = n_seen = 0
+            n_new = n_seen = conflicts = 0
             for chunk in _chunks(candidates, _CHUNK):
                 n_seen += len(chunk)
                 existing = catalog.existing_uris([c.uri for c in chunk])
-                todo = [c for c in chunk if c.uri not in existing]
+                todo = []
+                first: dict[str, _Candidate] = {}
+                for c in chunk:
+                    if c.uri in existing:
+                        continue
+                    if c.uri in first:  # the same URI twice in a source: the first row is the item
+                        if first[c.uri].meta != c.meta and conflicts < 5:
+                            log.warning("%s: %s appears more than once with different metadata; the first row "
+                                        "is kept (%s), the later one dropped (%s)", source, c.uri,
+                                        first[c.uri].meta, c.meta)
+                        conflicts += first[c.uri].meta != c.meta
+                        continue
+                    first[c.uri] = c
+                    todo.append(c)
                 report.already_present += len(chunk) - len(todo)
                 if existing and retry_errors:
                     # Items that failed before (a missing, unreadable or broken file) are probed again: one
