@@ -195,3 +195,24 @@ def test_a_workspace_with_only_precomputed_embeddings_harvests_and_exports_with_
     r = run("export", "pos", "--format", "csv", "--out", str(tmp_path / "x.csv"), "--top", "4", "--encoder", "precomputed")
     assert r.exit_code == 0, r.output
     assert len((tmp_path / "x.csv").read_text().strip().splitlines()) == 1 + 8 + 4
+
+
+def test_an_index_of_only_failed_items_says_it_is_empty(tmp_path, caplog):
+    from typer.testing import CliRunner
+
+    from assay import ingest as _ingest
+    from assay.cli.main import app
+    from assay.search import build_index
+
+    w = Workspace.init(tmp_path / "ws")
+    (tmp_path / "gone.csv").write_text("uri\n/nowhere/a.png\n/nowhere/b.png\n")
+    _ingest(w.catalog, [tmp_path / "gone.csv"])
+    np.save(tmp_path / "e.npy", _vecs(2))
+    np.save(tmp_path / "e.ids.npy", w.catalog.ids(status="error"))
+    import_embeddings(w, tmp_path / "e.npy")
+    with caplog.at_level("WARNING"):
+        build_index(w, "precomputed")
+    assert "holds no vectors" in caplog.text and "2 are items whose files failed" in caplog.text
+    w.close()
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "search", "--encoder", "precomputed", "--item", "1"])
+    assert "no results" in r.output

@@ -204,6 +204,10 @@ def _build_index_locked(
             keep = np.isin(ids, _ok_store_ids(ws, store))
             index.retrain(ids[keep], _Reduced(rows, reducer, keep), rng=rng)
             report["retrained"] = True
+    if index.ntotal == 0 and len(store):
+        n_err = int(np.isin(store.ids(), ws.catalog.ids(status="error")).sum())
+        log.warning("the index of %s holds no vectors: none of its %d embeddings belongs to an item with status ok "
+                    "(%d are items whose files failed at ingest); searches will find nothing", name, len(store), n_err)
     index.metadata["store_rows"] = len(store)  # lets a searcher tell that embeddings were added since
     index.save(main_dir)
     report["index"] = index.info()

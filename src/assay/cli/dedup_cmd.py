@@ -74,6 +74,13 @@ def dedup(
         # validate what was given before touching the workspace
         t = check_threshold(threshold) if threshold is not None else DEFAULT_THRESHOLD
         r = check_radius(radius) if radius is not None else DEFAULT_RADIUS
+        if t < 0.8:
+            import logging
+
+            logging.getLogger("assay.dedup").warning(
+                "a threshold of %g groups items that are merely alike, not duplicates; on a corpus of tight "
+                "clusters every item then has many neighbours above it, and the pair search grows with their "
+                "square (minutes to hours at 100k+ items). Near duplicates sit at 0.9 and above.", t)
         ws = open_workspace(workspace)
         with progress_bar("dedup", enabled=not json_) as (start, advance):
             res = run_dedup(

@@ -120,6 +120,8 @@ def search(
         if json_:
             print_json({"results": [{**h.to_dict(), **({"text": texts[h.id]} if h.id in texts else {})} for h in hits]})
             return
+        if not hits:
+            out.print("no results: the index holds nothing searchable for this query (see `assay status`)")
         for h in hits:
             box = getattr(h, "box", None)
             where = f"  box {list(box)}" if regions and box is not None else ("  whole image" if regions else "")
