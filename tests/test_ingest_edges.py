@@ -149,6 +149,8 @@ def test_a_file_put_back_after_failing_is_revived_and_embedded(tmp_path):
     # still missing: nothing revived
     assert ingest(ws.catalog, [tmp_path / "imgs"]).revived == 0
     (tmp_path / "away.png").rename(paths[1])
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "ingest", str(tmp_path / "imgs"), "--no-retry", "--json"])
+    assert r.exit_code == 0 and '"revived": 0' in r.stdout and ws.catalog.count()["error"] == 1  # not probed
     again = ingest(ws.catalog, [tmp_path / "imgs"])
     assert again.revived == 1 and again.new == 0 and ws.catalog.count()["error"] == 0
     assert embed(ws).embedded == 1 and len(ws.vectors()) == 4

@@ -29,6 +29,7 @@ def ingest(
     sources: Annotated[list[str], typer.Argument(help="Folders, manifests (.csv/.jsonl/.parquet with a uri or text column) or fsspec URLs.")],
     workspace: WorkspaceOpt = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Reader threads.")] = None,
+    no_retry: Annotated[bool, typer.Option("--no-retry", help="Do not probe again the items that failed before (faster re-ingest of a source with many missing files).")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Add the items of SOURCES to the catalog (hash, size, image header); re-ingesting adds nothing, and
@@ -38,7 +39,7 @@ def ingest(
     with errors_to_exit():
         ws = open_workspace(workspace)
         with progress_bar("ingest", enabled=not json_) as (_start, advance):
-            report = run_ingest(ws.catalog, sources, workers=workers, progress=advance)
+            report = run_ingest(ws.catalog, sources, workers=workers, progress=advance, retry_errors=not no_retry)
         if json_:
             print_json(report.to_dict())
             return
