@@ -357,7 +357,7 @@ def test_jsonl_columns_whose_type_changes_between_lines_are_read_as_text(cat, tm
     assert [m["label"] for m in metas] == ["1", None, "yes"]  # 1 and "yes" both arrive, as text
     assert any(m.get("extra") == {"a": 1} for m in metas)  # a column only a later line has is kept
     (tmp_path / "bad.jsonl").write_text('{"uri": "a.png", "label": 1}\n{"uri": "b.png", "label": "x"}\nnot json\n')
-    with pytest.raises(InputError, match="line 3 is not JSON"):
+    with pytest.raises(InputError, match="line 3: not JSON"):
         ingest(cat, [tmp_path / "bad.jsonl"])
 
 

@@ -1,11 +1,12 @@
-"""JSON encoding of numpy scalars and arrays and paths, shared by the CLI and the reports."""
+"""JSON helpers shared by the CLI, the reports and the readers: encoding numpy scalars, arrays and paths,
+and reading a JSON-lines file's objects."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-__all__ = ["json_default"]
+__all__ = ["json_default", "jsonl_objects"]
 
 
 def json_default(o: Any) -> Any:
@@ -21,3 +22,24 @@ def json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def jsonl_objects(text: str, where: str) -> list[dict[str, Any]]:
+    """The JSON object on each non-blank line of ``text``; a line that is not one raises InputError naming
+    ``where`` and the line (1-based)."""
+    import json
+
+    from .errors import InputError
+
+    out: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where} line {n}: not JSON: {exc}") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{where} line {n}: expected a JSON object per line, got {type(rec).__name__}")
+        out.append(rec)
+    return out

@@ -232,21 +232,11 @@ def _json_safe(v: Any) -> Any:
 def _jsonl_mixed_types(data: bytes, uri: str):
     """A JSONL manifest whose column changes type between lines (Arrow refuses it): read line by line, and
     keep such a column as text (as CSV columns are), so a label 1 and a label "yes" both arrive."""
-    import json
-
     import pyarrow as pa
 
-    rows: list[dict[str, Any]] = []
-    for n, line in enumerate(data.decode("utf-8", errors="strict").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"cannot read manifest {uri}: line {n} is not JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise InputError(f"cannot read manifest {uri}: line {n} is not a JSON object")
-        rows.append(rec)
+    from ._jsonutil import jsonl_objects
+
+    rows = jsonl_objects(data.decode("utf-8", errors="strict"), f"manifest {uri}")
     cols: dict[str, set[type]] = {}
     for rec in rows:
         for k, v in rec.items():

@@ -468,17 +468,9 @@ def read_score_records(path: str | Path, what: str = "scores file") -> list[dict
             raise InputError(f"cannot read {what} {p}: not a readable Parquet file: {exc}") from exc
     try:
         if suffix in (".jsonl", ".ndjson", ".json"):
-            records = []
-            for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputError(f"{p} line {n}: not JSON: {exc}") from exc
-                    if not isinstance(rec, dict):
-                        raise InputError(f"{p} line {n}: expected a JSON object per line, got {type(rec).__name__}")
-                    records.append(rec)
-            return records
+            from .._jsonutil import jsonl_objects
+
+            return jsonl_objects(p.read_text(encoding="utf-8-sig"), str(p))
         with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
             rows = list(csv.DictReader(f))
         for n, r in enumerate(rows, 2):
