@@ -280,21 +280,29 @@ class VectorStore:
     def __len__(self) -> int:
         return sum(s.rows for s in self.shards())
 
+    def _scan_markers(self) -> tuple[list[tuple[int, Path, dict[str, Any]]], list[ShardProblem]]:
+        """Every shard marker, tolerant of damage: ``(live, damaged)``, where ``live`` holds the readable
+        markers of shards no other shard replaces, as ``(seq, marker path, info)``, by number."""
+        readable: list[tuple[int, Path, dict[str, Any]]] = []
+        damaged: list[ShardProblem] = []
+        replaced: set[int] = set()
+        for p in sorted(self.root.iterdir()):
+            m = _SHARD_RE.match(p.name)
+            if not m:
+                continue
+            try:
+                info = _read_marker(p)
+            except DamagedStoreError as exc:
+                damaged.append(ShardProblem(int(m.group(1)), p, str(exc).split("; ")[0]))
+                continue
+            if info.get("replaces") is not None:
+                replaced.add(int(info["replaces"]))
+            readable.append((int(m.group(1)), p, info))
+        return [r for r in readable if r[0] not in replaced], damaged
+
     def readable_rows(self) -> int:
         """Rows of the shards whose markers read (what :func:`len` counts, minus damaged markers)."""
-        rows: dict[int, int] = {}
-        replaced: set[int] = set()
-        for p in self.root.iterdir():
-            m = _SHARD_RE.match(p.name)
-            if m:
-                try:
-                    info = _read_marker(p)
-                except DamagedStoreError:
-                    continue
-                rows[int(m.group(1))] = int(info["rows"])
-                if info.get("replaces") is not None:
-                    replaced.add(int(info["replaces"]))
-        return sum(n for seq, n in rows.items() if seq not in replaced)
+        return sum(int(info["rows"]) for _, _, info in self._scan_markers()[0])
 
     def ids(self) -> np.ndarray:
         """Ids of every stored row, int64, in storage order."""
@@ -457,23 +465,8 @@ class VectorStore:
         or a vector is not finite. Reading every file costs a full pass over the store."""
         meta = self.meta()
         dim, extras = int(meta["dim"]), {str(k): int(v) for k, v in meta.get("extras", {}).items()}
-        problems: list[ShardProblem] = []
-        markers = sorted(p for p in self.root.iterdir() if _SHARD_RE.match(p.name))
-        replaced: set[int] = set()
-        good: list[tuple[int, Path, dict[str, Any]]] = []
-        for p in markers:
-            seq = int(_SHARD_RE.match(p.name).group(1))  # type: ignore[union-attr]
-            try:
-                info = _read_marker(p)
-            except DamagedStoreError as exc:
-                problems.append(ShardProblem(seq, p, str(exc).split("; ")[0]))
-                continue
-            if info.get("replaces") is not None:
-                replaced.add(int(info["replaces"]))
-            good.append((seq, p, info))
-        for seq, p, info in good:
-            if seq in replaced:
-                continue
+        live, problems = self._scan_markers()
+        for seq, p, info in live:
             shard = Shard(seq=seq, rows=int(info["rows"]), path=p.with_suffix(".npy"))
             try:
                 shard.ids()
