@@ -175,6 +175,14 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+def iso_utc(t: _dt.datetime | None) -> str | None:
+    """A catalog time as ISO 8601 with its offset. Times are written in UTC (:func:`_now`); SQLite hands them
+    back without a zone, so a naive one is UTC."""
+    if t is None:
+        return None
+    return (t if t.tzinfo is not None else t.replace(tzinfo=_dt.timezone.utc)).isoformat()
+
+
 @dataclass(frozen=True)
 class ItemRow:
     """One item as read from the catalog."""

@@ -265,6 +265,7 @@ def rounds(
     json_: JsonOpt = False,
 ) -> None:
     """List a concept's rounds with their provenance and answers, or write one round's batch again."""
+    from ..catalog import iso_utc
     from ..errors import NotFoundError
 
     with errors_to_exit():
@@ -290,7 +291,7 @@ def rounds(
         def summary(r) -> dict:
             props = cat.proposals(r.id)
             answered = [answer[p["item_id"]] for p in props if p["item_id"] in answer]
-            return {"round": r.number, "round_id": r.id, "created_at": _utc_iso(r.created_at), "strategy": r.strategy,
+            return {"round": r.number, "round_id": r.id, "created_at": iso_utc(r.created_at), "strategy": r.strategy,
                     "batch": len(props), "answered": len(answered), "positives": int(sum(answered)),
                     "pool_size": r.pool_size, "scanned_fraction": r.scanned_fraction, "encoder": r.encoder,
                     "encoder_version": r.encoder_version, "proxy": r.proxy, "params": r.params,
@@ -332,13 +333,6 @@ def rounds(
             scanned = "" if d["scanned_fraction"] is None else f", {100 * d['scanned_fraction']:.2f} % scanned"
             out.print(f"round {d['round']}  {d['created_at'][:19]}  {d['strategy']}: {d['batch']} proposed, "
                       f"{d['answered']} answered ({d['positives']} positive), pool {d['pool_size']}{scanned}")
-
-
-def _utc_iso(t) -> str:
-    """A catalog time (written in UTC; SQLite returns it without a zone) as ISO 8601 with its offset."""
-    import datetime as _dt
-
-    return (t if t.tzinfo is not None else t.replace(tzinfo=_dt.timezone.utc)).isoformat()
 
 
 def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:

@@ -65,7 +65,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(getattr(exc, "name", None) or "fastapi", "server", "the labelling web app") from exc
 
-from ..catalog import labels_table
+from ..catalog import iso_utc, labels_table
 from ..regions import (
     RegionMiner, region_ids, region_label_rows, region_labels_table, region_proposals, region_spec_of, region_store, slot_of,
 )
@@ -497,18 +497,6 @@ def _name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1][:200]
 
 
-def _iso(t: Any) -> str | None:
-    """A stored time as ISO 8601 with its offset. Times are written in UTC; SQLite hands them back without a
-    zone, so a naive one is UTC."""
-    if t is None:
-        return None
-    if getattr(t, "tzinfo", None) is None:
-        import datetime as _dt
-
-        t = t.replace(tzinfo=_dt.timezone.utc)
-    return t.isoformat()
-
-
 def _answers(engine: sa.Engine, concept_id: int, item_ids: list[int] | None) -> dict[int, list[dict[str, Any]]]:
     """Latest answer per (item, annotator), from human/oracle/import labels, per item."""
     t = labels_table
@@ -522,7 +510,7 @@ def _answers(engine: sa.Engine, concept_id: int, item_ids: list[int] | None) -> 
             for r in conn.execute(qq):
                 who = r.annotator or f"({r.source})"
                 latest.setdefault(int(r.item_id), {})[who] = {
-                    "annotator": who, "value": int(r.value), "source": r.source, "at": _iso(r.created_at), "row": int(r.id)}
+                    "annotator": who, "value": int(r.value), "source": r.source, "at": iso_utc(r.created_at), "row": int(r.id)}
     return {i: sorted(by.values(), key=lambda a: a["row"]) for i, by in latest.items()}
 
 
@@ -542,7 +530,7 @@ def _round_view(row: Any) -> dict[str, Any]:
     return {"round": row.number, "round_id": row.id, "strategy": row.strategy, "params": row.params,
             "encoder": row.encoder, "encoder_version": row.encoder_version, "proxy": row.proxy,
             "pool_size": row.pool_size, "scanned_fraction": row.scanned_fraction, "seconds": row.seconds,
-            "created_at": _iso(row.created_at)}
+            "created_at": iso_utc(row.created_at)}
 
 
 # ---------------------------------------------------------------------------------------------- the app
@@ -611,7 +599,7 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
             view = _item_view(it, answers.get(it.id, []))
             view.update(rank=p["rank"], score=p["score"], prelabel=p["prelabel"], reason=p["reason"],
                         skipped=it.id in skipped,
-                        skipped_by=[{"annotator": k["annotator"], "at": _iso(k["at"])} for k in skipped.get(it.id, [])])
+                        skipped_by=[{"annotator": k["annotator"], "at": iso_utc(k["at"])} for k in skipped.get(it.id, [])])
             reg = regions.get(it.id)
             view["region"] = ({"id": reg["region"], "slot": int(slot_of([reg["region"]])[0]), "box": reg["box"],
                                "image_size": reg["image_size"]} if reg and reg["box"] is not None else None)
@@ -811,7 +799,7 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
             rows = [dict(r._mapping) for r in conn.execute(q)]
         number = {r.id: r.number for r in cat.rounds(c.id)}
         for r in rows:
-            r["created_at"] = _iso(r["created_at"])
+            r["created_at"] = iso_utc(r["created_at"])
             r["round"] = number.get(r["round_id"])  # the round's number (round_id is the catalog's row id)
         return {"concept": c.name, "labels": rows}
 
