@@ -367,6 +367,6 @@ def test_a_uri_twice_in_a_manifest_counts_once_and_conflicting_metadata_is_repor
     (tmp_path / "m.csv").write_text(f"uri,label\nimgs/{a},cat\nimgs/{a},dog\nimgs/{b},cat\n")
     with caplog.at_level("WARNING"):
         rep = ingest(cat, [tmp_path / "m.csv"])
-    assert (rep.seen, rep.new, rep.already_present) == (3, 2, 1)
+    assert (rep.seen, rep.new, rep.already_present, rep.repeated_rows) == (3, 2, 0, 1)
     assert "appears more than once with different metadata" in caplog.text
     assert sorted(r.meta["label"] for r in cat.get_many(cat.ids())) == ["cat", "cat"]

@@ -128,6 +128,13 @@ def test_a_broken_exemplar_file_is_refused_every_time(ws, tmp_path):
         r = _cli(ws, "concept", "add", "zz", "--exemplar", str(tmp_path / "bad.png"))
         assert r.exit_code == 2 and "cannot be used" in r.output
     assert [c.name for c in ws.catalog.concepts()] == []
+    n0 = ws.catalog.count()["total"]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "m.csv").write_text("text\nsome text\n")
+    for bad in (tmp_path / "folder", tmp_path / "m.csv"):  # a folder or a manifest is not one exemplar
+        r = _cli(ws, "concept", "add", "zz", "--exemplar", str(bad))
+        assert r.exit_code == 2 and "cannot be used" in r.output, r.output
+    assert ws.catalog.count()["total"] == n0  # nothing was ingested, not even the broken file
 
 
 def test_harvest_leaves_out_labels_on_items_without_an_embedding(ws, tmp_path):
@@ -462,3 +469,38 @@ def test_rounds_lists_provenance_and_writes_a_batch_again(ws, tmp_path):
     assert r.exit_code != 0 and "no round 9" in r.output and "rounds 1-2" in r.output
     r = _cli(ws, "rounds", "nope")
     assert r.exit_code != 0 and "no concept named 'nope'" in r.output
+
+
+def test_rounds_proposed_at_once_do_not_propose_the_same_items(ws, tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    truth = {r.id: int(r.meta["label"] == "red") for r in ws.catalog.get_many(ws.catalog.ids())}
+    ws.catalog.add_concept("red", text="red")
+    ids = list(truth)[:20]
+    Miner(ws, "red").record_labels(ids, [truth[i] for i in ids])
+    # Threads (the server's proposer beside a request) ...
+    results: list = []
+
+    def run():
+        row, out = Miner(Workspace.open(ws.root), "red").propose(strategy="most-likely-positive", batch=8)
+        results.append(set(int(i) for i in out.ids))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all(len(r) == 8 for r in results)
+    assert not (results[0] & results[1]) and not (results[0] & results[2]) and not (results[1] & results[2])
+    # ... and processes (two `assay mine` at once).
+    code = ("import sys, json; sys.path.insert(0, sys.argv[2]); import fake_encoder; from assay import Workspace; "
+            "from assay.loop import Miner; r, o = Miner(Workspace.open(sys.argv[1]), 'red').propose("
+            "strategy='most-likely-positive', batch=6); print(json.dumps([int(i) for i in o.ids]))")
+    tests_dir = str(Path(__file__).parent)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(ws.root), tests_dir], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [set(json.loads(p.communicate(timeout=120)[0])) for p in procs]
+    assert all(len(o) == 6 for o in outs) and not (outs[0] & outs[1])
+    assert len(ws.catalog.rounds(ws.catalog.concept("red").id)) == 5

@@ -233,3 +233,43 @@ def test_s3_errors_and_timeouts_are_retried_then_recorded(s3, s3conf, tmp_path, 
     assert er.embedded == 2 and er.errors == 0
     assert ws.status()["items"]["error"] == 2
     ws.close()
+
+
+def test_an_unreachable_store_or_missing_credentials_stop_the_run_and_mark_no_item(s3, s3conf, tmp_path, monkeypatch):
+    import s3fs
+
+    from assay.errors import StorageUnavailableError
+
+    monkeypatch.setattr(media, "REMOTE_RETRY_DELAYS", (0.05,))
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    fast = {"config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1, "mode": "standard"}}}
+    ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "a.png").write_bytes(_image_bytes(0, "PNG"))
+    dead = f"http://127.0.0.1:{_free_port()}"
+    # Listing a source on an endpoint that does not answer: one line, and nothing written (not even the local
+    # source given first).
+    s3conf(dead, **fast)
+    with pytest.raises(StorageUnavailableError, match="cannot list s3://corpus/imgs.*no item was marked"):
+        ingest(ws.catalog, [tmp_path / "local", f"s3://{BUCKET}/imgs"])
+    assert ws.catalog.count()["total"] == 0
+    with pytest.raises(StorageUnavailableError, match="cannot read s3://corpus/imgs/manifest.jsonl"):
+        ingest(ws.catalog, [f"s3://{BUCKET}/imgs/manifest.jsonl"])
+    # Ingested while the store was up; then it goes away during embed: the run stops, every item stays ok.
+    s3conf(s3["endpoint"], **fast)
+    assert ingest(ws.catalog, [f"s3://{BUCKET}/imgs"]).new == 6
+    s3conf(dead, **fast)
+    with pytest.raises(StorageUnavailableError, match="cannot reach the store"):
+        embed(ws, batch_size=2)
+    assert ws.status()["items"] == {"total": 6, "ok": 6, "error": 0, "image": 6, "text": 0}
+    # No credentials at all: not retried, the same stop.
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3conf(s3["endpoint"], **fast)
+    with pytest.raises(StorageUnavailableError, match="credentials|Credentials"):
+        embed(ws, batch_size=2)
+    assert ws.status()["items"]["error"] == 0
+    ws.close()

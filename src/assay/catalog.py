@@ -587,7 +587,11 @@ class Catalog(_MiningMixin):
         try:
             engine = sa.create_engine(target, **kwargs)
         except ModuleNotFoundError as exc:
-            raise MissingDependencyError(exc.name or "psycopg", "postgres", "a PostgreSQL catalog") from exc
+            scheme = self.url.split(":", 1)[0].split("+", 1)[0]
+            if scheme in ("postgresql", "postgres"):
+                raise MissingDependencyError(exc.name or "psycopg", "postgres", "a PostgreSQL catalog") from exc
+            raise MissingDependencyError(exc.name or "a database driver", None,
+                                         f"a {scheme} catalog (assay is tested on SQLite and PostgreSQL)") from exc
         except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:
             raise InputError(
                 f"unsupported catalog URL {_redact(self.url)!r} ({exc}); use sqlite:///path or postgresql://user@host/db"
@@ -669,6 +673,19 @@ class Catalog(_MiningMixin):
             else:
                 conn.execute(sa.update(kv_table).where(kv_table.c.key == key).values(value=value))
 
+    def ensure_value(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there already; return the stored value (a
+        concurrent writer's, if it came first)."""
+        current = self.get_value(key)
+        if current is not None:
+            return current
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(kv_table).values(key=key, value=value))
+            return value
+        except sa.exc.IntegrityError:
+            return self.get_value(key) or value
+
     # ------------------------------------------------------------------ sources
     def add_source(self, uri: str, kind: str) -> int:
         with self.engine.begin() as conn:
@@ -740,14 +757,79 @@ class Catalog(_MiningMixin):
                     )
                 )
                 n += res.rowcount or 0
-            for sha in sorted({r["sha256"] for r in rows if r.get("sha256")}):
-                ids = [int(x) for x in conn.execute(sa.select(t.c.id).where(t.c.sha256 == sha).order_by(t.c.id)).scalars()]
-                if not ids:
-                    continue
-                conn.execute(sa.update(t).where(t.c.id == ids[0]).values(duplicate_of=None))
-                if len(ids) > 1:
-                    conn.execute(sa.update(t).where(t.c.sha256 == sha).where(t.c.id > ids[0]).values(duplicate_of=ids[0]))
+            self._relink_duplicates(conn, {r["sha256"] for r in rows if r.get("sha256")})
         return n
+
+    @staticmethod
+    def _relink_duplicates(conn: sa.Connection, hashes: Iterable[str]) -> None:
+        """Recompute the exact-duplicate links of the items with these hashes: the first (lowest id) is the
+        original, the others point at it."""
+        t = items_table
+        for sha in sorted(h for h in hashes if h):
+            ids = [int(x) for x in conn.execute(sa.select(t.c.id).where(t.c.sha256 == sha).order_by(t.c.id)).scalars()]
+            if not ids:
+                continue
+            conn.execute(sa.update(t).where(t.c.id == ids[0]).values(duplicate_of=None))
+            if len(ids) > 1:
+                conn.execute(sa.update(t).where(t.c.sha256 == sha).where(t.c.id > ids[0]).values(duplicate_of=ids[0]))
+
+    def item_states(self, uris: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``{uri: {"id", "status", "modality", "size", "sha256", "text", "meta"}}`` for the ``uris`` that are
+        in the catalog (what a re-ingest compares a source's rows and files with)."""
+        t = items_table
+        out: dict[str, dict[str, Any]] = {}
+        cols = (t.c.id, t.c.uri, t.c.status, t.c.modality, t.c.size, t.c.sha256, t.c.text, t.c.meta)
+        with self.engine.connect() as conn:
+            for start in range(0, len(uris), 900):
+                chunk = list(uris[start : start + 900])
+                for r in conn.execute(sa.select(*cols).where(t.c.uri.in_(chunk))):
+                    meta = json.loads(r.meta) if isinstance(r.meta, str) else r.meta
+                    out[r.uri] = {"id": int(r.id), "status": r.status, "modality": r.modality, "size": r.size,
+                                  "sha256": r.sha256, "text": r.text, "meta": dict(meta or {})}
+        return out
+
+    def ok_files_under(self, prefix: str, chunk: int = 5000) -> Iterator[list[tuple[int, str]]]:
+        """``(id, uri)`` of the ok image items whose URI lies under the folder ``prefix``, in chunks by id."""
+        t = items_table
+        under = prefix.rstrip("/") + "/"
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(t.c.id, t.c.uri).where(t.c.uri.startswith(under, autoescape=True))
+                    .where(t.c.status == "ok").where(t.c.modality == "image").where(t.c.id > last)
+                    .order_by(t.c.id).limit(chunk)
+                ).all()
+            if not rows:
+                return
+            last = int(rows[-1].id)
+            yield [(int(r.id), r.uri) for r in rows]
+
+    def refresh_items(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Give items whose file changed since it was ingested the new probe results in ``rows`` (dicts as for
+        :meth:`add_items`, by ``uri``): hash, size, dimensions, format, status and error. Items whose hash is
+        unchanged are left alone. Exact-duplicate links are recomputed for the old and the new hashes.
+        Returns the ids of the items that changed (their embeddings are stale)."""
+        t = items_table
+        changed: list[int] = []
+        hashes: set[str] = set()
+        with self.engine.begin() as conn:
+            for r in rows:
+                if not r.get("uri") or not r.get("sha256"):
+                    continue
+                cur = conn.execute(sa.select(t.c.id, t.c.sha256).where(t.c.uri == r["uri"])).first()
+                if cur is None or cur.sha256 == r["sha256"]:
+                    continue
+                status = r.get("status", "ok")
+                conn.execute(sa.update(t).where(t.c.id == cur.id).values(
+                    sha256=r["sha256"], size=r.get("size"), width=r.get("width"), height=r.get("height"),
+                    format=r.get("format"), status=status, error=r.get("error") if status != "ok" else None,
+                    duplicate_of=None,
+                ))
+                changed.append(int(cur.id))
+                hashes.update(h for h in (cur.sha256, r["sha256"]) if h)
+            self._relink_duplicates(conn, hashes)
+        return changed
 
     def add_items(self, rows: Sequence[dict[str, Any]], source_id: int | None = None) -> int:
         """Insert items whose URI is not in the catalog yet; return how many were new.
@@ -878,12 +960,12 @@ class Catalog(_MiningMixin):
             "text": int(by_mod.get("text", 0)),
         }
 
-    def error_reasons(self, limit: int = 20) -> list[tuple[int, str, str]]:
+    def error_reasons(self, limit: int | None = 20) -> list[tuple[int, str, str]]:
+        """``(id, uri, reason)`` of the items with status error, by id; the first ``limit`` (None: all)."""
         t = items_table
+        q = sa.select(t.c.id, t.c.uri, t.c.error).where(t.c.status == "error").order_by(t.c.id)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(t.c.id, t.c.uri, t.c.error).where(t.c.status == "error").order_by(t.c.id).limit(limit)
-            ).all()
+            rows = conn.execute(q if limit is None else q.limit(limit)).all()
         return [(int(r.id), r.uri, r.error or "") for r in rows]
 
     def ids(self, *, status: str | None = "ok", modality: str | None = None) -> np.ndarray:

@@ -15,6 +15,7 @@ all at once, or one branch at a time::
     │   └── NoEmbeddingsError                 a step that needs embeddings before `assay embed`
     ├── EncoderError                          an encoder that cannot load or run
     ├── DecodeError                           one item's bytes cannot be read or decoded (per-item, recorded)
+    ├── StorageUnavailableError               an object store cannot be reached or refuses the credentials
     ├── CatalogError                          the catalog database is unreachable or rejects a write
     └── MissingDependencyError (ImportError)  an optional extra is not installed; names the extra
 
@@ -38,6 +39,7 @@ __all__ = [
     "DamagedStoreError",
     "EncoderError",
     "DecodeError",
+    "StorageUnavailableError",
     "CatalogError",
     "MissingDependencyError",
 ]
@@ -100,6 +102,11 @@ class DecodeError(AssayError):
     """One item's bytes could not be read or decoded. Recorded on the item; never stops a run."""
 
 
+class StorageUnavailableError(AssayError):
+    """An object store that fails every request the same way: no or bad credentials, an endpoint that cannot
+    be reached. Not an item's fault, so no item is marked; the command stops (what it finished is kept)."""
+
+
 class CatalogError(AssayError):
     """The catalog database is unreachable or rejected a write."""
 
@@ -107,13 +114,12 @@ class CatalogError(AssayError):
 class MissingDependencyError(AssayError, ImportError):
     """An optional dependency is missing. The message names the pip extra that provides it."""
 
-    def __init__(self, package: str, extra: str, purpose: str = "") -> None:
+    def __init__(self, package: str, extra: str | None, purpose: str = "") -> None:
         self.package = package
         self.extra = extra
         what = f" for {purpose}" if purpose else ""
-        super().__init__(
-            f"{package} is needed{what} but is not installed; install it with: pip install 'assay[{extra}]'"
-        )
+        how = f"pip install 'assay[{extra}]'" if extra else f"pip install {package}"
+        super().__init__(f"{package} is needed{what} but is not installed; install it with: {how}")
 
 
 def require(module: str, extra: str, purpose: str = ""):

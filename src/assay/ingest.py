@@ -29,11 +29,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .catalog import Catalog
-from .errors import DecodeError, InputError, MissingDependencyError, NotFoundError
+from .errors import AssayError, DecodeError, InputError, MissingDependencyError, NotFoundError, StorageUnavailableError
 from .media import DEFAULT_MAX_PIXELS, file_uri, is_local, local_path, probe_image, read_bytes
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
 
 __all__ = ["IMAGE_EXTENSIONS", "MANIFEST_EXTENSIONS", "IngestReport", "ingest", "probe_item"]
 
@@ -43,7 +46,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
      ".tga", ".ico", ".jp2", ".j2k", ".dib", ".pcx", ".sgi", ".im", ".jfif", ".avif", ".heic"}
 )
-MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".ndjson", ".parquet"})
+MANIFEST_EXTENSIONS = frozenset({".csv", ".tsv", ".jsonl", ".ndjson", ".parquet"})
 _CHUNK = 2000
 
 
@@ -61,6 +64,14 @@ class IngestReport:
     error_samples: list[tuple[str, str]] = field(default_factory=list)  # (uri, reason), first few
     exact_duplicates: int = 0  # new items whose bytes equal an earlier item's
     revived: int = 0  # items in error before whose file is now fine (status back to ok)
+    still_failing: int = 0  # items in error before, probed again, still failing
+    changed: int = 0  # ok items whose file's bytes changed since they were ingested (probed again)
+    changed_ids: list[int] = field(default_factory=list)  # their ids: their embeddings are stale
+    missing: int = 0  # ok items whose file is gone now (status error, "missing file")
+    repeated_rows: int = 0  # rows of a source that name a URI an earlier row of the same run named
+    differing: int = 0  # already present items whose row now holds other text or metadata (kept as stored)
+    differing_samples: list[str] = field(default_factory=list)
+    embeddings_dropped: int = 0  # stored embeddings of changed items removed (when a workspace is given)
     seconds: float = 0.0
 
     @property
@@ -76,6 +87,13 @@ class IngestReport:
             "errors": self.errors,
             "exact_duplicates": self.exact_duplicates,
             "revived": self.revived,
+            "still_failing": self.still_failing,
+            "changed": self.changed,
+            "missing": self.missing,
+            "repeated_rows": self.repeated_rows,
+            "differing": self.differing,
+            "differing_samples": self.differing_samples[:10],
+            "embeddings_dropped": self.embeddings_dropped,
             "skipped_files": self.skipped_files,
             "skipped_rows": len(self.skipped_rows),
             "skipped_row_samples": self.skipped_rows[:10],
@@ -91,6 +109,8 @@ class _Candidate:
     modality: str = "image"
     text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    size: int | None = None  # the file's size when the listing gave it (object stores)
+    label: str = ""  # where it came from, for messages ("manifest.csv row 3")
 
 
 # ---------------------------------------------------------------------------------------------- probing
@@ -139,8 +159,11 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
     """Recursive sorted walk that follows symlinks but never enters the same directory twice."""
     seen_dirs: set[tuple[int, int]] = set()
     stack = [root]
-    while stack:
-        d = stack.pop()
+    # Folders reached through a symlink are walked after every real folder, so that a file reachable both
+    # ways is recorded under its real path, and the symlinked way is the one skipped.
+    linked: list[Path] = []
+    while stack or linked:
+        d = stack.pop() if stack else linked.pop(0)
         try:
             st = d.stat()
         except OSError as exc:
@@ -151,8 +174,8 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
             report.skipped_rows.append(f"{d}: an assay workspace (its thumbnails and files are not corpus items)")
             continue
         if key in seen_dirs:
-            log.warning("symlink loop or repeated folder skipped: %s", d)
-            report.skipped_rows.append(f"{d}: folder already visited (symlink loop)")
+            log.warning("folder already walked, skipped (a symlink to it, or a symlink loop): %s", d)
+            report.skipped_rows.append(f"{d}: folder already walked (a symlink to it, or a symlink loop)")
             continue
         seen_dirs.add(key)
         try:
@@ -176,7 +199,7 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
             except OSError:
                 is_dir = is_file = False
             if is_dir:
-                subdirs.append(Path(e.path))
+                (linked if e.is_symlink() else subdirs).append(Path(e.path))
             elif _suffix(e.name) in extensions:
                 if is_file:
                     yield _Candidate(uri=file_uri(e.path))
@@ -190,25 +213,61 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
         stack.extend(reversed(subdirs))
 
 
-def _walk_fsspec(url: str, report: IngestReport, extensions: frozenset[str]) -> Iterator[_Candidate]:
+def _remote_error(url: str, action: str, exc: BaseException) -> AssayError:
+    """A one-line error for an object store that failed while ``action`` (listing, reading) ``url``."""
+    from .media import _STORAGE_HINT, storage_failure
+
+    reason = f"{type(exc).__name__}: {exc}".strip()
+    if storage_failure(exc) is not None:
+        return StorageUnavailableError(f"cannot {action} {url}: {reason}{_STORAGE_HINT}")
+    return InputError(f"cannot {action} {url}: {reason}")
+
+
+def _open_fsspec(url: str):
+    """``(fs, path)`` of a folder or object URL, checked now (it exists; the store answers)."""
     import fsspec
 
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except ImportError as exc:
-        raise MissingDependencyError("s3fs" if url.startswith("s3") else url.split(":")[0], "s3", url) from exc
-    protocol = url.split("://", 1)[0]
-    if not fs.exists(path):
+        raise MissingDependencyError(_fsspec_package(url), _fsspec_extra(url), url) from exc
+    except ValueError as exc:
+        raise InputError(f"cannot use {url}: {exc}") from None
+    try:
+        exists = fs.exists(path)
+    except Exception as exc:  # unreachable endpoint, refused credentials, ...
+        raise _remote_error(url, "list", exc) from exc
+    if not exists:
         raise NotFoundError(f"source does not exist: {url}")
-    if fs.isfile(path):
-        yield _Candidate(uri=url)
-        return
-    for p in sorted(fs.find(path)):
+    return fs, path
+
+
+def _fsspec_package(url: str) -> str:
+    return {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+            "abfss": "adlfs"}.get(url.split(":", 1)[0], url.split(":", 1)[0])
+
+
+def _fsspec_extra(url: str) -> str | None:
+    return "s3" if url.split(":", 1)[0] in ("s3", "s3a") else None
+
+
+def _walk_fsspec(url: str, fs: Any, path: str, report: IngestReport, extensions: frozenset[str]) -> Iterator[_Candidate]:
+    protocol = url.split("://", 1)[0]
+    try:
+        if fs.isfile(path):
+            yield _Candidate(uri=url)
+            return
+        listing = fs.find(path, detail=True)
+    except Exception as exc:
+        raise _remote_error(url, "list", exc) from exc
+    for p in sorted(listing):
         name = PurePosixPath(p).name
         if name.startswith("."):
             report.skipped_files += 1
         elif _suffix(p) in extensions:
-            yield _Candidate(uri=f"{protocol}://{p}" if protocol != "file" else file_uri(p))
+            size = listing[p].get("size") if isinstance(listing[p], dict) else None
+            yield _Candidate(uri=f"{protocol}://{p}" if protocol != "file" else file_uri(p),
+                             size=int(size) if isinstance(size, (int, float)) else None)
         else:
             report.skipped_files += 1
 
@@ -273,22 +332,30 @@ def _read_manifest_table(uri: str):
         else:
             import fsspec
 
-            with fsspec.open(uri, "rb") as f:
-                data = f.read()
-        if suffix == ".csv":
+            try:
+                with fsspec.open(uri, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise NotFoundError(f"manifest does not exist: {uri}") from None
+            except ImportError as exc:
+                raise MissingDependencyError(_fsspec_package(uri), _fsspec_extra(uri), uri) from exc
+            except Exception as exc:
+                raise _remote_error(uri, "read", exc) from exc
+        if suffix in (".csv", ".tsv"):
             import pyarrow.csv as pcsv
 
             # CSV has no types: every column is read as text, so "0001" stays "0001" (a file name) and a
             # label "007" stays "007". The header is read first to name the columns.
+            parse = pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
             try:
-                names = pcsv.open_csv(pa.BufferReader(data)).schema.names
+                names = pcsv.open_csv(pa.BufferReader(data), parse_options=parse).schema.names
             except pa.ArrowInvalid as exc:
                 if "Empty CSV file" in str(exc):
                     names = []
                 else:
                     raise
             types = {n: pa.string() for n in names}
-            return pcsv.read_csv(pa.BufferReader(data), convert_options=pcsv.ConvertOptions(
+            return pcsv.read_csv(pa.BufferReader(data), parse_options=parse, convert_options=pcsv.ConvertOptions(
                 strings_can_be_null=False, column_types=types))
         if suffix in (".jsonl", ".ndjson"):
             import pyarrow.json as pjson
@@ -318,6 +385,9 @@ def _open_manifest(uri: str, report: IngestReport) -> Iterator[_Candidate]:
     """
     table = _read_manifest_table(uri)
     cols = table.column_names
+    repeated = sorted({c for c in cols if cols.count(c) > 1})
+    if repeated:
+        raise InputError(f"manifest {uri} has the column(s) {repeated} more than once; rename or drop the copies")
     if "uri" not in cols and "text" not in cols:
         raise InputError(
             f"manifest {uri} has columns {cols}; expected a 'uri' column (or a 'text' column for text items)"
@@ -338,24 +408,33 @@ def _manifest_rows(uri: str, table: Any, report: IngestReport) -> Iterator[_Cand
             meta = {c: _json_safe(rec.get(c)) for c in meta_cols}
             raw_uri = rec.get("uri")
             text = rec.get("text")
-            if text is not None and not isinstance(text, str):
+            if isinstance(text, bytes):  # a binary column (Spark writes strings so): UTF-8 text
+                text = text.decode("utf-8", errors="replace")
+            elif text is not None and not isinstance(text, str):
                 text = str(text)
-            if raw_uri is not None and not isinstance(raw_uri, str):
+            if isinstance(raw_uri, bytes):
+                try:
+                    raw_uri = raw_uri.decode("utf-8")
+                except UnicodeDecodeError:
+                    report.skipped_rows.append(f"{uri} row {row_no}: uri is binary and not UTF-8 text")
+                    continue
+            elif raw_uri is not None and not isinstance(raw_uri, str):
                 raw_uri = str(raw_uri)
             raw_uri = raw_uri.strip() if raw_uri else ""
             modality = str(rec.get("modality") or "").strip().lower() if has_modality else ""
             if modality not in ("", "image", "text"):
                 report.skipped_rows.append(f"{uri} row {row_no}: modality {modality!r} is not 'image' or 'text'")
                 continue
+            has_words = text is not None and bool(text.strip())
             if modality == "text" or (not modality and has_text and text is not None and (
-                    not raw_uri or _suffix(raw_uri) not in IMAGE_EXTENSIONS)):
+                    not raw_uri or (has_words and _suffix(raw_uri) not in IMAGE_EXTENSIONS))):
                 item_uri = raw_uri or f"{uri}#{'id=' + str(rec['id']) if has_id else 'row=' + str(row_no)}"
-                yield _Candidate(uri=item_uri, modality="text", text=text or "", meta=meta)
+                yield _Candidate(uri=item_uri, modality="text", text=text or "", meta=meta, label=f"{uri} row {row_no}")
                 continue
             if has_text and text:
                 meta.setdefault("text", text)  # an image's caption
             if not raw_uri:
-                report.skipped_rows.append(f"{uri} row {row_no}: empty uri")
+                report.skipped_rows.append(f"{uri} row {row_no}: " + ("no uri and no text" if has_text else "empty uri"))
                 continue
             if "://" in raw_uri and not raw_uri.startswith("file://"):
                 item_uri = raw_uri
@@ -365,7 +444,7 @@ def _manifest_rows(uri: str, table: Any, report: IngestReport) -> Iterator[_Cand
                     item_uri = p if p.startswith("/") else f"{base}/{p}"
                 else:
                     item_uri = file_uri(p if os.path.isabs(p) else os.path.join(base, p))
-            yield _Candidate(uri=item_uri, meta=meta)
+            yield _Candidate(uri=item_uri, meta=meta, label=f"{uri} row {row_no}")
 
 
 def _discover(source: str, report: IngestReport, extensions: frozenset[str]) -> tuple[str, Iterator[_Candidate]]:
@@ -377,7 +456,8 @@ def _discover(source: str, report: IngestReport, extensions: frozenset[str]) -> 
     if suffix in MANIFEST_EXTENSIONS:
         return "manifest", _open_manifest(source if "://" in source else file_uri(local_path(source)), report)
     if "://" in source and not source.startswith("file://"):
-        return "fsspec", _walk_fsspec(source, report, extensions)
+        fs, path = _open_fsspec(source)  # now: a bad URL fails before anything is written
+        return "fsspec", _walk_fsspec(source, fs, path, report, extensions)
     if not _is_utf8(local_path(source)):
         raise InputError(f"source path is not valid UTF-8: {source!r} (rename it)")
     path = Path(local_path(source))
@@ -405,22 +485,43 @@ def _chunks(it: Iterable[_Candidate], n: int) -> Iterator[list[_Candidate]]:
 
 # ---------------------------------------------------------------------------------------------- entry point
 def ingest(
-    catalog: Catalog,
-    sources: Iterable[str | os.PathLike[str]],
+    catalog: Catalog | Workspace,
+    sources: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     workers: int | None = None,
     extensions: Iterable[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
     retry_errors: bool = True,
+    verify: bool = False,
 ) -> IngestReport:
-    """Ingest every source into ``catalog``; return a report.
+    """Ingest every source into the catalog; return a report.
+
+    ``catalog`` is a workspace's catalog, or the :class:`~assay.workspace.Workspace` itself (then the stored
+    embeddings of items whose file changed are dropped too, so that ``embed`` embeds them again).
+    ``sources`` is a list of folders, manifests or URLs (a single one is accepted too).
 
     Raises :class:`InputError` or :class:`NotFoundError` for a source that cannot be used at all (checked
     for every source before anything is written); per-item problems are recorded on the items instead.
-    With ``retry_errors`` (the default), items already in the catalog with status ``error`` are probed again
-    and revived when their file is now fine (``report.revived``).
+
+    Ingesting a source again adds only what is new, and brings the catalog up to date with the files:
+
+    * items with status ``error`` are probed again (unless ``retry_errors`` is false) and revived when their
+      file is now fine (``report.revived``; ``report.still_failing`` counts the others);
+    * an ok item whose local file is gone becomes ``error`` ("missing file"; ``report.missing``), also for
+      files of a folder source that the walk no longer finds; it is revived when the file comes back;
+    * an ok item whose file's size changed (local files, and object-store listings that give sizes), or any
+      item with ``verify=True`` (every file read and hashed again), gets its new hash, size and dimensions
+      (``report.changed``, ``report.changed_ids``): its embeddings are stale;
+    * rows of a manifest whose text or metadata differ from what the catalog holds for the same item are
+      counted (``report.differing``) and the catalog keeps what it had (labels already given stay tied to it).
     """
+    from .workspace import Workspace
+
+    ws = catalog if isinstance(catalog, Workspace) else None
+    cat: Catalog = ws.catalog if ws is not None else catalog  # type: ignore[assignment]
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
     sources = [str(s) for s in sources]
     if not sources:
         raise InputError("ingest needs at least one source (a folder, manifest or URL), got none")
@@ -429,20 +530,24 @@ def ingest(
     t0 = time.perf_counter()
     plans = [(s, *_discover(s, report, exts)) for s in sources]  # validates every source up front
     workers = workers or min(16, (os.cpu_count() or 2) * 4)
+
+    def probe(c: _Candidate) -> dict[str, Any]:
+        return probe_item(c, max_pixels)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for source, kind, candidates in plans:
             report.sources.append(source)
-            source_id = catalog.add_source(source, kind)
+            source_id = cat.add_source(source, kind)
             n_new = n_seen = conflicts = 0
             for chunk in _chunks(candidates, _CHUNK):
                 n_seen += len(chunk)
-                existing = catalog.existing_uris([c.uri for c in chunk])
+                states = cat.item_states([c.uri for c in chunk])
                 todo = []
+                again: list[_Candidate] = []  # present items to probe again
                 first: dict[str, _Candidate] = {}
                 for c in chunk:
-                    if c.uri in existing:
-                        continue
                     if c.uri in first:  # the same URI twice in a source: the first row is the item
+                        report.repeated_rows += 1
                         if first[c.uri].meta != c.meta and conflicts < 5:
                             log.warning("%s: %s appears more than once with different metadata; the first row "
                                         "is kept (%s), the later one dropped (%s)", source, c.uri,
@@ -450,17 +555,24 @@ def ingest(
                         conflicts += first[c.uri].meta != c.meta
                         continue
                     first[c.uri] = c
-                    todo.append(c)
-                report.already_present += len(chunk) - len(todo)
-                if existing and retry_errors:
-                    # Items that failed before (a missing, unreadable or broken file) are probed again: one
-                    # that has been put right becomes ok, and `assay embed` then picks it up.
-                    failed = catalog.error_uris(sorted(existing))
-                    again = [c for c in chunk if c.uri in failed and c.modality == "image"]
-                    if again:
-                        report.revived += catalog.revive_items(list(pool.map(lambda c: probe_item(c, max_pixels), again)))
-                rows = list(pool.map(lambda c: probe_item(c, max_pixels), todo))
-                added = catalog.add_items(rows, source_id=source_id)
+                    st = states.get(c.uri)
+                    if st is None:
+                        todo.append(c)
+                        continue
+                    report.already_present += 1
+                    if kind == "manifest":
+                        _compare_row(c, st, report)
+                    if c.modality != "image" or st["modality"] != "image":
+                        continue
+                    if st["status"] == "error":
+                        if retry_errors:
+                            again.append(c)
+                    elif verify or _file_changed(c, st):
+                        again.append(c)
+                if again:
+                    _refresh(cat, list(pool.map(probe, again)), states, report)
+                rows = list(pool.map(probe, todo))
+                added = cat.add_items(rows, source_id=source_id)
                 n_new += added
                 # URIs a concurrent ingest added between our check and our insert were present, not new.
                 report.already_present += len({r["uri"] for r in rows}) - added
@@ -471,14 +583,89 @@ def ingest(
                             report.error_samples.append((r["uri"], r.get("error", "")))
                 if progress is not None:
                     progress(len(chunk))
-            catalog.finish_source(source_id, n_new, n_seen)
+            if kind == "folder":
+                _mark_vanished(cat, file_uri(local_path(source)), report)
+            cat.finish_source(source_id, n_new, n_seen)
             report.seen += n_seen
             report.new += n_new
             if n_seen == 0:
                 log.warning("source %s holds no items", source)
-    report.exact_duplicates = catalog.count()["exact_duplicates"]
+    if report.differing:
+        log.warning("%d rows hold other text or metadata than the catalog has for the same item; the catalog "
+                    "keeps what it had (e.g. %s). Text rows without an `id` column are keyed by their row number: "
+                    "give the manifest an `id` column, or a new uri, to add a changed row as a new item",
+                    report.differing, "; ".join(report.differing_samples[:3]))
+    if report.changed and ws is not None:
+        report.embeddings_dropped = ws.forget_embeddings(report.changed_ids)
+    elif report.changed:
+        log.warning("%d items changed since they were ingested; their stored embeddings are stale: pass the "
+                    "workspace to ingest(), or call Workspace.forget_embeddings(report.changed_ids)", report.changed)
+    report.exact_duplicates = cat.count()["exact_duplicates"]
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _file_changed(c: _Candidate, st: dict[str, Any]) -> bool:
+    """Whether an ok item's file looks different from when it was ingested, by one stat (or the listing's
+    size): gone, or another size. A same-size edit needs ``verify``."""
+    if c.size is not None:
+        return st["size"] is not None and int(c.size) != int(st["size"])
+    if not is_local(c.uri):
+        return False  # a remote object named by a manifest: one request each; `verify` reads them
+    try:
+        size = os.stat(local_path(c.uri)).st_size
+    except OSError:
+        return True  # gone or unreadable: probing says which
+    return st["size"] is not None and size != int(st["size"])
+
+
+def _refresh(cat: Catalog, rows: list[dict[str, Any]], states: dict[str, dict[str, Any]], report: IngestReport) -> None:
+    """Apply the new probes of present items: revive failed ones, mark vanished ones, update changed ones."""
+    revive, refresh, gone = [], [], []
+    for r in rows:
+        st = states[r["uri"]]
+        if st["status"] == "error":
+            if r["status"] == "ok":
+                revive.append(r)
+            else:
+                report.still_failing += 1
+        elif r["status"] == "error" and str(r.get("error", "")).startswith(cat.READ_ERROR_PREFIXES):
+            gone.append((st["id"], f"{r['error']} (it was fine when ingested)"))
+        else:
+            refresh.append(r)
+    if revive:
+        n = cat.revive_items(revive)
+        report.revived += n
+        report.still_failing += len(revive) - n
+    if gone:
+        report.missing += cat.mark_errors(gone)
+    if refresh:
+        ids = cat.refresh_items(refresh)
+        report.changed += len(ids)
+        report.changed_ids.extend(ids)
+
+
+def _mark_vanished(cat: Catalog, root: str, report: IngestReport) -> None:
+    """Ok items under a walked folder whose file no longer exists become ``error`` ("missing file")."""
+    for chunk in cat.ok_files_under(root):
+        gone = [(i, f"missing file: {u} (it was there when ingested)") for i, u in chunk
+                if is_local(u) and not os.path.exists(local_path(u))]
+        if gone:
+            report.missing += cat.mark_errors(gone)
+
+
+def _compare_row(c: _Candidate, st: dict[str, Any], report: IngestReport) -> None:
+    """Count a manifest row whose text or metadata differ from the stored item's (the catalog keeps its own)."""
+    what = []
+    if c.modality == "text" and st["modality"] == "text" and (c.text or "") != (st["text"] or ""):
+        what.append("text")
+    if c.meta != st["meta"]:
+        keys = sorted(k for k in set(c.meta) | set(st["meta"]) if c.meta.get(k) != st["meta"].get(k))
+        what.append("metadata " + ", ".join(keys[:5]))
+    if what:
+        report.differing += 1
+        if len(report.differing_samples) < 10:
+            report.differing_samples.append(f"{c.label or c.uri}: {' and '.join(what)} changed")
 
 
 def manifest_rows_to_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> None:

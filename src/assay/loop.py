@@ -368,6 +368,15 @@ class Miner:
     def _corpus(self, searcher) -> np.ndarray:
         return np.sort(searcher.index().ids)
 
+    def _round_lock(self):
+        """One round of a concept proposed at a time (CLI runs, the server): the second waits, then leaves out
+        the first one's batch (unlabelled items of recent rounds are pending) instead of proposing it again."""
+        from .workspace import exclusive_lock
+
+        c = self.concept
+        return exclusive_lock(self.ws.root / "locks" / f"round-{c.id}.lock",
+                              f"another round of {c.name!r} is being proposed; waiting for it")
+
     def _pending(self, concept_id: int, labelled: np.ndarray) -> np.ndarray:
         """Items proposed in this concept's rounds and not labelled yet (not proposed twice)."""
         pending: list[int] = []
@@ -404,6 +413,16 @@ class Miner:
         strategy (e.g. ``{"a": 1, "b": 1, "c": 0.5}`` for ``value``). ``include_pseudo`` trains the proxy
         on pseudo-labels too (off by default: only human, oracle and imported labels count).
         """
+        with self._round_lock():
+            return self._propose(strategy=strategy, batch=batch, seed=seed, proxy=proxy,
+                random_fraction=random_fraction, seals_k=seals_k, keep_duplicates=keep_duplicates,
+                model_scores=model_scores, strategy_params=strategy_params, include_pseudo=include_pseudo)
+
+    def _propose(
+        self, *, strategy: str = "seals:entropy", batch: int = 50, seed: int | None = None, proxy: str = "logistic",
+        random_fraction: float = 0.2, seals_k: int = 100, keep_duplicates: bool = False,
+        model_scores: Any = None, strategy_params: dict[str, Any] | None = None, include_pseudo: bool = False,
+    ) -> tuple[Any, RoundOutcome]:
         from .select.strategies import get_strategy
 
         t_all = time.perf_counter()

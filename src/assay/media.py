@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
-from .errors import DecodeError, MissingDependencyError
+from .errors import DecodeError, MissingDependencyError, StorageUnavailableError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -74,11 +74,48 @@ def read_bytes(uri: str) -> bytes:
             raise
         except Exception as exc:  # a server error, a timeout, a dropped connection: worth another try
             reason = f"{type(exc).__name__}: {exc}".strip()
+            kind = storage_failure(exc)
+            if kind == "credentials":  # no retry fixes a configuration
+                raise StorageUnavailableError(f"cannot read {uri}: {reason}{_STORAGE_HINT}") from exc
             if attempt == len(delays):
+                if kind == "endpoint":
+                    raise StorageUnavailableError(
+                        f"cannot reach the store of {uri} after {attempt + 1} attempts: {reason}{_STORAGE_HINT}"
+                    ) from exc
                 raise DecodeError(f"cannot read {uri} after {attempt + 1} attempts: {reason}") from exc
             log.warning("reading %s failed (%s); retry %d of %d", uri, reason, attempt + 1, len(delays))
             time.sleep(delays[attempt])
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+_STORAGE_HINT = (" (check the endpoint and credentials: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ..., see docs/scale.md;"
+                 " no item was marked failed)")
+_CREDENTIAL_ERRORS = frozenset({
+    "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "NoRegionError",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException", "InvalidToken",
+    "DefaultCredentialsError", "ClientAuthenticationError",
+})
+_ENDPOINT_ERRORS = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ConnectionRefusedError", "ClientConnectorError",
+    "ServerDisconnectedError", "NameResolutionError", "gaierror",
+})
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """``"credentials"`` or ``"endpoint"`` when ``exc`` (or what it wraps) says the whole store is unusable
+    (credentials missing or refused; the endpoint unreachable), else None (a fault of this one object)."""
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 10:
+        names = {type(e).__name__, *(str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+                                     for _ in [0] if isinstance(getattr(e, "response", None), dict))}
+        if names & _CREDENTIAL_ERRORS or "Unable to locate credentials" in str(e):
+            return "credentials"
+        if names & _ENDPOINT_ERRORS:
+            return "endpoint"
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
 
 
 def _read_once(uri: str) -> bytes:
@@ -97,9 +134,13 @@ def _read_once(uri: str) -> bytes:
     except IsADirectoryError as exc:
         raise DecodeError(f"is a directory, not a file: {uri}") from exc
     except PermissionError as exc:
+        if not is_local(uri) and storage_failure(exc) == "credentials":  # refused keys, not this object's rights
+            raise StorageUnavailableError(f"cannot read {uri}: {type(exc).__name__}: {exc}{_STORAGE_HINT}") from exc
         raise DecodeError(f"permission denied: {uri}") from exc
     except ImportError as exc:  # an fsspec protocol whose package is missing, e.g. s3fs
-        raise MissingDependencyError(str(exc).split("'")[1] if "'" in str(exc) else "s3fs", "s3", uri) from exc
+        from .ingest import _fsspec_extra, _fsspec_package
+
+        raise MissingDependencyError(_fsspec_package(uri), _fsspec_extra(uri), uri) from exc
     except OSError as exc:
         if not is_local(uri):
             raise  # remote: read_bytes decides whether to retry
@@ -138,7 +179,13 @@ def _open(data: bytes, max_pixels: int):
         im = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's hard limit (2x its
         # warning level, ~179 Mpx); the warning only where an application made warnings errors (python -W error)
-        raise DecodeError(f"decompression bomb refused: {exc}") from exc
+        import re
+
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(m.group(1)) / 1e6:,.0f} Mpx" if m else "its size"
+        raise DecodeError(
+            f"decompression bomb refused: {size} is above the limit of {max_pixels / 1e6:.0f} Mpx"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise DecodeError("not an image: Pillow cannot identify the format") from exc
     except (OSError, ValueError, SyntaxError) as exc:

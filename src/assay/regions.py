@@ -1307,6 +1307,16 @@ class RegionMiner(Miner):
         Parameters are :meth:`assay.loop.Miner.propose`'s. External model scores (``model_scores``) are not
         combined with region evidence: pass ``None`` or ``False``; a model name raises InputError.
         """
+        with self._round_lock():
+            return self._propose(strategy=strategy, batch=batch, seed=seed, proxy=proxy,
+                random_fraction=random_fraction, seals_k=seals_k, keep_duplicates=keep_duplicates,
+                strategy_params=strategy_params, include_pseudo=include_pseudo, model_scores=model_scores)
+
+    def _propose(  # type: ignore[override]
+        self, *, strategy: str = "seals:entropy", batch: int = 50, seed: int | None = None, proxy: str = "logistic",
+        random_fraction: float = 0.2, seals_k: int = 100, keep_duplicates: bool = False,
+        strategy_params: dict[str, Any] | None = None, include_pseudo: bool = False, model_scores: Any = None,
+    ) -> tuple[Any, Any]:
         from .select.strategies import get_strategy
 
         if model_scores not in (None, False):

@@ -37,7 +37,7 @@ from .errors import (
 from .index import ConcatRows, KnnGraph, VectorIndex, knn_graph, neighbors as _index_neighbors
 from .index import rerank as _rerank
 from .vectors import VectorStore
-from .workspace import Workspace
+from .workspace import CHANGED_IDS_FILE, Workspace, exclusive_lock
 
 __all__ = ["Hit", "RegionHit", "Searcher", "build_index", "build_knn_graph", "load_knn_graph", "TEXT_BRIDGE_ENCODER", "KINDS"]
 
@@ -102,35 +102,12 @@ def _ok_store_ids(ws: Workspace, store: VectorStore) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- building
-_INDEX_LOCKS_HELD: set[str] = set()
-
-
 @contextlib.contextmanager
 def _index_write_lock(root: Path):
     """One index writer per encoder at a time (`assay index`, dedup's update, `concept add --exemplar`): a
-    second waits for the first instead of deleting its files. Re-entrant within a process."""
-    import fcntl
-
-    key = str(root.absolute())
-    if key in _INDEX_LOCKS_HELD:
+    second waits for the first instead of deleting its files. Re-entrant within a thread."""
+    with exclusive_lock(root / ".write.lock", f"another process is writing the index at {root}; waiting for it"):
         yield
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".write.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("another process is writing the index at %s; waiting for it", root)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        _INDEX_LOCKS_HELD.add(key)
-        try:
-            yield
-        finally:
-            _INDEX_LOCKS_HELD.discard(key)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def build_index(
@@ -180,6 +157,10 @@ def _build_index_locked(
         if kind == "auto":
             kind = existing.kind if existing.kind in KINDS else "auto"
         reasons = []
+        changed = ws.changed_since_index(name)
+        if changed is not None:
+            reasons.append(f"{len(changed)} items changed since it was built")
+            rebuild = True  # its text bridge and region index hold the old vectors too
         if existing.encoder_version != meta["version"]:
             reasons.append(f"the embeddings were re-made (version {existing.encoder_version} -> {meta['version']})")
         if kind != "auto" and existing.kind != kind:
@@ -210,6 +191,7 @@ def _build_index_locked(
                     "(%d are items whose files failed at ingest); searches will find nothing", name, len(store), n_err)
     index.metadata["store_rows"] = len(store)  # lets a searcher tell that embeddings were added since
     index.save(main_dir)
+    changed_marker = root / CHANGED_IDS_FILE
     report["index"] = index.info()
     if bridge and CLASS_SCORES_EXTRA in meta.get("extras", {}):
         try:
@@ -226,6 +208,7 @@ def _build_index_locked(
         except WorkspaceError as exc:  # e.g. items re-embedded by a new encoder version, regions not yet
             log.warning("region index not built: %s", exc)
             report["regions"] = {"skipped": str(exc)}
+    changed_marker.unlink(missing_ok=True)  # every index of this encoder is built from the store as it is now
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
 
@@ -451,6 +434,15 @@ class Searcher:
                                 "not searched, mined or harvested; run `assay index` to add them",
                                 self.encoder_name, now - int(built_on))
                     self.stale_rows = now - int(built_on)
+                elif now < int(built_on):
+                    log.warning("the index of %s was built on %d embeddings, the store holds %d now (reset, "
+                                "repaired or dropped since): results can name items that have no embedding; run "
+                                "`assay index` to bring it up to date", self.encoder_name, int(built_on), now)
+            changed = self.ws.changed_since_index(self.encoder_name)
+            if changed is not None:
+                log.warning("%d items of the index of %s changed since it was built (their files were replaced); "
+                            "they are left out of results until `assay index` rebuilds it", len(changed),
+                            self.encoder_name)
         return self._index
 
     def reducer(self):
@@ -475,10 +467,14 @@ class Searcher:
         return self._encoder
 
     def excluded_ids(self, keep_duplicates: bool) -> np.ndarray | None:
-        """Ids never returned: non-representative duplicates (unless kept)."""
+        """Ids never returned: non-representative duplicates (unless kept), and items whose files changed since
+        the index was built (until `assay index` rebuilds it)."""
+        changed = self.ws.changed_since_index(self.encoder_name)  # files replaced since the index was built
         if keep_duplicates:
-            return None
+            return changed
         ex = self.ws.catalog.non_representative_ids()
+        if changed is not None:
+            ex = np.union1d(ex, changed)
         return ex if len(ex) else None
 
     # -------------------------------------------------------------- query vectors
@@ -488,9 +484,28 @@ class Searcher:
         if len(known) != len(ids):
             missing = sorted(set(ids.tolist()) - {r.id for r in known})[:5]
             raise NotFoundError(f"unknown item id(s) {missing}")
-        if not self.store.contains(ids).all():
-            missing = ids[~self.store.contains(ids)][:5].tolist()
-            raise NotFoundError(f"item(s) {missing} have no embedding from {self.encoder_name!r} (status error, or not embedded yet)")
+        has = self.store.contains(ids)
+        if not has.all():
+            rows = {r.id: r for r in known}
+            missing = ids[~has][:5].tolist()
+            from .encoders.base import get_encoder
+
+            try:
+                modalities = get_encoder(self.encoder_name).modalities
+            except Exception:  # an encoder this installation cannot make: no modality hint
+                modalities = None
+            other = sorted({rows[i].modality for i in missing} - set(modalities)) if modalities else []
+            if other:
+                raise NotFoundError(
+                    f"item(s) {missing} are {other[0]} items and {self.encoder_name!r} embeds "
+                    f"{' and '.join(sorted(modalities))} only: search them with an encoder of that modality "
+                    f"(--encoder, e.g. minilm for text)"
+                )
+            statuses = {rows[i].status for i in missing}
+            hint = ("status error: the file failed" if statuses == {"error"} else
+                    "not embedded yet: run `assay embed`" if "error" not in statuses else
+                    "status error, or not embedded yet")
+            raise NotFoundError(f"item(s) {missing} have no embedding from {self.encoder_name!r} ({hint})")
         return self.store.get(ids)
 
     def vector_for_image(self, path: str | os.PathLike[str]) -> np.ndarray:

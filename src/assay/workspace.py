@@ -13,15 +13,58 @@ Opening a workspace reads its config only; the catalog connects on first use.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .catalog import Catalog
 from .errors import DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, check_folder
 from .vectors import VectorStore, encoder_key
+
+#: In an index folder: ids of items whose files changed (embeddings dropped) since the index was built.
+CHANGED_IDS_FILE = "changed-items.npy"
+#: Catalog key/value entry holding the catalog's identity (a UUID), recorded in assay.json too.
+CATALOG_ID_KEY = "catalog_id"
+log = logging.getLogger(__name__)
+
+_LOCKS = threading.local()  # lock files this thread holds (the locks are re-entrant within a thread)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, waiting_message: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if needed) for the block: other processes,
+    and other threads of this one, wait (logging ``waiting_message`` once). Re-entrant within a thread."""
+    import fcntl
+
+    key = str(Path(path).absolute())
+    held: set[str] = _LOCKS.__dict__.setdefault("held", set())
+    if key in held:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s", waiting_message)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 __all__ = ["Workspace", "WorkspaceConfig", "CONFIG_NAME", "DEFAULT_ENCODER"]
 
@@ -35,10 +78,11 @@ class WorkspaceConfig:
     format: int = 1
     catalog: str = _SQLITE_DEFAULT  # relative sqlite paths are resolved against the workspace root
     default_encoder: str = DEFAULT_ENCODER
+    catalog_id: str | None = None  # the identity of the catalog the stored embeddings' ids belong to
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WorkspaceConfig":
-        known = {k: d[k] for k in ("format", "catalog", "default_encoder") if k in d}
+        known = {k: d[k] for k in ("format", "catalog", "default_encoder", "catalog_id") if k in d}
         return cls(**known)
 
 
@@ -74,9 +118,7 @@ class Workspace:
         cfg = WorkspaceConfig(catalog=catalog or _SQLITE_DEFAULT, default_encoder=default_encoder)
         ws = cls(root, cfg)
         ws.catalog.open()  # create the tables now, so a bad URL fails at init rather than later
-        tmp = root / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        os.replace(tmp, root / CONFIG_NAME)
+        ws._write_config()
         return ws
 
     @classmethod
@@ -120,8 +162,46 @@ class Workspace:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.catalog_url)
+            cat = Catalog(self.catalog_url)
+            self._check_catalog_identity(cat)
+            self._catalog = cat
         return self._catalog
+
+    def _check_catalog_identity(self, cat: Catalog) -> None:
+        """Refuse a catalog other than the one this workspace's embeddings and indexes were made with (item
+        ids mean other items there): e.g. ``ASSAY_CATALOG_URL`` set for another workspace. Several workspaces
+        may share one catalog (a team on PostgreSQL); each records its identity when it is created."""
+        import uuid
+
+        from .errors import CatalogError
+
+        mine = self.config.catalog_id
+        try:
+            theirs = cat.get_value(CATALOG_ID_KEY)
+            if theirs is None and mine is not None and cat.count()["total"] == 0 and self._stores()[0]:
+                theirs = "(an empty catalog)"
+            elif theirs is None:
+                theirs = cat.ensure_value(CATALOG_ID_KEY, mine or uuid.uuid4().hex)
+        except CatalogError as exc:  # e.g. a read-only catalog: no identity check possible
+            log.debug("catalog identity not checked: %s", exc)
+            return
+        if mine is None:  # a workspace made before identities were recorded: it adopts its catalog's
+            self.config.catalog_id = theirs
+            if (self.root / CONFIG_NAME).exists():
+                self._write_config()
+        elif theirs != mine:
+            cat.close()
+            raise WorkspaceError(
+                f"the catalog at {_redact(self.catalog_url)} is not the one the workspace {self.root} was made with "
+                f"(catalog {theirs}, workspace {mine}): its item ids name other items than the stored embeddings "
+                "and index. Point ASSAY_CATALOG_URL (or the catalog in assay.json) at the workspace's own catalog, "
+                "or make a new workspace for this one (`assay init DIR --catalog URL`)"
+            )
+
+    def _write_config(self) -> None:
+        tmp = self.root / (CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        os.replace(tmp, self.root / CONFIG_NAME)
 
     @property
     def default_encoder(self) -> str:
@@ -152,6 +232,42 @@ class Workspace:
                     out[name] = store.readable_rows()
         return out, damaged
 
+    def forget_embeddings(self, ids: Any) -> int:
+        """Remove the stored embeddings of items ``ids`` from every store of the workspace (their regions
+        too), e.g. after their files changed; ``embed`` then embeds them again and ``index`` drops the old
+        vectors. Returns how many rows were removed."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        vdir = self.root / "vectors"
+        if not len(ids) or not vdir.exists():
+            return 0
+        from .regions import parent_ids
+
+        removed = 0
+        for d in sorted(vdir.iterdir()):
+            store = VectorStore(d)
+            if not store.exists():
+                continue
+            with store:
+                have = store.ids()
+                drop = have[np.isin(parent_ids(have), ids)]  # an item's own row, and its regions' rows
+                if not len(drop):
+                    continue
+                removed += store.delete(drop)
+            idir = self.root / "index" / d.name.split("@", 1)[0]
+            if idir.is_dir():  # the index still holds the old vectors: `assay index` rebuilds, search skips them
+                marker = idir / CHANGED_IDS_FILE
+                old = np.load(marker) if marker.exists() else np.zeros(0, np.int64)
+                tmp = marker.with_name(marker.name + ".tmp.npy")
+                np.save(tmp, np.union1d(old, ids).astype(np.int64))
+                os.replace(tmp, marker)
+        return removed
+
+    def changed_since_index(self, encoder: str | None = None) -> np.ndarray | None:
+        """Ids of items whose embeddings were dropped (changed files) since ``encoder``'s index was built,
+        or None when there are none."""
+        marker = self.index_dir(encoder) / CHANGED_IDS_FILE
+        return np.load(marker) if marker.exists() else None
+
     def index_dir(self, encoder: str | None = None) -> Path:
         return self.root / "index" / encoder_key(encoder or self.default_encoder)
 
@@ -170,9 +286,44 @@ class Workspace:
                       "image": counts["image"], "text": counts["text"]},
             "exact_duplicates": counts["exact_duplicates"],
             "embeddings": stores,
+            "pending": self._pending(stores, damaged),
+            "indexes": self._indexes(stores),
             "default_encoder": self.default_encoder,
             **({"damaged": damaged} if damaged else {}),
         }
+
+    def _pending(self, stores: dict[str, int], damaged: dict[str, str]) -> dict[str, int]:
+        """``{encoder: ok items of its modalities that it has not embedded yet}`` (the default encoder's
+        too when it has no store yet)."""
+        from .encoders.base import get_encoder
+
+        out: dict[str, int] = {}
+        for name in dict.fromkeys([self.default_encoder, *stores]):
+            if name in damaged:
+                continue
+            try:
+                modalities = [m for m in ("image", "text") if m in get_encoder(name).modalities]
+            except Exception:  # an encoder this installation cannot make (a missing extra): not counted
+                continue
+            ids = np.concatenate([self.catalog.ids(status="ok", modality=m) for m in modalities] or [np.zeros(0, np.int64)])
+            store = self.vectors(name)
+            out[name] = int(len(ids) - (store.contains(ids).sum() if store.exists() and len(ids) else 0))
+        return out
+
+    def _indexes(self, stores: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """``{encoder: {"vectors", "built_on", "up_to_date"}}`` for each encoder with an index."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, rows in stores.items():
+            meta_path = self.index_dir(name) / "main" / "meta.json"
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            built_on = meta.get("metadata", {}).get("store_rows")
+            changed = self.changed_since_index(name)
+            out[name] = {"vectors": int(meta.get("count", 0)), "built_on": built_on,
+                         "up_to_date": built_on == rows and changed is None}
+        return out
 
 
 def _redact(url: str) -> str:

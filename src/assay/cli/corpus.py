@@ -26,36 +26,61 @@ def init(
 
 
 def ingest(
-    sources: Annotated[list[str], typer.Argument(help="Folders, manifests (.csv/.jsonl/.parquet with a uri or text column) or fsspec URLs.")],
+    sources: Annotated[list[str], typer.Argument(help="Folders, manifests (.csv/.tsv/.jsonl/.parquet with a uri or text column) or fsspec URLs.")],
     workspace: WorkspaceOpt = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Reader threads.")] = None,
     no_retry: Annotated[bool, typer.Option("--no-retry", help="Do not probe again the items that failed before (faster re-ingest of a source with many missing files).")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Read and hash again every file already in the catalog (finds same-size edits and changed remote objects; slower).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Add the items of SOURCES to the catalog (hash, size, image header); re-ingesting adds nothing, and
-    probes again the items that had failed (a file put back or fixed is revived)."""
+    """Add the items of SOURCES to the catalog (hash, size, image header); re-ingesting adds nothing new,
+    probes again the items that had failed (a file put back or fixed is revived), marks files that are gone,
+    and takes in files whose size changed (their embeddings are dropped, `assay embed` makes new ones)."""
     from ..ingest import ingest as run_ingest
 
     with errors_to_exit():
         ws = open_workspace(workspace)
         with progress_bar("ingest", enabled=not json_) as (_start, advance):
-            report = run_ingest(ws.catalog, sources, workers=workers, progress=advance, retry_errors=not no_retry)
+            report = run_ingest(ws, sources, workers=workers, progress=advance, retry_errors=not no_retry,
+                                verify=verify)
         if json_:
             print_json(report.to_dict())
             return
         out.print(
             f"ingested {report.seen} items from {len(report.sources)} source(s): {report.new} new, "
-            f"{report.already_present} already present, {report.errors} with errors "
+            f"{report.already_present} already present, {report.errors} new with errors "
             f"({report.items_per_s:,.0f} items/s); exact duplicates in the catalog: {report.exact_duplicates}"
         )
+        if report.repeated_rows:
+            out.print(f"{report.repeated_rows} rows named a uri an earlier row had named (the first row is the item)")
         if report.revived:
             out.print(f"{report.revived} items that had failed are fine now (status ok again; `assay embed` takes them)")
+        if report.still_failing:
+            out.print(f"{report.still_failing} items that had failed still fail (`assay status` lists the reasons)")
+        if report.missing:
+            console.print(f"[yellow]warning:[/] {report.missing} files are gone since they were ingested: their "
+                          "items are now status error (\"missing file\") and left out of search, mining and "
+                          "export; put the files back and ingest again to revive them", markup=True)
+        if report.changed:
+            console.print(f"[yellow]warning:[/] {report.changed} files changed since they were ingested: their "
+                          f"items have the new hash and size, {report.embeddings_dropped} stale embeddings were "
+                          "dropped; run `assay embed` and `assay index`", markup=True)
+        if report.differing:
+            console.print(f"[yellow]warning:[/] {report.differing} rows hold other text or metadata than the "
+                          "catalog has for their item; the catalog keeps what it had (text rows without an `id` "
+                          "column are keyed by row number: give the manifest an `id` column)", markup=True)
+            for line in report.differing_samples[:5]:
+                out.print(f"  {line}")
         if report.skipped_files:
             out.print(f"skipped {report.skipped_files} files that are hidden, have no image extension, or are not regular files")
         for line in report.skipped_rows[:10]:
             out.print(f"skipped: {line}")
+        if len(report.skipped_rows) > 10:
+            out.print(f"... and {len(report.skipped_rows) - 10} more skipped (`--json` lists 10 of them too)")
         for uri, reason in report.error_samples[:10]:
             out.print(f"error: {uri}: {reason}")
+        if report.errors > 10:
+            out.print(f"... and {report.errors - 10} more errors (`assay status --errors` lists them all)")
         if report.seen == 0:
             console.print("[yellow]warning:[/] the sources hold no items", markup=True)
 
@@ -182,10 +207,24 @@ def _repair_stores(ws: object, name: str) -> list[dict[str, object]]:
     return dropped
 
 
-def status(workspace: WorkspaceOpt = None, json_: JsonOpt = False) -> None:
+def status(
+    workspace: WorkspaceOpt = None,
+    errors: Annotated[bool, typer.Option("--errors", help="List every item with status error and its reason.")] = False,
+    json_: JsonOpt = False,
+) -> None:
     """Say what the workspace holds."""
     with errors_to_exit():
         ws = open_workspace(workspace)
+        if errors:
+            rows = ws.catalog.error_reasons(None)
+            if json_:
+                print_json({"errors": [{"id": i, "uri": u, "reason": r} for i, u, r in rows]})
+            else:
+                for item_id, uri, reason in rows:
+                    out.print(f"{item_id}\t{uri}\t{reason}")
+                if not rows:
+                    out.print("no items with status error")
+            return
         st = ws.status()
         if json_:
             print_json(st)
@@ -202,9 +241,17 @@ def status(workspace: WorkspaceOpt = None, json_: JsonOpt = False) -> None:
                 out.print(f"damaged    {name}: {why}")
         else:
             out.print("embeddings none yet (run `assay embed`)")
+        for name, n in st["pending"].items():
+            if n:
+                out.print(f"pending    {name}: {n} ok items not embedded yet (run `assay embed --encoder {name}`)")
+        for name, ix in st["indexes"].items():
+            state = "up to date" if ix["up_to_date"] else "out of date (run `assay index`)"
+            out.print(f"index      {name}: {ix['vectors']} vectors, {state}")
         if it["error"]:
             for item_id, uri, reason in ws.catalog.error_reasons(5):
                 out.print(f"  error {item_id} {uri}: {reason}")
+            if it["error"] > 5:
+                out.print(f"  ... and {it['error'] - 5} more (`assay status --errors` lists them all)")
 
 
 def register(app: typer.Typer) -> None:

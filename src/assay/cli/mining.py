@@ -16,9 +16,9 @@ concept_app = typer.Typer(help="Objects of interest: create and list concepts.",
 def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
     """Item ids for exemplars given as ids, catalog URIs or image files (ingested and embedded if new)."""
     from ..embed import embed
-    from ..errors import InputError, NotFoundError, as_item_id
+    from ..errors import DecodeError, InputError, NotFoundError, as_item_id
     from ..ingest import ingest
-    from ..media import file_uri
+    from ..media import file_uri, probe_image, read_bytes
     from ..search import build_index
 
     ids: list[int] = []
@@ -34,10 +34,16 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
             new_files.append(v)
         else:
             raise NotFoundError(f"exemplar {v!r} is neither an item id, a catalog URI nor an existing file")
+    for f in new_files:  # checked before anything is ingested: one image file each
+        if not Path(f).is_file():
+            raise InputError(f"exemplar {f!r} cannot be used: it is a folder or not a regular file; give one image "
+                             "file per --exemplar")
+        try:
+            probe_image(read_bytes(file_uri(f)))
+        except DecodeError as exc:
+            raise InputError(f"exemplar {f!r} cannot be used: it is not an image assay can read ({exc})") from None
     if new_files:
-        rep = ingest(ws.catalog, new_files)
-        if rep.errors:
-            raise InputError(f"exemplar image(s) cannot be used: {rep.error_samples}")
+        ingest(ws.catalog, new_files)
         ids.extend(ws.catalog.id_for_uri(file_uri(f)) for f in new_files)
         embed(ws, encoder)
         build_index(ws, encoder)
