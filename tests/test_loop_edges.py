@@ -180,10 +180,17 @@ def test_simulate_out_onto_a_file_fails_before_simulating(ws, tmp_path):
 def test_a_label_file_giving_one_item_two_labels_is_refused(ws, tmp_path):
     i, j = (int(x) for x in ws.catalog.ids()[:2])
     (tmp_path / "dup.csv").write_text(f"id,label\n{i},1\n{j},0\n{i},1\n")
-    assert read_label_file(ws, tmp_path / "dup.csv")[1].tolist() == [1, 0, 1]  # the same answer twice is fine
+    ids, vals = read_label_file(ws, tmp_path / "dup.csv")  # the same answer twice is fine, recorded once
+    assert (ids.tolist(), vals.tolist()) == ([i, j], [1, 0])
     (tmp_path / "conflict.csv").write_text(f"id,label\n{i},1\n{j},0\n{i},0\n")
     with pytest.raises(InputError, match="rows 1 and 3"):
         read_label_file(ws, tmp_path / "conflict.csv")
+    uri_j = ws.catalog.get(j).uri
+    (tmp_path / "mismatch.csv").write_text(f"id,uri,label\n{i},{uri_j},1\n")
+    with pytest.raises(InputError, match=f"row 1: id {i} and uri .* name different items \\(the uri is item {j}\\)"):
+        read_label_file(ws, tmp_path / "mismatch.csv")
+    (tmp_path / "match.csv").write_text(f"id,uri,label\n{j},{uri_j},1\n")
+    assert read_label_file(ws, tmp_path / "match.csv")[0].tolist() == [j]
 
 
 def test_harvest_leaves_out_labelled_negatives_and_honours_min_score(ws):

@@ -1013,6 +1013,19 @@ class Catalog(_MiningMixin):
                     out[int(r.id)] = r.uri
         return out
 
+    def texts(self, ids: Sequence[int] | np.ndarray) -> dict[int, str]:
+        """``{id: text}`` of the text items among ``ids`` (image items are left out)."""
+        wanted = [int(i) for i in ids]
+        out: dict[int, str] = {}
+        t = items_table
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 900):
+                chunk = wanted[start : start + 900]
+                q = sa.select(t.c.id, t.c.text).where(t.c.id.in_(chunk)).where(t.c.modality == "text")
+                for r in conn.execute(q):
+                    out[int(r.id)] = r.text or ""
+        return out
+
     def id_for_uri(self, uri: str) -> int | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(items_table.c.id).where(items_table.c.uri == uri)).first()

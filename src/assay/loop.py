@@ -319,7 +319,7 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
 
     # Rows named by uri are looked up in one go, under every spelling of a local path (file://, relative).
     uri_ids = _resolve_uris(cat, [str(r["uri"]).strip() for _, r in numbered
-                                  if r.get("id") in (None, "") and r.get("uri") is not None and str(r["uri"]).strip()])
+                                  if r.get("uri") is not None and str(r["uri"]).strip()])
     for k, (n, rec) in enumerate(numbered):
         where = f"{p} row {n}"
         try:
@@ -329,6 +329,12 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
         raw_id = rec.get("id")
         if raw_id not in (None, ""):
             ids[k] = as_item_id(raw_id, f"{where}: id")
+            uri = rec.get("uri")
+            if uri is not None and str(uri).strip() and uri_ids.get(str(uri).strip()) != ids[k]:
+                named = uri_ids.get(str(uri).strip())
+                raise InputError(f"{where}: id {int(ids[k])} and uri {uri!r} name different items (the uri is "
+                                 + (f"item {named})" if named is not None else "not in the catalog)")
+                                 + "; fix the row or drop one of the two columns")
         else:
             uri = rec.get("uri")
             item = uri_ids.get(str(uri).strip()) if uri is not None else None
@@ -344,7 +350,50 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
         if i in first and first[i][1] != v:
             raise InputError(f"{p} rows {first[i][0]} and {n} give item {i} two different labels; keep one")
         first.setdefault(i, (n, v))
+    if len(first) < len(ids):
+        log.warning("%s: %d rows repeat an item with the same label; each item is recorded once", p, len(ids) - len(first))
+        ids = np.fromiter(first, dtype=np.int64, count=len(first))
+        vals = np.asarray([v for _, v in first.values()], dtype=np.int8)
+    _warn_label_quirks(cat, p, ids, vals)
     return ids, vals
+
+
+def _warn_label_quirks(cat: Any, p: Path, ids: np.ndarray, vals: np.ndarray) -> None:
+    """Warn about labels that are allowed but likely mistakes: items whose file failed, and exact copies
+    of one another given opposite labels."""
+    rows = cat.get_many(ids)
+    broken = [r.id for r in rows if r.status != "ok"]
+    if broken:
+        log.warning("%s: %d labelled items have status error (their files failed to read or decode), e.g. %s; "
+                    "their labels are kept, but they cannot train the proxy or go into image exports", p,
+                    len(broken), broken[:5])
+    label_of = dict(zip(ids.tolist(), vals.tolist()))
+    by_sha: dict[str, set[int]] = {}
+    for r in rows:
+        if r.sha256:
+            by_sha.setdefault(r.sha256, set()).add(label_of[r.id])
+    clashes = sum(len(v) > 1 for v in by_sha.values())
+    if clashes:
+        log.warning("%s: %d groups of byte-identical items are given both labels in this file", p, clashes)
+
+
+def check_exemplars(ws: Workspace, ids: Sequence[int], encoder: str | None = None) -> list[int]:
+    """The exemplar item ids, once each, checked: in the catalog, status ok, embedded by ``encoder``.
+    Raises NotFoundError or InputError naming the ids that are not."""
+    ids = list(dict.fromkeys(int(i) for i in ids))  # an exemplar given twice is one exemplar
+    known = set(ws.catalog.get_ids_existing(ids))
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise NotFoundError(f"exemplar item ids not in the catalog: {missing[:10]}")
+    broken = [(r.id, r.error) for r in ws.catalog.get_many(ids) if r.status != "ok"]
+    if broken:
+        raise InputError(f"exemplar item(s) cannot be used, they failed to ingest or decode: {broken[:5]}")
+    store = ws.vectors(encoder)
+    unembedded = [i for i, ok in zip(ids, store.contains(ids) if store.exists() else [False] * len(ids)) if not ok]
+    if unembedded:
+        raise InputError(f"exemplar item(s) {unembedded[:10]} have no embedding from {encoder or ws.default_encoder!r} "
+                         "yet; run `assay embed` first")
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------- the shell
@@ -503,7 +552,7 @@ class Miner:
                 hits.extend(np.asarray([h.id for h in row], dtype=np.int64) for row in searcher.search_texts([concept.text], k=k))
             except InputError as exc:
                 log.warning("text seeding skipped: %s", exc)
-        seeds = list(concept.exemplars) + [int(i) for i in positives]
+        seeds = list(dict.fromkeys(list(concept.exemplars) + [int(i) for i in positives]))
         if seeds:
             hits.extend(np.asarray([h.id for h in row], dtype=np.int64) for row in searcher.search_items(seeds, k=k))
         return hits
@@ -599,9 +648,9 @@ class Miner:
             keep = probs >= float(min_score)
             ids, probs = ids[keep], probs[keep]
         label_of = dict(zip(labelled.tolist(), labels.tolist()))
-        uris = cat.uris(ids)
+        uris, texts = cat.uris(ids), cat.texts(ids)
         return [
-            {"id": int(i), "uri": uris.get(int(i), ""), "concept": concept.name, "score": float(p),
-             "label": label_of.get(int(i)), "method": method}
+            {"id": int(i), "uri": uris.get(int(i), ""), **({"text": texts.get(int(i))} if texts else {}),
+             "concept": concept.name, "score": float(p), "label": label_of.get(int(i)), "method": method}
             for i, p in zip(ids.tolist(), probs.tolist())
         ]

@@ -47,19 +47,9 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
         ids.extend(ws.catalog.id_for_uri(file_uri(f)) for f in new_files)
         embed(ws, encoder)
         build_index(ws, encoder)
-    ids = list(dict.fromkeys(ids))  # an exemplar given twice is one exemplar
-    known = set(ws.catalog.get_ids_existing(ids))
-    missing = [i for i in ids if i not in known]
-    if missing:
-        raise NotFoundError(f"exemplar item ids not in the catalog: {missing}")
-    broken = [(r.id, r.error) for r in ws.catalog.get_many(ids) if r.status != "ok"]
-    if broken:
-        raise InputError(f"exemplar item(s) cannot be used, they failed to ingest or decode: {broken[:5]}")
-    store = ws.vectors(encoder)
-    unembedded = [i for i, ok in zip(ids, store.contains(ids) if store.exists() else [False] * len(ids)) if not ok]
-    if unembedded:
-        raise InputError(f"exemplar item(s) {unembedded[:10]} have no embedding yet; run `assay embed` first")
-    return ids
+    from ..loop import check_exemplars
+
+    return check_exemplars(ws, ids, encoder)
 
 
 @concept_app.command("add")
@@ -151,9 +141,10 @@ def mine(
 
             console.print(f"note: {unanswered} items proposed in the last 3 rounds are not labelled yet and were left "
                           "out of this pool (label them with `assay label`; they return after 3 rounds)")
-        uris = ws.catalog.uris(outcome.ids)
+        uris, texts = ws.catalog.uris(outcome.ids), ws.catalog.texts(outcome.ids)
         items = [
-            {"id": int(i), "uri": uris.get(int(i), ""), "score": float(s),
+            {"id": int(i), "uri": uris.get(int(i), ""), **({"text": texts.get(int(i))} if texts else {}),
+             "score": float(s),
              "prelabel": None if outcome.prelabels is None else float(outcome.prelabels[k]), "reason": outcome.reasons[k]}
             for k, (i, s) in enumerate(zip(outcome.ids, outcome.scores))
         ]
@@ -247,16 +238,22 @@ def _write_batch_csv(path: Path, items: list[dict], *, regions: bool) -> None:
     import tempfile
 
     box_cols = ["x0", "y0", "x1", "y1"] if regions else []
+    text_col = ["text"] if any("text" in it for it in items) else []  # text items: what to read and label
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.absolute().parent))
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["id", "uri", "score", "prelabel", *box_cols, "label"])
+            w = csv.DictWriter(f, fieldnames=["id", "uri", *text_col, "score", "prelabel", *box_cols, "label"])
             w.writeheader()
             for it in items:
                 rec = {"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""}
+                if text_col:
+                    rec["text"] = it.get("text") or ""
                 if regions:
                     rec.update(zip(box_cols, it.get("box") or [None] * 4))
                 w.writerow(rec)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -305,8 +302,9 @@ def rounds(
 
         def batch_items(r) -> list[dict]:
             props = cat.proposals(r.id)
-            uris = cat.uris([p["item_id"] for p in props])
-            items = [{"id": int(p["item_id"]), "uri": uris.get(int(p["item_id"]), ""), "score": p["score"],
+            uris, texts = cat.uris([p["item_id"] for p in props]), cat.texts([p["item_id"] for p in props])
+            items = [{"id": int(p["item_id"]), "uri": uris.get(int(p["item_id"]), ""),
+                      **({"text": texts.get(int(p["item_id"]))} if texts else {}), "score": p["score"],
                       "prelabel": p["prelabel"], "reason": p["reason"], "label": answer.get(int(p["item_id"]))}
                      for p in props]
             if (r.params or {}).get("regions"):
@@ -362,7 +360,12 @@ def _write_rows(rows: list[dict], path: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        if rows:
+            pq.write_table(pa.Table.from_pylist(rows), path)
+        else:  # no rows: still the columns, typed
+            pq.write_table(pa.table({"id": pa.array([], pa.int64()), "uri": pa.array([], pa.string()),
+                                     "concept": pa.array([], pa.string()), "score": pa.array([], pa.float64()),
+                                     "label": pa.array([], pa.int8()), "method": pa.array([], pa.string())}), path)
     elif path.suffix.lower() in (".csv", ""):
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "uri", "concept", "score", "label", "method"])

@@ -75,9 +75,14 @@ class ExportRow:
     round: int | None
     width: int | None = None
     height: int | None = None
+    text: str | None = None  # a text item's text (None for images)
+    status: str = "ok"
 
-    def public(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in EXPORT_COLUMNS}
+    def public(self, with_text: bool = False) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in EXPORT_COLUMNS}
+        if with_text:
+            d["text"] = self.text
+        return d
 
 
 @dataclass
@@ -91,6 +96,7 @@ class ExportReport:
     pseudo: int
     boxes: int = 0
     extra_files: list[str] | None = None
+    left_out: int = 0  # labelled items whose file failed (status error): not written by image exports
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,15 +203,22 @@ def collect_rows(
         rows.append(ExportRow(
             id=i, uri=it.uri if it else "", concept=concept, label=int(h["value"]), source=h["source"],
             annotator=h["annotator"], score=score_of.get(i), round=round_no.get(h["round_id"]),
-            width=it.width if it else None, height=it.height if it else None,
+            width=it.width if it else None, height=it.height if it else None, **_item_fields(it),
         ))
     for i in extra_ids.tolist():
         it = items.get(i)
         rows.append(ExportRow(
             id=i, uri=it.uri if it else "", concept=concept, label=None, source=None, annotator=None,
             score=score_of.get(i), round=None, width=it.width if it else None, height=it.height if it else None,
+            **_item_fields(it),
         ))
     return rows, model_version
+
+
+def _item_fields(it: Any) -> dict[str, Any]:
+    if it is None:
+        return {"status": "error"}
+    return {"text": (it.text or "") if it.modality == "text" else None, "status": it.status}
 
 
 def _boxes_model(cat: Any, concept: str, boxes_model: str | None, score_model: str | None) -> str | None:
@@ -228,12 +241,17 @@ def _boxes_model(cat: Any, concept: str, boxes_model: str | None, score_model: s
 
 
 # ---------------------------------------------------------------------------------------------- writers
+def _has_text(rows: list[ExportRow]) -> bool:
+    return any(r.text is not None for r in rows)
+
+
 def _write_csv(rows: list[ExportRow], out: Path) -> None:
+    with_text = _has_text(rows)  # a `text` column when the concept's items are texts
     with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(EXPORT_COLUMNS))
+        w = csv.DictWriter(f, fieldnames=list(EXPORT_COLUMNS) + (["text"] if with_text else []))
         w.writeheader()
         for r in rows:
-            d = r.public()
+            d = r.public(with_text)
             w.writerow({k: ("" if v is None else v) for k, v in d.items()})
 
 
@@ -245,12 +263,26 @@ def _write_parquet(rows: list[ExportRow], out: Path) -> None:
         ("id", pa.int64()), ("uri", pa.string()), ("concept", pa.string()), ("label", pa.int8()),
         ("source", pa.string()), ("annotator", pa.string()), ("score", pa.float64()), ("round", pa.int32()),
     ])
-    pq.write_table(pa.Table.from_pylist([r.public() for r in rows], schema=schema), out)
+    with_text = _has_text(rows)
+    if with_text:
+        schema = schema.append(pa.field("text", pa.string()))
+    pq.write_table(pa.Table.from_pylist([r.public(with_text) for r in rows], schema=schema), out)
 
 
-def label_studio_config(concept: str) -> str:
-    """The Label Studio labelling config the exported tasks fit: an image, a yes/no choice, boxes."""
+def label_studio_config(concept: str, text: bool = False) -> str:
+    """The Label Studio labelling config the exported tasks fit: an image, a yes/no choice, boxes (with
+    ``text``: the text and a yes/no choice)."""
     pos, neg = quoteattr(concept), quoteattr(negative_name(concept))
+    if text:
+        return (
+            "<View>\n"
+            '  <Text name="text" value="$text"/>\n'
+            '  <Choices name="label" toName="text" choice="single" showInline="true">\n'
+            f"    <Choice value={pos}/>\n"
+            f"    <Choice value={neg}/>\n"
+            "  </Choices>\n"
+            "</View>\n"
+        )
     return (
         "<View>\n"
         '  <Image name="image" value="$image"/>\n'
@@ -280,8 +312,8 @@ def _rid() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def _choice(concept: str, positive: bool) -> dict[str, Any]:
-    return {"id": _rid(), "from_name": "label", "to_name": "image", "type": "choices",
+def _choice(concept: str, positive: bool, to: str = "image") -> dict[str, Any]:
+    return {"id": _rid(), "from_name": "label", "to_name": to, "type": "choices",
             "value": {"choices": [concept if positive else negative_name(concept)]}}
 
 
@@ -301,25 +333,33 @@ def _rect(concept: str, box: list, width: int | None, height: int | None) -> dic
 
 def _write_label_studio(rows: list[ExportRow], out: Path, concept: str, model_version: str | None,
                         boxes: dict[int, list], url_prefix: str | None) -> list[str]:
+    n_text = sum(r.text is not None for r in rows)
+    if 0 < n_text < len(rows):
+        raise InputError(f"{concept!r} has {n_text} text items and {len(rows) - n_text} image items; a Label Studio "
+                         "project labels one kind: export them apart (csv or parquet hold both)")
+    is_text = n_text > 0
+    to = "text" if is_text else "image"
     tasks = []
     for r in rows:
-        task: dict[str, Any] = {"data": {"image": _ls_image(r.uri, url_prefix), "assay_id": r.id, "assay_uri": r.uri}}
+        data: dict[str, Any] = {"text": r.text} if is_text else {"image": _ls_image(r.uri, url_prefix)}
+        task: dict[str, Any] = {"data": {**data, "assay_id": r.id, "assay_uri": r.uri}}
         if r.label is not None and r.source != "pseudo":
-            task["annotations"] = [{"result": [_choice(r.concept, r.label == 1)], "ground_truth": False}]
+            task["annotations"] = [{"result": [_choice(r.concept, r.label == 1, to)], "ground_truth": False}]
         preds = []
         if r.score is not None and model_version is not None:
-            result = [_choice(r.concept, r.score >= 0.5)]
-            result += [_rect(r.concept, b, r.width, r.height) for b in boxes.get(r.id, [])]
+            result = [_choice(r.concept, r.score >= 0.5, to)]
+            if not is_text:
+                result += [_rect(r.concept, b, r.width, r.height) for b in boxes.get(r.id, [])]
             preds.append({"model_version": model_version, "score": float(r.score), "result": result})
         if r.source == "pseudo" and r.label is not None:
             preds.append({"model_version": PSEUDO_MODEL_VERSION, "score": float(r.score) if r.score is not None else 1.0,
-                          "result": [_choice(r.concept, r.label == 1)]})
+                          "result": [_choice(r.concept, r.label == 1, to)]})
         if preds:
             task["predictions"] = preds
         tasks.append(task)
     out.write_text(json.dumps(tasks, indent=1), encoding="utf-8")
     cfg = out.with_name(out.stem + ".label_config.xml")
-    cfg.write_text(label_studio_config(concept), encoding="utf-8")
+    cfg.write_text(label_studio_config(concept, text=is_text), encoding="utf-8")
     return [str(cfg)]
 
 
@@ -450,6 +490,9 @@ def export(
     out = Path(out)
     if fmt in ("csv", "parquet", "label-studio", "coco") and out.is_dir():
         raise InputError(f"--out {out} is a folder; the {fmt} export writes one file")
+    want = {"csv": ".csv", "parquet": ".parquet", "label-studio": ".json", "coco": ".json"}.get(fmt)
+    if want is not None and out.suffix and out.suffix.lower() != want:
+        raise InputError(f"--out {out.name} does not fit --format {fmt}: its file should end in {want}")
     check_folder(out.parent, f"--out {out}", create=True)
     rows, model_version = collect_rows(
         ws, concept, include_pseudo=include_pseudo, top=top if fmt in ("csv", "parquet", "label-studio") else 0,
@@ -464,6 +507,21 @@ def export(
             boxes = read_boxes(ws.catalog, concept, bm)
     extra: list[str] | None = None
     n_boxes = 0
+    left_out = 0
+    if fmt in ("coco", "imagefolder", "fiftyone"):
+        n_text = sum(r.text is not None for r in rows)
+        if n_text:
+            raise InputError(f"{concept!r} has {n_text} text items; the {fmt} export is for images: use csv, "
+                             "parquet or label-studio for texts")
+        broken = [r for r in rows if r.status != "ok"]
+        if broken:  # a file that failed to read or decode would break the training job that reads the export
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%d labelled items are left out of the %s export: their files failed (status error), e.g. item %d "
+                "(%s); `assay status --errors` lists the reasons", len(broken), fmt, broken[0].id, broken[0].uri)
+            rows = [r for r in rows if r.status == "ok"]
+            left_out = len(broken)
     if fmt == "csv":
         _write_csv(rows, out)
     elif fmt == "parquet":
@@ -480,5 +538,5 @@ def export(
     return ExportReport(
         format=fmt, out=str(out), rows=len(rows), positives=sum(r.label == 1 for r in rows),
         negatives=sum(r.label == 0 for r in rows), unlabelled=sum(r.label is None for r in rows),
-        pseudo=sum(r.source == "pseudo" for r in rows), boxes=n_boxes, extra_files=extra,
+        pseudo=sum(r.source == "pseudo" for r in rows), boxes=n_boxes, extra_files=extra, left_out=left_out,
     )

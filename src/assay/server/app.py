@@ -169,7 +169,7 @@ class SubmissionIn(BaseModel):
 
 
 class ProposeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "batch": "10" is refused, as in the labels body
     strategy: Annotated[str, StringConstraints(pattern=r"^[a-z:_-]{1,64}$")] | None = None
     batch: Annotated[int, Field(ge=1, le=1000)] | None = None
     proxy: Literal["logistic", "mlp", "ensemble", "svm"] | None = None
@@ -649,10 +649,9 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/api/concepts", status_code=201, tags=["concepts"])
     def create_concept(body: ConceptIn) -> dict[str, Any]:
         if body.exemplars:
-            known = set(cat.get_ids_existing(body.exemplars))
-            missing = [i for i in body.exemplars if i not in known]
-            if missing:
-                raise NotFoundError(f"exemplar item ids not in the catalog: {missing[:10]}")
+            from ..loop import check_exemplars
+
+            check_exemplars(ws, body.exemplars, cfg.encoder)  # as `assay concept add` does
         with write_lock:
             c = cat.add_concept(body.name, text=body.text, exemplars=list(dict.fromkeys(body.exemplars)),
                                 exemplar_annotator="exemplar")
