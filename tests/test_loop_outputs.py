@@ -131,3 +131,24 @@ def test_the_api_checks_exemplars_as_the_cli_and_takes_json_integers_only(text_w
         r = c.post("/api/concepts/ok/rounds", json={"batch": "4"})
         assert r.status_code == 422
         assert c.post("/api/concepts/ok/rounds", json={"batch": 4}).status_code in (200, 202)
+
+
+def test_copies_of_a_labelled_item_are_not_proposed_again(tmp_path):
+    import shutil
+
+    ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    folder = colour_corpus(tmp_path / "imgs", 6, 20, 0, size=(16, 16)).parent
+    originals = sorted(p for p in folder.glob("*.png"))[:3]
+    for p in originals:  # byte-identical copies, ingested after the originals
+        shutil.copy(p, folder / f"zz_copy_{p.name}")
+    ingest(ws.catalog, [folder])
+    embed(ws)
+    build_index(ws, kind="flat")
+    ws.catalog.add_concept("red", text="red")
+    copies = [ws.catalog.id_for_uri(str(folder / f"zz_copy_{p.name}")) for p in originals]
+    orig_ids = [ws.catalog.id_for_uri(str(p)) for p in originals]
+    assert ws.catalog.group_mates(copies).tolist() == sorted(orig_ids)
+    Miner(ws, "red").record_labels(copies, [1, 0, 1])  # labels given on the copies
+    _, out = Miner(ws, "red").propose(strategy="random", batch=40)
+    assert not set(out.ids.tolist()) & set(orig_ids + copies)
+    ws.close()

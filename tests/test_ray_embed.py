@@ -184,3 +184,24 @@ def test_cli_embed_with_ray_and_sharded_index(ray_cluster, tmp_path):
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)["index"]
     assert info["count"] == 12 and info["n_shards"] == 2 and info["bytes_per_vector"] > 0
+
+
+def test_a_ray_address_that_does_not_answer_is_one_clear_error(tmp_path):
+    import socket
+
+    from assay.distributed.ray_embed import _check_reachable  # what _ray_session runs before ray.init(address)
+    from assay.errors import ClusterUnavailableError, InputError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ClusterUnavailableError, match="cannot connect to the Ray cluster"):
+            _check_reachable(address)
+    with pytest.raises(InputError, match="host:port"):
+        _check_reachable("somehost:notaport")
+    with socket.socket() as srv:  # a port that answers passes
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        _check_reachable(f"127.0.0.1:{srv.getsockname()[1]}")
+    _check_reachable("auto")

@@ -621,15 +621,17 @@ class Catalog(_MiningMixin):
                         )
                 break
             except sa.exc.OperationalError as exc:
-                if attempt < len(delays):
+                if attempt < len(delays) and not _refused_for_good(exc):
                     log.warning("catalog at %s unreachable (%s); retrying in %.1f s", _redact(self.url),
                                 str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else exc, delays[attempt])
                     time.sleep(delays[attempt])
                     continue
                 engine.dispose()
-                raise CatalogError(
+                err = CatalogError(
                     f"cannot open the catalog at {_redact(self.url)}: {str(exc.orig).strip()}{self._hint(engine)}"
-                ) from exc
+                )
+                err.final = True  # tried OPEN_RETRY_DELAYS times already: the calls above do not retry it again
+                raise err from exc
             except sa.exc.DatabaseError as exc:  # e.g. a file that is not a SQLite database
                 engine.dispose()
                 raise CatalogError(f"cannot open the catalog at {_redact(self.url)}: {str(exc.orig).strip()}") from exc
@@ -1087,6 +1089,24 @@ class Catalog(_MiningMixin):
                 out.setdefault(int(r.representative), []).append(int(r.item_id))
         return out
 
+    def group_mates(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The other members of the exact and near-duplicate groups that ``ids`` belong to (sorted, unique,
+        ``ids`` themselves left out): a label on one copy answers for its copies."""
+        want = {int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)}
+        if not want:
+            return np.zeros(0, dtype=np.int64)
+        groups: list[set[int]] = []
+        exact: dict[int, set[int]] = {}
+        for item, original in self.duplicate_map().items():
+            exact.setdefault(original, {original}).add(item)
+        groups.extend(exact.values())
+        groups.extend(set(m) for m in self.duplicate_groups().values())
+        mates: set[int] = set()
+        for g in groups:
+            if g & want:
+                mates |= g
+        return np.asarray(sorted(mates - want), dtype=np.int64)
+
     def duplicate_map(self) -> dict[int, int]:
         """``{item id: id of the earliest item with the same bytes}`` for every exact duplicate."""
         t = items_table
@@ -1098,6 +1118,13 @@ class Catalog(_MiningMixin):
 
 # ---------------------------------------------------------------------------------------------- retries
 _RETRY_STATE = threading.local()
+
+
+def _refused_for_good(exc: BaseException) -> bool:
+    """A connection refused for a reason no retry changes: bad password, no such database or role."""
+    msg = str(getattr(exc, "orig", exc)).lower()
+    return any(s in msg for s in ("password authentication failed", "does not exist", "no pg_hba.conf entry",
+                                  "authentication failed"))
 
 
 def _is_disconnect(exc: BaseException) -> bool:
@@ -1157,7 +1184,7 @@ def _retrying(fn: Any) -> Any:
                 try:
                     return fn(self, *args, **kwargs)
                 except (sa.exc.DBAPIError, CatalogError) as exc:
-                    if not _is_disconnect(exc):
+                    if not _is_disconnect(exc) or getattr(exc, "final", False):
                         raise
                     orig = exc.__cause__ if isinstance(exc, CatalogError) and exc.__cause__ is not None else exc
                     reason = str(getattr(orig, "orig", orig)).strip().splitlines()

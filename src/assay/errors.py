@@ -16,6 +16,7 @@ all at once, or one branch at a time::
     ├── EncoderError                          an encoder that cannot load or run
     ├── DecodeError                           one item's bytes cannot be read or decoded (per-item, recorded)
     ├── StorageUnavailableError               an object store cannot be reached or refuses the credentials
+    ├── ClusterUnavailableError               a Ray cluster address that does not answer
     ├── CatalogError                          the catalog database is unreachable or rejects a write
     └── MissingDependencyError (ImportError)  an optional extra is not installed; names the extra
 
@@ -40,6 +41,7 @@ __all__ = [
     "EncoderError",
     "DecodeError",
     "StorageUnavailableError",
+    "ClusterUnavailableError",
     "CatalogError",
     "MissingDependencyError",
 ]
@@ -105,6 +107,10 @@ class DecodeError(AssayError):
 class StorageUnavailableError(AssayError):
     """An object store that fails every request the same way: no or bad credentials, an endpoint that cannot
     be reached. Not an item's fault, so no item is marked; the command stops (what it finished is kept)."""
+
+
+class ClusterUnavailableError(AssayError):
+    """A Ray cluster that cannot be reached at the address given (or none running for ``auto``)."""
 
 
 class CatalogError(AssayError):

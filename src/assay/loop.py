@@ -426,6 +426,15 @@ class Miner:
         return exclusive_lock(self.ws.root / "locks" / f"round-{c.id}.lock",
                               f"another round of {c.name!r} is being proposed; waiting for it")
 
+    def _excluded(self, concept_id: int, labelled: np.ndarray, keep_duplicates: bool) -> np.ndarray:
+        """Ids a round never proposes: pending items of recent rounds, and (unless duplicates are kept)
+        non-representative duplicates and the copies of labelled items (answered already)."""
+        excluded = self._pending(concept_id, labelled)
+        if keep_duplicates:
+            return excluded
+        cat = self.ws.catalog
+        return np.union1d(np.union1d(excluded, cat.non_representative_ids()), cat.group_mates(labelled))
+
     def _pending(self, concept_id: int, labelled: np.ndarray) -> np.ndarray:
         """Items proposed in this concept's rounds and not labelled yet (not proposed twice)."""
         pending: list[int] = []
@@ -495,9 +504,7 @@ class Miner:
         corpus = self._corpus(searcher)
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         labelled_in = _in_sorted(corpus, labelled)  # corpus is sorted: O(L log N), not a sort of N
-        excluded = self._pending(concept.id, labelled)
-        if not keep_duplicates:
-            excluded = np.union1d(excluded, cat.non_representative_ids())
+        excluded = self._excluded(concept.id, labelled, keep_duplicates)
         round_no = len(cat.rounds(concept.id)) + 1
         rng = np.random.default_rng(seed if seed is not None else [concept.id, round_no])
         seed_hits = self._seed_hits(searcher, concept, labelled[labels == 1], batch) if (labels == 1).sum() == 0 or (labels == 0).sum() == 0 else []

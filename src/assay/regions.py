@@ -1336,9 +1336,7 @@ class RegionMiner(Miner):
         corpus = self._corpus(searcher)
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         labelled_in = np.isin(labelled, corpus)
-        excluded = self._pending(concept.id, labelled)
-        if not keep_duplicates:
-            excluded = np.union1d(excluded, cat.non_representative_ids())
+        excluded = self._excluded(concept.id, labelled, keep_duplicates)
         round_no = len(cat.rounds(concept.id)) + 1
         rng = np.random.default_rng(seed if seed is not None else [concept.id, round_no])
         rX, ry = region_training_set(self.ws, concept.name, self.encoder_name)

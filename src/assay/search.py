@@ -419,7 +419,8 @@ class Searcher:
             meta = self.store.meta()
             d = self.ws.index_dir(self.encoder_name) / _MAIN
             if not (d / "meta.json").exists():
-                raise IndexNotBuiltError(f"no index for encoder {self.encoder_name!r}; build it with `assay index`")
+                flag = "" if self.encoder_name == self.ws.default_encoder else f" --encoder {self.encoder_name}"
+                raise IndexNotBuiltError(f"no index for encoder {self.encoder_name!r}; build it with `assay index{flag}`")
             self._index = VectorIndex.load(d, mmap=True, expect_encoder=self.encoder_name)
             if self._index.encoder_version != meta["version"]:
                 raise IndexNotBuiltError(
@@ -463,6 +464,10 @@ class Searcher:
         if self._encoder is None:
             from .embed import load_encoder
 
+            if self.encoder_name.split(":", 1)[0] == "precomputed":
+                raise InputError(
+                    f"{self.encoder_name!r} holds embeddings made elsewhere: it cannot embed a new image or text "
+                    "query; search with --item ID (an item of the corpus), or with an encoder that can embed it")
             self._encoder = load_encoder(self.encoder_name)
         return self._encoder
 

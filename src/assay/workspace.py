@@ -112,12 +112,21 @@ class Workspace:
             get_encoder(default_encoder)  # an unknown name fails now, not at the first embed (nothing is loaded)
         if catalog is not None and "://" not in catalog:
             raise InputError(f"--catalog must be a database URL such as postgresql://user@host/db, got {catalog!r}")
-        root.mkdir(parents=True, exist_ok=True)
-        for sub in ("vectors", "index", "cache"):
-            (root / sub).mkdir(exist_ok=True)
+        made = [p for p in (root, root / "vectors", root / "index", root / "cache") if not p.exists()]
+        for p in made:
+            p.mkdir(parents=True, exist_ok=True)
         cfg = WorkspaceConfig(catalog=catalog or _SQLITE_DEFAULT, default_encoder=default_encoder)
         ws = cls(root, cfg)
-        ws.catalog.open()  # create the tables now, so a bad URL fails at init rather than later
+        try:
+            ws.catalog.open()  # create the tables now, so a bad URL fails at init rather than later
+        except BaseException:
+            ws.close()
+            for p in reversed(made):  # leave the folder as it was (a retry with the right URL then works)
+                try:
+                    p.rmdir()
+                except OSError:
+                    pass
+            raise
         ws._write_config()
         return ws
 

@@ -52,8 +52,9 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
 
 
 @contextlib.contextmanager
-def errors_to_exit() -> Iterator[None]:
-    """Turn assay's errors into a clear message and a non-zero exit code (2 for bad input)."""
+def errors_to_exit(interrupted: str = "interrupted; finished work was kept, run the command again to resume") -> Iterator[None]:
+    """Turn assay's errors into a clear message and a non-zero exit code (2 for bad input); ``interrupted``
+    is what Ctrl-C prints."""
     try:
         yield
     except (InputError, NotFoundError) as exc:
@@ -61,7 +62,7 @@ def errors_to_exit() -> Iterator[None]:
     except AssayError as exc:
         raise fail(str(exc), 1) from None
     except KeyboardInterrupt:
-        raise fail("interrupted; finished work was kept, run the command again to resume", 130) from None
+        raise fail(interrupted, 130) from None
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ def embed(
     encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder name (default: the workspace's). 'precomputed' imports --from PATH.")] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="With --encoder precomputed[:NAME]: embeddings to import (.npy+ids, clip-retrieval folder, .parquet).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Rows per committed shard.")] = 4096,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Rows per committed shard (default 4096; with --engine ray, items per task and shard, default 1024, so that a corpus is spread over the actors).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decode threads.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Embed at most N items.")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Drop this encoder's stored embeddings first (and its regions, with --regions).")] = False,
@@ -156,13 +156,13 @@ def embed(
 
                 with progress_bar(f"embed {name} on Ray", enabled=not json_) as (start, advance):
                     report = embed_with_ray(
-                        ws, name, address=address, batch_size=batch_size, task_size=shard_size,
+                        ws, name, address=address, batch_size=batch_size, task_size=shard_size or 1024,
                         decode_threads=workers or 4, limit=limit, reset=reset, progress=advance, on_start=start,
                     )
             else:
                 with progress_bar(f"embed {name}", enabled=not json_) as (start, advance):
                     report = run_embed(
-                        ws, name, batch_size=batch_size, shard_size=shard_size, workers=workers, limit=limit,
+                        ws, name, batch_size=batch_size, shard_size=shard_size or 4096, workers=workers, limit=limit,
                         reset=reset, progress=advance, on_start=start,
                     )
         region_report = None
@@ -171,7 +171,7 @@ def embed(
 
             with progress_bar(f"regions {region_spec.key}", enabled=not json_) as (start, advance):
                 region_report = embed_regions(
-                    ws, name, spec=region_spec, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                    ws, name, spec=region_spec, batch_size=batch_size, shard_size=shard_size or 4096, workers=workers,
                     limit=limit, reset=reset or reset_regions, progress=advance, on_start=start,
                 )
         if json_:
@@ -194,6 +194,12 @@ def embed(
         )
         for item_id, reason in report.error_samples[:10]:
             out.print(f"error: item {item_id}: {reason}")
+        if report.errors > 10:
+            out.print(f"... and {report.errors - 10} more (`assay status --errors` lists them all)")
+        if limit is not None:
+            left = ws.status()["pending"].get(report.encoder, 0)
+            if left:
+                out.print(f"--limit {limit}: {left} items are still pending; run `assay embed` again for them")
 
 
 def _repair_stores(ws: object, name: str) -> list[dict[str, object]]:

@@ -186,7 +186,7 @@ def label(
     from ..errors import InputError
     from ..loop import Miner, read_label_file
 
-    with errors_to_exit():
+    with errors_to_exit("interrupted; a label file is recorded in one transaction: all of its labels were written or none (`assay concept list` shows the counts)"):
         if source not in ("human", "oracle", "import"):
             raise InputError(f"--source must be human, oracle or import, got {source!r}")
         ws = open_workspace(workspace)

@@ -41,7 +41,7 @@ import numpy as np
 from ..catalog import ItemRow
 from ..embed import EmbedReport, _decode_one, _run_batch, _ShardWriter, _text_batch, load_encoder
 from ..encoders.base import Encoder, draft_size, get_encoder
-from ..errors import DecodeError, EncoderError, InputError, require
+from ..errors import ClusterUnavailableError, DecodeError, EncoderError, InputError, require
 
 __all__ = ["embed_with_ray"]
 
@@ -59,13 +59,41 @@ def _ray_session(address: str | None, **init_kwargs: Any) -> Iterator[Any]:
         yield ray
         return
     if address:
-        ray.init(address=address, **init_kwargs)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **init_kwargs)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            raise ClusterUnavailableError(f"cannot connect to the Ray cluster at {address!r}: {exc}".strip()) from exc
     else:
         ray.init(include_dashboard=False, **init_kwargs)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+#: Seconds to wait for a Ray address to accept a connection before giving up (Ray itself waits minutes).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast, with one line, when ``host:port`` (or ``ray://host:port``) does not accept connections."""
+    import socket
+
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    if address == "auto" or ":" not in hostport:
+        return  # "auto" finds a local cluster itself (and fails at once when there is none)
+    host, _, port = hostport.rstrip("/").rpartition(":")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise InputError(f"Ray address must be host:port, ray://host:port or auto, got {address!r}") from None
+    try:
+        socket.create_connection((host.strip("[]"), port_no), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterUnavailableError(
+            f"cannot connect to the Ray cluster at {address!r}: {exc} (is `ray start --head` running there?)"
+        ) from None
 
 
 class _Collector:
