@@ -118,10 +118,8 @@ def test_rows_whose_text_or_metadata_changed_are_reported_and_the_catalog_keeps_
     m.write_text("text,label\nalpha sentence,a\nbeta sentence,b\n")
     ingest(ws.catalog, [m])
     m.write_text("text,label\nNEW first sentence,n\nalpha sentence,a\nbeta sentence,b\n")
-    with caplog.at_level("WARNING"):
-        rep = ingest(ws.catalog, [m])
-    assert (rep.new, rep.already_present, rep.differing) == (1, 2, 2)
-    assert "give the manifest an `id` column" in caplog.text
+    rep = ingest(ws.catalog, [m])
+    assert (rep.new, rep.already_present, rep.differing, rep.differing_by_row) == (1, 2, 2, 2)
     assert any("row 1" in s and "text" in s for s in rep.differing_samples)
     texts = sorted(r.text for r in ws.catalog.get_many(ws.catalog.ids()))
     assert texts == ["alpha sentence", "beta sentence", "beta sentence"]  # the catalog keeps what it had
@@ -184,6 +182,7 @@ def test_cli_status_lists_pending_index_state_and_every_error(ws, tmp_path):
     _solid(tmp_path / "imgs" / "img_000.png", (5, 5, 5), size=(30, 30))
     r = runner.invoke(app, [*w, "ingest", str(tmp_path / "imgs")])
     assert "1 files changed since they were ingested" in r.output and "1 stale embeddings were dropped" in r.output
+    assert "of concept" not in r.output  # no concept uses it
     assert "7 items that had failed still fail" in r.output
 
 
@@ -287,3 +286,80 @@ def test_a_workspace_refuses_another_workspace_s_catalog(tmp_path, monkeypatch):
     assert w.status()["items"]["total"] == 3
     assert json.loads((tmp_path / "b" / "assay.json").read_text())["catalog_id"] == w.catalog.get_value("catalog_id")
     w.close()
+
+
+def test_changes_are_logged_in_the_catalog_so_no_workspace_keeps_a_stale_embedding(tmp_path):
+    """A file put back with other bytes, a re-ingest whose workspace never dropped the old vectors (killed,
+    or run through the catalog alone), and a second workspace on the same catalog: all re-embed the item."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, c in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)]):
+        _solid(folder / f"{i}.png", c)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = Workspace.init(tmp_path / "a", catalog=url, default_encoder="test-mean-color")
+    ingest(a, [folder])
+    b = Workspace.init(tmp_path / "b", catalog=url, default_encoder="test-mean-color")  # shares a's catalog
+    for w in (a, b):
+        embed(w)
+        build_index(w, kind="flat")
+    item = a.catalog.id_for_uri(str(folder / "0.png"))
+    old = a.vectors().get([item])[0]
+    # 1. Gone, then back with other bytes: revived, and logged as a change.
+    (folder / "0.png").unlink()
+    assert ingest(a, [folder]).missing == 1
+    _solid(folder / "0.png", (250, 250, 0), size=(20, 20))
+    rep = ingest(a, [folder])
+    assert rep.revived == 1 and rep.embeddings_dropped == 1
+    embed(a)
+    assert not np.allclose(a.vectors().get([item])[0], old)
+    # 2. b never saw it: its search leaves the item out, its status says so, its next embed redoes it.
+    assert item in b.pending_changes().tolist()
+    hits = Searcher(b).search(vector=old, k=4)
+    assert item not in [h.id for h in hits]
+    assert b.status()["indexes"]["test-mean-color"]["up_to_date"] is False
+    embed(b)
+    assert not len(b.pending_changes())
+    assert np.allclose(b.vectors().get([item])[0], a.vectors().get([item])[0])
+    build_index(b)
+    assert b.status()["indexes"]["test-mean-color"]["up_to_date"] is True
+    # 3. A re-ingest through the catalog alone (as a killed run leaves it): the next embed drops and redoes it.
+    before = a.vectors().get([item])[0]
+    _solid(folder / "0.png", (10, 120, 250), size=(24, 24))
+    assert ingest(a.catalog, [folder]).changed == 1
+    assert a.vectors().contains(np.array([item]))[0]  # not dropped yet ...
+    assert item not in [h.id for h in Searcher(a).search(vector=before, k=4)]  # ... but never served
+    embed(a)
+    assert not np.allclose(a.vectors().get([item])[0], before)
+    a.close()
+    b.close()
+
+
+def test_a_gone_file_is_left_out_of_search_at_once_and_the_index_is_out_of_date(ws, tmp_path):
+    paths = write_images(tmp_path / "imgs", 5, size=(16, 16))
+    ingest(ws, [tmp_path / "imgs"])
+    embed(ws)
+    build_index(ws, kind="flat")
+    gone = ws.catalog.id_for_uri(str(paths[1]))
+    vec = ws.vectors().get([gone])[0]
+    paths[1].unlink()
+    assert ingest(ws, [tmp_path / "imgs"]).missing == 1
+    assert gone not in [h.id for h in Searcher(ws).search(vector=vec, k=5)]
+    assert ws.status()["indexes"]["test-mean-color"]["up_to_date"] is False
+    build_index(ws)
+    assert ws.status()["indexes"]["test-mean-color"]["up_to_date"] is True
+
+
+def test_a_changed_file_that_carries_labels_is_pointed_out(ws, tmp_path):
+    from assay.loop import Miner
+
+    paths = write_images(tmp_path / "imgs", 4, size=(16, 16))
+    ingest(ws, [tmp_path / "imgs"])
+    embed(ws)
+    ids = [ws.catalog.id_for_uri(str(p)) for p in paths]
+    ws.catalog.add_concept("fish", exemplars=[ids[0]], exemplar_annotator="exemplar")
+    Miner(ws, "fish").record_labels([ids[1]], [0])
+    _solid(paths[0], (1, 1, 1), size=(30, 30))
+    _solid(paths[1], (2, 2, 2), size=(30, 30))
+    _solid(paths[2], (3, 3, 3), size=(30, 30))
+    rep = ingest(ws, [tmp_path / "imgs"])
+    assert rep.changed == 3 and rep.changed_in_concepts == {"fish": 2}

@@ -108,6 +108,18 @@ dup_members_table = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Items whose bytes changed after they were ingested (a replaced file, or one revived with other bytes): an
+# append-only log that every workspace on the catalog reads to drop the embeddings it made of the old bytes.
+item_changes_table = sa.Table(
+    "item_changes",
+    metadata,
+    sa.Column("seq", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("item_id", sa.BigInteger, nullable=False),
+    sa.Column("old_sha256", sa.String(64)),
+    sa.Column("new_sha256", sa.String(64)),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 # Mining: concepts, labels (append-only history with provenance), rounds and their proposed batches.
 concepts_table = sa.Table(
     "concepts",
@@ -590,7 +602,8 @@ class Catalog(_MiningMixin):
             scheme = self.url.split(":", 1)[0].split("+", 1)[0]
             if scheme in ("postgresql", "postgres"):
                 raise MissingDependencyError(exc.name or "psycopg", "postgres", "a PostgreSQL catalog") from exc
-            raise MissingDependencyError(exc.name or "a database driver", None,
+            pip_name = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "cx_Oracle": "oracledb"}.get(exc.name or "", exc.name)
+            raise MissingDependencyError(pip_name or "a database driver", None,
                                          f"a {scheme} catalog (assay is tested on SQLite and PostgreSQL)") from exc
         except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:
             raise InputError(
@@ -748,6 +761,7 @@ class Catalog(_MiningMixin):
         n = 0
         with self.engine.begin() as conn:
             for r in rows:
+                old_sha = conn.execute(sa.select(t.c.sha256).where(t.c.uri == r["uri"])).scalar()
                 changed_or_unread = sa.or_(
                     t.c.sha256.is_(None), t.c.sha256 != r.get("sha256"),
                     *[t.c.error.like(p + "%") for p in self.READ_ERROR_PREFIXES],
@@ -759,8 +773,48 @@ class Catalog(_MiningMixin):
                     )
                 )
                 n += res.rowcount or 0
+                if res.rowcount and old_sha is not None and old_sha != r.get("sha256"):
+                    self._log_change(conn, r["uri"], old_sha, r.get("sha256"))  # back with other bytes
             self._relink_duplicates(conn, {r["sha256"] for r in rows if r.get("sha256")})
         return n
+
+    @staticmethod
+    def _log_change(conn: sa.Connection, uri: str, old_sha: str | None, new_sha: str | None) -> None:
+        item_id = conn.execute(sa.select(items_table.c.id).where(items_table.c.uri == uri)).scalar()
+        if item_id is not None:
+            conn.execute(sa.insert(item_changes_table).values(
+                item_id=int(item_id), old_sha256=old_sha, new_sha256=new_sha, changed_at=_now()))
+
+    def concepts_using(self, ids: Sequence[int] | np.ndarray) -> dict[str, int]:
+        """``{concept name: how many of ids it has labels on or uses as exemplars}`` (concepts using none are
+        left out): what a change of those items' bytes puts in question."""
+        want = {int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)}
+        if not want:
+            return {}
+        names = {c.id: c.name for c in self.concepts()}
+        used: dict[int, set[int]] = {}
+        for c in self.concepts():
+            hit = want & {int(e) for e in c.exemplars}
+            if hit:
+                used.setdefault(c.id, set()).update(hit)
+        t = labels_table
+        with self.engine.connect() as conn:
+            wl = sorted(want)
+            for start in range(0, len(wl), 900):
+                q = sa.select(t.c.concept_id, t.c.item_id).where(t.c.item_id.in_(wl[start : start + 900])).distinct()
+                for r in conn.execute(q):
+                    used.setdefault(int(r.concept_id), set()).add(int(r.item_id))
+        return {names.get(k, str(k)): len(v) for k, v in sorted(used.items())}
+
+    def changes_since(self, seq: int) -> tuple[np.ndarray, int]:
+        """Items whose bytes changed after change number ``seq``: ``(item ids, the latest change number)``.
+        A workspace drops its embeddings of these ids (:meth:`assay.workspace.Workspace.apply_changes`)."""
+        t = item_changes_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.seq, t.c.item_id).where(t.c.seq > int(seq)).order_by(t.c.seq)).all()
+            last = conn.execute(sa.select(sa.func.max(t.c.seq))).scalar()
+        ids = np.unique(np.asarray([int(r.item_id) for r in rows], dtype=np.int64))
+        return ids, int(last or 0)
 
     @staticmethod
     def _relink_duplicates(conn: sa.Connection, hashes: Iterable[str]) -> None:
@@ -830,6 +884,8 @@ class Catalog(_MiningMixin):
                 ))
                 changed.append(int(cur.id))
                 hashes.update(h for h in (cur.sha256, r["sha256"]) if h)
+                conn.execute(sa.insert(item_changes_table).values(  # in the same transaction as the new hash
+                    item_id=int(cur.id), old_sha256=cur.sha256, new_sha256=r["sha256"], changed_at=_now()))
             self._relink_duplicates(conn, hashes)
         return changed
 

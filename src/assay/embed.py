@@ -212,6 +212,7 @@ def embed(
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
     t0 = time.perf_counter()
     enc = load_encoder(encoder or ws.default_encoder)
+    ws.apply_changes()  # embeddings of items whose bytes changed since are dropped, so they are embedded again
     store = ws.vectors(enc.name)
     report = EmbedReport(encoder=enc.name, version=enc.version, dim=enc.dim)
     with store:
@@ -254,7 +255,9 @@ def _embed_images(
     draft = draft_size(enc) if not hooks else None
     workers = workers or max(2, os.cpu_count() or 2)
     window = batch_size * 3  # items decoded ahead of inference
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assay-decode") as pool:
+    from .ingest import cancel_on_error
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assay-decode") as pool, cancel_on_error(pool):
         inflight: deque[tuple[int, Future]] = deque()
         items = ws.catalog.iter_items(ids)
         exhausted = False

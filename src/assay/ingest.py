@@ -19,6 +19,7 @@ byte is read, so ingesting the same source again adds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +33,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .catalog import Catalog
-from .errors import AssayError, DecodeError, InputError, MissingDependencyError, NotFoundError, StorageUnavailableError
+from .errors import (
+    AssayError, DecodeError, InputError, MissingDependencyError, NotFoundError, StorageUnavailableError, WorkspaceError,
+)
 from .media import DEFAULT_MAX_PIXELS, file_uri, is_local, local_path, probe_image, read_bytes
 
 if TYPE_CHECKING:
@@ -71,7 +74,9 @@ class IngestReport:
     repeated_rows: int = 0  # rows of a source that name a URI an earlier row of the same run named
     differing: int = 0  # already present items whose row now holds other text or metadata (kept as stored)
     differing_samples: list[str] = field(default_factory=list)
+    differing_by_row: int = 0  # of them, text rows keyed by their row number (a manifest without an id column)
     embeddings_dropped: int = 0  # stored embeddings of changed items removed (when a workspace is given)
+    changed_in_concepts: dict[str, int] = field(default_factory=dict)  # concept -> changed items it labelled/uses
     seconds: float = 0.0
 
     @property
@@ -93,7 +98,9 @@ class IngestReport:
             "repeated_rows": self.repeated_rows,
             "differing": self.differing,
             "differing_samples": self.differing_samples[:10],
+            "differing_by_row": self.differing_by_row,
             "embeddings_dropped": self.embeddings_dropped,
+            "changed_in_concepts": self.changed_in_concepts,
             "skipped_files": self.skipped_files,
             "skipped_rows": len(self.skipped_rows),
             "skipped_row_samples": self.skipped_rows[:10],
@@ -174,7 +181,7 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
             report.skipped_rows.append(f"{d}: an assay workspace (its thumbnails and files are not corpus items)")
             continue
         if key in seen_dirs:
-            log.warning("folder already walked, skipped (a symlink to it, or a symlink loop): %s", d)
+            log.info("folder already walked, skipped (a symlink to it, or a symlink loop): %s", d)
             report.skipped_rows.append(f"{d}: folder already walked (a symlink to it, or a symlink loop)")
             continue
         seen_dirs.add(key)
@@ -373,7 +380,9 @@ def _read_manifest_table(uri: str):
         msg = str(exc)
         if "UTF8" in msg or "utf8" in msg.lower():
             msg += " (manifests must be UTF-8 text: re-save it as UTF-8)"
-        raise InputError(f"cannot read manifest {uri}: {msg}") from exc
+        if "Multiple matches for FieldRef" in msg:
+            msg = "a column name appears more than once; rename or drop the copies"
+        raise InputError(f"cannot read manifest {uri}: {msg.strip().splitlines()[0]}") from exc
 
 
 def _open_manifest(uri: str, report: IngestReport) -> Iterator[_Candidate]:
@@ -534,7 +543,7 @@ def ingest(
     def probe(c: _Candidate) -> dict[str, Any]:
         return probe_item(c, max_pixels)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool, cancel_on_error(pool):
         for source, kind, candidates in plans:
             report.sources.append(source)
             source_id = cat.add_source(source, kind)
@@ -591,18 +600,36 @@ def ingest(
             if n_seen == 0:
                 log.warning("source %s holds no items", source)
     if report.differing:
-        log.warning("%d rows hold other text or metadata than the catalog has for the same item; the catalog "
-                    "keeps what it had (e.g. %s). Text rows without an `id` column are keyed by their row number: "
-                    "give the manifest an `id` column, or a new uri, to add a changed row as a new item",
-                    report.differing, "; ".join(report.differing_samples[:3]))
-    if report.changed and ws is not None:
-        report.embeddings_dropped = ws.forget_embeddings(report.changed_ids)
+        log.info("%d rows hold other text or metadata than the catalog has for the same item; the catalog "
+                 "keeps what it had (e.g. %s)", report.differing, "; ".join(report.differing_samples[:3]))
+    if report.changed_ids:
+        report.changed_in_concepts = cat.concepts_using(report.changed_ids)
+        if report.changed_in_concepts:
+            log.info("changed items carry labels or are exemplars: %s", report.changed_in_concepts)
+    if ws is not None:
+        # The catalog logged every change with its new hash; dropping this workspace's stale embeddings now
+        # (or, if a store is busy, at the next embed / index) cannot be lost between the two.
+        try:
+            report.embeddings_dropped = ws.apply_changes()
+        except WorkspaceError as exc:
+            log.warning("the embeddings of items that changed are dropped by the next `assay embed` or `assay "
+                        "index` (%s)", exc)
     elif report.changed:
-        log.warning("%d items changed since they were ingested; their stored embeddings are stale: pass the "
-                    "workspace to ingest(), or call Workspace.forget_embeddings(report.changed_ids)", report.changed)
+        log.info("%d items changed since they were ingested; `embed` and `index` drop their stale embeddings "
+                 "(Workspace.apply_changes)", report.changed)
     report.exact_duplicates = cat.count()["exact_duplicates"]
     report.seconds = time.perf_counter() - t0
     return report
+
+
+@contextlib.contextmanager
+def cancel_on_error(pool: ThreadPoolExecutor) -> Iterator[None]:
+    """On an error, drop the probes still queued instead of running them all before the error is raised."""
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _file_changed(c: _Candidate, st: dict[str, Any]) -> bool:
@@ -664,6 +691,7 @@ def _compare_row(c: _Candidate, st: dict[str, Any], report: IngestReport) -> Non
         what.append("metadata " + ", ".join(keys[:5]))
     if what:
         report.differing += 1
+        report.differing_by_row += "#row=" in c.uri
         if len(report.differing_samples) < 10:
             report.differing_samples.append(f"{c.label or c.uri}: {' and '.join(what)} changed")
 

@@ -415,7 +415,9 @@ class Miner:
         return Searcher(self.ws, self.encoder_name)
 
     def _corpus(self, searcher) -> np.ndarray:
-        return np.sort(searcher.index().ids)
+        ids = np.sort(searcher.index().ids)
+        stale = searcher.stale_ids()  # changed or failed files the index still holds until `assay index`
+        return ids[~np.isin(ids, stale)] if len(stale) else ids
 
     def _round_lock(self):
         """One round of a concept proposed at a time (CLI runs, the server): the second waits, then leaves out

@@ -138,6 +138,7 @@ def _build_index_locked(
         raise InputError(f"pca must be a positive integer number of dimensions, got {pca!r}")
     t0 = time.perf_counter()
     name = encoder or ws.default_encoder
+    ws.apply_changes()  # stale embeddings of changed items go first (and mark the index for a rebuild)
     store = ws.vectors(name)
     meta = store.meta()  # raises NoEmbeddingsError with a hint
     root = ws.index_dir(name)
@@ -471,15 +472,20 @@ class Searcher:
             self._encoder = load_encoder(self.encoder_name)
         return self._encoder
 
+    def stale_ids(self) -> np.ndarray:
+        """Ids the index may still hold but must not serve until `assay index` runs: items whose files were
+        replaced (their embeddings dropped, or not yet dropped from this workspace), and items whose files
+        are gone or failed since the index was built."""
+        ex = np.union1d(self.ws.pending_changes(), self.ws.catalog.ids(status="error"))
+        changed = self.ws.changed_since_index(self.encoder_name)
+        return ex if changed is None else np.union1d(ex, changed)
+
     def excluded_ids(self, keep_duplicates: bool) -> np.ndarray | None:
         """Ids never returned: non-representative duplicates (unless kept), and items whose files changed since
         the index was built (until `assay index` rebuilds it)."""
-        changed = self.ws.changed_since_index(self.encoder_name)  # files replaced since the index was built
-        if keep_duplicates:
-            return changed
-        ex = self.ws.catalog.non_representative_ids()
-        if changed is not None:
-            ex = np.union1d(ex, changed)
+        ex = self.stale_ids()
+        if not keep_duplicates:
+            ex = np.union1d(ex, self.ws.catalog.non_representative_ids())
         return ex if len(ex) else None
 
     # -------------------------------------------------------------- query vectors

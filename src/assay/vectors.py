@@ -369,7 +369,8 @@ class VectorStore:
         ok[ok] = sorted_ids[pos[ok]] == ids[ok]
         if not ok.all():
             missing = ids[~ok][:5].tolist()
-            raise NotFoundError(f"{int((~ok).sum())} ids have no stored embedding, e.g. {missing}")
+            raise NotFoundError(f"{int((~ok).sum())} ids have no stored embedding, e.g. {missing} (not embedded yet, "
+                                "their files failed, or they changed since: run `assay embed`, then `assay index`)")
         shards = self.shards()
         for k in np.unique(shard_no[pos]):
             sel = shard_no[pos] == k

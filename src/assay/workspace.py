@@ -33,6 +33,8 @@ from .vectors import VectorStore, encoder_key
 CHANGED_IDS_FILE = "changed-items.npy"
 #: Catalog key/value entry holding the catalog's identity (a UUID), recorded in assay.json too.
 CATALOG_ID_KEY = "catalog_id"
+#: The last entry of the catalog's change log whose embeddings this workspace has dropped.
+CHANGES_APPLIED_FILE = "changes-applied.json"
 log = logging.getLogger(__name__)
 
 _LOCKS = threading.local()  # lock files this thread holds (the locks are re-entrant within a thread)
@@ -89,7 +91,11 @@ class WorkspaceConfig:
 class Workspace:
     """A corpus on disk. Use :meth:`init` to create one and :meth:`open` to open one."""
 
-    def __init__(self, root: str | os.PathLike[str], config: WorkspaceConfig) -> None:
+    def __init__(self, root: str | os.PathLike[str], config: WorkspaceConfig | None = None) -> None:
+        """``Workspace(root)`` opens the workspace at ``root`` (as :meth:`open`); :meth:`init` creates one."""
+        if config is None:
+            opened = Workspace.open(root)
+            root, config = opened.root, opened.config
         self.root = Path(root).absolute()
         self.config = config
         self._catalog: Catalog | None = None
@@ -128,6 +134,7 @@ class Workspace:
                     pass
             raise
         ws._write_config()
+        ws._set_applied_seq(ws.catalog.changes_since(2**62)[1])  # a new workspace has no old embeddings
         return ws
 
     @classmethod
@@ -264,11 +271,43 @@ class Workspace:
                 removed += store.delete(drop)
             idir = self.root / "index" / d.name.split("@", 1)[0]
             if idir.is_dir():  # the index still holds the old vectors: `assay index` rebuilds, search skips them
-                marker = idir / CHANGED_IDS_FILE
-                old = np.load(marker) if marker.exists() else np.zeros(0, np.int64)
-                tmp = marker.with_name(marker.name + ".tmp.npy")
-                np.save(tmp, np.union1d(old, ids).astype(np.int64))
-                os.replace(tmp, marker)
+                # Under the index's write lock: a build running now finishes first, then sees this marker.
+                with exclusive_lock(idir / ".write.lock", f"an index build at {idir} is running; waiting for it"):
+                    marker = idir / CHANGED_IDS_FILE
+                    old = np.load(marker) if marker.exists() else np.zeros(0, np.int64)
+                    tmp = marker.with_name(marker.name + ".tmp.npy")
+                    np.save(tmp, np.union1d(old, ids).astype(np.int64))
+                    os.replace(tmp, marker)
+        return removed
+
+    # ------------------------------------------------------------------ changed items
+    def _applied_path(self) -> Path:
+        return self.root / CHANGES_APPLIED_FILE
+
+    def _applied_seq(self) -> int:
+        try:
+            return int(json.loads(self._applied_path().read_text())["seq"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _set_applied_seq(self, seq: int) -> None:
+        tmp = self._applied_path().with_name(CHANGES_APPLIED_FILE + ".tmp")
+        tmp.write_text(json.dumps({"seq": int(seq)}) + "\n")
+        os.replace(tmp, self._applied_path())
+
+    def pending_changes(self) -> np.ndarray:
+        """Ids of items whose bytes changed (in the catalog's change log) since this workspace last dropped
+        its embeddings of changed items: their stored vectors describe the old bytes."""
+        return self.catalog.changes_since(self._applied_seq())[0]
+
+    def apply_changes(self) -> int:
+        """Drop this workspace's embeddings of items whose bytes changed since it last looked (whoever
+        re-ingested them: this workspace, another one on a shared catalog, or a run that was killed before
+        it got here). ``embed``, ``index`` and ``ingest`` call it; returns the rows dropped."""
+        ids, last = self.catalog.changes_since(self._applied_seq())
+        removed = self.forget_embeddings(ids) if len(ids) else 0
+        if last != self._applied_seq():
+            self._set_applied_seq(last)
         return removed
 
     def changed_since_index(self, encoder: str | None = None) -> np.ndarray | None:
@@ -330,8 +369,17 @@ class Workspace:
                 continue
             built_on = meta.get("metadata", {}).get("store_rows")
             changed = self.changed_since_index(name)
-            out[name] = {"vectors": int(meta.get("count", 0)), "built_on": built_on,
-                         "up_to_date": built_on == rows and changed is None}
+            vectors = int(meta.get("count", 0))
+            # What an index built now would hold: the stored vectors of items that are ok (a file gone since
+            # is left out by the next `assay index`).
+            store = self.vectors(name)
+            try:
+                want = int(np.isin(store.ids(), self.catalog.ids(status="ok")).sum()) if store.exists() else 0
+            except DamagedStoreError:  # reported apart ("damaged"); the index state is not judged
+                want = vectors
+            out[name] = {"vectors": vectors, "built_on": built_on,
+                         "up_to_date": built_on == rows and changed is None and vectors == want
+                         and not len(self.pending_changes())}
         return out
 
 

@@ -64,11 +64,16 @@ def ingest(
         if report.changed:
             console.print(f"[yellow]warning:[/] {report.changed} files changed since they were ingested: their "
                           f"items have the new hash and size, {report.embeddings_dropped} stale embeddings were "
-                          "dropped; run `assay embed` and `assay index`", markup=True)
+                          "dropped; run `assay embed` (with `--regions SPEC` if you embed regions) and `assay "
+                          "index`", markup=True)
+            for concept, n in report.changed_in_concepts.items():
+                console.print(f"[yellow]warning:[/] {n} of them carry labels or are exemplars of concept "
+                              f"{concept!r}: the labels were given to the old files; check them", markup=True)
         if report.differing:
+            hint = (" (text rows without an `id` column are keyed by row number: give the manifest an `id` "
+                    "column so that rows may move)") if report.differing_by_row else ""
             console.print(f"[yellow]warning:[/] {report.differing} rows hold other text or metadata than the "
-                          "catalog has for their item; the catalog keeps what it had (text rows without an `id` "
-                          "column are keyed by row number: give the manifest an `id` column)", markup=True)
+                          f"catalog has for their item; the catalog keeps what it had{hint}", markup=True)
             for line in report.differing_samples[:5]:
                 out.print(f"  {line}")
         if report.skipped_files:
