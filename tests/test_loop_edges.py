@@ -511,3 +511,9 @@ def test_rounds_proposed_at_once_do_not_propose_the_same_items(ws, tmp_path):
     outs = [set(json.loads(p.communicate(timeout=120)[0])) for p in procs]
     assert all(len(o) == 6 for o in outs) and not (outs[0] & outs[1])
     assert len(ws.catalog.rounds(ws.catalog.concept("red").id)) == 5
+
+
+def test_a_label_file_with_an_unclosed_quote_says_so(ws, tmp_path):
+    (tmp_path / "q.csv").write_text('id,label\n"5,1\n6,0\n')
+    with pytest.raises(InputError, match="quote opened and never closed"):
+        read_label_file(ws, tmp_path / "q.csv")

@@ -152,3 +152,23 @@ def test_copies_of_a_labelled_item_are_not_proposed_again(tmp_path):
     _, out = Miner(ws, "red").propose(strategy="random", batch=40)
     assert not set(out.ids.tolist()) & set(orig_ids + copies)
     ws.close()
+
+
+def test_a_labelled_file_that_was_renamed_is_exported_from_its_new_path(tmp_path):
+    ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    folder = colour_corpus(tmp_path / "imgs", 6, 20, 0, size=(16, 16)).parent
+    ingest(ws, [folder])
+    embed(ws)
+    build_index(ws, kind="flat")
+    ws.catalog.add_concept("red", text="red")
+    ids = [int(i) for i in ws.catalog.ids()[:4]]
+    Miner(ws, "red").record_labels(ids, [1, 0, 1, 0])
+    moved = ws.catalog.get(ids[0]).uri
+    os.rename(moved, str(folder / "renamed.png"))
+    rep = ingest(ws, [folder])
+    assert rep.missing == 1 and rep.new == 1
+    out = export(ws, "red", fmt="imagefolder", out=tmp_path / "if")
+    assert out.left_out == 0 and out.positives == 2
+    placed = [p for p in (tmp_path / "if").rglob(f"{ids[0]}.png")]
+    assert len(placed) == 1 and os.path.realpath(placed[0]) == str(folder / "renamed.png")
+    ws.close()

@@ -785,6 +785,21 @@ class Catalog(_MiningMixin):
             conn.execute(sa.insert(item_changes_table).values(
                 item_id=int(item_id), old_sha256=old_sha, new_sha256=new_sha, changed_at=_now()))
 
+    def ok_copies(self, ids: Sequence[int] | np.ndarray) -> dict[int, str]:
+        """``{id: uri}``: for each of ``ids`` that has byte-identical items with status ok (e.g. a file that
+        was moved or renamed, its old item now "missing file"), the uri of the earliest such copy."""
+        t, o = items_table, items_table.alias("o")
+        wanted = [int(i) for i in ids]
+        out: dict[int, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 900):
+                q = (sa.select(t.c.id, o.c.id.label("copy"), o.c.uri).join(o, o.c.sha256 == t.c.sha256)
+                     .where(t.c.id.in_(wanted[start : start + 900])).where(o.c.id != t.c.id)
+                     .where(o.c.status == "ok").order_by(t.c.id, o.c.id))
+                for r in conn.execute(q):
+                    out.setdefault(int(r.id), r.uri)
+        return out
+
     def concepts_using(self, ids: Sequence[int] | np.ndarray) -> dict[str, int]:
         """``{concept name: how many of ids it has labels on or uses as exemplars}`` (concepts using none are
         left out): what a change of those items' bytes puts in question."""

@@ -514,6 +514,11 @@ def export(
             raise InputError(f"{concept!r} has {n_text} text items; the {fmt} export is for images: use csv, "
                              "parquet or label-studio for texts")
         broken = [r for r in rows if r.status != "ok"]
+        copies = ws.catalog.ok_copies([r.id for r in broken]) if broken else {}
+        for r in broken:  # a moved or renamed file: its old item failed, the same bytes live on elsewhere
+            if r.id in copies:
+                r.uri, r.status = copies[r.id], "ok"
+        broken = [r for r in broken if r.status != "ok"]
         if broken:  # a file that failed to read or decode would break the training job that reads the export
             import logging
 

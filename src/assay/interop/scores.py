@@ -472,7 +472,11 @@ def read_score_records(path: str | Path, what: str = "scores file") -> list[dict
 
             return jsonl_objects(p.read_text(encoding="utf-8-sig"), str(p))
         with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f, strict=True)
+            try:
+                rows = list(reader)
+            except csv.Error as exc:
+                raise InputError(f"{p} line {reader.line_num}: {exc} (a quote opened and never closed?)") from None
         for n, r in enumerate(rows, 2):
             if None in r:  # csv puts fields beyond the header under the key None
                 raise InputError(f"{p} line {n}: more fields than the header has columns")
