@@ -754,6 +754,7 @@ def embed_regions(
         raise InputError(f"dense regions pool a convolutional feature map, which encoder {enc.name!r} does not "
                          "expose; use efficientnet-lite0 / efficientnet-lite2, or a grid spec")
     ensure_tables(ws)
+    ws.apply_changes()  # regions of items whose bytes changed since are dropped, so they are embedded again
     store = region_store(ws, enc.name)
     report = RegionEmbedReport(encoder=enc.name, spec=spec.key, max_regions_per_image=spec.n_regions)
     R = spec.n_regions

@@ -242,6 +242,7 @@ def embed_with_ray(
     # Built here, loaded on the actors: the actors get this very object (class and parameters), so an encoder
     # registered in the driver's process need not be registered on the workers.
     meta_enc = get_encoder(enc_spec) if isinstance(enc_spec, str) else enc_spec
+    ws.apply_changes()  # embeddings of items whose bytes changed since are dropped, so they are embedded again
     store = ws.vectors(meta_enc.name)
     report = EmbedReport(encoder=meta_enc.name, version=meta_enc.version, dim=meta_enc.dim)
     with store:
