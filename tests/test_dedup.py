@@ -539,6 +539,26 @@ def test_dedup_incremental_checks_only_new_items_and_equals_a_full_run(dup_ws):
     assert other.mode == "full"
 
 
+def test_a_replaced_representative_dissolves_its_group_and_dedup_runs_in_full(dup_ws):
+    first = dedup(dup_ws, method="embedding", threshold=T)
+    n = ids_by_name(dup_ws)
+    assert named_groups(dup_ws, first.groups)["big_05"] == ["base_05", "big_05"]
+    # The representative's file is replaced by an unrelated image (another size, so ingest sees it).
+    band_image(distinct_colors(1, seed=99)[0], size=(128, 80), texture=99).save(dup_ws.src / "b" / "big_05.png")
+    rep = ingest(dup_ws, [dup_ws.src / "b"])
+    assert rep.changed == 1
+    # Its group no longer hides base_05 behind an image that does not look like it ...
+    assert n["base_05"] not in dup_ws.catalog.non_representative_ids().tolist()
+    assert "big_05" not in named_groups(dup_ws, dup_ws.catalog.duplicate_groups())
+    embed(dup_ws)
+    # ... and the next dedup checks everything again instead of trusting the old edges.
+    res = dedup(dup_ws, method="embedding", threshold=T)
+    assert res.mode == "full"
+    got = named_groups(dup_ws, res.groups)
+    assert "big_05" not in got and all("base_05" not in ms for ms in got.values())
+    assert got["base_03"] == ["base_03", "near_03"]
+
+
 def test_dedup_phash_caches_codes_and_counts_decode_failures(dup_ws, tmp_path):
     # a PNG whose header probes fine at ingest but whose data is cut: it cannot be decoded
     buf = io.BytesIO()

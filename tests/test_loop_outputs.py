@@ -151,6 +151,16 @@ def test_copies_of_a_labelled_item_are_not_proposed_again(tmp_path):
     Miner(ws, "red").record_labels(copies, [1, 0, 1])  # labels given on the copies
     _, out = Miner(ws, "red").propose(strategy="random", batch=40)
     assert not set(out.ids.tolist()) & set(orig_ids + copies)
+    # Harvest shows the originals with their copies' answers (a "no" leaves it out), and export --top does
+    # not offer them for labelling.
+    more = [int(i) for i in ws.catalog.ids() if int(i) not in orig_ids + copies][:10]
+    Miner(ws, "red").record_labels(more, [int(ws.catalog.get(i).meta.get("label") == "red") for i in more])
+    rows = {r["id"]: r for r in Miner(ws, "red").harvest(top=200, keep_duplicates=True)}
+    assert rows[orig_ids[0]]["label"] == 1 and rows[orig_ids[2]]["label"] == 1 and orig_ids[1] not in rows
+    rep = export(ws, "red", fmt="csv", out=tmp_path / "top.csv", top=50)
+    with open(tmp_path / "top.csv", newline="") as f:
+        offered = [int(r["id"]) for r in csv.DictReader(f) if r["label"] == ""]
+    assert rep.unlabelled == len(offered) > 0 and not set(offered) & set(orig_ids)
     ws.close()
 
 

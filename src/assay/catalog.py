@@ -782,8 +782,17 @@ class Catalog(_MiningMixin):
     def _log_change(conn: sa.Connection, uri: str, old_sha: str | None, new_sha: str | None) -> None:
         item_id = conn.execute(sa.select(items_table.c.id).where(items_table.c.uri == uri)).scalar()
         if item_id is not None:
-            conn.execute(sa.insert(item_changes_table).values(
-                item_id=int(item_id), old_sha256=old_sha, new_sha256=new_sha, changed_at=_now()))
+            Catalog._record_change(conn, int(item_id), old_sha, new_sha)
+
+    @staticmethod
+    def _record_change(conn: sa.Connection, item_id: int, old_sha: str | None, new_sha: str | None) -> None:
+        """Log that ``item_id``'s bytes changed (workspaces drop their embeddings of it), and take it out of
+        its near-duplicate group: a group it represented dissolves until `assay dedup` runs again, rather
+        than hide its members behind an image that no longer looks like them."""
+        conn.execute(sa.insert(item_changes_table).values(
+            item_id=item_id, old_sha256=old_sha, new_sha256=new_sha, changed_at=_now()))
+        d = dup_members_table
+        conn.execute(sa.delete(d).where(sa.or_(d.c.item_id == item_id, d.c.representative == item_id)))
 
     def ok_copies(self, ids: Sequence[int] | np.ndarray) -> dict[int, str]:
         """``{id: uri}``: for each of ``ids`` that has byte-identical items with status ok (e.g. a file that
@@ -899,8 +908,7 @@ class Catalog(_MiningMixin):
                 ))
                 changed.append(int(cur.id))
                 hashes.update(h for h in (cur.sha256, r["sha256"]) if h)
-                conn.execute(sa.insert(item_changes_table).values(  # in the same transaction as the new hash
-                    item_id=int(cur.id), old_sha256=cur.sha256, new_sha256=r["sha256"], changed_at=_now()))
+                self._record_change(conn, int(cur.id), cur.sha256, r["sha256"])  # in the same transaction
             self._relink_duplicates(conn, hashes)
         return changed
 
@@ -1164,19 +1172,28 @@ class Catalog(_MiningMixin):
         """The other members of the exact and near-duplicate groups that ``ids`` belong to (sorted, unique,
         ``ids`` themselves left out): a label on one copy answers for its copies."""
         want = {int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)}
+        mates: set[int] = set()
+        for g in self._groups_touching(want):
+            mates |= g
+        return np.asarray(sorted(mates - want), dtype=np.int64)
+
+    def mates_of(self, ids: Sequence[int] | np.ndarray) -> dict[int, set[int]]:
+        """``{id: the other members of its exact and near-duplicate groups}`` for those of ``ids`` in one."""
+        want = {int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)}
+        out: dict[int, set[int]] = {}
+        for g in self._groups_touching(want):
+            for i in g & want:
+                out.setdefault(i, set()).update(g - {i})
+        return out
+
+    def _groups_touching(self, want: set[int]) -> list[set[int]]:
         if not want:
-            return np.zeros(0, dtype=np.int64)
-        groups: list[set[int]] = []
+            return []
         exact: dict[int, set[int]] = {}
         for item, original in self.duplicate_map().items():
             exact.setdefault(original, {original}).add(item)
-        groups.extend(exact.values())
-        groups.extend(set(m) for m in self.duplicate_groups().values())
-        mates: set[int] = set()
-        for g in groups:
-            if g & want:
-                mates |= g
-        return np.asarray(sorted(mates - want), dtype=np.int64)
+        groups = list(exact.values()) + [set(m) for m in self.duplicate_groups().values()]
+        return [g for g in groups if g & want]
 
     def duplicate_map(self) -> dict[int, int]:
         """``{item id: id of the earliest item with the same bytes}`` for every exact duplicate."""

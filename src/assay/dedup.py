@@ -1084,7 +1084,7 @@ def _load_state(ws: "Workspace") -> tuple[dict[str, Any] | None, np.ndarray]:
         return None, np.zeros(0, np.int64)
 
 
-def _save_state(ws: "Workspace", key: dict[str, Any], checked: np.ndarray) -> None:
+def _save_state(ws: "Workspace", key: dict[str, Any], checked: np.ndarray, changes_seq: int = 0) -> None:
     d = _state_dir(ws)
     d.mkdir(parents=True, exist_ok=True)
     name = f"checked-{uuid.uuid4().hex[:12]}.npy"
@@ -1094,7 +1094,8 @@ def _save_state(ws: "Workspace", key: dict[str, Any], checked: np.ndarray) -> No
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, d / name)
-    state = {"format": _STATE_FORMAT, "key": key, "checked_file": name, "updated": time.time()}
+    state = {"format": _STATE_FORMAT, "key": key, "checked_file": name, "updated": time.time(),
+             "changes_seq": int(changes_seq)}  # the catalog's change log, read up to here
     tmp = d / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, d / "state.json")
@@ -1222,11 +1223,15 @@ def dedup(
     universe = np.unique(np.concatenate(universe_parts)) if universe_parts else np.zeros(0, np.int64)
 
     state, checked = _load_state(ws)
+    changed_ids, changes_seq = cat.changes_since(int(state.get("changes_seq", 0)) if state else 0)
     mode = "incremental"
     if not incremental or state is None or state.get("key") != key:
         mode, checked = "full", np.zeros(0, np.int64)
     elif len(checked) and not np.isin(checked, universe).all():
         # items left the corpus (errors, removed embeddings): their old edges cannot be undone piecemeal
+        mode, checked = "full", np.zeros(0, np.int64)
+    elif len(checked) and np.isin(changed_ids, checked).any():
+        # items whose bytes changed since they were checked (a replaced file): their old edges are wrong now
         mode, checked = "full", np.zeros(0, np.int64)
     query = universe[~np.isin(universe, checked)] if mode == "incremental" else universe
 
@@ -1324,7 +1329,7 @@ def dedup(
                 changed, method=method, threshold=_recorded_threshold(threshold, radius), items=touched
             )
         result.changed_groups = len(changed)
-    _save_state(ws, key, np.setdiff1d(np.union1d(checked, universe), failed))
+    _save_state(ws, key, np.setdiff1d(np.union1d(checked, universe), failed), changes_seq)
     result.groups = cat.duplicate_groups()
     result.seconds = time.perf_counter() - t0
     return result

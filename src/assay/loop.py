@@ -302,6 +302,9 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
     cols = set(records[0])
     if "label" not in cols or not ({"id", "uri"} & cols):
         raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
+    if {"x0", "y0", "x1", "y1"} <= cols:
+        log.warning("%s: the labels are recorded for the images; the box columns (x0, y0, x1, y1) are not region "
+                    "labels (answer a region with Y / N on the labelling page, or add_region_labels)", p)
 
     def blank(v: Any) -> bool:  # 0 and False are labels (negatives), not blanks
         return v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
@@ -602,7 +605,8 @@ class Miner:
 
         Pseudo-labels take part in training only with ``include_pseudo``. Items whose current label is
         negative are left out of the mined set unless ``include_negatives`` (a person said no); with
-        ``min_score``, so are items the model scores below it.
+        ``min_score``, so are items the model scores below it. A copy (exact or near duplicate) of a labelled
+        item carries its label in the output (and a "no" leaves it out too).
 
         For the linear proxy the ranking is a maximum-inner-product search on the FAISS index with the
         model's weight vector (the index holds unit vectors, and ``P = sigmoid(w.x + b)`` is monotone in
@@ -632,7 +636,15 @@ class Miner:
                 raise InputError(f"concept {concept.name!r} needs at least one positive and one negative label on "
                                  "embedded items to harvest; run `assay embed`")
         model = make_proxy(proxy).fit(store.get(labelled), labels)
-        negatives = set() if include_negatives else set(labelled[labels == 0].tolist())
+        label_of = dict(zip(labelled.tolist(), labels.tolist()))
+        # A copy (exact or near duplicate) of a labelled item carries its label: an answer given once counts
+        # for every copy (unless the copies were answered differently).
+        via_copy: dict[int, set[int]] = {}
+        for i, mates in cat.mates_of(labelled).items():
+            for m in mates - set(label_of):
+                via_copy.setdefault(m, set()).add(label_of[i])
+        label_of.update({m: next(iter(v)) for m, v in via_copy.items() if len(v) == 1})
+        negatives = set() if include_negatives else {i for i, v in label_of.items() if v == 0}
         fetch = top + len(negatives)  # the labelled negatives among the hits are dropped below
         if proxy == "logistic" and not searcher.index().metadata.get("pca"):
             w, _b = model.linear_weights()
@@ -656,7 +668,6 @@ class Miner:
         if min_score is not None:
             keep = probs >= float(min_score)
             ids, probs = ids[keep], probs[keep]
-        label_of = dict(zip(labelled.tolist(), labels.tolist()))
         uris, texts = cat.uris(ids), cat.texts(ids)
         return [
             {"id": int(i), "uri": uris.get(int(i), ""), **({"text": texts.get(int(i))} if texts else {}),

@@ -74,13 +74,19 @@ def dedup(
         # validate what was given before touching the workspace
         t = check_threshold(threshold) if threshold is not None else DEFAULT_THRESHOLD
         r = check_radius(radius) if radius is not None else DEFAULT_RADIUS
-        if t < 0.8:
-            import logging
+        import logging
 
-            logging.getLogger("assay.dedup").warning(
+        dlog = logging.getLogger("assay.dedup")
+        if threshold is not None and method == "phash":
+            dlog.warning("--threshold is a cosine for --method embedding or both; --method phash uses --radius")
+        if radius is not None and method == "embedding":
+            dlog.warning("--radius is a pHash distance for --method phash or both; --method embedding uses --threshold")
+        if t < 0.75:
+            dlog.warning(
                 "a threshold of %g groups items that are merely alike, not duplicates; on a corpus of tight "
                 "clusters every item then has many neighbours above it, and the pair search grows with their "
-                "square (minutes to hours at 100k+ items). Near duplicates sit at 0.9 and above.", t)
+                "square (minutes to hours at 100k+ items). Edited copies (resized, re-compressed, cropped, "
+                "captioned) mostly sit at 0.8 and above; check a threshold with `--report DIR`.", t)
         ws = open_workspace(workspace)
         with progress_bar("dedup", enabled=not json_) as (start, advance):
             res = run_dedup(

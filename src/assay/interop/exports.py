@@ -151,7 +151,8 @@ def collect_rows(
     model_version: str | None = None
     extra_ids = np.zeros(0, dtype=np.int64)
     # The unlabelled top-scored rows skip labelled items, non-representative duplicates and items not ok.
-    skip = np.concatenate([labelled, cat.non_representative_ids(), cat.ids(status="error")]) if top else labelled
+    skip = (np.concatenate([labelled, cat.non_representative_ids(), cat.ids(status="error"), cat.group_mates(labelled)])
+            if top else labelled)  # copies of labelled items are answered already: not offered for labelling
     if with_scores and score_model is not None:
         from .scores import read_scores, resolve_model
 
