@@ -118,6 +118,12 @@ def test_near_duplicate_groups_replace_and_non_representatives(catalog):
     # Incremental: recomputing the grouping of d, e, f replaces only their rows.
     catalog.replace_duplicate_groups({f: [e, f]}, method="embedding", items=[d, e, f])
     assert catalog.duplicate_groups() == {a: [a, b, c], f: [e, f]}
+    # Regrouping only some items (a dedup of one encoder's items) leaves the other groups alone, and a group
+    # left with its representative alone is no group.
+    catalog.replace_duplicate_groups({}, method="embedding", items=[b, c])
+    assert catalog.duplicate_groups() == {f: [e, f]}
+    catalog.replace_duplicate_groups({a: [a, b]}, method="phash", items=[a, b])
+    assert catalog.duplicate_groups() == {a: [a, b], f: [e, f]}
     # A full replacement clears everything else.
     catalog.replace_duplicate_groups({}, method="embedding")
     assert catalog.duplicate_groups() == {}

@@ -34,6 +34,35 @@ from .workspace import Workspace
 
 __version__ = "0.1.0"
 
+# The rest of the job, one import away (loaded on first use: FAISS, scikit-learn and FastAPI stay unloaded
+# for scripts that only ingest and embed). `assay.X` for X below is the same object as in its module.
+_LAZY = {
+    "build_index": "search", "Searcher": "search", "Hit": "search",
+    "dedup": "dedup", "DedupResult": "dedup",
+    "Miner": "loop", "read_label_file": "loop", "check_exemplars": "loop",
+    "export": "interop.exports", "ExportReport": "interop.exports",
+    "pseudo_label": "interop.pseudo",
+    "simulate_workspace": "simulate", "SimulationConfig": "simulate",
+    "embed_regions": "regions", "RegionMiner": "regions",
+    "create_app": "server.app", "ServerConfig": "server.app",
+    "StorageUnavailableError": "errors", "ClusterUnavailableError": "errors",
+}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'assay' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "__version__",
     "Workspace",
@@ -61,4 +90,5 @@ __all__ = [
     "DecodeError",
     "CatalogError",
     "MissingDependencyError",
+    *_LAZY,
 ]

@@ -35,7 +35,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .errors import MAX_INT64, CatalogError, InputError, MissingDependencyError, NotFoundError
+from .errors import MAX_INT64, CatalogError, InputError, MissingDependencyError, NotFoundError, as_item_id
 
 __all__ = [
     "ITEM_STATUSES",
@@ -341,12 +341,15 @@ class _MiningMixin:
         self.check_concept_name(name)
         if text is not None and not text.strip():
             raise InputError("the concept's --text must not be empty")
-        ex = [int(i) for i in exemplars]
-        if exemplar_annotator is not None and ex:
+        if isinstance(exemplars, (str, bytes)) or not hasattr(exemplars, "__iter__"):
+            raise InputError(f"exemplars must be a list of item ids, got {exemplars!r}")
+        ex = [as_item_id(i, "exemplar") for i in exemplars]
+        if ex:
             known = set(self.get_ids_existing(ex))
             unknown = [i for i in ex if i not in known]
             if unknown:
-                raise NotFoundError(f"{len(unknown)} exemplar item ids are not in the catalog, e.g. {unknown[:5]}")
+                raise NotFoundError(f"{len(unknown)} exemplar item ids are not in the catalog, e.g. {unknown[:5]} "
+                                    "(a file is ingested first: `assay concept add NAME --exemplar PATH` does it)")
         t = concepts_table
         with self.engine.begin() as conn:
             if conn.execute(sa.select(t.c.id).where(t.c.name == name)).first() is not None:
@@ -1157,6 +1160,9 @@ class Catalog(_MiningMixin):
                     conn.execute(sa.delete(d).where(d.c.item_id.in_(touched[start : start + 900])))
             for start in range(0, len(rows), self.BATCH):
                 conn.execute(sa.insert(d), rows[start : start + self.BATCH])
+            # A group whose other members were regrouped elsewhere keeps only its representative: not a group.
+            lone = sa.select(d.c.representative).group_by(d.c.representative).having(sa.func.count() < 2)
+            conn.execute(sa.delete(d).where(d.c.representative.in_(lone.scalar_subquery())))
         return len(rows)
 
     def duplicate_groups(self) -> dict[int, list[int]]:

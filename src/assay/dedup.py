@@ -1040,8 +1040,10 @@ class DedupResult:
     def removed(self) -> int:
         return int(sum(len(m) - 1 for m in self.groups.values()))
 
-    def to_dict(self, uris: dict[int, str]) -> dict[str, Any]:
-        """The ``--json`` object: ``groups`` and ``removed`` first, then the run's details."""
+    def to_dict(self, uris: dict[int, str] | None = None) -> dict[str, Any]:
+        """The ``--json`` object: ``groups`` and ``removed`` first, then the run's details (``uris``: ``{id:
+        uri}`` to name the members; without it they carry their ids only)."""
+        uris = uris or {}
         return {
             "groups": [
                 {
@@ -1317,8 +1319,10 @@ def dedup(
     new_groups = {int(r): [int(x) for x in m] for r, m in groups.items()}
 
     if mode == "full":
+        # Only the groups of the items checked now are replaced: a dedup of the text encoder's items leaves
+        # the image groups of a mixed workspace alone.
         cat.replace_duplicate_groups(
-            new_groups, method=method, threshold=_recorded_threshold(threshold, radius), items=None
+            new_groups, method=method, threshold=_recorded_threshold(threshold, radius), items=universe
         )
         result.changed_groups = len(new_groups)
     else:

@@ -206,9 +206,10 @@ def embed(
         off while hooks run), and only images.
     """
     for name, v in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
             raise InputError(f"{name} must be a positive integer, got {v!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
+    batch_size, shard_size = int(batch_size), int(shard_size)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
     t0 = time.perf_counter()
     enc = load_encoder(encoder or ws.default_encoder)

@@ -527,10 +527,19 @@ def ingest(
     """
     from .workspace import Workspace
 
+    if not isinstance(catalog, (Workspace, Catalog)):
+        raise InputError(f"ingest needs a Workspace (or its catalog) first, got {type(catalog).__name__} {catalog!r}; "
+                         "e.g. ingest(Workspace.open('my-corpus'), ['/data/photos'])")
     ws = catalog if isinstance(catalog, Workspace) else None
     cat: Catalog = ws.catalog if ws is not None else catalog  # type: ignore[assignment]
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
+    if sources is None or not hasattr(sources, "__iter__"):
+        raise InputError(f"sources must be a list of folders, manifests or URLs, got {sources!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(extensions, str):
+        extensions = [extensions]  # one extension, not its letters
     sources = [str(s) for s in sources]
     if not sources:
         raise InputError("ingest needs at least one source (a folder, manifest or URL), got none")

@@ -572,15 +572,26 @@ class Miner:
     def record_labels(
         self, ids: np.ndarray, values: np.ndarray, *, source: str = "human", annotator: str | None = None
     ) -> int:
-        """Append labels; each is attached to the latest round of this concept that proposed its item."""
+        """Append labels (``values``: 1/0, True/False or yes/no, one per id); each is attached to the latest
+        round of this concept that proposed its item. Everything is checked before anything is written."""
         concept = self.concept
         cat = self.ws.catalog
         round_of: dict[int, int] = {}
         for r in cat.rounds(concept.id):
             for p in cat.proposals(r.id):
                 round_of[int(p["item_id"])] = r.id
-        ids = np.asarray(ids, dtype=np.int64)
-        values = np.asarray(values)
+        if isinstance(ids, (str, bytes)) or isinstance(values, (str, bytes)):
+            raise InputError("ids and values must be sequences (one id and one label per answer), not strings")
+        id_list = [as_item_id(i, "label item id") for i in np.asarray(ids, dtype=object).reshape(-1).tolist()]
+        val_list = [parse_label_value(v) for v in np.asarray(values, dtype=object).reshape(-1).tolist()]
+        if len(id_list) != len(val_list):
+            raise InputError(f"got {len(id_list)} ids and {len(val_list)} label values; give one label per id")
+        first: dict[int, int] = {}
+        for i, v in zip(id_list, val_list):
+            if first.setdefault(i, v) != v:
+                raise InputError(f"item {i} is given two different labels in one call; keep one")
+        ids = np.asarray(id_list, dtype=np.int64)
+        values = np.asarray(val_list, dtype=np.int8)
         n = 0
         groups: dict[int | None, list[int]] = {}
         for k, i in enumerate(ids.tolist()):
@@ -590,9 +601,6 @@ class Miner:
         unknown = [i for i in ids.tolist() if i not in known]
         if unknown:
             raise NotFoundError(f"{len(unknown)} item ids are not in the catalog, e.g. {unknown[:5]}")
-        for v in values.tolist():
-            if int(v) not in (0, 1):
-                raise InputError(f"label values must be 0 or 1, got {v!r}")
         n += cat.add_label_batches(  # one transaction: every answer of the file, or none
             [(concept.id, ids[idx], values[idx], source, annotator, round_id) for round_id, idx in groups.items()])
         return n
@@ -612,8 +620,9 @@ class Miner:
         model's weight vector (the index holds unit vectors, and ``P = sigmoid(w.x + b)`` is monotone in
         ``w.x``), so nothing scans the corpus; the probabilities of the hits are then computed exactly.
         """
-        if isinstance(top, bool) or not isinstance(top, int) or top <= 0:
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0:
             raise InputError(f"top must be a positive integer, got {top!r}")
+        top = int(top)
         if min_score is not None and not (isinstance(min_score, (int, float)) and 0.0 <= float(min_score) <= 1.0):
             raise InputError(f"min_score must be a probability in [0, 1], got {min_score!r}")
         concept = self.concept

@@ -621,8 +621,13 @@ class Searcher:
             return self.search_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
         if text is not None:
             return self.search_texts([text], k=k, keep_duplicates=keep_duplicates)[0]
-        return self.search_batch(np.asarray(vector)[None, :] if np.ndim(vector) == 1 else vector, k=k,
-                                 keep_duplicates=keep_duplicates)[0]
+        v = np.asarray(vector, dtype=np.float32)
+        v = v[None, :] if v.ndim == 1 else v
+        norms = np.linalg.norm(v, axis=1, keepdims=True) if v.ndim == 2 else None
+        if norms is None or not np.isfinite(v).all() or (norms == 0).any():
+            raise InputError(f"vector must be a finite, non-zero vector [d], got shape {np.shape(vector)}")
+        # Scores are cosines: the query is normalised as the stored vectors are.
+        return self.search_batch(v / norms, k=k, keep_duplicates=keep_duplicates)[0]
 
     def search_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
         s, i = self.search_vectors(queries, k, keep_duplicates=keep_duplicates)
