@@ -84,3 +84,10 @@ def test_vector_queries_score_cosines_and_numpy_scalars_are_taken(ws):
     Miner(ws, "c").record_labels(ids, [1, 0, 1, 0, 1, 0])
     assert len(Miner(ws, "c").harvest(top=np.int64(3))) <= 3
     assert embed(ws, batch_size=np.int64(8)).embedded == 0
+
+
+def test_a_source_of_the_wrong_type_and_an_unknown_concept_fail_at_once(ws):
+    with pytest.raises(InputError, match="a source must be a path or URL"):
+        ingest(ws, [5])
+    with pytest.raises(NotFoundError):
+        Miner(ws, "no-such-concept")

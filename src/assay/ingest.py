@@ -540,6 +540,10 @@ def ingest(
         raise InputError(f"workers must be a positive integer, got {workers!r}")
     if isinstance(extensions, str):
         extensions = [extensions]  # one extension, not its letters
+    sources = list(sources)
+    bad = [s for s in sources if not isinstance(s, (str, os.PathLike))]
+    if bad:
+        raise InputError(f"a source must be a path or URL (str or Path), got {bad[0]!r}")
     sources = [str(s) for s in sources]
     if not sources:
         raise InputError("ingest needs at least one source (a folder, manifest or URL), got none")

@@ -407,6 +407,7 @@ class Miner:
         self.ws = ws
         self.concept_name = concept
         self.encoder_name = encoder or ws.default_encoder
+        ws.catalog.concept(concept)  # an unknown concept fails here (NotFoundError naming the ones there are)
 
     @property
     def concept(self):
