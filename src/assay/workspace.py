@@ -361,6 +361,8 @@ class Workspace:
     def _indexes(self, stores: dict[str, int]) -> dict[str, dict[str, Any]]:
         """``{encoder: {"vectors", "built_on", "up_to_date"}}`` for each encoder with an index."""
         out: dict[str, dict[str, Any]] = {}
+        ok_ids: np.ndarray | None = None  # read once, for every encoder with an index
+        changes_pending = None
         for name, rows in stores.items():
             meta_path = self.index_dir(name) / "main" / "meta.json"
             try:
@@ -372,14 +374,16 @@ class Workspace:
             vectors = int(meta.get("count", 0))
             # What an index built now would hold: the stored vectors of items that are ok (a file gone since
             # is left out by the next `assay index`).
+            if ok_ids is None:
+                ok_ids, changes_pending = self.catalog.ids(status="ok"), len(self.pending_changes()) > 0
             store = self.vectors(name)
             try:
-                want = int(np.isin(store.ids(), self.catalog.ids(status="ok")).sum()) if store.exists() else 0
+                want = int(np.isin(store.ids(), ok_ids).sum()) if store.exists() else 0
             except DamagedStoreError:  # reported apart ("damaged"); the index state is not judged
                 want = vectors
             out[name] = {"vectors": vectors, "built_on": built_on,
                          "up_to_date": built_on == rows and changed is None and vectors == want
-                         and not len(self.pending_changes())}
+                         and not changes_pending}
         return out
 
 
