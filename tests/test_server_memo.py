@@ -46,6 +46,7 @@ def test_memo_store_matches_the_store_and_respects_its_budget(ws):
 
 
 def test_kept_miner_uses_the_sorted_corpus_once(ws):
+    ws.catalog.add_concept("x")
     memo = _MemoSearcher(Searcher(ws, "test-mean-color"))
     miner = _KeptSearcherMiner(ws, "x", encoder="test-mean-color", searcher=memo)
     c1 = miner._corpus(memo)
