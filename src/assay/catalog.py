@@ -739,17 +739,6 @@ class Catalog(_MiningMixin):
     #: Reasons (see :func:`assay.media.read_bytes`) of items that could not be *read*: worth another try.
     READ_ERROR_PREFIXES = ("missing file", "permission denied", "cannot read", "is a directory")
 
-    def error_uris(self, uris: Sequence[str]) -> set[str]:
-        """The subset of ``uris`` whose item has status ``error``."""
-        found: set[str] = set()
-        t = items_table
-        with self.engine.connect() as conn:
-            for start in range(0, len(uris), 900):
-                chunk = list(uris[start : start + 900])
-                rows = conn.execute(sa.select(t.c.uri).where(t.c.uri.in_(chunk)).where(t.c.status == "error"))
-                found.update(r.uri for r in rows)
-        return found
-
     def revive_items(self, rows: Sequence[dict[str, Any]]) -> int:
         """Give items that failed (status ``error``) the new probe results in ``rows`` (dicts as for
         :meth:`add_items`, with status ``ok``): a file that was missing, unreadable or broken and has since
