@@ -37,7 +37,13 @@ def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: P
 
     enc = get_encoder(encoder)
     enc.load()
-    bares, pipes, ingests = [], [], []
+    # The same model as one ONNX session with all the threads (replicas=1), for comparison with the default
+    # layout of several sessions side by side; the ratio below uses the default (the faster bare model).
+    single = None
+    if hasattr(enc, "session_layout") and enc.session_layout()[0] > 1 and getattr(enc, "backend", "") == "onnx":
+        single = get_encoder(encoder, replicas=1)
+        single.load()
+    bares, pipes, ingests, singles = [], [], [], []
     decode_s = 0.0
     rows: list = []
     errors = 0
@@ -53,6 +59,8 @@ def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: P
         tensors = np.stack([prep(decode_image(read_bytes(r.uri), draft_size=draft_size(enc))) for r in rows])
         decode_s = time.perf_counter() - t0
         bares.append(bare_items_per_s(enc, tensors, batch_size))
+        if single is not None:
+            singles.append(bare_items_per_s(single, tensors, batch_size))
         del tensors
         # The whole pipeline: read, decode, preprocess, infer, store.
         t0 = time.perf_counter()
@@ -60,6 +68,12 @@ def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: P
         pipes.append(rep_.embedded / (time.perf_counter() - t0))
         errors = rep_.errors
     bare, pipeline = float(np.median(bares)), float(np.median(pipes))
+    layout = {}
+    if hasattr(enc, "session_layout"):
+        layout["onnx_sessions_x_threads"] = list(enc.session_layout())
+    if singles:
+        layout["bare_model_one_session_items_per_s"] = round(float(np.median(singles)), 2)
+        layout["pipeline_to_one_session_bare"] = round(pipeline / float(np.median(singles)), 3)
     return {
         "items": len(rows),
         "repeats": repeats,
@@ -74,6 +88,7 @@ def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: P
         "median_ratio_per_repeat": round(float(np.median([p / b for p, b in zip(pipes, bares)])), 3),
         "target_ratio": 0.8,
         "errors": errors,
+        **layout,
     }
 
 

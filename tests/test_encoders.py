@@ -359,6 +359,9 @@ def test_lite0_constructor_validates_and_stays_cheap():
         cls(batch_size=0)
     with pytest.raises(InputError):
         cls(num_threads=-1)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(InputError, match="replicas"):
+            cls(replicas=bad)
     enc = cls()
     assert not enc.loaded  # constructors only store parameters
     with pytest.raises(EncoderError, match="load"):
@@ -463,6 +466,32 @@ def test_lite0_chunks_big_batches_the_same(lite0_cache):
     small = enc.embed_batch(batch)
     assert small.embeddings.shape == (5, 1280)
     assert not enc.exported_  # reused the session's export
+
+
+def test_lite0_session_layout_shares_the_threads(monkeypatch):
+    cls = _lite0_cls()
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert cls().session_layout() == (4, 4)  # default: 4 sessions side by side
+    assert cls(replicas=1).session_layout() == (1, 16)
+    assert cls(num_threads=2).session_layout() == (2, 1)
+    assert cls(num_threads=1).session_layout() == (1, 1)  # never more sessions than threads
+    assert cls(num_threads=6, replicas=4).session_layout() == (4, 1)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert cls().session_layout() == (2, 1)
+
+
+def test_lite0_replicas_give_the_same_bits_as_one_session(lite0_cache):
+    one = _lite0_cls()(cache_dir=lite0_cache, replicas=1, num_threads=3)
+    three = _lite0_cls()(cache_dir=lite0_cache, replicas=3, num_threads=3)
+    one.load()
+    three.load()
+    assert (len(three._replicas), three.session_layout()) == (2, (3, 1))
+    pixels = np.stack([three.preprocess_pixels(im) for im in _images(5)] * 5)  # [25, 224, 224, 3]
+    for n in (1, 7, 16, 25):  # fewer than 2 x 8 items run on one session; more are split
+        a, b = one.embed_batch(pixels[:n]), three.embed_batch(pixels[:n])
+        assert np.array_equal(a.embeddings, b.embeddings)
+        assert np.array_equal(a.extras["imagenet_logits"], b.extras["imagenet_logits"])
+    assert not three.exported_  # the replicas reuse the cached export
 
 
 def test_lite0_onnx_cache_is_reused(lite0, lite0_cache):

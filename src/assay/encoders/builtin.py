@@ -13,7 +13,7 @@ __all__: list[str] = []
 
 @register_encoder("efficientnet-lite0")
 def _efficientnet_lite0(**kwargs) -> EfficientNetLite0Encoder:
-    """``efficientnet-lite0``; kwargs: backend, cache_dir, batch_size, num_threads, weights."""
+    """``efficientnet-lite0``; kwargs: backend, cache_dir, batch_size, num_threads, weights, replicas."""
     return EfficientNetLite0Encoder(**kwargs)
 
 

