@@ -239,3 +239,27 @@ def test_ivf_pq_results_are_reranked_with_the_stored_vectors(tmp_path):
     with pytest.raises(InputError, match="rerank"):
         Searcher(w, rerank=-1)
     w.close()
+
+
+def test_text_item_hits_carry_their_text_and_cosines_stay_in_range(tmp_path):
+    w = Workspace.init(tmp_path / "tws", default_encoder="test-mean-color")
+    rows = ["uri,text"] + [f"t{i},\"message number {i} about {'cards' if i % 2 else 'loans'}\"" for i in range(30)]
+    (tmp_path / "texts.csv").write_text("\n".join(rows) + "\n")
+    ingest(w.catalog, [tmp_path / "texts.csv"])
+    embed(w)
+    build_index(w, kind="flat")
+    s = Searcher(w)
+    first = int(w.catalog.ids()[0])
+    hits = s.search(item=first, k=5)
+    assert hits and all(h.text and h.text.startswith("message number") for h in hits)
+    assert all("text" in h.to_dict() for h in hits)
+    vec = w.vectors().get([first])[0]
+    top = s.search(vector=vec, k=1)[0]
+    assert -1.0 <= top.score <= 1.0
+    w.close()
+
+
+def test_image_hits_have_no_text(ws):
+    build_index(ws, kind="flat")
+    hits = Searcher(ws).search(item=int(ws.catalog.ids()[0]), k=3)
+    assert all(h.text is None and "text" not in h.to_dict() for h in hits)

@@ -51,12 +51,18 @@ _MAIN, _BRIDGE, _PCA, _KNN = "main", "conse", "pca", "knn"
 
 @dataclass(frozen=True)
 class Hit:
+    """A found item: its id, cosine similarity to the query (in [-1, 1]), uri, and text (text items only)."""
+
     id: int
     score: float
     uri: str
+    text: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "uri": self.uri}
+        d: dict[str, Any] = {"id": self.id, "score": self.score, "uri": self.uri}
+        if self.text is not None:
+            d["text"] = self.text
+        return d
 
 
 @dataclass(frozen=True)
@@ -600,10 +606,14 @@ class Searcher:
         return idx.search(q, k, exclude_ids=excluded, exclude_per_query=exclude_per_query)
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        flat = [int(i) for i in ids.reshape(-1) if i >= 0]
-        uris = self.ws.catalog.uris(flat)
+        flat = sorted({int(i) for i in ids.reshape(-1) if i >= 0})
+        rows = {r.id: r for r in self.ws.catalog.get_many(flat)} if flat else {}
+        # float16 vectors at rest give inner products a hair outside [-1, 1]; cosine is reported as such
+        scores = np.clip(scores, -1.0, 1.0)
         return [
-            [Hit(int(i), float(s), uris.get(int(i), "")) for s, i in zip(srow, irow) if i >= 0]
+            [Hit(int(i), float(s), rows[int(i)].uri if int(i) in rows else "",
+                 (rows[int(i)].text or "") if int(i) in rows and rows[int(i)].modality == "text" else None)
+             for s, i in zip(srow, irow) if i >= 0]
             for srow, irow in zip(scores, ids)
         ]
 
