@@ -124,7 +124,7 @@ def test_the_api_checks_exemplars_as_the_cli_and_takes_json_integers_only(text_w
     (tmp_path / "more.csv").write_text("text\nan unembedded sentence\n")
     ingest(ws.catalog, [tmp_path / "more.csv"])
     late = int(ws.catalog.ids()[-1])
-    with TestClient(create_app(ws, ServerConfig(batch=4))) as c:
+    with TestClient(create_app(ws, ServerConfig(batch=4)), base_url="http://127.0.0.1") as c:
         r = c.post("/api/concepts", json={"name": "late", "exemplars": [late]})
         assert r.status_code == 400 and "run `assay embed` first" in r.text
         assert c.post("/api/concepts", json={"name": "ok", "exemplars": [1]}).status_code == 201

@@ -25,7 +25,7 @@ def client_ws(tmp_path):
     embed_regions(ws, spec="grid:2,3")
     build_index(ws, kind="flat")
     app = create_app(ws, ServerConfig(batch=6, auto_propose=False))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c, ws
     ws.close()
 

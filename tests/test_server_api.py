@@ -3,6 +3,8 @@ thumbnails, search, auth, and bad input (4xx, a clear message, nothing written).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 import time
 
 import pytest
@@ -54,7 +56,7 @@ def ws(tmp_path):
 @pytest.fixture
 def client(ws):
     app = create_app(ws, ServerConfig(batch=8))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -77,7 +79,8 @@ def test_labelling_loop_end_to_end(ws, client):
     assert client.get("/openapi.json").json()["info"]["title"] == "assay labelling API"
     batch = _first_round(client)
     assert batch["round"] == 1 and len(batch["items"]) == 8 and batch["open"]
-    assert all(it["thumb"] == f"/api/items/{it['id']}/thumb" for it in batch["items"])
+    shas = {it.id: it.sha256 for it in ws.catalog.get_many([it["id"] for it in batch["items"]])}
+    assert all(it["thumb"] == f"/api/items/{it['id']}/thumb?v={shas[it['id']][:12]}" for it in batch["items"])
     assert all(it["prelabel"] is None for it in batch["items"])  # a cold start has no model yet
     t = truth(ws)
     ids = [it["id"] for it in batch["items"]]
@@ -217,6 +220,15 @@ def test_thumbnails_are_made_once_and_cached_by_id_hash_and_size(ws, client):
     mtime = cached[0].stat().st_mtime_ns
     assert client.get(f"/api/items/{item.id}/thumb", params={"size": 96}).content == r.content
     assert cached[0].stat().st_mtime_ns == mtime
+    # the file changes and is re-ingested: the next request shows the new bytes, under a new URL
+    from PIL import Image as _Image
+    _Image.new("RGB", (40, 30), (0, 0, 255)).save(item.uri)
+    ingest(ws.catalog, [Path(item.uri).parent])
+    fresh = ws.catalog.get(item.id)
+    assert fresh.sha256 != item.sha256
+    r2 = client.get(f"/api/items/{item.id}/thumb", params={"size": 96})
+    assert r2.status_code == 200 and r2.content != r.content
+    assert client.get(f"/api/items/{item.id}").json()["thumb"].endswith(f"?v={fresh.sha256[:12]}")
     from io import BytesIO
 
     assert Image.open(BytesIO(r.content)).size == (32, 24)  # never upscaled; larger images shrink to <= size
@@ -289,7 +301,7 @@ def test_bad_submissions_get_4xx_with_a_clear_message_and_write_nothing(ws, clie
         (_sub("bad-sub-007", "ann", 1, [(ids[1], 2)]), 422, "value"),
         (_sub("short", "ann", 1, [(ids[1], 1)]), 422, "submission_id"),
         (_sub("bad-sub-008", "", 1, [(ids[1], 1)]), 422, "annotator"),
-        (_sub("bad-sub-009", "<script>", 1, [(ids[1], 1)]), 422, "annotator"),
+        (_sub("bad-sub-009", "a\x07b", 1, [(ids[1], 1)]), 422, "annotator"),
         ({**_sub("bad-sub-010", "ann", 1, [(ids[1], 1)]), "extra": 1}, 422, "extra"),
         ({"submission_id": "bad-sub-011", "annotator": "ann", "round": 1, "labels": [{"item_id": "x", "value": 1}]}, 422, "item_id"),
         (_sub("bad-sub-012", "ann", 1, [(i + 1_000_000, 1) for i in range(1001)]), 422, "1000"),
@@ -367,7 +379,7 @@ def test_thumbnail_errors_name_the_file_never_its_path(ws, client):
 
 def test_oversized_bodies_are_refused_before_parsing(ws):
     app = create_app(ws, ServerConfig(max_body_bytes=2000))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         r = c.post("/api/concepts", content=b'{"name": "' + b"x" * 5000 + b'"}', headers={"content-type": "application/json"})
         assert r.status_code == 413 and "over the limit of 2000 bytes" in r.json()["detail"]
 
@@ -383,7 +395,7 @@ def test_oversized_bodies_are_refused_before_parsing(ws):
 def test_token_guards_every_route_pages_and_thumbnails_included(ws):
     app = create_app(ws, ServerConfig(token=TOKEN))
     item = int(ws.catalog.ids()[0])
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         for path in ("/", "/static/app.js", "/api/concepts", f"/api/items/{item}/thumb", "/openapi.json", "/docs"):
             r = c.get(path)
             assert r.status_code == 401 and "missing token" in r.json()["detail"], path
@@ -400,7 +412,7 @@ def test_token_guards_every_route_pages_and_thumbnails_included(ws):
         r = c.get(f"/?token={TOKEN}", follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/"
         cookie = r.headers["set-cookie"]
-        assert "assay_token=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        assert re.search(r"assay_token_\d+=", cookie) and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
         assert c.get("/").status_code == 200  # the client kept the cookie
         assert c.get(f"/api/items/{item}/thumb").status_code == 200
 
@@ -441,7 +453,7 @@ def test_serve_command_binds_loopback_and_reads_the_token_from_the_environment(w
 
     def fake_run(app, host, port, **kw):
         seen.update(host=host, port=port)
-        with TestClient(app) as c:
+        with TestClient(app, base_url="http://127.0.0.1") as c:
             seen["anon"] = c.get("/api/concepts").status_code
             seen["auth"] = c.get("/api/concepts", headers={"Authorization": f"Bearer {TOKEN}"}).status_code
 
@@ -458,3 +470,53 @@ def test_serve_command_binds_loopback_and_reads_the_token_from_the_environment(w
     assert r.exit_code == 0 and "without a token" in r.output and seen["anon"] == 200
     r = CliRunner().invoke(cli, ["serve", "-w", str(ws.root), "--token", "short"])
     assert r.exit_code == 2 and "at least 8 characters" in r.output
+
+
+def test_annotator_names_follow_the_cli_rule(ws, client):
+    rnd = _first_round(client)
+    items = [it["id"] for it in rnd["items"]]
+    long_name = "Ann " + "é" * 150  # 154 characters: more than 100, within the 200 allowed
+    for k, name in enumerate(["<b>Zoë</b>", long_name]):
+        r = client.post("/api/concepts/red/labels", json=_sub(f"name-ok-{k}", name, 1, [(items[k], 1)]))
+        assert r.status_code == 200, r.text
+    for k, name in enumerate(["a\tb", "x" * 201, "  "]):
+        r = client.post("/api/concepts/red/labels", json=_sub(f"name-bad-{k}", name, 1, [(items[3], 1)]))
+        assert r.status_code == 422, (name, r.text)
+    assert "control characters" in client.post(
+        "/api/concepts/red/labels", json=_sub("name-bad-9", "a\nb", 1, [(items[3], 1)])).text
+    hist = ws.catalog.label_history(ws.catalog.concept("red").id)
+    assert {h["annotator"] for h in hist} == {"<b>Zoë</b>", long_name}
+    from assay.errors import InputError
+    with pytest.raises(InputError, match="control characters"):
+        ws.catalog.add_labels(ws.catalog.concept("red").id, [items[4]], [1], source="human", annotator="a\tb")
+
+
+def test_without_a_token_only_loopback_hosts_are_answered(ws):
+    app = create_app(ws, ServerConfig())
+    for base in ("http://127.0.0.1", "http://localhost:8123", "http://[::1]:8000"):
+        with TestClient(app, base_url=base) as c:
+            assert c.get("/api/concepts").status_code == 200, base
+    with TestClient(app, base_url="http://attacker.example") as c:  # DNS rebinding: refused, nothing written
+        assert c.get("/api/concepts").status_code == 421
+        r = c.post("/api/concepts", json={"name": "evil"})
+        assert r.status_code == 421 and "--token" in r.json()["detail"]
+    assert ws.catalog.concepts() == []
+    with TestClient(create_app(ws, ServerConfig(check_host=False)), base_url="http://box.lan:8000") as c:
+        assert c.get("/api/concepts").status_code == 200  # `assay serve --host 0.0.0.0` serves other names
+    with TestClient(create_app(ws, ServerConfig(token=TOKEN)), base_url="http://box.lan") as c:
+        assert c.get("/api/concepts", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_token_cookie_is_per_port_and_other_cookies_do_not_break_it(ws):
+    app = create_app(ws, ServerConfig(token=TOKEN))
+    with TestClient(app, base_url="http://127.0.0.1:8123") as c:
+        r = c.get(f"/?token={TOKEN}", follow_redirects=False)
+        assert "assay_token_8123=" in r.headers["set-cookie"]
+    with TestClient(app, base_url="http://127.0.0.1:8123") as c:
+        # another local app's raw JSON cookie and another assay server's cookie sit beside ours
+        raw = f'prefs={{"theme":"dark"}}; assay_token_9000=other-server-token; assay_token_8123={TOKEN}'
+        assert c.get("/api/concepts", headers={"Cookie": raw}).status_code == 200
+        r = c.get("/api/concepts", headers={"Cookie": "assay_token_9000=" + TOKEN})
+        assert r.status_code == 401 and "missing token" in r.json()["detail"]  # another port's cookie is not ours
+        r = c.get("/api/concepts", headers={"Cookie": "assay_token_8123=wrong-token-000"})
+        assert r.status_code == 401 and "wrong token" in r.json()["detail"]

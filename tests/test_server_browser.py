@@ -140,3 +140,38 @@ def test_a_stale_round_keeps_the_answers_for_items_still_in_a_batch(ws):
         assert "round 1 closed before these answers were sent" in msg
         browser.close()
     assert ws.catalog.label_history(concept.id) == []  # nothing was written for the stale round
+
+
+def test_mouse_labelling_and_unsent_answers_survive_other_views(ws):
+    ws.catalog.add_concept("blue", text="blue")
+    app = create_app(ws, ServerConfig(token=TOKEN, batch=6, auto_propose=False))
+    concept = ws.catalog.concept("red")
+    batch_ids = [int(p["item_id"]) for p in ws.catalog.proposals(ws.catalog.rounds(concept.id)[-1].id)]
+    with ServerThread(app) as url, sync_playwright() as pw:
+        browser, page = _open(pw, url)
+        try:
+            # buttons on the cards label without a keyboard
+            page.click("#card-0 .mark-yes")
+            page.click("#card-2 .mark-no")
+            page.click("#card-1 .mark-skip")
+            marks = page.eval_on_selector_all("#grid .card", "cs => cs.map(c => c.dataset.answer)")
+            assert marks[:3] == ["yes", "skip", "no"]
+            page.click("#undo")
+            assert page.eval_on_selector_all("#grid .card", "cs => cs.map(c => c.dataset.answer)")[:3] == ["yes", "", "no"]
+            # another view and back: the unsent answers are still there
+            page.click("button[data-view='progress']")
+            page.wait_for_selector("#view-progress:not([hidden])")
+            page.click("button[data-view='label']")
+            page.wait_for_function("() => document.querySelector('#counts').textContent.includes('2 not sent')")
+            assert page.eval_on_selector_all("#grid .card", "cs => cs.map(c => c.dataset.answer)")[:3] == ["yes", "", "no"]
+            # switching concept asks first; declining keeps the concept and the answers
+            page.once("dialog", lambda d: d.dismiss())
+            page.select_option("#concept", "blue")
+            page.wait_for_function("() => document.querySelector('#concept').value === 'red'")
+            assert "2 not sent" in page.inner_text("#counts")
+            page.click("#submit")
+            page.wait_for_selector("body[data-submitted='1']")
+        finally:
+            browser.close()
+    hist = ws.catalog.label_history(concept.id)
+    assert sorted((h["item_id"], h["value"]) for h in hist) == sorted([(batch_ids[0], 1), (batch_ids[2], 0)])

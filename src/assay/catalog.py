@@ -419,6 +419,8 @@ class _MiningMixin:
             if annotator is not None and (not isinstance(annotator, str) or len(annotator) > 200):
                 raise InputError(f"an annotator is a name of at most 200 characters, got {str(annotator)[:40]!r}... "
                                  f"({len(str(annotator))} characters)")
+            if annotator is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in annotator):
+                raise InputError(f"an annotator name cannot hold control characters (tabs, newlines, ...), got {annotator!r}")
             ids = [int(i) for i in item_ids]
             vals = [int(v) for v in values]
             if len(ids) != len(vals):

@@ -50,7 +50,7 @@ def serve(
         if encoder is not None and not ws.vectors(encoder).exists():
             raise InputError(f"--encoder {encoder}: the workspace has no embeddings by it; run "
                              f"`assay embed --encoder {encoder}` first, or leave --encoder out for the workspace's default")
-        cfg = ServerConfig(token=token, encoder=encoder, strategy=strategy, batch=batch)
+        cfg = ServerConfig(token=token, encoder=encoder, strategy=strategy, batch=batch, check_host=_is_loopback(host))
         app = create_app(ws, cfg)
         if not _is_loopback(host) and token is None:
             console.print(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who can reach this "

@@ -28,6 +28,7 @@ does not match the schema. Nothing is written by a request that fails.
 from __future__ import annotations
 
 import hmac
+import re
 import logging
 import threading
 import time
@@ -35,7 +36,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
@@ -112,6 +112,10 @@ class ServerConfig:
     auto_propose: bool = True  # propose the next batch once every item of the latest batch is answered
     max_body_bytes: int = 512 * 1024
     max_labels: int = 1000
+    #: Without a token, answer only requests whose Host is a loopback name (localhost, 127.0.0.1, [::1]): a web
+    #: page elsewhere cannot then reach the server through DNS rebinding. `assay serve --host` on a
+    #: non-loopback address turns it off (the server is meant to be reached by other names there).
+    check_host: bool = True
 
     def __post_init__(self) -> None:
         if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8):
@@ -133,9 +137,18 @@ def _concept_name(v: str) -> str:
 #: A concept name: the rule of `assay concept add` (any script; no '/', '\\', control characters, '.' or '..').
 ConceptName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
                         AfterValidator(_concept_name)]
-#: Who answered: any script (names like "José" or "王芳" are fine), no control characters, no '<' or '>'.
-Annotator = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
-                                             pattern=r"^[^\x00-\x1f\x7f<>]+$")]
+
+
+def _annotator_name(v: str) -> str:
+    if re.search(r"[\x00-\x1f\x7f]", v):
+        raise ValueError("an annotator name cannot hold control characters (tabs, newlines, ...)")
+    return v
+
+
+#: Who answered: any script (names like "José" or "王芳" are fine), at most 200 characters, no control
+#: characters (the same rule as ``assay label --annotator``). The page shows names as text, never as HTML.
+Annotator = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+                      AfterValidator(_annotator_name)]
 ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
 ConceptPath = Annotated[str, PathParam(min_length=1, max_length=200, description="Concept name")]
 
@@ -388,13 +401,48 @@ class _KeptSearcherRegionMiner(RegionMiner, _KeptSearcherMiner):
 
 
 # ---------------------------------------------------------------------------------------------- guard middleware
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header (``name``, ``name:port``, ``[v6]:port``) names this machine's loopback."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        h = h[1:h.find("]")] if "]" in h else h[1:]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h in _LOOPBACK_NAMES or h.endswith(".localhost") or h.startswith("127.")
+
+
+def _cookie_name(scope: dict) -> str:
+    """The token cookie's name: one per port, since browsers share cookies between the ports of a host and two
+    servers on one machine would otherwise sign each other out."""
+    server = scope.get("server") or (None, None)
+    return f"{TOKEN_COOKIE}_{server[1]}" if server[1] else TOKEN_COOKIE
+
+
+def _cookie(headers: dict[str, str], name: str) -> str | None:
+    """The value of cookie ``name`` in a Cookie header, read the way browsers write it (``a=1; b=2``); other
+    cookies of the host, however they are written (raw JSON, spaces), are ignored."""
+    for part in headers.get("cookie", "").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
+
+
+
 class _Guard:
     """Pure ASGI middleware: bearer-token auth for every route, a body size limit, and security headers."""
 
-    def __init__(self, app: Any, *, token: str | None, max_body: int) -> None:
+    def __init__(self, app: Any, *, token: str | None, max_body: int, check_host: bool = True) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body
+        self.check_host = check_host
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -402,19 +450,27 @@ class _Guard:
             return
         path = scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.token is None and self.check_host and not _loopback_host(headers.get("host", "")):
+            await JSONResponse(
+                {"detail": f"Host {headers.get('host', '')!r} refused: without a token this server answers only "
+                           "requests to localhost, 127.0.0.1 or [::1] (start it with --token to serve other names)"},
+                status_code=421)(scope, receive, send)
+            return
+        cookie_name = _cookie_name(scope)
         if self.token is not None:
             if path == "/" and scope.get("method") == "GET":
                 given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
                 if given is not None:
                     if self._ok(given):  # take the token once, keep it in a cookie, drop it from the address bar
                         resp = RedirectResponse("/", status_code=303)
-                        resp.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict", path="/")
+                        resp.set_cookie(cookie_name, given, httponly=True, samesite="strict", path="/")
                         await resp(scope, receive, send)
                     else:
                         await self._deny(scope, receive, send, "wrong token in ?token=")
                     return
-            if not self._authorised(headers):
-                why = "missing token" if not headers.get("authorization") and TOKEN_COOKIE not in headers.get("cookie", "") else "wrong token"
+            if not self._authorised(headers, cookie_name):
+                why = ("missing token" if not headers.get("authorization") and _cookie(headers, cookie_name) is None
+                       else "wrong token")
                 await self._deny(scope, receive, send, why)
                 return
         if scope.get("method") in ("POST", "PUT", "PATCH", "DELETE"):
@@ -465,20 +521,12 @@ class _Guard:
     def _ok(self, given: str) -> bool:
         return self.token is not None and hmac.compare_digest(given.encode("utf-8", "replace"), self.token)
 
-    def _authorised(self, headers: dict[str, str]) -> bool:
+    def _authorised(self, headers: dict[str, str], cookie_name: str) -> bool:
         auth = headers.get("authorization", "")
         if auth[:7].lower() == "bearer " and self._ok(auth[7:].strip()):
             return True
-        cookie = headers.get("cookie")
-        if cookie:
-            try:
-                jar = SimpleCookie()
-                jar.load(cookie)
-            except (CookieError, ValueError):  # a malformed cookie header is simply no cookie
-                return False
-            if TOKEN_COOKIE in jar and self._ok(jar[TOKEN_COOKIE].value):
-                return True
-        return False
+        value = _cookie(headers, cookie_name)
+        return value is not None and self._ok(value)
 
     async def _deny(self, scope, receive, send, why: str) -> None:
         resp = JSONResponse(
@@ -514,12 +562,20 @@ def _answers(engine: sa.Engine, concept_id: int, item_ids: list[int] | None) -> 
     return {i: sorted(by.values(), key=lambda a: a["row"]) for i, by in latest.items()}
 
 
+def _thumb_url(item: Any) -> str | None:
+    """The thumbnail's URL; ``v`` follows the file's content, so a browser never shows a cached thumbnail of
+    bytes that re-ingest has replaced."""
+    if item.modality != "image":
+        return None
+    return f"/api/items/{item.id}/thumb?v={(item.sha256 or '')[:12]}"
+
+
 def _item_view(item: Any, answers: list[dict[str, Any]]) -> dict[str, Any]:
     values = {a["value"] for a in answers}
     return {
         "id": item.id, "modality": item.modality, "name": _name(item.uri),
         "text": (item.text or "")[:500] if item.modality == "text" else None,
-        "thumb": f"/api/items/{item.id}/thumb" if item.modality == "image" else None,
+        "thumb": _thumb_url(item),
         "label": answers[-1]["value"] if answers else None,
         "answers": [{k: a[k] for k in ("annotator", "value", "source", "at")} for a in answers],
         "conflict": len(values) > 1,
@@ -541,7 +597,6 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
     cat.open()
     records.ensure_tables(cat.engine)
     proposer = _Proposer(ws, cfg.encoder)
-    thumb_paths: dict[tuple[int, int], Path] = {}  # (item id, size) -> cached thumbnail file
     write_lock = threading.Lock()  # one writer at a time inside this process (the database serialises across processes)
 
     @asynccontextmanager
@@ -838,22 +893,18 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         it = cat.get(item_id)
         return {"id": it.id, "modality": it.modality, "name": _name(it.uri), "width": it.width, "height": it.height,
                 "format": it.format, "status": it.status, "text": (it.text or "")[:2000] if it.modality == "text" else None,
-                "thumb": f"/api/items/{it.id}/thumb" if it.modality == "image" else None}
+                "thumb": _thumb_url(it)}
 
     @app.get("/api/items/{item_id}/thumb", tags=["items"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
     def item_thumb(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)],
                    size: Annotated[int, Query(description=f"One of {list(THUMB_SIZES)}")] = DEFAULT_THUMB_SIZE):
-        key = (item_id, size)
-        path = thumb_paths.get(key)
-        if path is None or not path.exists():  # items are never rewritten in place, so a made path stays right
-            path = thumbnail_path(ws, item_id, size)
-            if len(thumb_paths) >= 200_000:
-                thumb_paths.clear()
-            thumb_paths[key] = path
+        # looked up each time (one catalog row): re-ingest may have given the item new bytes, and the cache
+        # file's name carries their hash
+        path = thumbnail_path(ws, item_id, size)
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
-    app.add_middleware(_Guard, token=cfg.token, max_body=cfg.max_body_bytes)
+    app.add_middleware(_Guard, token=cfg.token, max_body=cfg.max_body_bytes, check_host=cfg.check_host)
     return app
 
 

@@ -31,13 +31,16 @@ __all__ = [
     "submissions_table",
 ]
 
+#: The longest annotator name (as the catalog's labels table takes it).
+ANNOTATOR_MAX = 200
+
 submissions_table = sa.Table(
     "server_submissions",
     metadata,
     sa.Column("submission_id", sa.String(64), primary_key=True, autoincrement=False),
     sa.Column("concept_id", sa.Integer, nullable=False, index=True),
     sa.Column("round_id", sa.Integer, index=True),
-    sa.Column("annotator", sa.String(100), nullable=False),
+    sa.Column("annotator", sa.String(ANNOTATOR_MAX), nullable=False),
     sa.Column("digest", sa.String(64), nullable=False),  # sha256 of the canonical payload
     sa.Column("n_labels", sa.Integer, nullable=False),
     sa.Column("skipped", sa.JSON),  # item ids the annotator skipped
@@ -56,6 +59,13 @@ class ConflictError(InputError):
 def ensure_tables(engine: sa.Engine) -> None:
     """Create the server's tables if missing (the catalog's own tables are left as they are)."""
     metadata.create_all(engine, tables=[submissions_table])
+    if engine.dialect.name == "postgresql":
+        # tables made before names could be 200 characters long held 100: widen them in place
+        cols = {c["name"]: c for c in sa.inspect(engine).get_columns("server_submissions")}
+        length = getattr(cols.get("annotator", {}).get("type"), "length", None)
+        if length is not None and length < ANNOTATOR_MAX:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE server_submissions ALTER COLUMN annotator TYPE VARCHAR({ANNOTATOR_MAX})"))
 
 
 def payload_digest(payload: dict[str, Any]) -> str:
@@ -111,6 +121,8 @@ def record_submission(
                 "make a new id for every new submission (reuse one only to retry the same request)"
             ) from None
         return SubmissionResult(written=0, replayed=True, recorded=int(prev.n_labels))
+    except sa.exc.DataError as exc:  # a value the database's column types refuse: the request's fault
+        raise InputError(f"the catalog refused a value of this submission: {exc.orig}") from None
     except sa.exc.OperationalError as exc:
         raise CatalogError(f"the catalog rejected a write: {exc.orig}") from exc
     return SubmissionResult(written=len(rows), replayed=False, recorded=len(item_ids))

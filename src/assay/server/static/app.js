@@ -72,6 +72,15 @@ function newId() {
 }
 
 // ------------------------------------------------------------------------------------------ concepts
+function leaveConcept(next) {
+  // Answers belong to the concept's batch: switching concept drops the unsent ones, so ask first.
+  const n = unsentAnswers().length;
+  if (n && next !== state.concept &&
+      !confirm(`${plural(n, "answer")} for ${state.concept} not sent yet. Drop them and switch to ${next}?`)) return false;
+  if (next !== state.concept) { state.answers = new Map(); state.sent = new Map(); state.undo = []; }
+  return true;
+}
+
 async function loadConcepts(select) {
   const data = await api("/api/concepts");
   const sel = $("#concept");
@@ -79,7 +88,9 @@ async function loadConcepts(select) {
   for (const c of data.concepts) sel.append(el("option", { value: c.name, text: `${c.name} (${c.labels} labels)` }));
   const saved = select || sessionStorage.getItem("assay.concept");
   const names = data.concepts.map((c) => c.name);
-  state.concept = names.includes(saved) ? saved : names[0] || null;
+  const next = names.includes(saved) ? saved : names[0] || null;
+  if (next !== state.concept) { state.answers = new Map(); state.sent = new Map(); state.undo = []; }
+  state.concept = next;
   if (state.concept) sel.value = state.concept;
   if (!state.concept) status("no concepts yet: create one above (a name and, optionally, a text query)");
   await showView(state.view);
@@ -90,6 +101,7 @@ async function createConcept(ev) {
   const name = $("#new-name").value.trim();
   const text = $("#new-text").value.trim();
   if (!name) return status("give the new concept a name", true);
+  if (!leaveConcept(name)) return;
   try {
     await api("/api/concepts", { method: "POST", body: text ? { name, text } : { name } });
     $("#new-name").value = ""; $("#new-text").value = "";
@@ -157,7 +169,7 @@ function regionOverlay(region) {
 
 function card(it, idx, { labelling }) {
   let media = it.thumb
-    ? el("img", { src: `${it.thumb}?size=160`, alt: it.name, loading: "lazy", onerror: thumbFailed })
+    ? el("img", { src: `${it.thumb}${it.thumb.includes("?") ? "&" : "?"}size=160`, alt: it.name, loading: "lazy", onerror: thumbFailed })
     : el("div", { class: "text", text: it.text || "" });
   if (it.thumb && it.region && it.region.box && it.region.image_size) {
     media = el("div", { class: "thumbwrap", title: `region ${it.region.box.join(", ")} triggered this proposal` },
@@ -187,7 +199,13 @@ function card(it, idx, { labelling }) {
     const skippers = [...new Set((it.skipped_by || []).map((k) => k.annotator))].join(", ");
     c.append(el("div", { class: "done", text: it.skipped && !by ? `skipped by ${skippers || "someone"}` : `answered: ${by}` }));
   }
-  if (labelling) c.addEventListener("click", () => { state.cursor = idx; renderMarks(); });
+  if (labelling) {
+    c.addEventListener("click", () => { state.cursor = idx; renderMarks(); });
+    const mark = (value, text, title) => el("button", { class: `mark mark-${value}`, text, title, type: "button",
+      onclick: (ev) => { ev.stopPropagation(); state.cursor = idx; answer(value, false); } });
+    c.append(el("div", { class: "marks" }, mark("yes", "yes", "yes (y)"), mark("no", "no", "no (n)"),
+      mark("skip", "skip", "skip (s)")));
+  }
   return c;
 }
 
@@ -248,13 +266,13 @@ function updateCounts() {
   $("#submit").disabled = unsent === 0 || state.inflight;
 }
 
-function answer(value) {
+function answer(value, advance = true) {
   if (!state.batch || !state.batch.items.length) return;
   const it = state.batch.items[state.cursor];
   state.undo.push({ id: it.id, prev: state.answers.get(it.id), cursor: state.cursor });
   if (value.endsWith("+box") && !(it.region && it.region.slot != null)) value = value.slice(0, -4); // no box: an image answer
   state.answers.set(it.id, value);
-  if (state.cursor < state.batch.items.length - 1) state.cursor++;
+  if (advance && state.cursor < state.batch.items.length - 1) state.cursor++;
   renderMarks();
 }
 
@@ -289,7 +307,6 @@ async function submit() {
   if (!unsent.length) return;
   const annotator = $("#annotator").value.trim();
   if (!annotator) { $("#annotator").focus(); return status("type your name (annotator) first, then press Enter again", true); }
-  localStorage.setItem("assay.annotator", annotator);
   const labels = [], skipped = [];
   for (const [id, v] of unsent) {
     if (v === "skip") { skipped.push(id); continue; }
@@ -324,6 +341,7 @@ async function submit() {
   }
   state.inflight = false;
   state.pending = null;
+  localStorage.setItem("assay.annotator", annotator); // remembered once the server took it
   for (const [id, v] of unsent) state.sent.set(id, v);
   document.body.dataset.submitted = String(Number(document.body.dataset.submitted || 0) + 1);
   if (unsentAnswers().length) {
@@ -342,6 +360,9 @@ async function propose() {
     await api(`/api/concepts/${encodeURIComponent(state.concept)}/rounds`, { method: "POST", body: {} });
     clearError();
     await pollProposer();
+    if (state.batch && !$("#status").classList.contains("error")) {
+      status(`round ${state.batch.round} proposed: ${plural(state.batch.items.length, "item")} to label`);
+    }
   } catch (e) { status(e.message, true); }
 }
 
@@ -355,6 +376,7 @@ async function pollProposer() {
       const p = await api(`/api/concepts/${encodeURIComponent(state.concept)}/proposer?wait=2`);
       if (p.state !== "running") {
         if (p.state === "error") status(`proposing failed: ${p.error}`, true);
+        else clearError();
         break;
       }
     }
@@ -438,7 +460,15 @@ async function showView(view) {
   state.view = view;
   for (const v of ["label", "search", "progress"]) $(`#view-${v}`).hidden = v !== view;
   document.querySelectorAll(".tab").forEach((b) => b.classList.toggle("active", b.dataset.view === view));
-  if (view === "label") await loadBatch();
+  if (view === "label" && !state.inflight) {
+    // answers not sent yet stay, for the items still in the (possibly newer) batch
+    const unsent = unsentAnswers();
+    const kept = await loadBatch(unsent.length ? new Map(unsent) : null);
+    if (unsent.length && kept < unsent.length) {
+      status(`${plural(unsent.length - kept, "unsent answer")} dropped: the batch moved on and those items are no ` +
+        "longer in it (they come back in a later round)", true);
+    }
+  }
   if (view === "progress") await loadProgress();
 }
 
@@ -465,13 +495,13 @@ function onKey(ev) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#annotator").value = localStorage.getItem("assay.annotator") || "";
-  $("#annotator").addEventListener("change", (ev) => localStorage.setItem("assay.annotator", ev.target.value.trim()));
   window.addEventListener("beforeunload", (ev) => {
     // answers given on this page and not yet saved would be lost: ask first
     if (unsentAnswers().length) { ev.preventDefault(); ev.returnValue = ""; }
   });
   $("#annotator").addEventListener("keydown", (ev) => { if (ev.key === "Enter") { ev.target.blur(); submit(); } });
   $("#concept").addEventListener("change", (ev) => {
+    if (!leaveConcept(ev.target.value)) { ev.target.value = state.concept; return; }
     state.concept = ev.target.value;
     sessionStorage.setItem("assay.concept", state.concept);
     showView(state.view);
@@ -479,6 +509,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#new-concept").addEventListener("submit", createConcept);
   document.querySelectorAll(".tab").forEach((b) => b.addEventListener("click", () => showView(b.dataset.view)));
   $("#submit").addEventListener("click", submit);
+  $("#undo").addEventListener("click", undo);
   $("#propose").addEventListener("click", propose);
   $("#search-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
