@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install assay into ./.venv (or $ASSAY_VENV) with every extra.
-# torch==2.13.0 goes in first: it is the CPU build, and installing it before the extras stops pip from
-# pulling a multi-GB CUDA build of torch as a dependency. Pass --dev to add the test tools.
+# torch==2.13.0 goes in first, before the extras, so that pip does not pull a multi-GB CUDA build of torch as
+# a dependency: it is the CPU build where pip's sources carry one (as on the machines this was built on), or
+# set ASSAY_TORCH_INDEX to an index that does. Pass --dev to add the test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${ASSAY_VENV:-.venv}"
@@ -12,7 +13,13 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
+# ASSAY_TORCH_INDEX: where pip finds a CPU build of torch when its default sources offer only the CUDA one
+# (on a plain Linux PyPI setup: ASSAY_TORCH_INDEX=https://download.pytorch.org/whl/cpu).
+if [[ -n "${ASSAY_TORCH_INDEX:-}" ]]; then
+  "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" --index-url "$ASSAY_TORCH_INDEX"
+else
+  "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
+fi
 "$VENV/bin/python" -m pip install --quiet -e ".[${extras}]"
 if [[ "$extras" == "all,dev" ]]; then
   # label-studio-sdk (tests validate the Label Studio export with it) pins opencv-python-headless < 4.13, which

@@ -91,3 +91,24 @@ def test_a_source_of_the_wrong_type_and_an_unknown_concept_fail_at_once(ws):
         ingest(ws, [5])
     with pytest.raises(NotFoundError):
         Miner(ws, "no-such-concept")
+
+
+@pytest.mark.parametrize("first", ["from assay.dedup import embedding_pairs", "assay.dedup", "pass"])
+def test_assay_dedup_is_callable_and_a_module_whatever_was_imported_first(first):
+    import subprocess
+    import sys
+
+    code = ("import assay\n" + (first if first.startswith(("from", "pass")) else f"_ = {first}") + "\n"
+            "from assay.dedup import DedupResult\n"
+            "assert callable(assay.dedup) and callable(assay.dedup.dedup)\n"
+            "assert assay.dedup.DedupResult is DedupResult\n"
+            "from assay import dedup\n"
+            "assert dedup is assay.dedup\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_assay_dedup_runs_when_called_as_the_package_attribute(ws):
+    build_index(ws, kind="flat")
+    res = assay.dedup(ws, method="embedding")
+    assert res.universe == len(ws.catalog.ids()) and res.method == "embedding"

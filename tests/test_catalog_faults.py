@@ -181,3 +181,23 @@ def test_a_one_shot_iterator_argument_survives_a_retry(tmp_path, monkeypatch):
     assert cat.mark_errors((int(i), "bad") for i in ids[:3]) == 3
     assert left["n"] == 0 and cat.count()["error"] == 3
     cat.close()
+
+
+def test_a_workspace_whose_catalog_is_unreachable_fails_once_not_twice(tmp_path, monkeypatch):
+    from assay import Workspace
+
+    Workspace.init(tmp_path / "ws").close()
+    port = _free_port()
+    monkeypatch.setenv("ASSAY_CATALOG_URL", f"postgresql://alice:pw@127.0.0.1:{port}/corpus")
+    ws = Workspace(tmp_path / "ws")
+    opens = {"n": 0}
+    real_open = Catalog.open
+
+    def counting_open(self):
+        opens["n"] += 1
+        return real_open(self)
+
+    monkeypatch.setattr(Catalog, "open", counting_open)
+    with pytest.raises(CatalogError, match="cannot open the catalog"):
+        ws.catalog  # the identity check meets the unreachable database: its error, at once
+    assert opens["n"] == 1

@@ -142,3 +142,17 @@ def test_search_shows_the_words_of_text_hits(tmp_path):
     (tmp_path / "q.jsonl").write_text('{"text": "top up"}\n')
     res = json.loads(_run("-w", ws, "search", "--batch", str(tmp_path / "q.jsonl"), "--json").stdout)
     assert all("text" in h for h in res["queries"][0]["results"])
+
+
+def test_embed_and_index_before_ingest_name_the_step_that_is_missing(tmp_path):
+    ws = str(tmp_path / "ws")
+    _run("init", ws, "--encoder", "test-mean-color")
+    r = _run("-w", ws, "embed")
+    assert r.exit_code == 0 and "run `assay ingest SOURCE...` first" in r.output
+    r = _run("-w", ws, "index")
+    assert r.exit_code == 2 and "no items yet: run `assay ingest" in r.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    _run("-w", ws, "ingest", str(tmp_path / "bad"))
+    r = _run("-w", ws, "index")
+    assert r.exit_code == 2 and "could be read at ingest" in r.output and "status --errors" in r.output

@@ -517,3 +517,31 @@ def test_a_label_file_with_an_unclosed_quote_says_so(ws, tmp_path):
     (tmp_path / "q.csv").write_text('id,label\n"5,1\n6,0\n')
     with pytest.raises(InputError, match="quote opened and never closed"):
         read_label_file(ws, tmp_path / "q.csv")
+
+
+def test_importing_the_same_answers_again_writes_nothing_but_a_change_is_kept(ws, tmp_path):
+    ids = [int(x) for x in ws.catalog.ids()[:4]]
+    cid = ws.catalog.add_concept("red", text="red").id
+    f = tmp_path / "a.csv"
+    f.write_text("id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, [1, 0, 1, 0])))
+    runner = CliRunner()
+    for _ in range(3):  # the label command, run again on the same file
+        r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(f), "--annotator", "ann", "--json"])
+        assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["recorded"] == 0 and json.loads(r.stdout)["unchanged"] == 4
+    assert len(ws.catalog.label_history(cid)) == 4
+    # another annotator's same answers are theirs: written; a changed answer is a new row
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(f), "--annotator", "bob", "--json"])
+    assert json.loads(r.stdout)["recorded"] == 4
+    f.write_text(f"id,label\n{ids[0]},0\n{ids[1]},0\n")
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(f), "--annotator", "ann", "--json"])
+    assert json.loads(r.stdout)["recorded"] == 1
+    assert [h["value"] for h in ws.catalog.label_history(cid, ids[0]) if h["annotator"] == "ann"] == [1, 0]
+    # `labels import` (source import) does the same
+    g = tmp_path / "imp.csv"
+    g.write_text("id,label,concept\n" + "".join(f"{i},1,red\n" for i in ids))
+    for k in range(2):
+        r = runner.invoke(app, ["-w", str(ws.root), "labels", "import", str(g), "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["written"] == (4 if k == 0 else 0)
+    assert json.loads(r.stdout)["unchanged"] == 4

@@ -470,6 +470,18 @@ def test_serve_command_binds_loopback_and_reads_the_token_from_the_environment(w
     assert r.exit_code == 0 and "without a token" in r.output and seen["anon"] == 200
     r = CliRunner().invoke(cli, ["serve", "-w", str(ws.root), "--token", "short"])
     assert r.exit_code == 2 and "at least 8 characters" in r.output
+    import socket
+
+    with socket.socket() as busy:  # a port another program listens on: one clear line, before anything loads
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        seen.clear()
+        r = CliRunner().invoke(cli, ["serve", "-w", str(ws.root), "--port", str(port)])
+        assert r.exit_code == 2 and f"port {port} on 127.0.0.1 is in use" in r.output and "--port" in r.output
+        assert seen == {} and "labelling app" not in r.output
+    r = CliRunner().invoke(cli, ["serve", "-w", str(ws.root), "--host", "no-such-host.invalid"])
+    assert r.exit_code == 2 and "--host" in r.output
 
 
 def test_annotator_names_follow_the_cli_rule(ws, client):

@@ -49,13 +49,19 @@ _LAZY = {
 }
 
 
+#: Lazy names that are submodules callable as their function.
+_CALLABLE_MODULES = frozenset({"dedup"})
+
+
 def __getattr__(name: str):
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'assay' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    module = importlib.import_module(f"{__name__}.{mod}")
+    # `assay.dedup` is the (callable) module itself: it must not change with import order (see assay.dedup)
+    value = module if name in _CALLABLE_MODULES else getattr(module, name)
     globals()[name] = value
     return value
 

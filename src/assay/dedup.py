@@ -42,7 +42,9 @@ import json
 import logging
 import math
 import os
+import sys
 import time
+import types
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1482,3 +1484,15 @@ def sweep_grouping(
         gi, gj = group_pairs(group_duplicates(i[keep], j[keep]))
         out.append({"cutoff": float(c), **pair_metrics(gi, gj, family, ids)})
     return out
+
+
+class _DedupModule(types.ModuleType):
+    """``assay.dedup`` is this module and, called, the :func:`dedup` function: ``assay.dedup(ws)`` and
+    ``assay.dedup.dedup(ws)`` both work whichever of ``assay.dedup`` or ``from assay.dedup import ...`` came
+    first (importing a submodule binds its name on the package, over a function of the same name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> DedupResult:
+        return dedup(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _DedupModule

@@ -571,10 +571,15 @@ class Miner:
         return hits
 
     def record_labels(
-        self, ids: np.ndarray, values: np.ndarray, *, source: str = "human", annotator: str | None = None
+        self, ids: np.ndarray, values: np.ndarray, *, source: str = "human", annotator: str | None = None,
+        skip_unchanged: bool = False,
     ) -> int:
         """Append labels (``values``: 1/0, True/False or yes/no, one per id); each is attached to the latest
-        round of this concept that proposed its item. Everything is checked before anything is written."""
+        round of this concept that proposed its item. Everything is checked before anything is written.
+
+        With ``skip_unchanged``, an answer equal to the latest one the same annotator (and source) gave for the
+        item is not written again: importing the same file twice adds nothing, while a changed answer is a
+        new row, so the history keeps every change. Returns the number of rows written."""
         concept = self.concept
         cat = self.ws.catalog
         round_of: dict[int, int] = {}
@@ -602,6 +607,13 @@ class Miner:
         unknown = [i for i in ids.tolist() if i not in known]
         if unknown:
             raise NotFoundError(f"{len(unknown)} item ids are not in the catalog, e.g. {unknown[:5]}")
+        if skip_unchanged:
+            latest = cat.latest_values(concept.id, source=source, annotator=annotator)
+            keep = np.asarray([latest.get(int(i)) != int(v) for i, v in zip(ids, values)], dtype=bool)
+            groups = {r: [k for k in idx if keep[k]] for r, idx in groups.items()}
+            groups = {r: idx for r, idx in groups.items() if idx}
+            if not groups:
+                return 0
         n += cat.add_label_batches(  # one transaction: every answer of the file, or none
             [(concept.id, ids[idx], values[idx], source, annotator, round_id) for round_id, idx in groups.items()])
         return n

@@ -682,7 +682,8 @@ def simulate(
             seed_negatives=config.seed_negatives, rng=rng,
         )
         if config.budget > corpus.ids.size:
-            raise InputError(f"budget ({config.budget}) exceeds the simulated corpus ({corpus.ids.size} items)")
+            raise InputError(f"budget ({config.budget}) exceeds the simulated corpus ({corpus.ids.size} items, after the "
+                             "test split and the rare-concept subsampling): lower the budget or use more items")
         seed_ids[s], dropped_ids[s], corpus_ids[s] = corpus.seed_ids, corpus.dropped_ids, corpus.ids
         pos_vecs = corpus.vectors[corpus.positive]  # [n_pos, dim]
         clusters = E.cluster_positives(pos_vecs, config.n_clusters, seed=s)

@@ -198,8 +198,11 @@ class Workspace:
                 theirs = "(an empty catalog)"
             elif theirs is None:
                 theirs = cat.ensure_value(CATALOG_ID_KEY, mine or uuid.uuid4().hex)
-        except CatalogError as exc:  # e.g. a read-only catalog: no identity check possible
-            log.debug("catalog identity not checked: %s", exc)
+        except CatalogError as exc:
+            if getattr(exc, "final", False):  # unreachable after its retries: say so now, not after a second round
+                cat.close()
+                raise
+            log.debug("catalog identity not checked: %s", exc)  # e.g. a read-only catalog
             return
         if mine is None:  # a workspace made before identities were recorded: it adopts its catalog's
             self.config.catalog_id = theirs

@@ -197,6 +197,12 @@ def embed(
             f"{report.encoder}: embedded {report.embedded} of {report.pending} pending items, {report.errors} failed "
             f"({report.items_per_s:,.1f} items/s, {report.seconds:.1f} s); {report.total_embedded} stored in all"
         )
+        if report.pending == 0 and report.total_embedded == 0:
+            n = ws.catalog.count()
+            out.print("nothing to embed: the workspace has no items yet; run `assay ingest SOURCE...` first"
+                      if n["total"] == 0 else
+                      f"nothing to embed: none of the {n['total']} items could be read at ingest "
+                      "(`assay status --errors` says why)")
         for item_id, reason in report.error_samples[:10]:
             out.print(f"error: item {item_id}: {reason}")
         if report.errors > 10:

@@ -24,7 +24,7 @@ def demo(
     """Build a workspace from a real dataset, ingest and embed it, and show what the embeddings know."""
     from ..datasets import write_cifar10, write_digits
     from ..demo import run_demo
-    from ..errors import NotFoundError, check_folder
+    from ..errors import InputError, NotFoundError, check_folder
 
     with errors_to_exit():
         t0 = time.perf_counter()
@@ -32,6 +32,10 @@ def demo(
 
         get_encoder(encoder)  # an unknown name fails before any data is written
         check_folder(out_dir, f"--out {out_dir}")
+        if data is not None and not no_mining and budget > n // 2:
+            # the simulated pool is about 3/4 of --n (a test split is held out and the concept made rare)
+            raise InputError(f"--budget {budget} is too many labels for --n {n} photos: use --n {2 * budget} or more, "
+                             f"or --budget {max(10, n // 2)} or less")
         if data is not None:
             npz = Path(data) / "cifar10" / "cifar10_jpeg_bytes.npz"
             if not npz.exists():

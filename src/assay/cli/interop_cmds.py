@@ -96,6 +96,9 @@ def scores_list(
         if json_:
             print_json({"models": rows})
             return
+        if not rows:
+            out.print(("no scores yet" + (f" for concept {concept!r}" if concept else "")) +
+                      ": add some with `assay scores import FILE --model NAME`, `scores tag` or `scores detect`")
         for r in rows:
             out.print(f"{r['concept']}: {r['model']}  {r['items']} items, mean {r['mean_score']:.4f}, {r['with_boxes']} with boxes")
 
@@ -225,7 +228,8 @@ def labels_import(
         else:
             per = ", ".join(f"{c}: {n}" for c, n in rep.concepts.items())
             out.print(f"imported {rep.written} labels ({per}; {rep.positives} positive, {rep.pseudo} pseudo); "
-                      f"{rep.skipped} entries without a label skipped")
+                      f"{rep.skipped} entries without a label skipped"
+                      + (f"; {rep.unchanged} already recorded as they are, not written again" if rep.unchanged else ""))
 
 
 def register(app: typer.Typer) -> None:

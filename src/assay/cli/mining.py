@@ -75,6 +75,9 @@ def concept_add(
             print_json({"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars})
         else:
             out.print(f"concept {c.name!r} (id {c.id}): text={c.text!r}, {len(c.exemplars)} exemplar(s)")
+            if not c.text and not c.exemplars:
+                out.print("note: with neither --text nor --exemplar, the first `assay mine` round is a random batch "
+                          "(or label some items first with `assay label`)")
 
 
 @concept_app.command("list")
@@ -193,13 +196,16 @@ def label(
         miner = Miner(ws, name)
         _ = miner.concept  # a missing concept fails before the file is read
         ids, vals = read_label_file(ws, file)
-        n = miner.record_labels(ids, vals, source=source, annotator=annotator)
+        n = miner.record_labels(ids, vals, source=source, annotator=annotator, skip_unchanged=True)
         lab, v = ws.catalog.current_labels(miner.concept.id)
-        res = {"recorded": n, "labels": int(len(lab)), "positives": int((v == 1).sum())}
+        unchanged = len(set(int(i) for i in ids)) - n
+        res = {"recorded": n, "unchanged": unchanged, "labels": int(len(lab)), "positives": int((v == 1).sum())}
         if json_:
             print_json(res)
         else:
-            out.print(f"recorded {n} labels for {name!r}; it now has {res['labels']} labelled items, {res['positives']} positive")
+            out.print(f"recorded {n} labels for {name!r}"
+                      + (f" ({unchanged} answers were already recorded as they are, and not written again)" if unchanged else "")
+                      + f"; it now has {res['labels']} labelled items, {res['positives']} positive")
 
 
 def harvest(

@@ -32,6 +32,8 @@ def index(
 
     with errors_to_exit():
         ws = open_workspace(workspace)
+        if ws.catalog.count()["ok"] == 0:
+            raise InputError(_nothing_to_index(ws))
         if (ray or address) and sharded is None:
             raise InputError("--ray and --address are options of --sharded N")
         if sharded is not None:
@@ -89,7 +91,7 @@ def search(
     """Search by item, image or text; --json prints {"results": [{"id", "score", "uri"}, ...]}, best first.
 
     With --regions each result also has "region" (the region id that scored best, null for the whole image)
-    and "box" ([x0, y0, x1, y1] in pixels, null for the whole image)."""
+    and "box" (\\[x0, y0, x1, y1] in pixels, null for the whole image)."""
     from ..errors import InputError
     from ..search import Searcher
 
@@ -182,6 +184,14 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
         for i, h in zip(pos, hits):
             out_rows[i] = {"query": queries[i], "results": [x.to_dict() for x in h]}
     return out_rows
+
+
+def _nothing_to_index(ws) -> str:
+    n = ws.catalog.count()
+    if n["total"] == 0:
+        return "the workspace has no items yet: run `assay ingest SOURCE...`, then `assay embed`, then `assay index`"
+    return (f"none of the workspace's {n['total']} items could be read at ingest ({n['error']} failed): "
+            "`assay status --errors` says why")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 from typing import Annotated
@@ -50,6 +51,7 @@ def serve(
         if encoder is not None and not ws.vectors(encoder).exists():
             raise InputError(f"--encoder {encoder}: the workspace has no embeddings by it; run "
                              f"`assay embed --encoder {encoder}` first, or leave --encoder out for the workspace's default")
+        _check_port_free(host, port)
         cfg = ServerConfig(token=token, encoder=encoder, strategy=strategy, batch=batch, check_host=_is_loopback(host))
         app = create_app(ws, cfg)
         if not _is_loopback(host) and token is None:
@@ -63,6 +65,28 @@ def serve(
         finally:
             app.state.proposer.close()
             ws.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before anything is printed or loaded when the address cannot be bound (a port in use, a host that
+    is not this machine's), naming the option to change."""
+    import socket
+
+    from ..errors import InputError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InputError(f"port {port} on {host} is in use (another `assay serve`?); pick another with --port") from None
+            raise InputError(f"cannot listen on {host}:{port} ({exc.strerror}); change --host or --port") from None
 
 
 def register(app: typer.Typer) -> None:

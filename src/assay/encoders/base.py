@@ -156,8 +156,12 @@ def get_encoder(name: str, **kwargs) -> Encoder:
         raise InputError(f"encoder name must be a non-empty string, got {name!r}")
     _ensure_builtin_registered()
     prefix, sep, arg = name.partition(":")
+    if prefix == "precomputed" and prefix not in _REGISTRY:
+        raise InputError(f"{name!r} names embeddings that are imported, not computed: "
+                         "`assay embed --encoder precomputed --from PATH`, or assay.import_embeddings(ws, PATH)")
     if prefix not in _REGISTRY:
-        raise UnknownNameError("encoder", name, [p + (":<arg>" if p in _TAKES_ARG else "") for p in _REGISTRY])
+        raise UnknownNameError("encoder", name, [p + (":<arg>" if p in _TAKES_ARG else "") for p in _REGISTRY]
+                               + ["precomputed (with --from PATH)"])
     factory = _REGISTRY[prefix]
     if sep:
         if prefix not in _TAKES_ARG:

@@ -64,6 +64,7 @@ class ImportReport:
     skipped: int = 0
     pseudo: int = 0
     created_concepts: list[str] = field(default_factory=list)
+    unchanged: int = 0  # entries equal to the latest label from the same source and annotator: not written again
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -511,13 +512,21 @@ def import_labels(
         groups.setdefault((e.concept, e.source, e.annotator), []).append(e)
     per: dict[str, int] = {}
     batches = []
+    unchanged = 0
     for (cname, src, who), es in groups.items():
         c = cat.concept(cname)
-        batches.append((c.id, np.asarray([e.item_id for e in es], dtype=np.int64),
-                        np.asarray([e.value for e in es], dtype=np.int64), src, who, None))
-        per[cname] = per.get(cname, 0) + len(es)
-    written = cat.add_label_batches(batches)  # one transaction: the whole file or nothing
+        # an answer equal to the latest one from the same source and annotator is not written again: importing
+        # a file twice adds nothing, and a changed answer is a new row (the history keeps every change)
+        latest = cat.latest_values(c.id, source=src, annotator=who)
+        new = [e for e in es if latest.get(int(e.item_id)) != int(e.value)]
+        unchanged += len(es) - len(new)
+        if new:
+            batches.append((c.id, np.asarray([e.item_id for e in new], dtype=np.int64),
+                            np.asarray([e.value for e in new], dtype=np.int64), src, who, None))
+        per[cname] = per.get(cname, 0) + len(new)
+    written = cat.add_label_batches(batches) if batches else 0  # one transaction: the whole file or nothing
     return ImportReport(
         format=fmt, file=str(path), written=written, concepts=per, positives=sum(e.value == 1 for e in entries),
         skipped=skipped, pseudo=sum(e.source == "pseudo" for e in entries), created_concepts=missing,
+        unchanged=unchanged,
     )
