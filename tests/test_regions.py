@@ -434,7 +434,9 @@ def test_cli_embed_regions_and_search_regions_json(tmp_path):
     assert r.exit_code == 2 and "distinct" in r.output
     r = runner.invoke(app, ["-w", str(wdir), "embed", "--region-overlap", "0.5"])
     assert r.exit_code == 2
-    assert runner.invoke(app, ["-w", str(wdir), "index", "--kind", "flat"]).exit_code == 0
+    r = runner.invoke(app, ["-w", str(wdir), "index", "--kind", "flat"])
+    assert r.exit_code == 0 and "regions index (items and regions together" in r.output
+    assert f"({12} items, {12 * 13} regions)" in r.output
     with Workspace.open(wdir) as w:
         target = _target(w)
     r = runner.invoke(app, ["-w", str(wdir), "search", "--regions", "--text", "red", "--json", "-k", "3"])

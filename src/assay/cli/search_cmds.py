@@ -72,7 +72,17 @@ def index(
             tb = rep["text_bridge"]
             out.print(f"text bridge (ConSE): {tb.get('skipped') or str(tb['count']) + ' items'}")
         if "knn_graph" in rep:
-            out.print(f"kNN graph: k={rep['knn_graph']['k']} over {rep['knn_graph']['n']} items")
+            g = rep["knn_graph"]
+            out.print(f"kNN graph: k={g['k']} over {g['n']} items"
+                      + (f" (only {g['n'] - 1} other items: rows padded)" if g["n"] <= g["k"] else ""))
+        regions = rep.get("regions")
+        if isinstance(regions, dict):
+            if "skipped" in regions:
+                out.print(f"regions index: not built ({regions['skipped']})")
+            elif "index" in regions:
+                out.print(f"regions index (items and regions together, for search --regions and mine --regions): "
+                          f"{regions.get('action', 'built')}, {regions['index']['count']} vectors "
+                          f"({regions.get('items', 0)} items, {regions.get('regions', 0)} regions)")
 
 
 def search(
