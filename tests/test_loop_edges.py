@@ -545,3 +545,82 @@ def test_importing_the_same_answers_again_writes_nothing_but_a_change_is_kept(ws
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["written"] == (4 if k == 0 else 0)
     assert json.loads(r.stdout)["unchanged"] == 4
+
+
+def test_seals_rounds_after_reingest_leave_out_changed_and_missing_files(ws, tmp_path):
+    from PIL import Image
+
+    cid = ws.catalog.add_concept("red", text="red").id
+    rows = ws.catalog.get_many(ws.catalog.ids())
+    reds = [r.id for r in rows if "red" in Path(r.uri).name]
+    others = [r.id for r in rows if "red" not in Path(r.uri).name]
+    m = Miner(ws, "red")
+    m.record_labels(reds[:2] + others[:2], [1, 1, 0, 0])
+    # two unlabelled red photos: one replaced by other bytes, one deleted; re-ingest (no embed, no index)
+    changed, gone = (ws.catalog.get(i) for i in reds[2:4])
+    Image.new("RGB", (16, 16), (250, 5, 5)).rotate(45).save(changed.uri)
+    Path(gone.uri).unlink()
+    ingest(ws, [Path(changed.uri).parent])
+    for strategy in ("seals:most-likely-positive", "seals:entropy"):
+        _, out = m.propose(strategy=strategy, batch=8, seed=0, seals_k=50)
+        assert changed.id not in out.ids and gone.id not in out.ids, strategy
+    assert cid == ws.catalog.concept("red").id
+
+
+def test_k_top_and_batch_beyond_the_corpus_ask_for_what_there_is(ws):
+    from assay.search import Searcher
+
+    n = len(ws.catalog.ids())
+    hits = Searcher(ws).search(item=int(ws.catalog.ids()[0]), k=10_000_000_000)
+    assert len(hits) == n - 1
+    scores, ids = Searcher(ws).neighbors(ws.catalog.ids()[:2], k=3_000_000_000)
+    assert ids.shape == (2, n)
+    ws.catalog.add_concept("red", text="red")
+    m = Miner(ws, "red")
+    rows = ws.catalog.get_many(ws.catalog.ids())
+    reds = [r.id for r in rows if "red" in Path(r.uri).name][:3]
+    others = [r.id for r in rows if "red" not in Path(r.uri).name][:3]
+    m.record_labels(reds + others, [1, 1, 1, 0, 0, 0])
+    got = m.harvest(top=100_000_000, include_negatives=True)
+    assert 0 < len(got) <= n
+
+
+def test_a_new_exemplar_file_is_embedded_alone_not_the_whole_pending_corpus(ws, tmp_path):
+    from PIL import Image
+
+    more = tmp_path / "more"
+    more.mkdir()
+    for k in range(3):
+        Image.new("RGB", (16, 16), (10 * k, 200, 30)).save(more / f"late_{k}.png")
+    ingest(ws.catalog, [more])  # ingested, not embedded
+    ex = tmp_path / "exemplar.png"
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(ex)
+    r = _cli(ws, "concept", "add", "redder", "--exemplar", str(ex), "--json")
+    assert r.exit_code == 0, r.output
+    assert ws.status()["pending"]["test-mean-color"] == 3  # the three late photos are still waiting
+    ex_id = ws.catalog.id_for_uri(str(ex.resolve())) or ws.catalog.id_for_uri(ex.resolve().as_uri())
+    assert json.loads(r.stdout)["exemplars"] == [ex_id]
+    assert ws.vectors().contains([ex_id]).all()
+
+
+def test_mine_takes_strategy_params_and_the_api_takes_a_proxy_suffix(ws):
+    ws.catalog.add_concept("red", text="red")
+    rows = ws.catalog.get_many(ws.catalog.ids())
+    reds = [r.id for r in rows if "red" in Path(r.uri).name][:3]
+    others = [r.id for r in rows if "red" not in Path(r.uri).name][:3]
+    Miner(ws, "red").record_labels(reds + others, [1, 1, 1, 0, 0, 0])
+    r = _cli(ws, "mine", "red", "--strategy", "value", "--param", "a=1", "--param", "b=0", "--param", "c=0.5",
+             "--batch", "3", "--json")
+    assert r.exit_code == 0, r.output
+    last = ws.catalog.rounds(ws.catalog.concept("red").id)[-1]
+    assert last.params["strategy_params"] == {"a": 1, "b": 0, "c": 0.5}
+    for bad, words in ((["--param", "a"], "KEY=VALUE"), (["--param", "a=-1"], "non-negative"),
+                       (["--param", "a=1", "--param", "a=2"], "twice")):
+        r = _cli(ws, "mine", "red", "--strategy", "value", *bad, "--batch", "3")
+        assert r.exit_code == 2 and words in r.output, r.output
+    r = _cli(ws, "mine", "red", "--strategy", "entropy", "--param", "zz=1", "--batch", "3")
+    assert r.exit_code == 2 and "does not take" in r.output
+    _, out = Miner(ws, "red").propose(strategy="most-likely-positive@svm", batch=3, seed=0)
+    assert out.proxy["kind"] == "svm"
+    with pytest.raises(InputError, match="names the proxy"):
+        Miner(ws, "red").propose(strategy="entropy@svm", proxy="mlp", batch=3)

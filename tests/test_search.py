@@ -263,3 +263,14 @@ def test_image_hits_have_no_text(ws):
     build_index(ws, kind="flat")
     hits = Searcher(ws).search(item=int(ws.catalog.ids()[0]), k=3)
     assert all(h.text is None and "text" not in h.to_dict() for h in hits)
+
+
+def test_a_vector_query_is_one_vector_of_numbers(ws):
+    build_index(ws, kind="flat")
+    s = Searcher(ws)
+    v = ws.vectors().get([int(ws.catalog.ids()[0])])[0]
+    assert len(s.search(vector=v[None, :], k=3)) == 3  # [1, d] is one vector
+    for bad, words in ((np.stack([v, v]), "one vector"), ("abc", "vector"), (np.zeros_like(v), "non-zero"),
+                       ([], "one vector")):
+        with pytest.raises(InputError, match=words):
+            s.search(vector=bad, k=3)

@@ -179,6 +179,7 @@ def embed(
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     hooks: Sequence[EmbedHook] = (),
+    ids: Sequence[int] | np.ndarray | None = None,
 ) -> EmbedReport:
     """Embed every ok item of the workspace that the encoder has not embedded yet.
 
@@ -204,6 +205,8 @@ def embed(
         Extra per-image work in the same pass (see :class:`EmbedHook`), e.g. a detector plugin. Hooks see
         the items this run embeds (not those embedded before) at full resolution (JPEG draft decoding is
         off while hooks run), and only images.
+    ids : sequence of int, optional
+        Embed only these items (those of them that are ok and not embedded yet), e.g. new exemplar files.
     """
     for name, v in (("batch_size", batch_size), ("shard_size", shard_size)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
@@ -211,6 +214,7 @@ def embed(
     batch_size, shard_size = int(batch_size), int(shard_size)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
+    only = ids  # (the name is reused below)
     t0 = time.perf_counter()
     enc = load_encoder(encoder or ws.default_encoder)
     ws.apply_changes()  # embeddings of items whose bytes changed since are dropped, so they are embedded again
@@ -225,6 +229,9 @@ def embed(
         for m in modalities:
             ids = ws.catalog.ids(status="ok", modality=m)
             pending_by_mod[m] = ids[~store.contains(ids)] if len(ids) else ids
+        if only is not None:
+            wanted = np.asarray(list(only), dtype=np.int64).reshape(-1)
+            pending_by_mod = {m: v[np.isin(v, wanted)] for m, v in pending_by_mod.items()}
         if limit is not None:
             left = limit
             for m in modalities:

@@ -491,6 +491,15 @@ class Miner:
 
         t_all = time.perf_counter()
         batch = _check_batch(batch)
+        if not isinstance(strategy, str):
+            raise InputError(f"strategy must be a name such as 'seals:entropy', got {type(strategy).__name__}")
+        if "@" in strategy:  # "seals:entropy@svm": the strategy names its own proxy (as on the command line)
+            from .simulate import split_spec
+
+            base, own = split_spec(strategy)
+            if own is not None and proxy not in ("logistic", own):
+                raise InputError(f"strategy {strategy!r} names the proxy {own!r} and proxy= says {proxy!r}; give one")
+            strategy, proxy = base, own or proxy
         concept = self.concept
         cat = self.ws.catalog
         use = self._model_score_use(model_scores)
@@ -511,6 +520,9 @@ class Miner:
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         labelled_in = _in_sorted(corpus, labelled)  # corpus is sorted: O(L log N), not a sort of N
         excluded = self._excluded(concept.id, labelled, keep_duplicates)
+        stale = searcher.stale_ids()  # items changed or failed since the index: never proposed (SEALS neighbours too)
+        if len(stale):
+            excluded = np.union1d(excluded, stale)
         round_no = len(cat.rounds(concept.id)) + 1
         rng = np.random.default_rng(seed if seed is not None else [concept.id, round_no])
         seed_hits = self._seed_hits(searcher, concept, labelled[labels == 1], batch) if (labels == 1).sum() == 0 or (labels == 0).sum() == 0 else []

@@ -1338,6 +1338,9 @@ class RegionMiner(Miner):
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         labelled_in = np.isin(labelled, corpus)
         excluded = self._excluded(concept.id, labelled, keep_duplicates)
+        stale = searcher.stale_ids()  # items changed or failed since the index: never proposed (SEALS neighbours too)
+        if len(stale):
+            excluded = np.union1d(excluded, stale)
         round_no = len(cat.rounds(concept.id)) + 1
         rng = np.random.default_rng(seed if seed is not None else [concept.id, round_no])
         rX, ry = region_training_set(self.ws, concept.name, self.encoder_name)

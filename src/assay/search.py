@@ -90,6 +90,22 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
+def _query_vector(vector: Any) -> np.ndarray:
+    """One query vector ``[d]`` (or ``[1, d]``) of finite numbers, not all zero -> float32 ``[1, d]``. Several
+    rows are refused (search_batch takes those), as are strings and other non-numbers."""
+    try:
+        v = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"vector must be a vector of numbers [d], got {type(vector).__name__}") from None
+    if v.ndim == 2 and v.shape[0] == 1:
+        v = v[0]
+    if v.ndim != 1 or v.size == 0:
+        raise InputError(f"vector must be one vector [d] (search_batch takes several), got shape {list(v.shape)}")
+    if not np.isfinite(v).all() or not v.any():
+        raise InputError(f"vector must be a finite, non-zero vector [d], got shape {list(v.shape)}")
+    return v[None, :]
+
+
 def _store_rows(store: VectorStore, extra: str | None = None) -> tuple[np.ndarray, ConcatRows]:
     ids, arrays = [], []
     for i, v in store.iter_shards(extra=extra):
@@ -586,12 +602,14 @@ class Searcher:
         self, queries: np.ndarray, k: int, *, exclude_per_query: Any = None, keep_duplicates: bool = False,
         index: VectorIndex | None = None, reduce: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Batch search: ``(scores [q, k], ids [q, k])``, best first, ``-1`` padding."""
+        """Batch search: ``(scores [q, k'], ids [q, k'])``, best first, ``-1`` padding, where ``k' = min(k, the
+        index's size)`` (at least 1): a ``k`` beyond the corpus asks for every item, never for memory it lacks."""
         k = _check_k(k)
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
-        idx = index or self.index()
+        idx = index if index is not None else self.index()
+        k = max(1, min(k, idx.ntotal))
         raw = q
         if reduce and index is None:
             q = self._reduce(q)
@@ -631,13 +649,9 @@ class Searcher:
             return self.search_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
         if text is not None:
             return self.search_texts([text], k=k, keep_duplicates=keep_duplicates)[0]
-        v = np.asarray(vector, dtype=np.float32)
-        v = v[None, :] if v.ndim == 1 else v
-        norms = np.linalg.norm(v, axis=1, keepdims=True) if v.ndim == 2 else None
-        if norms is None or not np.isfinite(v).all() or (norms == 0).any():
-            raise InputError(f"vector must be a finite, non-zero vector [d], got shape {np.shape(vector)}")
+        v = _query_vector(vector)
         # Scores are cosines: the query is normalised as the stored vectors are.
-        return self.search_batch(v / norms, k=k, keep_duplicates=keep_duplicates)[0]
+        return self.search_batch(v / np.linalg.norm(v, axis=1, keepdims=True), k=k, keep_duplicates=keep_duplicates)[0]
 
     def search_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
         s, i = self.search_vectors(queries, k, keep_duplicates=keep_duplicates)
@@ -663,7 +677,8 @@ class Searcher:
         k = _check_k(k)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         vecs = self._reduce(self.vectors_for_items(ids))
-        return _index_neighbors(self.index(), vecs, ids, k)
+        index = self.index()
+        return _index_neighbors(index, vecs, ids, max(1, min(k, index.ntotal)))
 
     # -------------------------------------------------------------- regions
     def region_spec(self):
@@ -730,7 +745,8 @@ class Searcher:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
-        idx = index or self.region_index()
+        idx = index if index is not None else self.region_index()
+        k = max(1, min(k, idx.ntotal))  # images: at most as many as the index holds rows
         R = self.region_spec().n_regions
         # If the top F rows name at least k distinct images, the top-k images by best region are exact (for
         # an exact index): an image missing from them has no row above the F-th, so none above the k-th
@@ -789,8 +805,8 @@ class Searcher:
             return self.search_regions_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
         if text is not None:
             return self.search_regions_texts([text], k=k, keep_duplicates=keep_duplicates)[0]
-        v = np.asarray(vector)
-        return self.search_regions_batch(v[None, :] if v.ndim == 1 else v, k=k, keep_duplicates=keep_duplicates)[0]
+        v = _query_vector(vector)
+        return self.search_regions_batch(v / np.linalg.norm(v, axis=1, keepdims=True), k=k, keep_duplicates=keep_duplicates)[0]
 
     def search_regions_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
         return self._region_hits(*self.search_regions_vectors(queries, k, keep_duplicates=keep_duplicates))

@@ -44,8 +44,9 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
             raise InputError(f"exemplar {f!r} cannot be used: it is not an image assay can read ({exc})") from None
     if new_files:
         ingest(ws.catalog, new_files)
-        ids.extend(ws.catalog.id_for_uri(file_uri(f)) for f in new_files)
-        embed(ws, encoder)
+        new_ids = [ws.catalog.id_for_uri(file_uri(f)) for f in new_files]
+        ids.extend(new_ids)
+        embed(ws, encoder, ids=[i for i in new_ids if i is not None])  # only the exemplars, not the pending corpus
         build_index(ws, encoder)
     from ..loop import check_exemplars
 
@@ -105,6 +106,7 @@ def mine(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Items to propose.")] = 50,
     proxy: Annotated[str, typer.Option("--proxy", help="logistic | mlp | ensemble | svm")] = "logistic",
     seals_k: Annotated[int, typer.Option("--seals-k", min=1, help="Neighbours per labelled item in a SEALS pool.")] = 100,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="A parameter of the strategy, KEY=VALUE (repeatable): e.g. --strategy value --param a=1 --param b=0.5 --param c=2 weighs relevance, uncertainty and novelty.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates")] = False,
@@ -137,7 +139,8 @@ def mine(
         labelled_now, _ = ws.catalog.current_labels(miner.concept.id)
         unanswered = len(miner._pending(miner.concept.id, labelled_now))
         row, outcome = miner.propose(
-            strategy=strategy, batch=batch, seed=seed, proxy=proxy, seals_k=seals_k, keep_duplicates=keep_duplicates
+            strategy=strategy, batch=batch, seed=seed, proxy=proxy, seals_k=seals_k, keep_duplicates=keep_duplicates,
+            strategy_params=_strategy_params(param or []),
         )
         if unanswered and not json_:
             from ._common import console
@@ -343,6 +346,25 @@ def rounds(
             scanned = "" if d["scanned_fraction"] is None else f", {100 * d['scanned_fraction']:.2f} % scanned"
             out.print(f"round {d['round']}  {d['created_at'][:19]}  {d['strategy']}: {d['batch']} proposed, "
                       f"{d['answered']} answered ({d['positives']} positive), pool {d['pool_size']}{scanned}")
+
+
+def _strategy_params(pairs: list[str]) -> dict[str, object] | None:
+    """``["a=1", "form=multiplicative"]`` -> ``{"a": 1.0, "form": "multiplicative"}`` (numbers as numbers)."""
+    from ..errors import InputError
+
+    out: dict[str, object] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key.isidentifier() or not value:
+            raise InputError(f"--param takes KEY=VALUE (e.g. a=0.5), got {p!r}")
+        if key in out:
+            raise InputError(f"--param {key} is given twice")
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out or None
 
 
 def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
