@@ -274,3 +274,36 @@ def test_a_vector_query_is_one_vector_of_numbers(ws):
                        ([], "one vector")):
         with pytest.raises(InputError, match=words):
             s.search(vector=bad, k=3)
+
+
+def test_neighbours_come_from_a_fresh_stored_knn_graph_and_match_the_index(ws, tmp_path, monkeypatch):
+    build_index(ws, kind="flat")
+    ids = ws.catalog.ids()[:7]
+    plain = Searcher(ws).neighbors(ids, k=5)
+    build_knn_graph(ws, 8, exact=True)
+    s = Searcher(ws)
+    import assay.search as search_mod
+
+    calls = {"n": 0}
+    real = search_mod._index_neighbors
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(search_mod, "_index_neighbors", counting)
+    via_graph = s.neighbors(ids, k=5)
+    assert calls["n"] == 0 and s.knn_graph() is not None
+    np.testing.assert_array_equal(via_graph[1], plain[1])
+    np.testing.assert_allclose(via_graph[0], plain[0], atol=1e-5)
+    s.neighbors(ids, k=9)  # more than the graph holds: the index answers
+    assert calls["n"] == 1
+    # new items and an updated index: the graph is older than the index and is not used
+    write_images(tmp_path / "more", 5, size=(16, 16), seed=7)
+    ingest(ws.catalog, [tmp_path / "more"])
+    embed(ws)
+    build_index(ws, kind="flat")
+    s2 = Searcher(ws)
+    assert s2.knn_graph() is None
+    s2.neighbors(ids, k=5)
+    assert calls["n"] == 2

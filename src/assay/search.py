@@ -434,6 +434,9 @@ class Searcher:
         self._region_index: VectorIndex | None = None
         self._region_bridge: VectorIndex | None = None
         self._region_spec: Any = None
+        self._graph: Any = None  # KnnGraph, or False when there is none fit to use
+        self._graph_order: np.ndarray | None = None
+        self._graph_ids_sorted: np.ndarray | None = None
         self.stale_rows = 0  # embeddings stored since the index was built (0 when up to date or unknown)
 
     # -------------------------------------------------------------- parts
@@ -676,9 +679,44 @@ class Searcher:
         """The ``k`` nearest items of each given item, itself excluded: ``(scores [n, k], ids [n, k])``."""
         k = _check_k(k)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        vecs = self._reduce(self.vectors_for_items(ids))
         index = self.index()
-        return _index_neighbors(index, vecs, ids, max(1, min(k, index.ntotal)))
+        k = max(1, min(k, index.ntotal))
+        graph = self.knn_graph()
+        if graph is None or k > graph.k or not len(ids):
+            return _index_neighbors(index, self._reduce(self.vectors_for_items(ids)), ids, k)
+        # rows of the stored graph (`assay index --knn K`, saved after the index): no search for those items
+        pos = np.searchsorted(self._graph_ids_sorted, ids)  # [n]
+        pos = np.minimum(pos, len(self._graph_ids_sorted) - 1)
+        hit = self._graph_ids_sorted[pos] == ids  # [n]
+        rows = self._graph_order[pos[hit]]  # [h] row of each found id in the graph
+        scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
+        nbrs = np.full((len(ids), k), -1, dtype=np.int64)
+        scores[hit], nbrs[hit] = graph.scores[rows, :k], graph.nbr_ids[rows, :k]
+        if (~hit).any():  # items the graph does not hold: the index
+            miss = ids[~hit]
+            s, i = _index_neighbors(index, self._reduce(self.vectors_for_items(miss)), miss, k)
+            scores[~hit], nbrs[~hit] = s, i
+        return scores, nbrs
+
+    def knn_graph(self) -> KnnGraph | None:
+        """The stored kNN graph when it is at least as new as the index (else None: the index answers)."""
+        if self._graph is False:
+            return None
+        if self._graph is None:
+            d = self.ws.index_dir(self.encoder_name) / _KNN
+            main = self.ws.index_dir(self.encoder_name) / _MAIN / "meta.json"
+            try:
+                fresh = (d / "meta.json").stat().st_mtime_ns >= main.stat().st_mtime_ns
+                g = KnnGraph.load(d, mmap=True) if fresh else None
+            except Exception as exc:  # noqa: BLE001 - a damaged graph only costs speed: the index answers
+                log.warning("the kNN graph at %s cannot be read (%s); neighbours come from the index", d, exc)
+                g = None
+            if g is None:
+                self._graph = False
+                return None
+            order = np.argsort(g.ids, kind="stable")
+            self._graph, self._graph_order, self._graph_ids_sorted = g, order, np.asarray(g.ids)[order]
+        return self._graph
 
     # -------------------------------------------------------------- regions
     def region_spec(self):
