@@ -156,3 +156,23 @@ def test_embed_and_index_before_ingest_name_the_step_that_is_missing(tmp_path):
     _run("-w", ws, "ingest", str(tmp_path / "bad"))
     r = _run("-w", ws, "index")
     assert r.exit_code == 2 and "could be read at ingest" in r.output and "status --errors" in r.output
+
+
+def test_disk_errors_are_one_line_with_what_to_do(tmp_path, monkeypatch):
+    import errno
+
+    write_images(tmp_path / "imgs", 3)
+    ws = str(tmp_path / "ws")
+    _run("init", ws, "--encoder", "test-mean-color")
+    _run("-w", ws, "ingest", str(tmp_path / "imgs"))
+    import sys
+
+    embed_mod = sys.modules["assay.embed"]  # (the package's `assay.embed` is the function)
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ws" / "vectors" / "x.npy"))
+
+    monkeypatch.setattr(embed_mod._ShardWriter, "commit", full)
+    r = _run("-w", ws, "embed")
+    assert r.exit_code == 1 and "No space left on device" in r.output and "free some space" in r.output
+    assert "Traceback" not in r.output

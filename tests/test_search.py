@@ -307,3 +307,21 @@ def test_neighbours_come_from_a_fresh_stored_knn_graph_and_match_the_index(ws, t
     assert s2.knn_graph() is None
     s2.neighbors(ids, k=5)
     assert calls["n"] == 2
+
+
+def test_an_index_and_a_pca_from_different_builds_are_caught_and_rebuilt(ws):
+    from assay.errors import IndexNotBuiltError as NotBuilt
+    from assay.reduce import PCAReducer
+
+    build_index(ws, kind="flat", pca=4)
+    item = int(ws.catalog.ids()[3])
+    before = [h.id for h in Searcher(ws).search(item=item, k=5)]
+    # a `--rebuild --pca 4` killed after it saved its new PCA and before the index: another PCA on disk
+    _, vecs = ws.vectors().load()
+    other = PCAReducer(n_components=4).fit(vecs[::-1][:20] * np.linspace(1, 3, 12, dtype=np.float32), rng=5)
+    other.save(ws.index_dir(ws.default_encoder) / "pca")
+    with pytest.raises(NotBuilt, match="different builds"):
+        Searcher(ws).search(item=item, k=5)
+    rep = build_index(ws)  # a plain `assay index` repairs it
+    assert rep["action"] == "built" and "did not finish" in rep["rebuilt_because"]
+    assert [h.id for h in Searcher(ws).search(item=item, k=5)] == before

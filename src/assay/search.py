@@ -191,6 +191,8 @@ def _build_index_locked(
         old_pca = existing.metadata.get("pca")
         if (pca or None) != (old_pca or None):
             reasons.append(f"pca {old_pca} -> {pca}")
+        elif old_pca and _pca_mismatch(root, existing):
+            reasons.append("its PCA was replaced by a rebuild that did not finish")
         if reasons:
             report["rebuilt_because"] = "; ".join(reasons)
             existing = None
@@ -213,6 +215,8 @@ def _build_index_locked(
         log.warning("the index of %s holds no vectors: none of its %d embeddings belongs to an item with status ok "
                     "(%d are items whose files failed at ingest); searches will find nothing", name, len(store), n_err)
     index.metadata["store_rows"] = len(store)  # lets a searcher tell that embeddings were added since
+    if reducer is not None:  # the PCA this index's vectors went through (a rebuild cut short can leave another)
+        index.metadata["pca_fingerprint"] = _pca_fingerprint(reducer)
     index.save(main_dir)
     changed_marker = root / CHANGED_IDS_FILE
     report["index"] = index.info()
@@ -266,6 +270,27 @@ class _Reduced(ConcatRows):
             return np.asarray(self.rows[key], dtype=np.float32)
         block = np.asarray(self.rows[src], dtype=np.float32)
         return block if self.reducer is None else self.reducer.transform(block)
+
+
+def _pca_fingerprint(reducer: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(reducer.mean_, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(reducer.components_, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _pca_mismatch(root: Path, index: VectorIndex) -> bool:
+    """Whether the PCA on disk is not the one ``index`` was built with (indexes from before fingerprints pass)."""
+    want = index.metadata.get("pca_fingerprint")
+    if not want:
+        return False
+    from .reduce import PCAReducer
+
+    try:
+        return _pca_fingerprint(PCAReducer.load(root / _PCA)) != want
+    except Exception:  # noqa: BLE001 - missing or unreadable: not the one the index needs
+        return True
 
 
 def _load_or_fit_pca(root: Path, store: VectorStore, pca: int | None, refit: bool, rng: Any):
@@ -479,6 +504,12 @@ class Searcher:
                 from .reduce import PCAReducer
 
                 self._reducer = PCAReducer.load(self.ws.index_dir(self.encoder_name) / _PCA)
+                want = self.index().metadata.get("pca_fingerprint")
+                if want and _pca_fingerprint(self._reducer) != want:
+                    self._reducer = None
+                    raise IndexNotBuiltError(
+                        f"the index of {self.encoder_name!r} and its PCA come from different builds (a rebuild that "
+                        "did not finish?); run `assay index` to rebuild it")
             self._reducer_loaded = True
         return self._reducer
 

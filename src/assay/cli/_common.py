@@ -63,6 +63,22 @@ def errors_to_exit(interrupted: str = "interrupted; finished work was kept, run 
         raise fail(str(exc), 1) from None
     except KeyboardInterrupt:
         raise fail(interrupted, 130) from None
+    except OSError as exc:  # the disk, not assay: one line saying which file and what to do
+        raise fail(_os_error_message(exc), 1) from None
+
+
+def _os_error_message(exc: OSError) -> str:
+    import errno
+
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    what = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some space and run the command again: what was finished and acknowledged is kept"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "assay needs to write there: check the folder's permissions or mount, or use another workspace"
+    else:
+        hint = "run the command again once the cause is fixed; what was finished and acknowledged is kept"
+    return f"{what}{where}: {hint}"
 
 
 @contextlib.contextmanager

@@ -382,20 +382,22 @@ def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
 
 
 def _write_rows(rows: list[dict], path: Path) -> None:
+    from .._atomic import atomic_output
     from ..errors import InputError
 
     if path.suffix.lower() == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if rows:
-            pq.write_table(pa.Table.from_pylist(rows), path)
-        else:  # no rows: still the columns, typed
-            pq.write_table(pa.table({"id": pa.array([], pa.int64()), "uri": pa.array([], pa.string()),
-                                     "concept": pa.array([], pa.string()), "score": pa.array([], pa.float64()),
-                                     "label": pa.array([], pa.int8()), "method": pa.array([], pa.string())}), path)
+        with atomic_output(path) as tmp:
+            if rows:
+                pq.write_table(pa.Table.from_pylist(rows), tmp)
+            else:  # no rows: still the columns, typed
+                pq.write_table(pa.table({"id": pa.array([], pa.int64()), "uri": pa.array([], pa.string()),
+                                         "concept": pa.array([], pa.string()), "score": pa.array([], pa.float64()),
+                                         "label": pa.array([], pa.int8()), "method": pa.array([], pa.string())}), tmp)
     elif path.suffix.lower() in (".csv", ""):
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "uri", "concept", "score", "label", "method"])
             w.writeheader()
             w.writerows(rows)

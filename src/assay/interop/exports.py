@@ -44,6 +44,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from .._atomic import atomic_output
 from ..errors import InputError, UnknownNameError, check_folder
 
 __all__ = [
@@ -248,7 +249,7 @@ def _has_text(rows: list[ExportRow]) -> bool:
 
 def _write_csv(rows: list[ExportRow], out: Path) -> None:
     with_text = _has_text(rows)  # a `text` column when the concept's items are texts
-    with open(out, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(EXPORT_COLUMNS) + (["text"] if with_text else []))
         w.writeheader()
         for r in rows:
@@ -267,7 +268,8 @@ def _write_parquet(rows: list[ExportRow], out: Path) -> None:
     with_text = _has_text(rows)
     if with_text:
         schema = schema.append(pa.field("text", pa.string()))
-    pq.write_table(pa.Table.from_pylist([r.public(with_text) for r in rows], schema=schema), out)
+    with atomic_output(out) as tmp:
+        pq.write_table(pa.Table.from_pylist([r.public(with_text) for r in rows], schema=schema), tmp)
 
 
 def label_studio_config(concept: str, text: bool = False) -> str:
@@ -358,9 +360,11 @@ def _write_label_studio(rows: list[ExportRow], out: Path, concept: str, model_ve
         if preds:
             task["predictions"] = preds
         tasks.append(task)
-    out.write_text(json.dumps(tasks, indent=1), encoding="utf-8")
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(tasks, indent=1), encoding="utf-8")
     cfg = out.with_name(out.stem + ".label_config.xml")
-    cfg.write_text(label_studio_config(concept, text=is_text), encoding="utf-8")
+    with atomic_output(cfg) as tmp:
+        tmp.write_text(label_studio_config(concept, text=is_text), encoding="utf-8")
     return [str(cfg)]
 
 
@@ -398,7 +402,8 @@ def _write_coco(rows: list[ExportRow], out: Path, concept: str, boxes: dict[int,
         "categories": [{"id": 1, "name": concept, "supercategory": "assay"}],
         "annotations": anns,
     }
-    out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     return n_boxes
 
 
@@ -415,11 +420,14 @@ def _place(uri: str, dest: Path, copy: bool) -> None:
     if is_local(uri):
         src = Path(local_path(uri))
         if copy:
-            shutil.copyfile(src, dest)
+            with atomic_output(dest) as tmp:  # never a half-copied image under the final name
+                shutil.copyfile(src, tmp)
         else:
             os.symlink(src.absolute(), dest)
     else:
-        dest.write_bytes(read_bytes(uri))
+        data = read_bytes(uri)
+        with atomic_output(dest) as tmp:
+            tmp.write_bytes(data)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -473,7 +481,8 @@ def _write_fiftyone(rows: list[ExportRow], out: Path, concept: str, copy: bool) 
         _place(r.uri, data / f"{r.id}{_suffix(r.uri)}", copy)
         labels[str(r.id)] = int(r.label)
     doc = {"classes": [negative_name(concept), concept], "labels": labels}
-    (out / "labels.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    with atomic_output(out / "labels.json") as tmp:
+        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
 
 def export(
