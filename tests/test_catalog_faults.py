@@ -201,3 +201,15 @@ def test_a_workspace_whose_catalog_is_unreachable_fails_once_not_twice(tmp_path,
     with pytest.raises(CatalogError, match="cannot open the catalog"):
         ws.catalog  # the identity check meets the unreachable database: its error, at once
     assert opens["n"] == 1
+
+
+def test_a_deleted_sqlite_catalog_is_named_missing_and_not_recreated(tmp_path):
+    from assay import Workspace
+    from assay.errors import WorkspaceError
+
+    Workspace.init(tmp_path / "ws").close()
+    (tmp_path / "ws" / "catalog.db").unlink()
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(WorkspaceError, match="catalog .* is missing"):
+        ws.catalog
+    assert not (tmp_path / "ws" / "catalog.db").exists()  # no empty stand-in was made

@@ -539,6 +539,19 @@ def test_dedup_incremental_checks_only_new_items_and_equals_a_full_run(dup_ws):
     assert other.mode == "full"
 
 
+def test_incremental_both_checks_items_again_once_they_are_embedded(dup_ws):
+    dedup(dup_ws, method="both", threshold=T)
+    ingest(dup_ws.catalog, [dup_ws.src / "c"])  # new images: pHash can compare them, embeddings cannot yet
+    early = dedup(dup_ws, method="both", threshold=T)
+    assert early.mode == "incremental" and early.checked == 3
+    embed(dup_ws)
+    res = dedup(dup_ws, method="both", threshold=T)
+    assert res.mode == "incremental" and res.checked == 3  # compared by their embeddings now
+    full = dedup(dup_ws, method="both", threshold=T, incremental=False)
+    assert named_groups(dup_ws, res.groups) == named_groups(dup_ws, full.groups)
+    assert named_groups(dup_ws, res.groups)["pair_a"] == ["pair_a", "pair_b", "pair_x"]
+
+
 def test_a_replaced_representative_dissolves_its_group_and_dedup_runs_in_full(dup_ws):
     first = dedup(dup_ws, method="embedding", threshold=T)
     n = ids_by_name(dup_ws)

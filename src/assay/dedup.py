@@ -1100,9 +1100,10 @@ def _save_state(ws: "Workspace", key: dict[str, Any], checked: np.ndarray, chang
     os.replace(tmp, d / name)
     state = {"format": _STATE_FORMAT, "key": key, "checked_file": name, "updated": time.time(),
              "changes_seq": int(changes_seq)}  # the catalog's change log, read up to here
-    tmp = d / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, d / "state.json")
+    from ._atomic import atomic_output
+
+    with atomic_output(d / "state.json") as tmp:  # a temporary name of its own: concurrent runs do not collide
+        tmp.write_text(json.dumps(state, indent=1))
     for p in d.glob("checked-*.npy"):  # the previous list, now unreferenced
         if p.name != name:
             p.unlink(missing_ok=True)
@@ -1335,7 +1336,11 @@ def dedup(
                 changed, method=method, threshold=_recorded_threshold(threshold, radius), items=touched
             )
         result.changed_groups = len(changed)
-    _save_state(ws, key, np.setdiff1d(np.union1d(checked, universe), failed), changes_seq)
+    done = np.setdiff1d(np.union1d(checked, universe), failed)
+    if use_emb and use_ph:
+        # an image not embedded yet was only compared by pHash: it is not checked until its embedding is too
+        done = done[np.isin(done, emb_ids)]
+    _save_state(ws, key, done, changes_seq)
     result.groups = cat.duplicate_groups()
     result.seconds = time.perf_counter() - t0
     return result

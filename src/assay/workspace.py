@@ -178,7 +178,16 @@ class Workspace:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            cat = Catalog(self.catalog_url)
+            url = self.catalog_url
+            if url.startswith("sqlite:///") and self.config.catalog_id is not None:
+                path = Path(url[len("sqlite:///"):])
+                if str(path) != ":memory:" and not path.exists():
+                    # a workspace whose catalog was recorded: an empty new file would pass for it
+                    raise WorkspaceError(
+                        f"the workspace's catalog {path} is missing (deleted or moved?): restore it from a backup, "
+                        "or point ASSAY_CATALOG_URL at it; assay does not start an empty catalog for a workspace "
+                        "whose embeddings and labels refer to its items")
+            cat = Catalog(url)
             self._check_catalog_identity(cat)
             self._catalog = cat
         return self._catalog
@@ -218,9 +227,10 @@ class Workspace:
             )
 
     def _write_config(self) -> None:
-        tmp = self.root / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        os.replace(tmp, self.root / CONFIG_NAME)
+        from ._atomic import atomic_output
+
+        with atomic_output(self.root / CONFIG_NAME) as tmp:  # a temporary name of its own per writer
+            tmp.write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
     @property
     def default_encoder(self) -> str:
@@ -294,9 +304,10 @@ class Workspace:
             return 0
 
     def _set_applied_seq(self, seq: int) -> None:
-        tmp = self._applied_path().with_name(CHANGES_APPLIED_FILE + ".tmp")
-        tmp.write_text(json.dumps({"seq": int(seq)}) + "\n")
-        os.replace(tmp, self._applied_path())
+        from ._atomic import atomic_output
+
+        with atomic_output(self._applied_path()) as tmp:  # a temporary name of its own per writer
+            tmp.write_text(json.dumps({"seq": int(seq)}) + "\n")
 
     def pending_changes(self) -> np.ndarray:
         """Ids of items whose bytes changed (in the catalog's change log) since this workspace last dropped
