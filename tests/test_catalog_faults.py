@@ -213,3 +213,41 @@ def test_a_deleted_sqlite_catalog_is_named_missing_and_not_recreated(tmp_path):
     with pytest.raises(WorkspaceError, match="catalog .* is missing"):
         ws.catalog
     assert not (tmp_path / "ws" / "catalog.db").exists()  # no empty stand-in was made
+
+
+@postgres
+@pytest.mark.postgres
+def test_a_round_lock_on_postgres_makes_other_clients_of_the_catalog_wait(pg_catalog):
+    import threading
+
+    from assay.catalog import ROUND_LOCK
+
+    cat, _admin, _schema = pg_catalog
+    other = Catalog(cat.url).open()  # another workspace (another process) on the same catalog
+    order: list[str] = []
+    with cat.advisory_lock(ROUND_LOCK, 7):
+        with cat.advisory_lock(ROUND_LOCK, 7):  # re-entrant in this thread
+            pass
+
+        def second():
+            with other.advisory_lock(ROUND_LOCK, 7):
+                order.append("second")
+            with other.advisory_lock(ROUND_LOCK, 8):  # another concept's lock is free
+                order.append("other concept")
+
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.5)
+        order.append("first releases")
+    t.join(10)
+    assert order == ["first releases", "second", "other concept"]
+    other.close()
+
+
+def test_the_round_lock_is_a_no_op_on_sqlite(tmp_path):
+    from assay.catalog import ROUND_LOCK
+
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
+    with cat.advisory_lock(ROUND_LOCK, 1), cat.advisory_lock(ROUND_LOCK, 1):
+        pass
+    cat.close()

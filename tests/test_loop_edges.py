@@ -573,8 +573,9 @@ def test_k_top_and_batch_beyond_the_corpus_ask_for_what_there_is(ws):
     n = len(ws.catalog.ids())
     hits = Searcher(ws).search(item=int(ws.catalog.ids()[0]), k=10_000_000_000)
     assert len(hits) == n - 1
-    scores, ids = Searcher(ws).neighbors(ws.catalog.ids()[:2], k=3_000_000_000)
-    assert ids.shape == (2, n)
+    scores, ids = Searcher(ws).neighbors(ws.catalog.ids()[:2], k=n + 5)  # padded to k, every other item found
+    assert ids.shape == (2, n + 5) and (ids[:, : n - 1] >= 0).all() and (ids[:, n - 1 :] == -1).all()
+    assert np.isinf(scores[:, n - 1 :]).all()
     ws.catalog.add_concept("red", text="red")
     m = Miner(ws, "red")
     rows = ws.catalog.get_many(ws.catalog.ids())
@@ -583,6 +584,8 @@ def test_k_top_and_batch_beyond_the_corpus_ask_for_what_there_is(ws):
     m.record_labels(reds + others, [1, 1, 1, 0, 0, 0])
     got = m.harvest(top=100_000_000, include_negatives=True)
     assert 0 < len(got) <= n
+    _, out = m.propose(strategy="seals:entropy", seals_k=3_000_000_000, batch=5, seed=0)  # all neighbours, no blow-up
+    assert len(out.ids) == 5
 
 
 def test_a_new_exemplar_file_is_embedded_alone_not_the_whole_pending_corpus(ws, tmp_path):

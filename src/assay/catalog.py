@@ -21,6 +21,7 @@ call that returned) is ever lost.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import json
@@ -683,6 +684,32 @@ class Catalog(_MiningMixin):
             self._engine.dispose()
             self._engine = None
 
+    @contextlib.contextmanager
+    def advisory_lock(self, kind: int, key: int) -> Iterator[None]:
+        """Hold a lock named ``(kind, key)`` that every client of this catalog sees, for the block: on
+        PostgreSQL a session advisory lock (several workspaces, or machines, sharing one catalog wait for each
+        other); on SQLite nothing (a SQLite catalog belongs to one workspace, whose file locks cover it).
+        Re-entrant within a thread."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        held: set[tuple[int, int]] = _ADVISORY.__dict__.setdefault("held", set())
+        name = (int(kind), int(key))
+        if name in held:
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:a, :b)"), {"a": name[0], "b": name[1]})
+            conn.commit()
+            held.add(name)
+            try:
+                yield
+            finally:
+                held.discard(name)
+                with contextlib.suppress(Exception):  # a lost connection drops its locks by itself
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:a, :b)"), {"a": name[0], "b": name[1]})
+                    conn.commit()
+
     def __enter__(self) -> Catalog:
         return self.open()
 
@@ -1212,6 +1239,9 @@ class Catalog(_MiningMixin):
 
 # ---------------------------------------------------------------------------------------------- retries
 _RETRY_STATE = threading.local()
+_ADVISORY = threading.local()  # advisory locks this thread holds (re-entrant)
+#: ``kind`` of :meth:`Catalog.advisory_lock` for proposing a concept's round.
+ROUND_LOCK = 0x61737361
 
 
 def _refused_for_good(exc: BaseException) -> bool:

@@ -426,11 +426,21 @@ class Miner:
     def _round_lock(self):
         """One round of a concept proposed at a time (CLI runs, the server): the second waits, then leaves out
         the first one's batch (unlabelled items of recent rounds are pending) instead of proposing it again."""
+        import contextlib
+
+        from .catalog import ROUND_LOCK
         from .workspace import exclusive_lock
 
         c = self.concept
-        return exclusive_lock(self.ws.root / "locks" / f"round-{c.id}.lock",
-                              f"another round of {c.name!r} is being proposed; waiting for it")
+        stack = contextlib.ExitStack()
+        stack.enter_context(exclusive_lock(self.ws.root / "locks" / f"round-{c.id}.lock",
+                                           f"another round of {c.name!r} is being proposed; waiting for it"))
+        try:  # other workspaces on the same (PostgreSQL) catalog propose rounds of this concept too
+            stack.enter_context(self.ws.catalog.advisory_lock(ROUND_LOCK, c.id))
+        except BaseException:
+            stack.close()
+            raise
+        return stack
 
     def _excluded(self, concept_id: int, labelled: np.ndarray, keep_duplicates: bool) -> np.ndarray:
         """Ids a round never proposes: pending items of recent rounds, and (unless duplicates are kept)
@@ -512,8 +522,10 @@ class Miner:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         is_seals = strategy.strip().lower().startswith("seals:")
-        strat = get_strategy(strategy, pool_params={"k": seals_k} if is_seals else None, **params)
         searcher = self._searcher()
+        if is_seals and not isinstance(seals_k, bool) and isinstance(seals_k, (int, np.integer)) and seals_k > 0:
+            seals_k = int(min(seals_k, max(1, searcher.index().ntotal)))  # more neighbours than items: all of them
+        strat = get_strategy(strategy, pool_params={"k": seals_k} if is_seals else None, **params)
         store = searcher.store
         t0 = time.perf_counter()
         corpus = self._corpus(searcher)

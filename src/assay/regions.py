@@ -1330,9 +1330,11 @@ class RegionMiner(Miner):
         ensure_tables(self.ws)
         concept = self.concept
         cat = self.ws.catalog
+        searcher = self._searcher()
+        if strategy.startswith("seals:") and not isinstance(seals_k, bool) and isinstance(seals_k, (int, np.integer)) and seals_k > 0:
+            seals_k = int(min(seals_k, max(1, searcher.index().ntotal)))  # more neighbours than items: all of them
         strat = get_strategy(strategy, pool_params={"k": seals_k} if strategy.startswith("seals:") else None,
                              **dict(strategy_params or {}))
-        searcher = self._searcher()
         store, rstore = searcher.store, region_store(self.ws, self.encoder_name)
         corpus = self._corpus(searcher)
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)

@@ -707,11 +707,18 @@ class Searcher:
         return self._hits(s, i)
 
     def neighbors(self, ids: list[int] | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest items of each given item, itself excluded: ``(scores [n, k], ids [n, k])``."""
+        """The ``k`` nearest items of each given item, itself excluded: ``(scores [n, k], ids [n, k])``, padded
+        with ``-inf`` / ``-1`` where the corpus holds fewer (callers keep ``k`` small: a round caps it at the
+        corpus size)."""
         k = _check_k(k)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         index = self.index()
-        k = max(1, min(k, index.ntotal))
+        if k >= index.ntotal:  # more than the corpus holds: every other item, padded to k columns (-1 / -inf)
+            s, i = self.neighbors(ids, max(1, index.ntotal - 1)) if index.ntotal > 1 else (
+                np.zeros((len(ids), 0), np.float32), np.zeros((len(ids), 0), np.int64))
+            pad = k - s.shape[1]
+            return (np.concatenate([s, np.full((len(ids), pad), -np.inf, np.float32)], axis=1),
+                    np.concatenate([i, np.full((len(ids), pad), -1, np.int64)], axis=1))
         graph = self.knn_graph()
         if graph is None or k > graph.k or not len(ids):
             return _index_neighbors(index, self._reduce(self.vectors_for_items(ids)), ids, k)
