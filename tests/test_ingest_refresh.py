@@ -363,3 +363,27 @@ def test_a_changed_file_that_carries_labels_is_pointed_out(ws, tmp_path):
     _solid(paths[2], (3, 3, 3), size=(30, 30))
     rep = ingest(ws, [tmp_path / "imgs"])
     assert rep.changed == 3 and rep.changed_in_concepts == {"fish": 2}
+
+
+def test_changes_wait_while_an_embed_holds_the_store_instead_of_failing(ws, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _solid(folder / "a.png", (200, 10, 10))
+    _solid(folder / "b.png", (10, 10, 200))
+    ingest(ws.catalog, [folder])
+    embed(ws)
+    build_index(ws, kind="flat")
+    b_id = ws.catalog.id_for_uri(str(folder / "b.png"))
+    _solid(folder / "b.png", (10, 200, 10), size=(20, 18))
+    ingest(ws.catalog, [folder])  # the catalog changed; this workspace has not dropped the old vector yet
+    busy = ws.vectors()
+    busy.lock()  # an `assay embed` running in another process
+    try:
+        assert ws.apply_changes() == 0  # no error: the change waits
+        rep = build_index(ws)  # index runs meanwhile, and the changed item is not served
+        assert rep["index"]["count"] >= 1
+        assert b_id not in [h.id for h in Searcher(ws).search(item=ws.catalog.id_for_uri(str(folder / "a.png")), k=5)]
+    finally:
+        busy.unlock()
+    assert ws.apply_changes() == 1  # the embed finished: the stale vector goes now
+    assert not ws.vectors().contains([b_id]).any()

@@ -77,6 +77,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class StoreBusyError(WorkspaceError):
+    """Another process holds the store's writer lock (an `assay embed` running)."""
+
+
 @dataclass(frozen=True)
 class Shard:
     seq: int
@@ -231,7 +235,7 @@ class VectorStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             os.close(fd)
-            raise WorkspaceError(f"another process is writing embeddings to {self.root}; wait for it to finish") from exc
+            raise StoreBusyError(f"another process is writing embeddings to {self.root}; wait for it to finish") from exc
         self._lock_fd = fd
 
     def unlock(self) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .errors import DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, check_folder
-from .vectors import VectorStore, encoder_key
+from .vectors import StoreBusyError, VectorStore, encoder_key
 
 #: In an index folder: ids of items whose files changed (embeddings dropped) since the index was built.
 CHANGED_IDS_FILE = "changed-items.npy"
@@ -319,7 +319,13 @@ class Workspace:
         re-ingested them: this workspace, another one on a shared catalog, or a run that was killed before
         it got here). ``embed``, ``index`` and ``ingest`` call it; returns the rows dropped."""
         ids, last = self.catalog.changes_since(self._applied_seq())
-        removed = self.forget_embeddings(ids) if len(ids) else 0
+        try:
+            removed = self.forget_embeddings(ids) if len(ids) else 0
+        except StoreBusyError as exc:
+            # an `assay embed` holds a store: leave the changes pending (searches and rounds skip those items
+            # meanwhile) and drop their embeddings at the next command, instead of failing this one
+            log.warning("%d changed items keep their old embeddings until the running embed finishes (%s)", len(ids), exc)
+            return 0
         if last != self._applied_seq():
             self._set_applied_seq(last)
         return removed
