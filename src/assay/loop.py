@@ -529,6 +529,10 @@ class Miner:
         store = searcher.store
         t0 = time.perf_counter()
         corpus = self._corpus(searcher)
+        if (base_name == "information-density" and not is_seals and len(corpus) > 20_000
+                and getattr(searcher, "knn_graph", lambda: None)() is None):
+            log.warning("information-density looks up the neighbours of every pool item (%d) each round; "
+                        "`assay index --knn 10` stores them once and makes these rounds fast", len(corpus))
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         labelled_in = _in_sorted(corpus, labelled)  # corpus is sorted: O(L log N), not a sort of N
         excluded = self._excluded(concept.id, labelled, keep_duplicates)
