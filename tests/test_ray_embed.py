@@ -205,3 +205,14 @@ def test_a_ray_address_that_does_not_answer_is_one_clear_error(tmp_path):
         srv.listen(1)
         _check_reachable(f"127.0.0.1:{srv.getsockname()[1]}")
     _check_reachable("auto")
+
+
+def test_an_encoder_actor_runs_inference_on_the_cpus_ray_gave_it(monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("assay.distributed.ray_embed")
+    monkeypatch.setattr(mod, "load_encoder", lambda enc: enc)  # no weights needed to check the setting
+    w = mod._EmbedWorker("efficientnet-lite0", 64, 2, cpus=2.0)
+    assert w.enc.num_threads == 2 and w.enc.session_layout() == (2, 1)
+    w = mod._EmbedWorker("efficientnet-lite0", 64, 2, cpus=None)  # GPU actors: left to the encoder
+    assert w.enc.num_threads is None

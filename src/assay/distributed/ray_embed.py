@@ -126,7 +126,12 @@ class _Collector:
 class _EmbedWorker:
     """The body of an encoder actor: load once, then embed task after task."""
 
-    def __init__(self, encoder: str | Encoder, batch_size: int, decode_threads: int) -> None:
+    def __init__(self, encoder: str | Encoder, batch_size: int, decode_threads: int, cpus: float | None = None) -> None:
+        if isinstance(encoder, str):
+            encoder = get_encoder(encoder)
+            # inference threads = the CPUs Ray gave this actor (not every core of the node: actors share it)
+            if cpus and getattr(encoder, "num_threads", "unset") is None:
+                encoder.num_threads = max(1, int(round(cpus)))
         self.enc = load_encoder(encoder)
         self.batch_size = batch_size
         self.decode_threads = decode_threads
@@ -298,7 +303,8 @@ def _drive(
     Actor = ray.remote(_EmbedWorker).options(
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
     )
-    actors = [Actor.remote(enc_spec, batch_size, decode_threads) for _ in range(num_actors)]
+    actors = [Actor.remote(enc_spec, batch_size, decode_threads, None if num_gpus else num_cpus)
+              for _ in range(num_actors)]
     try:
         ray.get([a.ready.remote() for a in actors])
     except Exception as exc:  # the encoder cannot load on the workers: nothing to retry
