@@ -736,3 +736,29 @@ def test_report_for_phash_bands(dup_ws, tmp_path):
     assert "Hamming distance" in text and "(current setting)" in text
     kinds = {b["kind"] for b in files.bands}
     assert kinds == {"hamming"} and sum(b["count"] for b in files.bands) >= 3
+
+
+def test_text_only_encoders_get_a_stricter_default_and_a_large_set_aside_is_reported(tmp_path, caplog):
+    import logging
+
+    from assay import Workspace
+    from assay.dedup import DEFAULT_TEXT_THRESHOLD, default_threshold
+    from assay.dedup_report import write_report
+
+    assert default_threshold("minilm") == DEFAULT_TEXT_THRESHOLD > DEFAULT_THRESHOLD
+    assert default_threshold("efficientnet-lite0") == DEFAULT_THRESHOLD
+    assert default_threshold("precomputed:mine") == DEFAULT_THRESHOLD
+    ws = Workspace.init(tmp_path / "tws", default_encoder="test-mean-color")
+    rows = ["uri,text"] + [f"t{i},aaaa bbbb {i % 3}" for i in range(12)]  # the test encoder: many alike texts
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    ingest(ws.catalog, [tmp_path / "t.csv"])
+    embed(ws)
+    with caplog.at_level(logging.WARNING, logger="assay.dedup"):
+        res = dedup(ws, method="embedding", threshold=0.9)
+    assert res.removed > 0.2 * 12 and "set aside" in caplog.text and "--threshold" in caplog.text
+    files = write_report(ws, tmp_path / "rep", method=res.method, encoder=res.encoder, groups=res.groups,
+                         threshold=res.threshold, radius=res.radius)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "aaaa bbbb" in page and "no preview" not in page
+    assert files is not None
+    ws.close()

@@ -99,6 +99,22 @@ log = logging.getLogger(__name__)
 METHODS = ("embedding", "phash", "both")
 #: Default cosine threshold for near duplicates (efficientnet-lite0; see docs/dedup.md for the sweep).
 DEFAULT_THRESHOLD = 0.90
+#: Default for text-only encoders (minilm): paraphrases with other meanings sit at 0.90-0.97 there, while
+#: copies with small edits (case, spacing, punctuation, a typo) stay above 0.98.
+DEFAULT_TEXT_THRESHOLD = 0.98
+#: A run that sets aside more than this share of its items says so (a threshold too low for the corpus?).
+SET_ASIDE_WARNING = 0.2
+
+
+def default_threshold(encoder: str) -> float:
+    """The default near-duplicate cosine for ``encoder``'s embeddings: stricter for text-only encoders."""
+    from .encoders.base import get_encoder
+
+    try:
+        modalities = get_encoder(encoder).modalities
+    except Exception:  # noqa: BLE001 - an encoder this installation cannot make (precomputed, a missing extra)
+        return DEFAULT_THRESHOLD
+    return DEFAULT_TEXT_THRESHOLD if set(modalities) == {"text"} else DEFAULT_THRESHOLD
 #: Default Hamming radius (of 64 bits) for perceptual-hash duplicates (see docs/dedup.md for the sweep).
 DEFAULT_RADIUS = 8
 PHASH_BYTES = 8  # 64 bits: imagehash.phash with hash_size=8
@@ -1154,7 +1170,7 @@ def dedup(
     ws: "Workspace",
     *,
     method: str = "embedding",
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     radius: int = DEFAULT_RADIUS,
     encoder: str | None = None,
     incremental: bool = True,
@@ -1169,8 +1185,9 @@ def dedup(
     ----------
     method : {"embedding", "phash", "both"}
         Which near-duplicate edges to use; same-bytes edges (sha256, from ingest) are always included.
-    threshold : float in (0, 1]
+    threshold : float in (0, 1], optional
         Cosine similarity at or above which two embeddings are near duplicates (methods embedding, both).
+        Default: :func:`default_threshold` of the encoder (0.90; 0.98 for text-only encoders).
     radius : int in [0, 32]
         Hamming distance (bits of 64) at or below which two pHashes are duplicates (methods phash, both).
     encoder : str, optional
@@ -1201,12 +1218,15 @@ def dedup(
     method = _check_method(method)
     use_emb = method in ("embedding", "both")
     use_ph = method in ("phash", "both")
-    threshold = check_threshold(threshold) if use_emb else None
     radius = check_radius(radius) if use_ph else None
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise InputError(f"k must be a positive integer, got {k!r}")
     cat = ws.catalog
     enc_name = (encoder or ws.default_encoder) if use_emb else None
+    if use_emb:
+        threshold = check_threshold(threshold) if threshold is not None else default_threshold(enc_name)
+    else:
+        threshold = None
 
     searcher = None
     index_report = None
@@ -1343,6 +1363,12 @@ def dedup(
     _save_state(ws, key, done, changes_seq)
     result.groups = cat.duplicate_groups()
     result.seconds = time.perf_counter() - t0
+    n_ok = int(cat.count()["ok"])
+    if n_ok and result.removed > SET_ASIDE_WARNING * n_ok:
+        log.warning("dedup set aside %d of %d items (%.0f %%) as copies of others: search, mining and harvest skip "
+                    "them. If they are not copies, raise --threshold (now %s) and run `assay dedup --full`; "
+                    "`assay dedup --report DIR` shows the groups.", result.removed, n_ok,
+                    100.0 * result.removed / n_ok, threshold)
     return result
 
 

@@ -168,6 +168,7 @@ figure.rep img{border-color:#2a7}
 .score{font-weight:bold;font-size:1.1em;padding:0 .4em}
 .muted{color:#777}figure .muted{display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .missing{width:%(w)dpx;height:%(h)dpx;background:#eee;display:flex;align-items:center;justify-content:center}
+.text{width:%(w)dpx;max-height:%(h)dpx;overflow:auto;background:#f6f6f6;font-size:12px;padding:4px;white-space:pre-wrap}
 """
 
 
@@ -183,11 +184,15 @@ def _figure(thumbs: _Thumbs, item_id: int, caption: str, rep: bool = False) -> s
     row = thumbs.row(item_id)
     uri = row.uri if row is not None else ""
     src = thumbs.src(item_id)
-    img = (
-        f'<img src="{html.escape(src)}" alt="item {item_id}" loading="lazy">'
-        if src
-        else '<div class="missing">no preview</div>'
-    )
+    text = getattr(row, "text", None) if row is not None and getattr(row, "modality", "") == "text" else None
+    if src:
+        img = f'<img src="{html.escape(src)}" alt="item {item_id}" loading="lazy">'
+    elif text is not None:  # a text item: its words, escaped (at most 600 characters)
+        shown = text if len(text) <= 600 else text[:600] + "…"
+        img = f'<div class="text">{html.escape(shown)}</div>'
+    else:
+        img = '<div class="missing">no preview</div>'
+
     cls = ' class="rep"' if rep else ""
     return (
         f'<figure{cls} title="{html.escape(uri)}">{img}<figcaption>{caption}'

@@ -743,6 +743,9 @@ class Searcher:
         if self._graph is None:
             d = self.ws.index_dir(self.encoder_name) / _KNN
             main = self.ws.index_dir(self.encoder_name) / _MAIN / "meta.json"
+            if not (d / "meta.json").exists():  # none was built (`assay index --knn K` builds one)
+                self._graph = False
+                return None
             try:
                 fresh = (d / "meta.json").stat().st_mtime_ns >= main.stat().st_mtime_ns
                 g = KnnGraph.load(d, mmap=True) if fresh else None

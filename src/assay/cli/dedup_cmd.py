@@ -31,7 +31,7 @@ def dedup(
         Optional[float],
         typer.Option(
             "--threshold",
-            help="Cosine similarity in (0, 1] at or above which embeddings are near duplicates (default: 0.90).",
+            help="Cosine similarity in (0, 1] at or above which embeddings are near duplicates (default: 0.90; 0.98 for text-only encoders such as minilm).",
             show_default=False,
         ),
     ] = None,
@@ -67,12 +67,12 @@ def dedup(
 
     --json prints {"groups": [{"representative": id, "items": [{"id", "uri"}, ...]}, ...], "removed": N, ...}.
     """
-    from ..dedup import DEFAULT_RADIUS, DEFAULT_THRESHOLD, check_radius, check_threshold
+    from ..dedup import DEFAULT_RADIUS, check_radius, check_threshold
     from ..dedup import dedup as run_dedup
 
     with errors_to_exit():
         # validate what was given before touching the workspace
-        t = check_threshold(threshold) if threshold is not None else DEFAULT_THRESHOLD
+        t = check_threshold(threshold) if threshold is not None else None  # None: the encoder's default
         r = check_radius(radius) if radius is not None else DEFAULT_RADIUS
         import logging
 
@@ -81,7 +81,7 @@ def dedup(
             dlog.warning("--threshold is a cosine for --method embedding or both; --method phash uses --radius")
         if radius is not None and method == "embedding":
             dlog.warning("--radius is a pHash distance for --method phash or both; --method embedding uses --threshold")
-        if t < 0.75:
+        if t is not None and t < 0.75:
             dlog.warning(
                 "a threshold of %g groups items that are merely alike, not duplicates; on a corpus of tight "
                 "clusters every item then has many neighbours above it, and the pair search grows with their "
