@@ -317,14 +317,22 @@ def _run_batch(enc: Encoder, batch_ids: list[int], arrays: list[np.ndarray], wri
     writer.add(np.asarray(batch_ids, dtype=np.int64), out.embeddings, out.extras)
 
 
+#: Texts handed to the encoder per call by the pipeline (see _embed_texts).
+TEXT_WINDOW = 1024
+
+
 def _embed_texts(
     ws: Workspace, enc: Encoder, ids: np.ndarray, writer: _ShardWriter, batch_size: int,
     progress: Callable[[int], None] | None,
 ) -> None:
+    # Texts go to the encoder a window at a time: it sorts a window by length and pads each of its own batches
+    # to the longest text in it, so windows much larger than a batch waste far less on padding (2.5-3x faster
+    # on banking77 with minilm than batches of 64 in catalog order).
+    window = max(batch_size, TEXT_WINDOW)
     batch: list[ItemRow] = []
     for item in ws.catalog.iter_items(ids):
         batch.append(item)
-        if len(batch) >= batch_size:
+        if len(batch) >= window:
             _text_batch(enc, batch, writer)
             if progress is not None:
                 progress(len(batch))
