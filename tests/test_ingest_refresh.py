@@ -387,3 +387,18 @@ def test_changes_wait_while_an_embed_holds_the_store_instead_of_failing(ws, tmp_
         busy.unlock()
     assert ws.apply_changes() == 1  # the embed finished: the stale vector goes now
     assert not ws.vectors().contains([b_id]).any()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_text_longer_than_a_parse_block_is_ingested(ws, tmp_path, suffix):
+    long_text = "word " * 400_000  # 2 MB in one value
+    path = tmp_path / f"docs{suffix}"
+    if suffix == ".csv":
+        path.write_text(f'uri,text\nshort,"a short one"\nlong,"{long_text}"\n')
+    else:
+        path.write_text(json.dumps({"uri": "short", "text": "a short one"}) + "\n"
+                        + json.dumps({"uri": "long", "text": long_text}) + "\n")
+    rep = ingest(ws.catalog, [path])
+    assert rep.new == 2
+    texts = sorted(len(r.text) for r in ws.catalog.get_many(ws.catalog.ids()))
+    assert texts == [len("a short one"), len(long_text)]

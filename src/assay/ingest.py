@@ -362,13 +362,26 @@ def _read_manifest_table(uri: str):
                 else:
                     raise
             types = {n: pa.string() for n in names}
-            return pcsv.read_csv(pa.BufferReader(data), parse_options=parse, convert_options=pcsv.ConvertOptions(
-                strings_can_be_null=False, column_types=types))
+            convert = pcsv.ConvertOptions(strings_can_be_null=False, column_types=types)
+            try:
+                return pcsv.read_csv(pa.BufferReader(data), parse_options=parse, convert_options=convert)
+            except pa.ArrowInvalid as exc:
+                if "straddl" not in str(exc):
+                    raise
+                # a value longer than a parse block (1 MB; e.g. a long document): the whole file in one block
+                return pcsv.read_csv(pa.BufferReader(data), parse_options=parse, convert_options=convert,
+                                     read_options=pcsv.ReadOptions(block_size=len(data) + 1))
         if suffix in (".jsonl", ".ndjson"):
             import pyarrow.json as pjson
 
             try:
-                return pjson.read_json(pa.BufferReader(data))
+                try:
+                    return pjson.read_json(pa.BufferReader(data))
+                except pa.ArrowInvalid as exc:
+                    if "straddl" not in str(exc):
+                        raise
+                    # a line longer than a parse block (1 MB): the whole file in one block
+                    return pjson.read_json(pa.BufferReader(data), read_options=pjson.ReadOptions(block_size=len(data) + 1))
             except pa.ArrowInvalid as exc:
                 if "changed from" not in str(exc):
                     raise
