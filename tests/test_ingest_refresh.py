@@ -402,3 +402,17 @@ def test_a_text_longer_than_a_parse_block_is_ingested(ws, tmp_path, suffix):
     assert rep.new == 2
     texts = sorted(len(r.text) for r in ws.catalog.get_many(ws.catalog.ids()))
     assert texts == [len("a short one"), len(long_text)]
+
+
+def test_text_rows_with_blank_ids_stay_apart_and_a_repeated_id_with_other_text_is_reported(ws, tmp_path, caplog):
+    import logging
+
+    (tmp_path / "t.csv").write_text('id,text\n,"first text"\n,"second text"\n7,"seven"\n7,"not seven"\n')
+    with caplog.at_level(logging.WARNING):
+        rep = ingest(ws.catalog, [tmp_path / "t.csv"])
+    assert rep.new == 3 and rep.repeated_rows == 1
+    texts = sorted(r.text for r in ws.catalog.get_many(ws.catalog.ids()))
+    assert texts == ["first text", "second text", "seven"]
+    assert "different text" in caplog.text and "row 4" in caplog.text
+    (tmp_path / "n.jsonl").write_text('{"id": null, "text": "a"}\n{"id": null, "text": "b"}\n')
+    assert ingest(ws.catalog, [tmp_path / "n.jsonl"]).new == 2

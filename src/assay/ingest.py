@@ -450,7 +450,10 @@ def _manifest_rows(uri: str, table: Any, report: IngestReport) -> Iterator[_Cand
             has_words = text is not None and bool(text.strip())
             if modality == "text" or (not modality and has_text and text is not None and (
                     not raw_uri or (has_words and _suffix(raw_uri) not in IMAGE_EXTENSIONS))):
-                item_uri = raw_uri or f"{uri}#{'id=' + str(rec['id']) if has_id else 'row=' + str(row_no)}"
+                rid = rec.get("id") if has_id else None
+                rid = str(rid).strip() if rid is not None else ""
+                # a row's own id names it; a blank or null id does not (rows would merge), its row number does
+                item_uri = raw_uri or f"{uri}#{'id=' + rid if rid else 'row=' + str(row_no)}"
                 yield _Candidate(uri=item_uri, modality="text", text=text or "", meta=meta, label=f"{uri} row {row_no}")
                 continue
             if has_text and text:
@@ -583,11 +586,13 @@ def ingest(
                 for c in chunk:
                     if c.uri in first:  # the same URI twice in a source: the first row is the item
                         report.repeated_rows += 1
-                        if first[c.uri].meta != c.meta and conflicts < 5:
-                            log.warning("%s: %s appears more than once with different metadata; the first row "
-                                        "is kept (%s), the later one dropped (%s)", source, c.uri,
-                                        first[c.uri].meta, c.meta)
-                        conflicts += first[c.uri].meta != c.meta
+                        differs = first[c.uri].meta != c.meta or (first[c.uri].text or "") != (c.text or "")
+                        if differs and conflicts < 5:
+                            what = "text" if (first[c.uri].text or "") != (c.text or "") else "metadata"
+                            log.warning("%s: %s appears more than once with different %s; the first row is kept "
+                                        "(%s), the later one dropped (%s)", source, c.uri, what, first[c.uri].label,
+                                        c.label)
+                        conflicts += differs
                         continue
                     first[c.uri] = c
                     st = states.get(c.uri)
