@@ -412,3 +412,31 @@ def test_cli_export_and_import(base, fresh, tmp_path):
         r = runner.invoke(app, ["export", "red", "--format", fmt, "--out", str(tmp_path / name), "-w", str(ws.root)])
         assert r.exit_code == 0, r.output
         assert os.path.exists(tmp_path / name)
+
+
+def test_a_text_concept_round_trips_through_label_studio(tmp_path):
+    import fake_encoder  # noqa: F401
+    from assay import embed
+
+    def text_ws(root):
+        w = Workspace.init(root, default_encoder="test-mean-color")
+        (tmp_path / "t.csv").write_text("uri,text\n" + "".join(f"m{i},message {i} about cards\n" for i in range(8)))
+        ingest(w.catalog, [tmp_path / "t.csv"])
+        embed(w)
+        w.catalog.add_concept("cards", text="cards")
+        return w
+
+    ws = text_ws(tmp_path / "a")
+    ids = [int(i) for i in ws.catalog.ids()[:4]]
+    Miner(ws, "cards").record_labels(ids, [1, 0, 1, 0], annotator="ann")
+    out = tmp_path / "texts.json"
+    export(ws, "cards", fmt="label-studio", out=out, with_scores=False)
+    assert all("text" in t["data"] and "image" not in t["data"] for t in json.loads(out.read_text()))
+    fresh = text_ws(tmp_path / "b")  # same manifest, same uris
+    rep = import_labels(fresh, out, fmt="label-studio")
+    assert rep.written == 4
+    got = {fresh.catalog.get(h["item_id"]).uri: h["value"] for h in fresh.catalog.label_history(fresh.catalog.concept("cards").id)}
+    want = {ws.catalog.get(i).uri: v for i, v in zip(ids, [1, 0, 1, 0])}
+    assert got == want
+    ws.close()
+    fresh.close()

@@ -223,9 +223,11 @@ def _parse_label_studio(
         data = task["data"]
         img = data.get("image")
         if not isinstance(img, str) or not img:
+            if isinstance(data.get("assay_uri"), str) and data["assay_uri"]:
+                return [data["assay_uri"]]  # a text task (or any task) exported by assay names its item
             raise InputError(
-                f"{where}: the task has no data.image (data keys: {sorted(data)}); "
-                "the export comes from a project with another label config"
+                f"{where}: the task has no data.image and no data.assay_uri (data keys: {sorted(data)}); "
+                "assay imports image tasks, and text tasks that assay exported"
             )
         forms = [img[len(url_prefix):] if url_prefix and img.startswith(url_prefix) else img]
         if url_prefix and img.startswith(url_prefix):
@@ -251,8 +253,9 @@ def _parse_label_studio(
         forms = image_of(task, where)
         item_id = next((uri_ids[f] for f in forms if f in uri_ids), None)
         if item_id is None:
+            shown = task["data"].get("image") or task["data"].get("assay_uri")
             raise InputError(
-                f"{where}: image {task['data']['image']!r} is not in this corpus; "
+                f"{where}: item {shown!r} is not in this corpus; "
                 "is this an export from another project (or does it need --url-prefix)?"
             )
         anns = task.get("annotations") or task.get("completions") or []
