@@ -545,6 +545,13 @@ def test_importing_the_same_answers_again_writes_nothing_but_a_change_is_kept(ws
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["written"] == (4 if k == 0 else 0)
     assert json.loads(r.stdout)["unchanged"] == 4
+    # an export of these answers imported again adds nothing either
+    out = tmp_path / "exp.csv"
+    assert runner.invoke(app, ["-w", str(ws.root), "export", "red", "--format", "csv", "--out", str(out)]).exit_code == 0
+    n_rows = len(ws.catalog.label_history(cid))
+    r = runner.invoke(app, ["-w", str(ws.root), "labels", "import", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["written"] == 0 and len(ws.catalog.label_history(cid)) == n_rows
 
 
 def test_seals_rounds_after_reingest_leave_out_changed_and_missing_files(ws, tmp_path):

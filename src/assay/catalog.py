@@ -476,11 +476,12 @@ class _MiningMixin:
         vals = np.asarray([latest[i][1] for i in ids.tolist()], dtype=np.int8)
         return ids, vals
 
-    def latest_values(self, concept_id: int, *, source: str, annotator: str | None) -> dict[int, int]:
-        """``{item id: value}`` of the latest label each item has from this source and annotator (for
-        writers that skip an answer repeated unchanged)."""
+    def latest_values(self, concept_id: int, *, source: str | Sequence[str], annotator: str | None) -> dict[int, int]:
+        """``{item id: value}`` of the latest label each item has from this source (or any of these sources) and
+        annotator (for writers that skip an answer repeated unchanged)."""
         t = labels_table
-        q = (sa.select(t.c.item_id, t.c.value).where(t.c.concept_id == concept_id, t.c.source == source)
+        sources = [source] if isinstance(source, str) else list(source)
+        q = (sa.select(t.c.item_id, t.c.value).where(t.c.concept_id == concept_id, t.c.source.in_(sources))
              .where(t.c.annotator.is_(None) if annotator is None else t.c.annotator == annotator).order_by(t.c.id))
         with self.engine.connect() as conn:
             return {int(r.item_id): int(r.value) for r in conn.execute(q)}  # ordered by id: the last one wins

@@ -520,7 +520,10 @@ def import_labels(
         c = cat.concept(cname)
         # an answer equal to the latest one from the same source and annotator is not written again: importing
         # a file twice adds nothing, and a changed answer is a new row (the history keeps every change)
-        latest = cat.latest_values(c.id, source=src, annotator=who)
+        # an imported answer repeats what this annotator already said, whichever way it came in (re-importing
+        # an assay export of human answers adds nothing); pseudo-labels compare with pseudo-labels
+        latest = cat.latest_values(c.id, source=("human", "oracle", "import") if src == "import" else src,
+                                   annotator=who)
         new = [e for e in es if latest.get(int(e.item_id)) != int(e.value)]
         unchanged += len(es) - len(new)
         if new:
