@@ -253,9 +253,10 @@ def _parse_label_studio(
         forms = image_of(task, where)
         item_id = next((uri_ids[f] for f in forms if f in uri_ids), None)
         if item_id is None:
-            shown = task["data"].get("image") or task["data"].get("assay_uri")
+            img = task["data"].get("image")
+            shown = f"image {img!r}" if img else f"item {task['data'].get('assay_uri')!r}"
             raise InputError(
-                f"{where}: item {shown!r} is not in this corpus; "
+                f"{where}: {shown} is not in this corpus; "
                 "is this an export from another project (or does it need --url-prefix)?"
             )
         anns = task.get("annotations") or task.get("completions") or []
