@@ -413,3 +413,27 @@ def test_cifar_subset_most_likely_positive_beats_random(tmp_path, shared_data_di
     assert s["most-likely-positive"]["recall"] > 0.5
     assert s["seals:most-likely-positive"]["recall"] > s["random"]["recall"]
     w.close()
+
+
+def test_the_report_of_a_text_corpus_shows_the_words(tmp_path):
+    from assay.report import write_report
+
+    rng = np.random.default_rng(3)
+    rows = ["uri,text,label,split"]
+    for i in range(160):
+        red = i % 8 == 0
+        words = "zzzz card arrived" if red else " ".join(rng.choice(["aa", "bb", "cc", "dd", "ee"], 3))
+        rows.append(f"t{i},{words} {i},{'red' if red else 'other'},{'test' if i % 5 == 0 else 'train'}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    ingest(w.catalog, [tmp_path / "t.csv"])
+    embed(w)
+    truth = load_ground_truth(w)
+    assert truth.texts and all(t for t in truth.texts.values())
+    res = simulate(truth, _cfg(strategies=("most-likely-positive",), seeds=1, budget=40, batch=10, seed_positives=2,
+                               seed_negatives=8, prevalence=0.2))
+    write_report(res, tmp_path / "rep")
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "zzzz card arrived" in page or any(w in page for w in ("aa ", "bb ", "cc "))
+    assert not (tmp_path / "rep" / "thumbs").exists()  # no image was read for a text item
+    w.close()

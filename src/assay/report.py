@@ -138,7 +138,8 @@ td,th{border:1px solid #ddd;padding:.3em .6em;text-align:right}th{background:#f0
 .items{display:flex;flex-wrap:wrap;gap:.4em;background:#fff;border:1px solid #ddd;padding:.5em;border-radius:6px}
 figure{margin:0;width:%(w)dpx;font-size:.7em;text-align:center}
 figure img{width:%(w)dpx;height:%(w)dpx;object-fit:contain;border:3px solid #ccc;border-radius:3px}
-figure.pos img,figure.pos .missing{border-color:#2a7}figure.neg img,figure.neg .missing{border-color:#c44}
+figure.pos img,figure.pos .missing,figure.pos .text{border-color:#2a7}figure.neg img,figure.neg .missing,figure.neg .text{border-color:#c44}
+.text{width:%(w)dpx;height:%(w)dpx;overflow:auto;background:#fff;border:3px solid #ccc;font-size:1.2em;text-align:left;padding:3px;box-sizing:border-box}
 .missing{width:%(w)dpx;height:%(w)dpx;background:#eee;display:flex;align-items:center;justify-content:center;border:3px solid #ccc}
 .muted{color:#777}
 """
@@ -185,10 +186,14 @@ def _html(result: SimulationResult, plots: Sequence[Path], thumbs: _Thumbs, per_
         shown = (pos + neg)[:per_strategy]
         figs = []
         for m in shown:
-            src = thumbs.src(m["id"])
             cls = "pos" if m["positive"] else "neg"
-            img = (f'<img src="{html.escape(src)}" alt="item {m["id"]}" loading="lazy">' if src
-                   else f'<div class="missing">{m["id"]}</div>')
+            text = (result.texts or {}).get(int(m["id"]))
+            src = None if text is not None else thumbs.src(m["id"])  # a text item has no image to read
+            if text is not None:
+                img = f'<div class="text">{html.escape(text)}</div>'
+            else:
+                img = (f'<img src="{html.escape(src)}" alt="item {m["id"]}" loading="lazy">' if src
+                       else f'<div class="missing">{m["id"]}</div>')
             uri = (result.uris or {}).get(int(m["id"]), "")
             figs.append(f'<figure class="{cls}" title="{html.escape(uri)}">{img}'
                         f'<figcaption>#{m["id"]} r{m["round"]}</figcaption></figure>')

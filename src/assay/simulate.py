@@ -47,6 +47,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import time
 import warnings
 import zlib
@@ -59,6 +60,8 @@ import numpy as np
 
 from . import evaluate as E
 from .errors import EmptyPoolError, InputError, NotFoundError, UnknownNameError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_STRATEGIES",
@@ -109,6 +112,7 @@ class GroundTruth:
     labels: np.ndarray
     is_test: np.ndarray
     uris: dict[int, str] | None = None
+    texts: dict[int, str] | None = None  # the words of text items (for the report)
 
     def __post_init__(self) -> None:
         ids = np.asarray(self.ids, dtype=np.int64)
@@ -524,6 +528,7 @@ class SimulationResult:
     curves: dict[str, list[dict[str, Any]]]
     mined: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # proposals: id, seed, round, positive
     uris: dict[int, str] | None = None
+    texts: dict[int, str] | None = None  # the words of text items, shown in the report's grid
     seed_ids: dict[int, np.ndarray] = field(default_factory=dict)  # seed -> the seed labels' ids
     dropped_ids: dict[int, np.ndarray] = field(default_factory=dict)  # seed -> positives left out of the corpus
     corpus_ids: dict[int, np.ndarray] = field(default_factory=dict)  # seed -> the simulated corpus
@@ -721,7 +726,7 @@ def simulate(
     }
     return SimulationResult(
         positive=config.positive, protocol=protocol, rows=rows, summary=summary, curves=curves, mined=mined,
-        uris=truth.uris, seed_ids=seed_ids, dropped_ids=dropped_ids, corpus_ids=corpus_ids,
+        uris=truth.uris, texts=truth.texts, seed_ids=seed_ids, dropped_ids=dropped_ids, corpus_ids=corpus_ids,
     )
 
 
@@ -816,9 +821,12 @@ def load_ground_truth(
         raise InputError("the workspace has no embedded items with status ok to simulate on")
     metas: dict[int, dict[str, Any]] = {}
     uris: dict[int, str] = {}
+    texts: dict[int, str] = {}
     for r in ws.catalog.iter_items(ids):
         metas[r.id] = r.meta
         uris[r.id] = r.uri
+        if r.modality == "text":
+            texts[r.id] = (r.text or "")[:600]
     labels = np.empty(ids.size, dtype=object)
     splits = np.empty(ids.size, dtype=object)
     if truth is not None:
@@ -854,12 +862,15 @@ def load_ground_truth(
     if test_fraction is not None:
         if not (isinstance(test_fraction, (int, float)) and 0.0 < float(test_fraction) < 1.0):
             raise InputError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
+        if any(s is not None for s in splits):
+            log.warning("--test-fraction %g holds out a random share of the corpus for AP; the items' %r column is "
+                        "not used (leave --test-fraction out to use it)", test_fraction, split_column)
         # Seeded by the ids themselves, so the same corpus gets the same test split in every run.
         u = np.random.default_rng(_TEST_SPLIT_SEED).random(int(ids.max()) + 1)[ids] if ids.size else np.zeros(0)
         is_test = u < float(test_fraction)
         if not is_test.any() or is_test.all():
             raise InputError(f"a test fraction of {test_fraction} leaves no item on one side of {ids.size} items")
-        return GroundTruth(ids=ids, vectors=vecs, labels=labels.astype(str), is_test=is_test, uris=uris)
+        return GroundTruth(ids=ids, vectors=vecs, labels=labels.astype(str), is_test=is_test, uris=uris, texts=texts or None)
     if all(s is None for s in splits):
         raise InputError(
             f"no item carries the split column {split_column!r}; the test split {test_split!r} holds the items AP is "
@@ -870,7 +881,7 @@ def load_ground_truth(
     if not is_test.any():
         found = sorted({str(s) for s in splits if s is not None})
         raise InputError(f"no item is in the test split {test_split!r}; the {split_column!r} values are {found}")
-    return GroundTruth(ids=ids, vectors=vecs, labels=labels.astype(str), is_test=is_test, uris=uris)
+    return GroundTruth(ids=ids, vectors=vecs, labels=labels.astype(str), is_test=is_test, uris=uris, texts=texts or None)
 
 
 def simulate_workspace(
