@@ -535,8 +535,16 @@ def test_importing_the_same_answers_again_writes_nothing_but_a_change_is_kept(ws
     assert json.loads(r.stdout)["recorded"] == 4
     f.write_text(f"id,label\n{ids[0]},0\n{ids[1]},0\n")
     r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(f), "--annotator", "ann", "--json"])
-    assert json.loads(r.stdout)["recorded"] == 1
+    assert json.loads(r.stdout)["recorded"] == 2  # a change, and a repeat of an answer bob's came after
     assert [h["value"] for h in ws.catalog.label_history(cid, ids[0]) if h["annotator"] == "ann"] == [1, 0]
+    # someone else answered since: the same file again makes ann's answer the current one again
+    f.write_text(f"id,label\n{ids[2]},0\n")
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(f), "--annotator", "bob", "--json"])
+    f.write_text(f"id,label\n{ids[2]},1\n")
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(f), "--annotator", "ann", "--json"])
+    assert json.loads(r.stdout)["recorded"] == 1
+    lab, val = ws.catalog.current_labels(cid)
+    assert dict(zip(lab.tolist(), val.tolist()))[ids[2]] == 1
     # `labels import` (source import) does the same
     g = tmp_path / "imp.csv"
     g.write_text("id,label,concept\n" + "".join(f"{i},1,red\n" for i in ids))

@@ -508,6 +508,11 @@ def test_without_a_token_only_loopback_hosts_are_answered(ws):
     for base in ("http://127.0.0.1", "http://localhost:8123", "http://[::1]:8000"):
         with TestClient(app, base_url=base) as c:
             assert c.get("/api/concepts").status_code == 200, base
+    for evil in ("http://127.attacker.example", "http://127.0.0.1.nip.io:8000", "http://localhost.evil.example"):
+        with TestClient(app, base_url=evil) as c:  # names an attacker's DNS can point at 127.0.0.1
+            assert c.post("/api/concepts", json={"name": "evil"}).status_code == 421, evil
+    with TestClient(app, base_url="http://127.0.0.2:8000") as c:  # a loopback address literal
+        assert c.get("/api/concepts").status_code == 200
     with TestClient(app, base_url="http://attacker.example") as c:  # DNS rebinding: refused, nothing written
         assert c.get("/api/concepts").status_code == 421
         r = c.post("/api/concepts", json={"name": "evil"})

@@ -477,14 +477,20 @@ class _MiningMixin:
         return ids, vals
 
     def latest_values(self, concept_id: int, *, source: str | Sequence[str], annotator: str | None) -> dict[int, int]:
-        """``{item id: value}`` of the latest label each item has from this source (or any of these sources) and
-        annotator (for writers that skip an answer repeated unchanged)."""
+        """``{item id: value}`` for the items whose latest label (of any source but pseudo, or pseudo when
+        ``source`` is "pseudo") came from this source (or one of these sources) and annotator: what a writer
+        that skips an answer repeated unchanged may skip. An item someone else answered since is left out, so
+        the repeated answer is written again and is the item's current label once more."""
         t = labels_table
         sources = [source] if isinstance(source, str) else list(source)
-        q = (sa.select(t.c.item_id, t.c.value).where(t.c.concept_id == concept_id, t.c.source.in_(sources))
-             .where(t.c.annotator.is_(None) if annotator is None else t.c.annotator == annotator).order_by(t.c.id))
+        pseudo = sources == ["pseudo"]
+        q = (sa.select(t.c.item_id, t.c.value, t.c.source, t.c.annotator).where(t.c.concept_id == concept_id)
+             .where(t.c.source == "pseudo" if pseudo else t.c.source != "pseudo").order_by(t.c.id))
+        last: dict[int, tuple[int, str, str | None]] = {}
         with self.engine.connect() as conn:
-            return {int(r.item_id): int(r.value) for r in conn.execute(q)}  # ordered by id: the last one wins
+            for r in conn.execute(q):  # ordered by id: the last one wins
+                last[int(r.item_id)] = (int(r.value), r.source, r.annotator)
+        return {i: v for i, (v, src, who) in last.items() if src in sources and who == annotator}
 
     def label_history(self, concept_id: int, item_id: int | None = None) -> list[dict[str, Any]]:
         t = labels_table

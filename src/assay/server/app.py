@@ -28,6 +28,7 @@ does not match the schema. Nothing is written by a request that fails.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 import logging
 import threading
@@ -411,7 +412,12 @@ def _loopback_host(host: str) -> bool:
         h = h[1:h.find("]")] if "]" in h else h[1:]
     elif h.count(":") == 1:
         h = h.split(":", 1)[0]
-    return h in _LOOPBACK_NAMES or h.endswith(".localhost") or h.startswith("127.")
+    if h in _LOOPBACK_NAMES or h.endswith(".localhost"):  # *.localhost resolves to loopback (RFC 6761)
+        return True
+    try:  # an address literal; a name like 127.evil.example is a name, and its owner decides where it points
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 def _cookie_name(scope: dict) -> str:
