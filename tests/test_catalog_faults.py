@@ -244,10 +244,22 @@ def test_a_round_lock_on_postgres_makes_other_clients_of_the_catalog_wait(pg_cat
     other.close()
 
 
-def test_the_round_lock_is_a_no_op_on_sqlite(tmp_path):
+def test_the_round_lock_on_sqlite_is_a_file_lock_beside_the_database(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
     from assay.catalog import ROUND_LOCK
 
     cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}").open()
-    with cat.advisory_lock(ROUND_LOCK, 1), cat.advisory_lock(ROUND_LOCK, 1):
-        pass
+    with cat.advisory_lock(ROUND_LOCK, 1), cat.advisory_lock(ROUND_LOCK, 1):  # re-entrant in a thread
+        # another process (another workspace on this catalog file) waits for it
+        code = ("import sys, time; from assay.catalog import Catalog, ROUND_LOCK\n"
+                f"c = Catalog('sqlite:///{tmp_path / 'c.db'}').open(); t = time.time()\n"
+                "with c.advisory_lock(ROUND_LOCK, 1): print(round(time.time() - t, 2))\n")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        threading.Event().wait(3.0)
+    waited = float(proc.communicate(timeout=30)[0].strip())
+    assert waited >= 1.0
+    assert any(p.name.startswith(".c.db.lock-") for p in tmp_path.iterdir())
     cat.close()

@@ -695,10 +695,21 @@ class Catalog(_MiningMixin):
     def advisory_lock(self, kind: int, key: int) -> Iterator[None]:
         """Hold a lock named ``(kind, key)`` that every client of this catalog sees, for the block: on
         PostgreSQL a session advisory lock (several workspaces, or machines, sharing one catalog wait for each
-        other); on SQLite nothing (a SQLite catalog belongs to one workspace, whose file locks cover it).
+        other); on SQLite a file lock beside the database file (workspaces sharing it on one machine).
         Re-entrant within a thread."""
         if self.engine.dialect.name != "postgresql":
-            yield
+            db = self.engine.url.database
+            if self.engine.dialect.name != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+                yield
+                return
+            from pathlib import Path
+
+            from .workspace import exclusive_lock
+
+            path = Path(db).absolute()
+            with exclusive_lock(path.with_name(f".{path.name}.lock-{int(kind)}-{int(key)}"),
+                                "another client of this catalog holds the lock; waiting for it"):
+                yield
             return
         held: set[tuple[int, int]] = _ADVISORY.__dict__.setdefault("held", set())
         name = (int(kind), int(key))
