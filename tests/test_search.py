@@ -296,8 +296,13 @@ def test_neighbours_come_from_a_fresh_stored_knn_graph_and_match_the_index(ws, t
     assert calls["n"] == 0 and s.knn_graph() is not None
     np.testing.assert_array_equal(via_graph[1], plain[1])
     np.testing.assert_allclose(via_graph[0], plain[0], atol=1e-5)
-    s.neighbors(ids, k=9)  # more than the graph holds: the index answers
+    s9 = s.neighbors(ids, k=9)  # one more than the graph holds (a caller that drops a self-match): the graph
+    assert calls["n"] == 0 and (s9[1][:, 8] == -1).all()
+    np.testing.assert_array_equal(s9[1][:, :8], Searcher(ws).neighbors(ids, k=8)[1])
+    s.neighbors(ids, k=10)  # more: the index answers
     assert calls["n"] == 1
+    assert build_index(ws)["added"] == 0  # an `assay index` with nothing to do leaves the graph current
+    assert Searcher(ws).knn_graph() is not None
     # new items and an updated index: the graph is older than the index and is not used
     write_images(tmp_path / "more", 5, size=(16, 16), seed=7)
     ingest(ws.catalog, [tmp_path / "more"])

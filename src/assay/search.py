@@ -214,10 +214,14 @@ def _build_index_locked(
         n_err = int(np.isin(store.ids(), ws.catalog.ids(status="error")).sum())
         log.warning("the index of %s holds no vectors: none of its %d embeddings belongs to an item with status ok "
                     "(%d are items whose files failed at ingest); searches will find nothing", name, len(store), n_err)
+    unchanged = (report.get("action") == "updated" and not report.get("added") and not report.get("removed")
+                 and not report.get("retrained") and index.metadata.get("store_rows") == len(store))
     index.metadata["store_rows"] = len(store)  # lets a searcher tell that embeddings were added since
     if reducer is not None:  # the PCA this index's vectors went through (a rebuild cut short can leave another)
         index.metadata["pca_fingerprint"] = _pca_fingerprint(reducer)
-    index.save(main_dir)
+    if not unchanged or (reducer is not None and existing is not None
+                         and existing.metadata.get("pca_fingerprint") is None):
+        index.save(main_dir)  # (left as it is when nothing changed: a kNN graph built on it stays current)
     changed_marker = root / CHANGED_IDS_FILE
     report["index"] = index.info()
     if bridge and CLASS_SCORES_EXTRA in meta.get("extras", {}):
@@ -720,7 +724,9 @@ class Searcher:
             return (np.concatenate([s, np.full((len(ids), pad), -np.inf, np.float32)], axis=1),
                     np.concatenate([i, np.full((len(ids), pad), -1, np.int64)], axis=1))
         graph = self.knn_graph()
-        if graph is None or k > graph.k or not len(ids):
+        # SEALS pools and information density ask for one neighbour more than they use, to drop a self-match;
+        # the graph has dropped it already, so a graph of K answers requests of up to K + 1 (last column empty)
+        if graph is None or k > graph.k + 1 or not len(ids):
             return _index_neighbors(index, self._reduce(self.vectors_for_items(ids)), ids, k)
         # rows of the stored graph (`assay index --knn K`, saved after the index): no search for those items
         pos = np.searchsorted(self._graph_ids_sorted, ids)  # [n]
@@ -729,7 +735,8 @@ class Searcher:
         rows = self._graph_order[pos[hit]]  # [h] row of each found id in the graph
         scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
         nbrs = np.full((len(ids), k), -1, dtype=np.int64)
-        scores[hit], nbrs[hit] = graph.scores[rows, :k], graph.nbr_ids[rows, :k]
+        kk = min(k, graph.k)
+        scores[hit, :kk], nbrs[hit, :kk] = graph.scores[rows, :kk], graph.nbr_ids[rows, :kk]
         if (~hit).any():  # items the graph does not hold: the index
             miss = ids[~hit]
             s, i = _index_neighbors(index, self._reduce(self.vectors_for_items(miss)), miss, k)
