@@ -164,6 +164,8 @@ def test_mouse_labelling_and_unsent_answers_survive_other_views(ws):
             page.click("button[data-view='label']")
             page.wait_for_function("() => document.querySelector('#counts').textContent.includes('2 not sent')")
             assert page.eval_on_selector_all("#grid .card", "cs => cs.map(c => c.dataset.answer)")[:3] == ["yes", "", "no"]
+            # the cursor is on the first card without an answer, not back on an answered one
+            assert page.eval_on_selector("#grid .card.current", "c => c.dataset.idx") == "1"
             # switching concept asks first; declining keeps the concept and the answers
             page.once("dialog", lambda d: d.dismiss())
             page.select_option("#concept", "blue")

@@ -123,6 +123,7 @@ async function loadBatch(keep = null) {
     if (e.status !== 404) { status(e.message, true); return 0; }
   }
   if (!keep) clearError();
+  const prevUndo = state.undo;
   state.batch = batch;
   state.answers = new Map();
   state.sent = new Map();
@@ -133,6 +134,7 @@ async function loadBatch(keep = null) {
   if (batch && keep) {
     const ids = new Set(batch.items.map((it) => it.id));
     for (const [id, v] of keep) if (ids.has(id)) { state.answers.set(id, v); kept++; }
+    state.undo = prevUndo.filter((u) => ids.has(u.id) && state.answers.has(u.id)); // undo still reaches them
   }
   if (!batch) {
     grid.replaceChildren();
@@ -141,9 +143,10 @@ async function loadBatch(keep = null) {
     updateCounts();
     return 0;
   }
-  // start on the first item nobody has answered yet
+  // start on the first item nobody has answered yet (on the server, or on this page and not sent yet)
   const first = batch.items.findIndex((it) => it.label === null && !it.skipped);
-  state.cursor = first >= 0 ? first : 0;
+  const open = batch.items.findIndex((it) => it.label === null && !it.skipped && !state.answers.has(it.id));
+  state.cursor = open >= 0 ? open : first >= 0 ? first : 0;
   $("#round-info").textContent = `round ${batch.round} · ${batch.strategy} · ${batch.items.length} items`;
   $("#propose").hidden = first >= 0;
   renderGrid();
