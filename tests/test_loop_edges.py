@@ -601,6 +601,8 @@ def test_k_top_and_batch_beyond_the_corpus_ask_for_what_there_is(ws):
     assert 0 < len(got) <= n
     _, out = m.propose(strategy="seals:entropy", seals_k=3_000_000_000, batch=5, seed=0)  # all neighbours, no blow-up
     assert len(out.ids) == 5
+    _, out = m.propose(strategy="information-density", strategy_params={"k": 1_000_000_000}, batch=5, seed=0)
+    assert len(out.ids) == 5
 
 
 def test_a_new_exemplar_file_is_embedded_alone_not_the_whole_pending_corpus(ws, tmp_path):

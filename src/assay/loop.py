@@ -523,8 +523,12 @@ class Miner:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         is_seals = strategy.strip().lower().startswith("seals:")
         searcher = self._searcher()
+        n_index = max(1, searcher.index().ntotal)
         if is_seals and not isinstance(seals_k, bool) and isinstance(seals_k, (int, np.integer)) and seals_k > 0:
-            seals_k = int(min(seals_k, max(1, searcher.index().ntotal)))  # more neighbours than items: all of them
+            seals_k = int(min(seals_k, n_index))  # more neighbours than items: all of them
+        k_param = params.get("k")
+        if not isinstance(k_param, bool) and isinstance(k_param, (int, np.integer)) and k_param > n_index:
+            params["k"] = int(n_index)  # a strategy's own neighbour count (information density): the same cap
         strat = get_strategy(strategy, pool_params={"k": seals_k} if is_seals else None, **params)
         store = searcher.store
         t0 = time.perf_counter()
