@@ -621,6 +621,17 @@ def test_a_new_exemplar_file_is_embedded_alone_not_the_whole_pending_corpus(ws, 
     ex_id = ws.catalog.id_for_uri(str(ex.resolve())) or ws.catalog.id_for_uri(ex.resolve().as_uri())
     assert json.loads(r.stdout)["exemplars"] == [ex_id]
     assert ws.vectors().contains([ex_id]).all()
+    late = ws.catalog.id_for_uri(str((more / "late_0.png").resolve())) or ws.catalog.id_for_uri((more / "late_0.png").resolve().as_uri())
+    r = _cli(ws, "concept", "add", "greener", "--exemplar", str(late), "--json")  # ingested, not embedded: just it
+    assert r.exit_code == 0, r.output
+    assert ws.status()["pending"]["test-mean-color"] == 2
+    busy = ws.vectors()
+    busy.lock()  # an embed running elsewhere: a clear message, not a traceback
+    try:
+        r = _cli(ws, "concept", "add", "greenest", "--exemplar", str(more / "late_1.png"))
+        assert r.exit_code == 2 and "`assay embed` is running" in r.output
+    finally:
+        busy.unlock()
 
 
 def test_mine_takes_strategy_params_and_the_api_takes_a_proxy_suffix(ws):

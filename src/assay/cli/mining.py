@@ -44,9 +44,20 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
             raise InputError(f"exemplar {f!r} cannot be used: it is not an image assay can read ({exc})") from None
     if new_files:
         ingest(ws.catalog, new_files)
-        new_ids = [ws.catalog.id_for_uri(file_uri(f)) for f in new_files]
-        ids.extend(new_ids)
-        embed(ws, encoder, ids=[i for i in new_ids if i is not None])  # only the exemplars, not the pending corpus
+        ids.extend(i for i in (ws.catalog.id_for_uri(file_uri(f)) for f in new_files) if i is not None)
+    # exemplars without an embedding yet (new files, or items ingested and not embedded): those alone, not the
+    # whole pending corpus
+    name = encoder or ws.default_encoder
+    store = ws.vectors(name)
+    lacking = [i for i in ids if not (store.exists() and store.contains([i]).all())]
+    if lacking and name.split(":", 1)[0] != "precomputed" and all(ws.catalog.get(i) is not None and ws.catalog.get(i).status == "ok" for i in lacking):
+        from ..vectors import StoreBusyError
+
+        try:
+            embed(ws, encoder, ids=lacking)
+        except StoreBusyError:
+            raise InputError("an `assay embed` is running on this workspace; the exemplars are ingested: run this "
+                             "command again when it finishes (it embeds only the exemplars)") from None
         build_index(ws, encoder)
     from ..loop import check_exemplars
 
