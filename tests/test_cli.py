@@ -176,3 +176,24 @@ def test_disk_errors_are_one_line_with_what_to_do(tmp_path, monkeypatch):
     r = _run("-w", ws, "embed")
     assert r.exit_code == 1 and "No space left on device" in r.output and "free some space" in r.output
     assert "Traceback" not in r.output
+
+
+def test_a_batch_file_that_cannot_be_written_says_how_to_write_it_again(tmp_path, monkeypatch):
+    import sys
+
+    write_images(tmp_path / "imgs", 6)
+    ws = str(tmp_path / "ws")
+    _run("init", ws, "--encoder", "test-mean-color")
+    _run("-w", ws, "ingest", str(tmp_path / "imgs"))
+    _run("-w", ws, "embed")
+    _run("-w", ws, "index")
+    _run("-w", ws, "concept", "add", "x", "--text", "red")
+    mining = sys.modules["assay.cli.mining"]
+
+    def full(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mining, "_write_batch_csv", full)
+    r = _run("-w", ws, "mine", "x", "--batch", "3", "--out", str(tmp_path / "b.csv"))
+    assert r.exit_code == 1 and "round 1 of 'x' was recorded" in r.output
+    assert "assay rounds x --round 1 --out" in r.output

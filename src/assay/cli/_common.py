@@ -70,7 +70,7 @@ def errors_to_exit(interrupted: str = "interrupted; finished work was kept, run 
 def _os_error_message(exc: OSError) -> str:
     import errno
 
-    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else " (writing to the workspace or --out)"
     what = exc.strerror or type(exc).__name__
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         hint = "free some space and run the command again: what was finished and acknowledged is kept"

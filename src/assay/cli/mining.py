@@ -173,7 +173,15 @@ def mine(
                 r = boxes.get(it["id"])
                 it["box"] = None if r is None else r["box"]
         if out_file is not None:
-            _write_batch_csv(out_file, items, regions=regions)
+            try:
+                _write_batch_csv(out_file, items, regions=regions)
+            except OSError as exc:
+                from ..errors import AssayError
+
+                raise AssayError(
+                    f"round {row.number} of {name!r} was recorded, but its batch file {out_file} could not be written "
+                    f"({exc.strerror or exc}); once that is fixed, write it with "
+                    f"`assay rounds {name} --round {row.number} --out {out_file}`") from None
         result = {"round": row.number, "round_id": row.id, "strategy": row.strategy, "cold_start": outcome.cold_start,
                   "pool_size": row.pool_size, "scanned_fraction": row.scanned_fraction, "proxy": row.proxy,
                   "seconds": row.seconds, "items": items}
