@@ -69,3 +69,15 @@ def test_exports_and_harvest_files_are_not_left_half_written(tmp_path, monkeypat
     assert out.read_text() == good
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     ws.close()
+
+
+def test_an_existing_file_keeps_its_mode_and_a_symlink_its_link(tmp_path):
+    real = tmp_path / "real.csv"
+    real.write_text("old\n")
+    os.chmod(real, 0o640)
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    with atomic_output(link) as tmp:
+        tmp.write_text("new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
