@@ -262,30 +262,20 @@ def _write_batch_csv(path: Path, items: list[dict], *, regions: bool) -> None:
     """A proposed batch as the CSV to label: id, uri, score (the strategy's own, e.g. entropy), prelabel (the
     proxy's P(positive)), with ``regions`` the box that triggered the proposal, and an empty ``label`` column
     to fill with 1/0 and give to `assay label`. Written to a temporary file and renamed: never half a file."""
-    import os
-    import tempfile
+    from .._atomic import atomic_output
 
     box_cols = ["x0", "y0", "x1", "y1"] if regions else []
     text_col = ["text"] if any("text" in it for it in items) else []  # text items: what to read and label
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.absolute().parent))
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["id", "uri", *text_col, "score", "prelabel", *box_cols, "label"])
-            w.writeheader()
-            for it in items:
-                rec = {"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""}
-                if text_col:
-                    rec["text"] = it.get("text") or ""
-                if regions:
-                    rec.update(zip(box_cols, it.get("box") or [None] * 4))
-                w.writerow(rec)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "uri", *text_col, "score", "prelabel", *box_cols, "label"])
+        w.writeheader()
+        for it in items:
+            rec = {"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""}
+            if text_col:
+                rec["text"] = it.get("text") or ""
+            if regions:
+                rec.update(zip(box_cols, it.get("box") or [None] * 4))
+            w.writerow(rec)
 
 
 def rounds(
