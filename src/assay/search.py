@@ -91,8 +91,9 @@ def _check_k(k: Any) -> int:
 
 
 def _query_vector(vector: Any) -> np.ndarray:
-    """One query vector ``[d]`` (or ``[1, d]``) of finite numbers, not all zero -> float32 ``[1, d]``. Several
-    rows are refused (search_batch takes those), as are strings and other non-numbers."""
+    """One query vector ``[d]`` (or ``[1, d]``) of finite numbers, not all zero -> float32 ``[1, d]`` of unit
+    norm (scores are then cosines, as the stored vectors are normalised). Several rows are refused
+    (search_batch takes those), as are strings and other non-numbers."""
     try:
         v = np.asarray(vector, dtype=np.float32)
     except (TypeError, ValueError):
@@ -103,7 +104,7 @@ def _query_vector(vector: Any) -> np.ndarray:
         raise InputError(f"vector must be one vector [d] (search_batch takes several), got shape {list(v.shape)}")
     if not np.isfinite(v).all() or not v.any():
         raise InputError(f"vector must be a finite, non-zero vector [d], got shape {list(v.shape)}")
-    return v[None, :]
+    return (v / np.linalg.norm(v))[None, :]
 
 
 def _store_rows(store: VectorStore, extra: str | None = None) -> tuple[np.ndarray, ConcatRows]:
@@ -687,9 +688,7 @@ class Searcher:
             return self.search_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
         if text is not None:
             return self.search_texts([text], k=k, keep_duplicates=keep_duplicates)[0]
-        v = _query_vector(vector)
-        # Scores are cosines: the query is normalised as the stored vectors are.
-        return self.search_batch(v / np.linalg.norm(v, axis=1, keepdims=True), k=k, keep_duplicates=keep_duplicates)[0]
+        return self.search_batch(_query_vector(vector), k=k, keep_duplicates=keep_duplicates)[0]
 
     def search_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
         s, i = self.search_vectors(queries, k, keep_duplicates=keep_duplicates)
@@ -717,12 +716,6 @@ class Searcher:
         k = _check_k(k)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         index = self.index()
-        if k >= index.ntotal:  # more than the corpus holds: every other item, padded to k columns (-1 / -inf)
-            s, i = self.neighbors(ids, max(1, index.ntotal - 1)) if index.ntotal > 1 else (
-                np.zeros((len(ids), 0), np.float32), np.zeros((len(ids), 0), np.int64))
-            pad = k - s.shape[1]
-            return (np.concatenate([s, np.full((len(ids), pad), -np.inf, np.float32)], axis=1),
-                    np.concatenate([i, np.full((len(ids), pad), -1, np.int64)], axis=1))
         graph = self.knn_graph()
         # SEALS pools and information density ask for one neighbour more than they use, to drop a self-match;
         # the graph has dropped it already, so a graph of K answers requests of up to K + 1 (last column empty)
@@ -891,8 +884,7 @@ class Searcher:
             return self.search_regions_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
         if text is not None:
             return self.search_regions_texts([text], k=k, keep_duplicates=keep_duplicates)[0]
-        v = _query_vector(vector)
-        return self.search_regions_batch(v / np.linalg.norm(v, axis=1, keepdims=True), k=k, keep_duplicates=keep_duplicates)[0]
+        return self.search_regions_batch(_query_vector(vector), k=k, keep_duplicates=keep_duplicates)[0]
 
     def search_regions_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
         return self._region_hits(*self.search_regions_vectors(queries, k, keep_duplicates=keep_duplicates))
