@@ -418,10 +418,25 @@ class Miner:
 
         return Searcher(self.ws, self.encoder_name)
 
-    def _corpus(self, searcher) -> np.ndarray:
+    def _corpus(self, searcher, stale: np.ndarray | None = None) -> np.ndarray:
+        """The index's ids, sorted, less ``stale`` (default: ``searcher.stale_ids()``, the changed or failed
+        files the index still holds until `assay index`)."""
         ids = np.sort(searcher.index().ids)
-        stale = searcher.stale_ids()  # changed or failed files the index still holds until `assay index`
+        stale = searcher.stale_ids() if stale is None else stale
         return ids[~np.isin(ids, stale)] if len(stale) else ids
+
+    @staticmethod
+    def _capped(searcher, strategy: str, seals_k: Any, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """``seals_k`` and a strategy's own ``k`` (information density) capped at the index's size: more
+        neighbours than items means all of them, not memory for billions of empty columns."""
+        n_index = max(1, searcher.index().ntotal)
+        if (strategy.strip().lower().startswith("seals:") and not isinstance(seals_k, bool)
+                and isinstance(seals_k, (int, np.integer)) and seals_k > 0):
+            seals_k = int(min(seals_k, n_index))
+        k = params.get("k")
+        if not isinstance(k, bool) and isinstance(k, (int, np.integer)) and k > n_index:
+            params = {**params, "k": int(n_index)}
+        return seals_k, params
 
     def _round_lock(self):
         """One round of a concept proposed at a time (CLI runs, the server): the second waits, then leaves out
@@ -442,10 +457,14 @@ class Miner:
             raise
         return stack
 
-    def _excluded(self, concept_id: int, labelled: np.ndarray, keep_duplicates: bool) -> np.ndarray:
-        """Ids a round never proposes: pending items of recent rounds, and (unless duplicates are kept)
+    def _excluded(self, concept_id: int, labelled: np.ndarray, keep_duplicates: bool,
+                  stale: np.ndarray | None = None) -> np.ndarray:
+        """Ids a round never proposes: pending items of recent rounds, ``stale`` items (changed or failed since
+        the index; SEALS neighbours come from the index), and (unless duplicates are kept)
         non-representative duplicates and the copies of labelled items (answered already)."""
         excluded = self._pending(concept_id, labelled)
+        if stale is not None and len(stale):
+            excluded = np.union1d(excluded, stale)
         if keep_duplicates:
             return excluded
         cat = self.ws.catalog
@@ -523,26 +542,19 @@ class Miner:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         is_seals = strategy.strip().lower().startswith("seals:")
         searcher = self._searcher()
-        n_index = max(1, searcher.index().ntotal)
-        if is_seals and not isinstance(seals_k, bool) and isinstance(seals_k, (int, np.integer)) and seals_k > 0:
-            seals_k = int(min(seals_k, n_index))  # more neighbours than items: all of them
-        k_param = params.get("k")
-        if not isinstance(k_param, bool) and isinstance(k_param, (int, np.integer)) and k_param > n_index:
-            params["k"] = int(n_index)  # a strategy's own neighbour count (information density): the same cap
+        seals_k, params = self._capped(searcher, strategy, seals_k, params)
         strat = get_strategy(strategy, pool_params={"k": seals_k} if is_seals else None, **params)
         store = searcher.store
         t0 = time.perf_counter()
-        corpus = self._corpus(searcher)
+        stale = searcher.stale_ids()  # read once: left out of the corpus and never proposed
+        corpus = self._corpus(searcher, stale)
         if (base_name == "information-density" and not is_seals and len(corpus) > 20_000
                 and getattr(searcher, "knn_graph", lambda: None)() is None):
             log.warning("information-density looks up the neighbours of every pool item (%d) each round; "
                         "`assay index --knn 10` stores them once and makes these rounds fast", len(corpus))
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         labelled_in = _in_sorted(corpus, labelled)  # corpus is sorted: O(L log N), not a sort of N
-        excluded = self._excluded(concept.id, labelled, keep_duplicates)
-        stale = searcher.stale_ids()  # items changed or failed since the index: never proposed (SEALS neighbours too)
-        if len(stale):
-            excluded = np.union1d(excluded, stale)
+        excluded = self._excluded(concept.id, labelled, keep_duplicates, stale)
         round_no = len(cat.rounds(concept.id)) + 1
         rng = np.random.default_rng(seed if seed is not None else [concept.id, round_no])
         seed_hits = self._seed_hits(searcher, concept, labelled[labels == 1], batch) if (labels == 1).sum() == 0 or (labels == 0).sum() == 0 else []

@@ -1331,18 +1331,14 @@ class RegionMiner(Miner):
         concept = self.concept
         cat = self.ws.catalog
         searcher = self._searcher()
-        if strategy.startswith("seals:") and not isinstance(seals_k, bool) and isinstance(seals_k, (int, np.integer)) and seals_k > 0:
-            seals_k = int(min(seals_k, max(1, searcher.index().ntotal)))  # more neighbours than items: all of them
-        strat = get_strategy(strategy, pool_params={"k": seals_k} if strategy.startswith("seals:") else None,
-                             **dict(strategy_params or {}))
+        seals_k, params = self._capped(searcher, strategy, seals_k, dict(strategy_params or {}))
+        strat = get_strategy(strategy, pool_params={"k": seals_k} if strategy.startswith("seals:") else None, **params)
         store, rstore = searcher.store, region_store(self.ws, self.encoder_name)
-        corpus = self._corpus(searcher)
+        stale = searcher.stale_ids()  # read once: left out of the corpus and never proposed
+        corpus = self._corpus(searcher, stale)
         labelled, labels = cat.current_labels(concept.id, include_pseudo=include_pseudo)
         labelled_in = np.isin(labelled, corpus)
-        excluded = self._excluded(concept.id, labelled, keep_duplicates)
-        stale = searcher.stale_ids()  # items changed or failed since the index: never proposed (SEALS neighbours too)
-        if len(stale):
-            excluded = np.union1d(excluded, stale)
+        excluded = self._excluded(concept.id, labelled, keep_duplicates, stale)
         round_no = len(cat.rounds(concept.id)) + 1
         rng = np.random.default_rng(seed if seed is not None else [concept.id, round_no])
         rX, ry = region_training_set(self.ws, concept.name, self.encoder_name)
