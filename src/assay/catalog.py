@@ -374,6 +374,18 @@ class _MiningMixin:
             raise InputError(f"a concept name may not contain '/', '\\', control characters or surrounding spaces, "
                              f"nor be only dots (it is part of the labelling page's URLs), got {name!r}")
 
+    @staticmethod
+    def check_annotator(annotator: str | None) -> None:
+        """Raise InputError unless ``annotator`` (None: nobody named) is a name of at most 200 characters
+        without control characters (any script is fine)."""
+        if annotator is None:
+            return
+        if not isinstance(annotator, str) or len(annotator) > 200:
+            raise InputError(f"an annotator is a name of at most 200 characters, got {str(annotator)[:40]!r}... "
+                             f"({len(str(annotator))} characters)")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in annotator):
+            raise InputError(f"an annotator name cannot hold control characters (tabs, newlines, ...), got {annotator!r}")
+
     def update_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] | None = None) -> Concept:
         c = self.concept(name)
         values: dict[str, Any] = {}
@@ -417,11 +429,7 @@ class _MiningMixin:
         for concept_id, item_ids, values, source, annotator, round_id in batches:
             if source not in LABEL_SOURCES:
                 raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
-            if annotator is not None and (not isinstance(annotator, str) or len(annotator) > 200):
-                raise InputError(f"an annotator is a name of at most 200 characters, got {str(annotator)[:40]!r}... "
-                                 f"({len(str(annotator))} characters)")
-            if annotator is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in annotator):
-                raise InputError(f"an annotator name cannot hold control characters (tabs, newlines, ...), got {annotator!r}")
+            self.check_annotator(annotator)
             ids = [int(i) for i in item_ids]
             vals = [int(v) for v in values]
             if len(ids) != len(vals):

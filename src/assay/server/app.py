@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import re
 import logging
 import threading
 import time
@@ -141,8 +140,9 @@ ConceptName = Annotated[str, StringConstraints(strip_whitespace=True, min_length
 
 
 def _annotator_name(v: str) -> str:
-    if re.search(r"[\x00-\x1f\x7f]", v):
-        raise ValueError("an annotator name cannot hold control characters (tabs, newlines, ...)")
+    from ..catalog import Catalog
+
+    Catalog.check_annotator(v)  # the catalog's rule (InputError is a ValueError: a 422 naming the rule)
     return v
 
 
