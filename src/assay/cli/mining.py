@@ -49,8 +49,10 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
     # whole pending corpus
     name = encoder or ws.default_encoder
     store = ws.vectors(name)
-    lacking = [i for i in ids if not (store.exists() and store.contains([i]).all())]
-    if lacking and name.split(":", 1)[0] != "precomputed" and all(ws.catalog.get(i) is not None and ws.catalog.get(i).status == "ok" for i in lacking):
+    have = store.contains(ids) if ids and store.exists() else [False] * len(ids)  # one look-up for all
+    lacking = [i for i, h in zip(ids, have) if not h]
+    rows = {r.id: r for r in ws.catalog.get_many(lacking)} if lacking else {}
+    if lacking and name.split(":", 1)[0] != "precomputed" and all(i in rows and rows[i].status == "ok" for i in lacking):
         from ..vectors import StoreBusyError
 
         try:
