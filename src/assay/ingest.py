@@ -586,9 +586,10 @@ def ingest(
                 for c in chunk:
                     if c.uri in first:  # the same URI twice in a source: the first row is the item
                         report.repeated_rows += 1
-                        differs = first[c.uri].meta != c.meta or (first[c.uri].text or "") != (c.text or "")
+                        other_text = (first[c.uri].text or "") != (c.text or "")
+                        differs = other_text or first[c.uri].meta != c.meta
                         if differs and conflicts < 5:
-                            what = "text" if (first[c.uri].text or "") != (c.text or "") else "metadata"
+                            what = "text" if other_text else "metadata"
                             log.warning("%s: %s appears more than once with different %s; the first row is kept "
                                         "(%s), the later one dropped (%s)", source, c.uri, what, first[c.uri].label,
                                         c.label)
