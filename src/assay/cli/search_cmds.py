@@ -32,8 +32,9 @@ def index(
 
     with errors_to_exit():
         ws = open_workspace(workspace)
-        if ws.catalog.count()["ok"] == 0:
-            raise InputError(_nothing_to_index(ws))
+        counts = ws.catalog.count()
+        if counts["ok"] == 0:
+            raise InputError(_nothing_to_index(counts))
         if (ray or address) and sharded is None:
             raise InputError("--ray and --address are options of --sharded N")
         if sharded is not None:
@@ -196,8 +197,8 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
     return out_rows
 
 
-def _nothing_to_index(ws) -> str:
-    n = ws.catalog.count()
+def _nothing_to_index(n: dict[str, int]) -> str:
+    """What to do first, for a workspace whose catalog counts ``n`` hold no ok item."""
     if n["total"] == 0:
         return "the workspace has no items yet: run `assay ingest SOURCE...`, then `assay embed`, then `assay index`"
     return (f"none of the workspace's {n['total']} items could be read at ingest ({n['error']} failed): "
