@@ -33,7 +33,7 @@ def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: P
     from assay import Workspace, embed, get_encoder, ingest
     from assay.embed import model_input
     from assay.encoders.base import draft_size
-    from assay.media import decode_image, read_bytes
+    from assay.media import decode_image, decode_pixels, read_bytes
 
     enc = get_encoder(encoder)
     enc.load()
@@ -56,7 +56,9 @@ def run_dataset(name: str, manifest: Path, encoder: str, batch_size: int, tmp: P
         # Bare model: decode and preprocess everything first (timed apart), then time inference only.
         t0 = time.perf_counter()
         prep = model_input(enc)  # what the pipeline feeds the model (uint8 pixels for efficientnet)
-        tensors = np.stack([prep(decode_image(read_bytes(r.uri), draft_size=draft_size(enc))) for r in rows])
+        # the pipeline's own decode: numpy pixels where the encoder takes them, else Pillow images
+        decode = decode_pixels if getattr(enc, "takes_pixels", False) else decode_image
+        tensors = np.stack([prep(decode(read_bytes(r.uri), draft_size=draft_size(enc))) for r in rows])
         decode_s = time.perf_counter() - t0
         bares.append(bare_items_per_s(enc, tensors, batch_size))
         if single is not None:

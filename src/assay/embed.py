@@ -24,7 +24,7 @@ import numpy as np
 from .catalog import ItemRow
 from .encoders.base import Encoder, draft_size, get_encoder
 from .errors import DecodeError, InputError, StorageUnavailableError, WorkspaceError
-from .media import decode_image, read_bytes
+from .media import decode_image, decode_pixels, read_bytes
 from .vectors import VectorStore
 from .workspace import Workspace
 
@@ -154,8 +154,10 @@ def _decode_one(
     enc: Encoder, item: ItemRow, draft: tuple[int, int] | None, hooks: Sequence[EmbedHook] = ()
 ) -> np.ndarray | tuple[np.ndarray, list[Any]] | DecodeError:
     try:
-        image = decode_image(read_bytes(item.uri), draft_size=draft)
         prep = model_input(enc)
+        if not hooks and getattr(enc, "takes_pixels", False):  # upright RGB uint8 [H, W, 3], no Pillow image
+            return prep(decode_pixels(read_bytes(item.uri), draft_size=draft))
+        image = decode_image(read_bytes(item.uri), draft_size=draft)
         if not hooks:
             return prep(image)
         return prep(image), [h.preprocess(image) for h in hooks]

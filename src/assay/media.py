@@ -7,20 +7,26 @@ an RGB image or raises :class:`~assay.errors.DecodeError` with the reason, which
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import DecodeError, MissingDependencyError, StorageUnavailableError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "REMOTE_RETRY_DELAYS",
     "ImageInfo",
     "decode_image",
+    "decode_pixels",
     "is_local",
     "local_path",
     "probe_image",
@@ -221,9 +227,12 @@ def decode_image(data: bytes, *, draft_size: tuple[int, int] | None = None, max_
     large photos; the scale is Pillow's :meth:`~PIL.Image.Image.draft` choice, 1/2, 1/4 or 1/8). Alpha is
     composited on white; 16-bit and float images are scaled to 8 bits.
     """
+    return _decode_opened(_open(data, max_pixels), draft_size)
+
+
+def _decode_opened(im, draft_size: tuple[int, int] | None):
     from PIL import Image, ImageOps
 
-    im = _open(data, max_pixels)
     try:
         if draft_size is not None and im.format == "JPEG":
             im.draft("RGB", draft_size)
@@ -239,6 +248,77 @@ def decode_image(data: bytes, *, draft_size: tuple[int, int] | None = None, max_
         if "truncated" in msg.lower():
             raise DecodeError(f"truncated image: {msg}") from exc
         raise DecodeError(f"cannot decode image: {msg}") from exc
+
+
+def decode_pixels(
+    data: bytes, *, draft_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode bytes to upright RGB pixels, uint8 ``[H, W, 3]``: the pixels of :func:`decode_image`.
+
+    Baseline and progressive JPEGs in colour or grey (most photos) decode through simplejpeg, where it is
+    installed: the same libjpeg-turbo decoder as Pillow's, writing straight into numpy, ~25 % faster and
+    without Pillow's RGBX copy. The pixels are the same, with the same ``draft_size`` scale and EXIF
+    orientation (tests compare them). Any other image, and any JPEG that simplejpeg refuses (even a mere
+    warning, such as extra bytes before a marker), goes through :func:`decode_image`, so what decodes and
+    which error a bad file gets are unchanged.
+    """
+    import numpy as np
+
+    im = _open(data, max_pixels)
+    sj = _simplejpeg()
+    if sj is not None and im.format == "JPEG" and im.mode in ("RGB", "L"):
+        pixels = _jpeg_pixels(sj, data, im, draft_size)
+        if pixels is not None:
+            return pixels
+    return np.asarray(_decode_opened(im, draft_size))
+
+
+@functools.lru_cache(maxsize=1)
+def _simplejpeg():
+    try:
+        import simplejpeg
+    except ImportError:  # optional: decode_pixels falls back on Pillow
+        return None
+    return simplejpeg
+
+
+#: EXIF orientation -> the numpy steps that turn the stored pixels upright (Pillow's ``exif_transpose``).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
+
+
+def _jpeg_pixels(sj, data: bytes, im, draft_size: tuple[int, int] | None):
+    """simplejpeg's decode of an opened JPEG at Pillow's draft scale, upright; None to leave it to Pillow."""
+    import numpy as np
+
+    w, h = im.size
+    s = 1
+    if draft_size is not None:  # Pillow's choice (JpegImageFile.draft): the largest of 8, 4, 2, 1 that fits
+        fit = min(w // max(1, int(draft_size[0])), h // max(1, int(draft_size[1])))
+        s = next((c for c in (8, 4, 2) if fit >= c), 1)
+    out_w, out_h = (w + s - 1) // s, (h + s - 1) // s
+    try:
+        try:
+            orientation = int(im.getexif().get(0x0112, 1))
+        except Exception:  # a broken EXIF block does not make a broken image (as in exif_transpose)
+            orientation = 1
+        if s == 1:
+            a = sj.decode_jpeg(data, "RGB")
+        else:  # the smallest libjpeg-turbo scale that keeps (out_w, out_h) is exactly 1/s at these sizes
+            a = sj.decode_jpeg(data, "RGB", min_height=out_h, min_width=out_w)
+    except Exception:  # truncated, corrupt or merely unusual: Pillow decides, and words any error
+        return None
+    if a.shape != (out_h, out_w, 3):
+        return None
+    turn = _ORIENT.get(orientation)
+    return a if turn is None else np.ascontiguousarray(turn(a))
 
 
 def _to_rgb(im):

@@ -56,6 +56,7 @@ __all__ = [
     "EfficientNetLite0Encoder",
     "EfficientNetLite2Encoder",
     "EfficientNetLiteEncoder",
+    "centre_crop_resize",
     "ensure_rgb",
     "imagenet_class_names",
     "weights_file",
@@ -82,11 +83,14 @@ ARCHS: dict[str, dict[str, Any]] = {
 PREPROCESS_SPEC: dict[str, Any] = {
     "color": "RGB",
     "alpha": "composite-on-white",
+    # Enlarging: Pillow's antialiased bicubic of the exact centre box. Shrinking: the integer centre square
+    # of TF EfficientNet's eval, averaged down by OpenCV's INTER_AREA (see centre_crop_resize).
     "crop": "centre-square",
     "crop_fraction": CROP_FRACTION,
     "size": INPUT_SIZE,
     "resample": "bicubic",
     "reducing_gap": REDUCING_GAP,
+    "shrink": "opencv-INTER_AREA-of-int-centre-square",
     "offset": 127.0,
     "scale": 128.0,
     "layout": "CHW",
@@ -201,6 +205,50 @@ def ensure_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def centre_crop_resize(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """The centre square of ``image`` (0.875 of its shorter side) resized to ``size`` px a side: uint8
+    ``[size, size, 3]`` RGB. ``image`` is a Pillow image of any mode or upright RGB pixels ``uint8 [H, W, 3]``;
+    both give the same pixels.
+
+    Enlarging (small images, such as CIFAR's): Pillow's bicubic on the exact, fractional centre box.
+    Shrinking (photos): the integer centre square (``int(0.875 * shorter side)`` px at offset
+    ``(d + 1) // 2``, as TF EfficientNet's eval crops) averaged down by OpenCV's area interpolation, which
+    antialiases as Pillow's bicubic does and is ~2x faster. Measured against Pillow's bicubic throughout
+    (docs/benchmarks.md): ImageNet-sample top-1 0.885 against 0.888 (1,000 photos), and the same recall of
+    planted near duplicates at the default threshold (0.793). Plain bicubic without antialiasing was faster
+    still, but lost a third of the recall of half-size copies (0.84 -> 0.56).
+    """
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise InputError(f"expected RGB pixels uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+        h, w = image.shape[:2]
+    else:
+        image = ensure_rgb(image)
+        w, h = image.size
+    exact = min(w, h) * CROP_FRACTION
+    if exact <= size:  # enlarging
+        im = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+        box = ((w - exact) / 2.0, (h - exact) / 2.0, (w + exact) / 2.0, (h + exact) / 2.0)
+        return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP))
+    side = int(exact)
+    x0, y0 = (w - side + 1) // 2, (h - side + 1) // 2
+    if isinstance(image, np.ndarray):
+        a = image[y0 : y0 + side, x0 : x0 + side]  # a view
+    else:
+        a = np.asarray(image.crop((x0, y0, x0 + side, y0 + side)))  # crop first: a smaller copy
+    if side == size:
+        return np.ascontiguousarray(a)
+    cv2 = _cv2()
+    return cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)  # [size, size, 3] uint8
+
+
+@functools.lru_cache(maxsize=1)
+def _cv2() -> Any:
+    return require("cv2", "torch", "efficientnet preprocessing (opencv-python-headless)")
+
+
 # ----------------------------------------------------------------------------------------------------
 # the encoder
 # ----------------------------------------------------------------------------------------------------
@@ -252,6 +300,9 @@ class EfficientNetLiteEncoder(BaseEncoder):
     input_shape = (3, INPUT_SIZE, INPUT_SIZE)
     #: What :meth:`preprocess_pixels` returns (uint8); :meth:`embed_batch` takes either kind of batch.
     pixels_shape = (INPUT_SIZE, INPUT_SIZE, 3)
+    #: :meth:`preprocess_pixels` also takes decoded pixels (:func:`assay.media.decode_pixels`), which the
+    #: embedding pipeline then hands it instead of Pillow images.
+    takes_pixels = True
     #: Decode JPEGs with ``Image.draft("RGB", draft_size)`` before :meth:`preprocess`: the shorter side
     #: stays >= input_size / 0.875, so the centre crop is never upsampled.
     draft_size = (round(INPUT_SIZE / CROP_FRACTION), round(INPUT_SIZE / CROP_FRACTION))
@@ -418,19 +469,14 @@ class EfficientNetLiteEncoder(BaseEncoder):
         """
         return _scaled_chw(self.preprocess_pixels(image))  # [3, 224, 224]
 
-    def preprocess_pixels(self, image: Image.Image) -> np.ndarray:
+    def preprocess_pixels(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """One decoded image -> the uint8 pixels the network sees, ``[224, 224, 3]`` (RGB, centre crop,
         bicubic resize), before scaling: :meth:`preprocess` is ``(x - 127) / 128`` of this, transposed. The
-        embedding pipeline stacks these and hands them to :meth:`embed_batch` as they are."""
-        from PIL import Image
+        embedding pipeline stacks these and hands them to :meth:`embed_batch` as they are.
 
-        im = ensure_rgb(image)
-        w, h = im.size
-        side = min(w, h) * CROP_FRACTION
-        box = ((w - side) / 2.0, (h - side) / 2.0, (w + side) / 2.0, (h + side) / 2.0)
-        size = self.input_size
-        im = im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP)
-        return np.asarray(im)  # [224, 224, 3] uint8
+        ``image`` is a Pillow image of any mode, or upright RGB pixels ``uint8 [H, W, 3]`` (what
+        :func:`assay.media.decode_pixels` returns); the two give the same pixels."""
+        return centre_crop_resize(image, self.input_size)
 
     # -- inference -----------------------------------------------------------------------------------
 

