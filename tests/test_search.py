@@ -327,6 +327,10 @@ def test_an_index_and_a_pca_from_different_builds_are_caught_and_rebuilt(ws):
     other.save(ws.index_dir(ws.default_encoder) / "pca")
     with pytest.raises(NotBuilt, match="different builds"):
         Searcher(ws).search(item=item, k=5)
+    ix = ws.status()["indexes"][ws.default_encoder]  # status says so too
+    assert ix["up_to_date"] is False and "another build" in ix["problem"]
     rep = build_index(ws)  # a plain `assay index` repairs it
+    ix = ws.status()["indexes"][ws.default_encoder]
+    assert ix["up_to_date"] is True and "problem" not in ix
     assert rep["action"] == "built" and "did not finish" in rep["rebuilt_because"]
     assert [h.id for h in Searcher(ws).search(item=item, k=5)] == before

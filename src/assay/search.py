@@ -192,7 +192,7 @@ def _build_index_locked(
         old_pca = existing.metadata.get("pca")
         if (pca or None) != (old_pca or None):
             reasons.append(f"pca {old_pca} -> {pca}")
-        elif old_pca and _pca_mismatch(root, existing):
+        elif old_pca and pca_mismatch(root, existing.metadata):
             reasons.append("its PCA was replaced by a rebuild that did not finish")
         if reasons:
             report["rebuilt_because"] = "; ".join(reasons)
@@ -285,9 +285,10 @@ def _pca_fingerprint(reducer: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _pca_mismatch(root: Path, index: VectorIndex) -> bool:
-    """Whether the PCA on disk is not the one ``index`` was built with (indexes from before fingerprints pass)."""
-    want = index.metadata.get("pca_fingerprint")
+def pca_mismatch(root: Path, metadata: dict[str, Any]) -> bool:
+    """Whether the PCA on disk under the index folder ``root`` is not the one the index with this ``metadata``
+    was built with (indexes from before fingerprints pass)."""
+    want = metadata.get("pca_fingerprint")
     if not want:
         return False
     from .reduce import PCAReducer

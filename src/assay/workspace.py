@@ -380,6 +380,8 @@ class Workspace:
 
     def _indexes(self, stores: dict[str, int]) -> dict[str, dict[str, Any]]:
         """``{encoder: {"vectors", "built_on", "up_to_date"}}`` for each encoder with an index."""
+        from .search import pca_mismatch
+
         out: dict[str, dict[str, Any]] = {}
         ok_ids: np.ndarray | None = None  # read once, for every encoder with an index
         changes_pending = None
@@ -401,9 +403,12 @@ class Workspace:
                 want = int(np.isin(store.ids(), ok_ids).sum()) if store.exists() else 0
             except DamagedStoreError:  # reported apart ("damaged"); the index state is not judged
                 want = vectors
+            # a `--rebuild --pca` cut short leaves another PCA beside the index: search refuses it
+            pca_ok = not meta.get("metadata", {}).get("pca") or not pca_mismatch(self.index_dir(name), meta["metadata"])
             out[name] = {"vectors": vectors, "built_on": built_on,
                          "up_to_date": built_on == rows and changed is None and vectors == want
-                         and not changes_pending}
+                         and not changes_pending and pca_ok,
+                         **({} if pca_ok else {"problem": "its PCA comes from another build; run `assay index`"})}
         return out
 
 

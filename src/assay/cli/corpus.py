@@ -262,7 +262,7 @@ def status(
             if n:
                 out.print(f"pending    {name}: {n} ok items not embedded yet (run `assay embed --encoder {name}`)")
         for name, ix in st["indexes"].items():
-            state = "up to date" if ix["up_to_date"] else "out of date (run `assay index`)"
+            state = "up to date" if ix["up_to_date"] else (ix.get("problem") or "out of date (run `assay index`)")
             out.print(f"index      {name}: {ix['vectors']} vectors, {state}")
         if it["error"]:
             for item_id, uri, reason in ws.catalog.error_reasons(5):
