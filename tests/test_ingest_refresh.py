@@ -317,6 +317,10 @@ def test_changes_are_logged_in_the_catalog_so_no_workspace_keeps_a_stale_embeddi
     hits = Searcher(b).search(vector=old, k=4)
     assert item not in [h.id for h in hits]
     assert b.status()["indexes"]["test-mean-color"]["up_to_date"] is False
+    from assay.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="changed since they were embedded"):  # its old vector is no query
+        Searcher(b).search(item=item, k=2)
     embed(b)
     assert not len(b.pending_changes())
     assert np.allclose(b.vectors().get([item])[0], a.vectors().get([item])[0])

@@ -551,6 +551,17 @@ class Searcher:
         return ex if len(ex) else None
 
     # -------------------------------------------------------------- query vectors
+    def query_vectors_for_items(self, ids: np.ndarray) -> np.ndarray:
+        """:meth:`vectors_for_items` for items a user queries by: an item whose file was replaced since it was
+        embedded, and whose old vector is still stored (an embed held the store when the change came), is
+        refused rather than searched with what its file used to hold."""
+        changed = np.intersect1d(np.asarray(ids, dtype=np.int64), self.ws.pending_changes())
+        if len(changed):
+            raise NotFoundError(
+                f"item(s) {changed[:5].tolist()} changed since they were embedded (their files were replaced); "
+                "run `assay embed` to embed them again, then search")
+        return self.vectors_for_items(ids)
+
     def vectors_for_items(self, ids: np.ndarray | list[int]) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         known = self.ws.catalog.get_many(ids)
@@ -698,7 +709,7 @@ class Searcher:
     def search_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
         """Items most like each given item; the query item itself is left out."""
         ids = np.asarray([as_item_id(i) for i in np.asarray(ids, dtype=object).reshape(-1)], dtype=np.int64)
-        vecs = self.vectors_for_items(ids)
+        vecs = self.query_vectors_for_items(ids)
         s, i = self.search_vectors(vecs, k, exclude_per_query=ids[:, None], keep_duplicates=keep_duplicates)
         return self._hits(s, i)
 
@@ -893,7 +904,7 @@ class Searcher:
     def search_regions_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
         """Images most like each given image (its whole-image vector), by their best region; the query image is left out."""
         ids = np.asarray([as_item_id(i) for i in np.asarray(ids, dtype=object).reshape(-1)], dtype=np.int64)
-        vecs = self.vectors_for_items(ids)
+        vecs = self.query_vectors_for_items(ids)
         return self._region_hits(*self.search_regions_vectors(vecs, k, exclude_items=ids, keep_duplicates=keep_duplicates))
 
     def search_regions_texts(self, texts: list[str], *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
