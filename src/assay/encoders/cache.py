@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,19 +102,13 @@ def atomic_path(target: str | os.PathLike, *, stale_after_s: float = 24 * 3600) 
     On an exception the temporary file is removed and ``target`` is untouched. Temporary files left by
     crashed writers (older than ``stale_after_s``) are swept up on the way in.
     """
+    from .._atomic import atomic_output
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_tmp(target, stale_after_s)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(target) as tmp:
         yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _sweep_stale_tmp(target: Path, stale_after_s: float) -> None:
