@@ -81,3 +81,22 @@ def test_an_existing_file_keeps_its_mode_and_a_symlink_its_link(tmp_path):
         tmp.write_text("new\n")
     assert link.is_symlink() and real.read_text() == "new\n"
     assert stat.S_IMODE(real.stat().st_mode) == 0o640
+
+
+def test_the_umask_is_read_without_being_changed(tmp_path, monkeypatch):
+    """Reading the umask must not set it, even for a moment: other threads create files meanwhile."""
+    from assay import _atomic
+
+    calls = []
+    real = os.umask
+    old = real(0o027)
+    try:
+        if os.path.exists("/proc/self/status"):
+            monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or real(m))
+        assert _atomic._umask() == 0o027
+        assert calls == []  # read from /proc, never set
+        with _atomic.atomic_output(tmp_path / "new.txt") as tmp:
+            tmp.write_text("x")
+        assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
+    finally:
+        real(old)
