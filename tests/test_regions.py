@@ -491,7 +491,9 @@ def test_item_consumers_never_see_regions_and_cold_start_mining(ws):
     row, out = RegionMiner(ws, "red").propose(strategy="entropy", batch=4, seed=0, random_fraction=0.5)
     assert out.cold_start and len(out.ids) == 4
     props = region_proposals(ws, row.id)
-    assert set(props) == set(out.ids.tolist()) and all(p["box"] is None for p in props.values())
+    assert set(props) == set(out.ids.tolist())
+    # a box shown on a cold start is that of the item's own region that its seed search matched
+    assert all(p["box"] is None or int(parent_ids([p["region"]])[0]) == i for i, p in props.items())
 
 
 def test_square_crops_spec_embeds_and_finds_the_patch(ws):
@@ -731,3 +733,28 @@ def test_a_dense_pass_enlarges_a_small_image_at_most_eight_times():
     assert dense_input_size(80, 120, 4096) == (640, 960)  # not 4096 x 6144
     assert dense_input_size(500, 375, 2240) == (2976, 2240)  # photos of usual size: as before
     assert dense_input_size(2, 3, 256) == (32, 32)  # at least one cell
+
+
+def test_a_cold_start_round_shows_the_box_its_region_search_found(ws, tmp_path):
+    """The first round of a concept (no labels) is seeded by region searches; a proposal that came from one
+    carries the box of the region that matched, as later rounds' proposals do."""
+    from PIL import Image
+
+    extra = tmp_path / "exemplar"
+    extra.mkdir()
+    Image.new("RGB", (48, 48), (230, 20, 20)).save(extra / "red.png")
+    ingest(ws.catalog, [extra])
+    embed(ws)
+    embed_regions(ws, spec="grid:3")
+    build_index(ws, kind="flat")
+    red = int(ws.catalog.id_for_uri(str(extra / "red.png")))
+    ws.catalog.add_concept("red", exemplars=[red])
+    row, out = RegionMiner(ws, "red").propose(strategy="entropy", batch=4, seed=0, random_fraction=0.0)
+    assert out.cold_start
+    props = region_proposals(ws, row.id)
+    target = _target(ws)
+    assert target in props and props[target]["box"] == list(TARGET_BOX)
+    hits = {h.id: h for h in Searcher(ws).search_regions_items([red], k=10)[0]}
+    for item, p in props.items():  # every box shown is the one its seed hit found
+        if p["box"] is not None:
+            assert hits[item].box is not None and list(hits[item].box) == p["box"]

@@ -1344,18 +1344,23 @@ class RegionMiner(Miner):
         rX, ry = region_training_set(self.ws, concept.name, self.encoder_name)
         cold = (labels == 1).sum() + (ry == 1).sum() == 0 or (labels == 0).sum() + (ry == 0).sum() == 0
         seed_hits: list[np.ndarray] = []
+        seed_region: dict[int, tuple[float, int]] = {}  # cold start: item -> (score, region) of its best seed hit
         if cold:
             k = max(batch * 4, 50)
+            hit_rows = []
             if concept.text:
                 try:
-                    seed_hits.extend(np.asarray([h.id for h in row], dtype=np.int64)
-                                     for row in searcher.search_regions_texts([concept.text], k=k))
+                    hit_rows += searcher.search_regions_texts([concept.text], k=k)
                 except InputError as exc:
                     log.warning("text seeding skipped: %s", exc)
             seeds = list(concept.exemplars) + [int(i) for i in labelled[labels == 1]]
             if seeds:
-                seed_hits.extend(np.asarray([h.id for h in row], dtype=np.int64)
-                                 for row in searcher.search_regions_items(seeds, k=k))
+                hit_rows += searcher.search_regions_items(seeds, k=k)
+            for hits in hit_rows:
+                seed_hits.append(np.asarray([h.id for h in hits], dtype=np.int64))
+                for h in hits:
+                    if h.region is not None and h.score > seed_region.get(h.id, (-np.inf, 0))[0]:
+                        seed_region[h.id] = (h.score, h.region)
         query_vectors = store.get(concept.exemplars) if concept.exemplars else None
         out, trig = select_round_regions(
             strategy=strat, n=batch, rng=rng, corpus_ids=corpus, vectors=lambda ids: store.get(ids, dtype=np.float32),
@@ -1365,6 +1370,9 @@ class RegionMiner(Miner):
             excluded_ids=excluded, query_vectors=query_vectors, seed_hits=seed_hits, proxy=proxy,
             random_fraction=random_fraction, seed=round_no,
         )
+        if seed_region:  # a cold start's proposals found by a region search show that region's box
+            trig = np.asarray([t if t >= REGION_BASE else seed_region.get(int(i), (0.0, t))[1]
+                               for i, t in zip(out.ids.tolist(), trig.tolist())], dtype=np.int64)
         proposals = [
             {"item_id": int(i), "rank": r, "score": float(s),
              "prelabel": None if out.prelabels is None else float(out.prelabels[r]), "reason": out.reasons[r]}
