@@ -170,3 +170,93 @@ def test_the_pipeline_embeds_what_embed_images_gives(tmp_path):
     ref = enc.embed_images(images)  # float32
     np.testing.assert_array_equal(np.asarray(vecs, np.float16), ref.astype(np.float16))
 
+
+
+def test_decode_pixels_at_quarter_and_eighth_scales_of_large_photos():
+    data = _jpeg(_photo(4000, 3000), orientation=6)
+    for draft, upright in (((256, 256), (500, 375)), ((900, 700), (1000, 750)), ((1500, 1500), (2000, 1500))):
+        ours = decode_pixels(data, draft_size=draft)  # at 1/8, 1/4 and 1/2 of this photo
+        assert ours.shape == (*upright, 3)
+        assert np.array_equal(ours, np.asarray(decode_image(data, draft_size=draft)))
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 5, 7, 9, 15, 17, 31])
+def test_decode_pixels_of_tiny_jpegs_at_every_draft(side):
+    data = _jpeg(_photo(32, 32)[:side, :side])
+    for draft in (None, (1, 1), (2, 2), (4, 4)):
+        assert np.array_equal(decode_pixels(data, draft_size=draft), np.asarray(decode_image(data, draft_size=draft)))
+
+
+def test_malformed_exif_tags_do_not_break_either_decode():
+    """Some cameras write tags of the wrong type; Pillow's exif_transpose then fails rewriting the EXIF block."""
+    import struct
+
+    ifd = (struct.pack(">H", 2) + struct.pack(">HHI", 0x0107, 2, 4) + b"Cam\0"
+           + struct.pack(">HHI", 0x0112, 3, 1) + b"\x00\x06\x00\x00" + struct.pack(">I", 0))
+    exif = b"Exif\x00\x00MM\x00*" + struct.pack(">I", 8) + ifd
+    buf = io.BytesIO()
+    Image.fromarray(_photo(64, 48)).save(buf, "JPEG", exif=exif)
+    data = buf.getvalue()
+    ref = np.asarray(decode_image(data))
+    assert ref.shape == (64, 48, 3)  # orientation 6 applied
+    assert np.array_equal(decode_pixels(data), ref)
+
+
+def _exif_orientation(tag_type: int, count: int, value: bytes) -> bytes:
+    """A big-endian EXIF block whose only tag is the orientation, stored with this type and value."""
+    import struct
+
+    ifd = struct.pack(">H", 1) + struct.pack(">HHI", 0x0112, tag_type, count) + value.ljust(4, b"\0")
+    return b"Exif\x00\x00MM\x00*" + struct.pack(">I", 8) + ifd + struct.pack(">I", 0)
+
+
+def test_orientation_values_that_are_not_numbers_of_1_to_8_are_ignored_alike():
+    for tag_type, count, value in ((2, 2, b"6\0"), (3, 1, b"\x00\x09"), (3, 1, b"\x00\x00"), (3, 1, b"\x00\x06")):
+        buf = io.BytesIO()
+        Image.fromarray(_photo(40, 32)).save(buf, "JPEG", exif=_exif_orientation(tag_type, count, value))
+        data = buf.getvalue()
+        ours, ref = decode_pixels(data), np.asarray(decode_image(data))
+        assert np.array_equal(ours, ref), value
+        assert ref.shape == ((40, 32, 3) if value == b"\x00\x06" else (32, 40, 3))  # only a real 6 turns it
+
+
+@pytest.mark.parametrize("draft", [(0, 0), (-1, 5), (256.5, 256.5), (True, 3), (256,), "256x256"])
+def test_a_bad_draft_size_is_refused_by_both_decoders(draft):
+    data = _jpeg(_photo(200, 150))
+    for fn in (decode_pixels, decode_image):
+        with pytest.raises(InputError, match="draft_size"):
+            fn(data, draft_size=draft)
+
+
+def test_without_opencv_the_encoder_says_so_and_embed_marks_no_item_failed(tmp_path, monkeypatch):
+    """A missing dependency is the installation's fault, not the items': the run stops, nothing is marked."""
+    from assay.embed import embed
+    from assay.encoders import efficientnet as ef
+    from assay.errors import MissingDependencyError
+    from assay.ingest import ingest
+    from assay.workspace import Workspace
+
+    from fake_encoder import MeanColorEncoder  # noqa: F401  (registers the test encoders)
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(_jpeg(_photo(640, 480)))
+    ws = Workspace.init(tmp_path / "ws", default_encoder="efficientnet-lite0")
+    ingest(ws.catalog, [folder])
+
+    def missing():
+        raise MissingDependencyError("cv2", "torch", "efficientnet preprocessing (opencv-python-headless)")
+
+    monkeypatch.setattr(ef, "_cv2", missing)
+    with pytest.raises(MissingDependencyError, match="opencv"):
+        ef.EfficientNetLite0Encoder(cache_dir=tmp_path / "cache").load()
+    # a decode thread that meets it (say the encoder was loaded before) stops the run too
+    import importlib
+
+    emb = importlib.import_module("assay.embed")
+    item = ws.catalog.get_many(ws.catalog.ids())[0]
+    with pytest.raises(MissingDependencyError):
+        emb._decode_one(ef.EfficientNetLite0Encoder(), item, (256, 256))
+    with pytest.raises(MissingDependencyError):
+        embed(ws, "efficientnet-lite0")
+    assert ws.catalog.count()["error"] == 0

@@ -334,3 +334,19 @@ def test_an_index_and_a_pca_from_different_builds_are_caught_and_rebuilt(ws):
     assert ix["up_to_date"] is True and "problem" not in ix
     assert rep["action"] == "built" and "did not finish" in rep["rebuilt_because"]
     assert [h.id for h in Searcher(ws).search(item=item, k=5)] == before
+
+
+def test_queries_embedded_by_another_encoder_version_are_refused(ws, tmp_path, monkeypatch):
+    """A store made before the encoder's weights or preprocessing changed (an upgrade): a new query vector would
+    not be comparable with it, so search by image says to re-embed instead of returning subtly wrong neighbours."""
+    from fake_encoder import MeanColorEncoder
+
+    from assay.errors import WorkspaceError
+
+    build_index(ws, kind="flat")
+    monkeypatch.setattr(MeanColorEncoder, "version", "2")  # the installation's encoder changed
+    query = sorted((tmp_path / "imgs").iterdir())[0]
+    with pytest.raises(WorkspaceError, match="--reset"):
+        Searcher(ws).search(image=str(query), k=3)
+    # searching by a stored item needs no new vector, and still works
+    assert Searcher(ws).search(item=int(ws.catalog.ids()[0]), k=3)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .catalog import ItemRow
 from .encoders.base import Encoder, draft_size, get_encoder
-from .errors import DecodeError, InputError, StorageUnavailableError, WorkspaceError
+from .errors import DecodeError, InputError, MissingDependencyError, StorageUnavailableError, WorkspaceError
 from .media import decode_image, decode_pixels, read_bytes
 from .vectors import VectorStore
 from .workspace import Workspace
@@ -163,8 +163,8 @@ def _decode_one(
         return prep(image), [h.preprocess(image) for h in hooks]
     except DecodeError as exc:
         return exc
-    except StorageUnavailableError:
-        raise  # the store, not this item: the run stops and no item is marked failed
+    except (StorageUnavailableError, MissingDependencyError):
+        raise  # the store or the installation, not this item: the run stops and no item is marked failed
     except Exception as exc:  # one bad item never stops the run; the reason is recorded on it
         return DecodeError(f"{type(exc).__name__}: {exc}")
 

@@ -14,9 +14,10 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from numbers import Integral
+from typing import TYPE_CHECKING, Any
 
-from .errors import DecodeError, MissingDependencyError, StorageUnavailableError
+from .errors import DecodeError, InputError, MissingDependencyError, StorageUnavailableError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -211,11 +212,7 @@ def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageIn
     im = _open(data, max_pixels)
     w, h = im.size
     # EXIF orientations 5-8 swap width and height once the image is turned upright.
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # a broken EXIF block does not make a broken image
-        orientation = 1
-    if orientation in (5, 6, 7, 8):
+    if _orientation(im) in (5, 6, 7, 8):
         w, h = h, w
     return ImageInfo(width=w, height=h, format=im.format, mode=im.mode)
 
@@ -227,17 +224,57 @@ def decode_image(data: bytes, *, draft_size: tuple[int, int] | None = None, max_
     large photos; the scale is Pillow's :meth:`~PIL.Image.Image.draft` choice, 1/2, 1/4 or 1/8). Alpha is
     composited on white; 16-bit and float images are scaled to 8 bits.
     """
-    return _decode_opened(_open(data, max_pixels), draft_size)
+    return _decode_opened(_open(data, max_pixels), _check_draft(draft_size))
+
+
+def _check_draft(draft_size: Any) -> tuple[int, int] | None:
+    """``draft_size`` as two whole numbers >= 1 (or None); anything else is a caller's mistake."""
+    if draft_size is None:
+        return None
+    try:
+        w, h = draft_size
+        ok = all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in (w, h))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"draft_size must be two whole numbers of pixels >= 1 (width, height), got {draft_size!r}")
+    return int(w), int(h)
+
+
+def _orientation(im) -> Any:
+    """The EXIF orientation tag of an opened image as stored (1 when absent or unreadable: a broken EXIF block
+    does not make a broken image)."""
+    try:
+        return im.getexif().get(0x0112, 1)
+    except Exception:
+        return 1
+
+
+def _transpose_method(orientation: Any):
+    """The Pillow transpose that turns an image with this EXIF orientation upright (that of
+    ``ImageOps.exif_transpose``), or None: upright already, or a value that is no orientation."""
+    from PIL import Image
+
+    T = Image.Transpose
+    try:
+        return {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_270,
+                7: T.TRANSVERSE, 8: T.ROTATE_90}.get(orientation)
+    except TypeError:  # an unhashable value
+        return None
 
 
 def _decode_opened(im, draft_size: tuple[int, int] | None):
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
         if draft_size is not None and im.format == "JPEG":
             im.draft("RGB", draft_size)
         im.load()
-        ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of an upright image
+        # Turned upright here, not by ImageOps.exif_transpose: that also rewrites the EXIF block, and fails
+        # (struct.error) on the malformed tags some cameras write, after turning the image.
+        method = _transpose_method(_orientation(im))
+        if method is not None:
+            im = im.transpose(method)
         return _to_rgb(im)
     except DecodeError:
         raise
@@ -264,6 +301,7 @@ def decode_pixels(
     """
     import numpy as np
 
+    draft_size = _check_draft(draft_size)
     im = _open(data, max_pixels)
     sj = _simplejpeg()
     if sj is not None and im.format == "JPEG" and im.mode in ("RGB", "L"):
@@ -301,14 +339,15 @@ def _jpeg_pixels(sj, data: bytes, im, draft_size: tuple[int, int] | None):
     w, h = im.size
     s = 1
     if draft_size is not None:  # Pillow's choice (JpegImageFile.draft): the largest of 8, 4, 2, 1 that fits
-        fit = min(w // max(1, int(draft_size[0])), h // max(1, int(draft_size[1])))
+        fit = min(w // draft_size[0], h // draft_size[1])
         s = next((c for c in (8, 4, 2) if fit >= c), 1)
+    if s > 1 and min(w, h) < 8 * s:
+        # Tiny images: another libjpeg-turbo scale (3/8 against 1/4, say) can give the same size, and
+        # simplejpeg might take it. From 8 output pixels a side on, the sizes of neighbouring scales differ.
+        return None
     out_w, out_h = (w + s - 1) // s, (h + s - 1) // s
     try:
-        try:
-            orientation = int(im.getexif().get(0x0112, 1))
-        except Exception:  # a broken EXIF block does not make a broken image (as in exif_transpose)
-            orientation = 1
+        orientation = _orientation(im)
         if s == 1:
             a = sj.decode_jpeg(data, "RGB")
         else:  # the smallest libjpeg-turbo scale that keeps (out_w, out_h) is exactly 1/s at these sizes
@@ -317,7 +356,10 @@ def _jpeg_pixels(sj, data: bytes, im, draft_size: tuple[int, int] | None):
         return None
     if a.shape != (out_h, out_w, 3):
         return None
-    turn = _ORIENT.get(orientation)
+    try:
+        turn = _ORIENT.get(orientation)  # the value as stored: "6" or 6.5 are no orientation, as for Pillow
+    except TypeError:  # an unhashable value
+        turn = None
     return a if turn is None else np.ascontiguousarray(turn(a))
 
 

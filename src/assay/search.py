@@ -531,7 +531,16 @@ class Searcher:
                 raise InputError(
                     f"{self.encoder_name!r} holds embeddings made elsewhere: it cannot embed a new image or text "
                     "query; search with --item ID (an item of the corpus), or with an encoder that can embed it")
-            self._encoder = load_encoder(self.encoder_name)
+            enc = load_encoder(self.encoder_name)
+            made_by = self.store.meta().get("version") if self.store.exists() else None
+            if made_by is not None and made_by != enc.version:
+                # a query embedded by another version (new weights or preprocessing) is not comparable with
+                # the stored vectors: refuse rather than return subtly wrong neighbours
+                raise WorkspaceError(
+                    f"the embeddings of {self.encoder_name!r} were made by version {made_by}, but this installation's "
+                    f"encoder is version {enc.version} (its weights or preprocessing changed): run "
+                    f"`assay embed --encoder {self.encoder_name} --reset` and `assay index` to re-embed, then search")
+            self._encoder = enc
         return self._encoder
 
     def stale_ids(self) -> np.ndarray:

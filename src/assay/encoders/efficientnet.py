@@ -8,9 +8,10 @@ linear probe on 3,000 CIFAR-10 photos: 74.7 % against Lite0's 75.8 %). The embed
 global-average-pooled output of the head (the penultimate layer), L2-normalised; the 1000 raw ImageNet
 logits ride along as the extra ``"imagenet_logits"`` (for the zero-shot text bridge and the weak tagger).
 
-Preprocessing is the one these weights were trained with (TensorFlow EfficientNet-Lite eval): RGB, a
-centred square crop of 224/256 of the shorter side, bicubic resize to 224x224, then ``(x - 127) / 128``
-(*not* ImageNet mean/std, which costs about 11 points of top-1).
+Preprocessing follows the one these weights were trained with (TensorFlow EfficientNet-Lite eval): RGB, a
+centred square crop of 224/256 of the shorter side resized to 224x224, then ``(x - 127) / 128`` (*not*
+ImageNet mean/std, which costs about 11 points of top-1). The resize is Pillow's bicubic when it enlarges and
+OpenCV's area interpolation of the integer centre square when it shrinks (:func:`centre_crop_resize`).
 
 The ONNX graph takes the 8-bit pixels themselves (``uint8 [n, 224, 224, 3]``, what :meth:`preprocess_pixels`
 returns) and does the transposition and ``(x - 127) / 128`` inside, so the embedding pipeline hands ONNX
@@ -22,7 +23,8 @@ Two backends give the same numbers (max abs difference ~1e-5):
 
 * ``"onnx"`` (default, about 10x faster on CPU here): the model is exported once with
   :func:`torch.onnx.export` and cached under ``<cache_dir>/onnx/``, keyed by the sha256 of the weights,
-  the preprocessing spec, the graph spec, the exporter and the torch version. Once the file is cached,
+  the preprocessing spec (what the graph does with the pixels), the graph spec, the exporter and the torch
+  version. Once the file is cached,
   loading needs neither torch nor the network definition, only ``onnxruntime`` and the weights package.
 * ``"torch"``: eager PyTorch.
 
@@ -127,6 +129,9 @@ ONNX_OUTPUTS = ("features", "logits")
 ONNX_INPUT_SPEC = {"dtype": "uint8", "layout": "NHWC", "scaling": "in graph: (x - 127) * (1 / 128)"}
 
 _ARCH = "efficientnet-lite0"
+#: Fields of :data:`PREPROCESS_SPEC` that decide which pixels reach the graph but not the graph itself
+#: (part of the version, not of the ONNX cache key).
+_PIXEL_CHOICE = ("shrink",)
 
 
 def preprocess_spec(arch: str = _ARCH) -> dict[str, Any]:
@@ -372,6 +377,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         """Load the weights into the chosen backend (exporting and caching the ONNX file if needed)."""
         if self.loaded:
             return
+        _cv2()  # the preprocessing needs it: say so now, not once per image
         if self.backend == "onnx":
             self._load_onnx()
         else:
@@ -386,7 +392,9 @@ class EfficientNetLiteEncoder(BaseEncoder):
         key = spec_hash(
             {
                 "weights_sha256": file_fingerprint(self._weights_path()),
-                "preprocess": preprocess_spec(self.name),
+                # what the graph does with its pixels; fields that only choose the pixels stay out, so that a
+                # new resize does not make a cached export (and torch, to redo it) needed again
+                "preprocess": {k: v for k, v in preprocess_spec(self.name).items() if k not in _PIXEL_CHOICE},
                 "graph": graph_spec(self.name),
                 "exporter": _exporter_id(),
                 "opset": ONNX_OPSET,
