@@ -200,11 +200,34 @@ def test_a_ray_address_that_does_not_answer_is_one_clear_error(tmp_path):
             _check_reachable(address)
     with pytest.raises(InputError, match="host:port"):
         _check_reachable("somehost:notaport")
-    with socket.socket() as srv:  # a port that answers passes
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(1)
-        _check_reachable(f"127.0.0.1:{srv.getsockname()[1]}")
     _check_reachable("auto")
+
+
+def test_a_port_that_answers_but_is_not_ray_is_one_clear_error(monkeypatch):
+    """A web server at the address: ray.init would wait for minutes; the check says what is wrong at once."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from assay.distributed import ray_embed
+    from assay.errors import ClusterUnavailableError
+
+    monkeypatch.setattr(ray_embed, "CONNECT_TIMEOUT_S", 2.0)
+    srv = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ClusterUnavailableError, match="does not answer as a Ray cluster"):
+            ray_embed._check_reachable(f"127.0.0.1:{srv.server_address[1]}")
+        monkeypatch.setenv("RAY_USE_TLS", "1")  # a TLS cluster cannot be told apart by a plain preface: let Ray try
+        ray_embed._check_reachable(f"127.0.0.1:{srv.server_address[1]}")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_live_ray_head_passes_the_check(ray_cluster):
+    from assay.distributed.ray_embed import _check_reachable
+
+    _check_reachable(ray_cluster.get_runtime_context().gcs_address)
 
 
 def test_an_encoder_actor_runs_inference_on_the_cpus_ray_gave_it(monkeypatch):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -94,6 +95,40 @@ def _check_reachable(address: str) -> None:
         raise ClusterUnavailableError(
             f"cannot connect to the Ray cluster at {address!r}: {exc} (is `ray start --head` running there?)"
         ) from None
+    # Something answers. Ray's head (GCS) and its client server speak gRPC, over HTTP/2; anything else (a web
+    # server, a database) accepts the connection and ray.init then waits for minutes. An HTTP/2 server answers
+    # the client preface with a SETTINGS frame. (With TLS, RAY_USE_TLS, the plain preface proves nothing.)
+    if os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true", "yes"):
+        return
+    if not _speaks_http2(host.strip("[]"), port_no, CONNECT_TIMEOUT_S):
+        raise ClusterUnavailableError(
+            f"{address!r} accepts connections but does not answer as a Ray cluster (gRPC) within "
+            f"{CONNECT_TIMEOUT_S:g} s: is it the Ray head's port (6379 by default, or ray://host:10001 for Ray "
+            "Client)?"
+        )
+
+
+#: The HTTP/2 client connection preface, then an empty SETTINGS frame (RFC 9113, section 3.4).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _speaks_http2(host: str, port: int, timeout: float) -> bool:
+    """Whether the server at ``host:port`` answers an HTTP/2 preface with a frame header of type SETTINGS."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:  # refused, reset or timed out meanwhile
+        return False
+    return len(head) == 9 and head[3] == 0x04
 
 
 class _Collector:
