@@ -23,8 +23,9 @@ fi
 "$VENV/bin/python" -m pip install --quiet -e ".[${extras}]"
 if [[ "$extras" == "all,dev" ]]; then
   # label-studio-sdk (tests validate the Label Studio export with it) pins opencv-python-headless < 4.13, which
-  # would pull numpy back below 2.3; its validation code needs neither, so it goes in without its dependencies,
-  # and with the ones that code imports.
+  # would pull numpy back below 2.3 and take assay's own OpenCV back a major version (pip then warns about the
+  # pin, harmlessly); its validation code needs neither, so it goes in without its dependencies, and with the
+  # ones that code imports.
   "$VENV/bin/python" -m pip install --quiet --no-deps "label-studio-sdk>=2.1"
   "$VENV/bin/python" -m pip install --quiet appdirs "datamodel-code-generator>=0.70" "doclang>=0.7.1" ijson \
     "jsf>=0.11.2,<0.12" "jsonschema>=4.23" "lxml>=6.1" "nltk>=3.10,<=3.11" pandas "pydantic>=1.9.2" \
