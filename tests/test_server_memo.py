@@ -63,3 +63,18 @@ def test_memo_store_map_rows_matches_scoring_the_store(ws):
         got = memo.store.map_rows(lambda X: X @ w, ids[::-1])
         np.testing.assert_allclose(got, store.get(ids[::-1]) @ w, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(memo.store(ids[:3]), store.get(ids[:3]))
+
+
+def test_the_kept_searcher_is_renewed_when_a_knn_graph_is_built_later(ws):
+    """`assay index --knn K` while the server runs: the next round uses the graph, not the decision kept from
+    before it existed."""
+    from assay.search import build_knn_graph
+    from assay.server.app import _Proposer
+
+    proposer = _Proposer(ws, "test-mean-color")
+    s1 = proposer.searcher()
+    assert s1.knn_graph() is None
+    assert proposer.searcher() is s1  # nothing changed: kept
+    build_knn_graph(ws, 5, encoder="test-mean-color", exact=True)
+    s2 = proposer.searcher()
+    assert s2 is not s1 and s2.knn_graph() is not None

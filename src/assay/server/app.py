@@ -240,7 +240,9 @@ class _Proposer:
 
         enc = self.encoder or self.ws.default_encoder
         meta = self.ws.index_dir(enc) / "main" / "meta.json"
-        key = (enc, meta.stat().st_mtime_ns if meta.exists() else None)
+        graph = self.ws.index_dir(enc) / "knn" / "meta.json"  # a kNN graph built later (`assay index --knn K`)
+        key = (enc, meta.stat().st_mtime_ns if meta.exists() else None,
+               graph.stat().st_mtime_ns if graph.exists() else None)
         with self._lock:
             if self._searcher is None or self._searcher_key != key:
                 s = Searcher(self.ws, enc)
