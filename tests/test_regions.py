@@ -103,7 +103,9 @@ def test_tile_order_and_spec_parsing():
     assert RegionSpec((2, 3)).key == "grid:2,3"
     assert parse_region_spec("grid:6:square") == RegionSpec((6,), 0.0, True)
     assert parse_region_spec("grid:2:overlap=0.5:square").key == "grid:2:overlap=0.5:square"
-    for bad in ("tiles:2", "grid:", "grid:2,2", "grid:0", "grid:2:overlap=0.95", 3):
+    assert parse_region_spec("grid:2:square:overlap=.5") == parse_region_spec("grid:2:overlap=0.5:square")
+    for bad in ("tiles:2", "grid:", "grid:2,2", "grid:0", "grid:2:overlap=0.95", 3, "grid:2:overlap=.5.5",
+                "grid:2:overlap=0.2:overlap=0.3", "grid:2:square:square"):
         with pytest.raises(InputError):
             parse_region_spec(bad)
     with pytest.raises(InputError, match="width must be a positive integer"):
@@ -754,7 +756,38 @@ def test_a_cold_start_round_shows_the_box_its_region_search_found(ws, tmp_path):
     props = region_proposals(ws, row.id)
     target = _target(ws)
     assert target in props and props[target]["box"] == list(TARGET_BOX)
+    # random picks show no box, even where a search also listed them
+    ws.catalog.add_concept("red2", exemplars=[red])
+    row2, out2 = RegionMiner(ws, "red2").propose(strategy="entropy", batch=20, seed=0, random_fraction=0.5)
+    props2 = region_proposals(ws, row2.id)
+    randoms = [int(i) for i, why in zip(out2.ids, out2.reasons) if why == "seed-random"]
+    assert randoms and all(props2[i]["box"] is None for i in randoms)
     hits = {h.id: h for h in Searcher(ws).search_regions_items([red], k=10)[0]}
     for item, p in props.items():  # every box shown is the one its seed hit found
         if p["box"] is not None:
             assert hits[item].box is not None and list(hits[item].box) == p["box"]
+
+
+def test_a_region_text_bridge_from_other_region_vectors_is_refused(ws):
+    """After `embed --regions` with another spec and before `assay index`, the old text bridge's region ids
+    name other boxes: region text search must refuse it, as the region index does."""
+    from assay.errors import IndexNotBuiltError
+    from assay.index import VectorIndex
+    from assay.regions import REGION_BRIDGE_DIR
+
+    embed_regions(ws, spec="grid:2")
+    build_index(ws, kind="flat")
+    version = region_store(ws).meta()["version"]
+    d = ws.index_dir(ws.default_encoder) / REGION_BRIDGE_DIR
+    rng = np.random.default_rng(0)
+    for made_from, ok in (("grid:3-vectors", False), (version, True)):
+        idx = VectorIndex(spec="flat", dim=8, encoder="test-mean-color@regions+conse",
+                          encoder_version=f"{made_from}+minilm-v1")
+        v = rng.standard_normal((5, 8)).astype(np.float32)
+        idx.build(np.arange(1, 6, dtype=np.int64), v / np.linalg.norm(v, axis=1, keepdims=True))
+        idx.save(d)
+        if ok:
+            assert Searcher(ws).region_bridge_index().ntotal == 5
+        else:
+            with pytest.raises(IndexNotBuiltError, match="older than the region vectors"):
+                Searcher(ws).region_bridge_index()

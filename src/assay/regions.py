@@ -220,7 +220,7 @@ class RegionSpec:
         return self.key
 
 
-_SPEC_RE = re.compile(r"^grid:(\d+(?:,\d+)*)(?::overlap=([0-9.]+))?(:square)?$")
+_SPEC_RE = re.compile(r"^grid:(\d+(?:,\d+)*)((?::(?:overlap=\d*\.?\d+|square))*)$")
 
 
 _DENSE_RE = re.compile(r"^dense:(\d+(?:,\d+)*)((?::(?:window|stride|max)=\d+)*)$")
@@ -250,10 +250,15 @@ def parse_region_spec(text: str | RegionSpec | DenseSpec, *, overlap: float | No
         raise InputError("a region spec looks like 'grid:2,3', 'grid:2,3:overlap=0.5', 'grid:6:square' or "
                          f"'dense:896,1792:window=4:stride=2', got {text!r}")
     scales = tuple(int(s) for s in m.group(1).split(","))
-    if overlap is not None and m.group(2) and float(m.group(2)) != float(overlap):
-        raise InputError(f"the spec {text!r} sets overlap={m.group(2)} and --region-overlap gives {overlap}; give one")
-    ov = overlap if overlap is not None else float(m.group(2)) if m.group(2) else 0.0
-    return RegionSpec(scales, ov, bool(m.group(3)))
+    opts = [o for o in m.group(2).split(":") if o]  # overlap=F and square, in either order, each at most once
+    given = [o.split("=", 1)[1] for o in opts if o.startswith("overlap=")]
+    if len(given) > 1 or opts.count("square") > 1:
+        raise InputError(f"the spec {text!r} repeats an option; give overlap= and square at most once each")
+    text_ov = given[0] if given else None
+    if overlap is not None and text_ov is not None and float(text_ov) != float(overlap):
+        raise InputError(f"the spec {text!r} sets overlap={text_ov} and --region-overlap gives {overlap}; give one")
+    ov = overlap if overlap is not None else float(text_ov) if text_ov is not None else 0.0
+    return RegionSpec(scales, ov, "square" in opts)
 
 
 @dataclass(frozen=True)
@@ -1370,9 +1375,10 @@ class RegionMiner(Miner):
             excluded_ids=excluded, query_vectors=query_vectors, seed_hits=seed_hits, proxy=proxy,
             random_fraction=random_fraction, seed=round_no,
         )
-        if seed_region:  # a cold start's proposals found by a region search show that region's box
-            trig = np.asarray([t if t >= REGION_BASE else seed_region.get(int(i), (0.0, t))[1]
-                               for i, t in zip(out.ids.tolist(), trig.tolist())], dtype=np.int64)
+        if seed_region:  # a cold start's proposals found by a region search show that region's box (not the
+            # random picks, even where a search also listed them: no search put them in the batch)
+            trig = np.asarray([t if t >= REGION_BASE or why == "seed-random" else seed_region.get(int(i), (0.0, t))[1]
+                               for i, t, why in zip(out.ids.tolist(), trig.tolist(), out.reasons)], dtype=np.int64)
         proposals = [
             {"item_id": int(i), "rank": r, "score": float(s),
              "prelabel": None if out.prelabels is None else float(out.prelabels[r]), "reason": out.reasons[r]}

@@ -817,7 +817,14 @@ class Searcher:
             d = self.ws.index_dir(self.encoder_name) / REGION_BRIDGE_DIR
             if not (d / "meta.json").exists():
                 raise IndexNotBuiltError(f"no region text bridge for {self.encoder_name!r} yet; run `assay index`")
-            self._region_bridge = VectorIndex.load(d, mmap=True)
+            idx = VectorIndex.load(d, mmap=True)
+            # built from the region vectors of one version ("<region store version>+<text encoder version>"):
+            # after `embed --regions` with another spec, its region ids would name other boxes
+            from .regions import region_store
+
+            if not str(idx.encoder_version).startswith(f"{region_store(self.ws, self.encoder_name).meta()['version']}+"):
+                raise IndexNotBuiltError("the region text bridge is older than the region vectors; run `assay index`")
+            self._region_bridge = idx
         return self._region_bridge
 
     def _region_exclusions(self, keep_duplicates: bool) -> np.ndarray | None:

@@ -102,7 +102,7 @@ def embed(
     reset_regions: Annotated[bool, typer.Option("--reset-regions", help="With --regions: drop only the stored regions first (e.g. to change the spec); whole-image embeddings are kept.")] = False,
     regions: Annotated[
         Optional[str],
-        typer.Option("--regions", help="Also embed regions: 'grid:2,3' = the whole image + 2x2 and 3x3 tiles; 'dense:1792' = windows pooled from one feature map of the image at 1792 px (small objects; efficientnet encoders) (default: off)."),
+        typer.Option("--regions", help="Also embed regions: 'grid:2,3' = the whole image + 2x2 and 3x3 tiles (options ':overlap=0.5', ':square'); 'dense:1792' = windows pooled from one feature map of the image at 1792 px (small objects; efficientnet encoders) (default: off)."),
     ] = None,
     region_overlap: Annotated[
         Optional[float], typer.Option("--region-overlap", min=0.0, max=0.9, help="Fraction of a tile shared with its neighbour (with --regions).")
