@@ -791,3 +791,27 @@ def test_a_region_text_bridge_from_other_region_vectors_is_refused(ws):
         else:
             with pytest.raises(IndexNotBuiltError, match="older than the region vectors"):
                 Searcher(ws).region_bridge_index()
+
+
+def test_a_changed_image_keeps_no_box_rows_of_its_old_regions(ws, tmp_path):
+    """Dense specs give a changed image another number of windows; rows of the old ones must not linger
+    (simulated here by a leftover row of a slot the spec never fills)."""
+    import sqlalchemy as sa
+    from PIL import Image
+
+    from assay.regions import regions_table
+
+    embed_regions(ws, spec="grid:2")
+    target = _target(ws)
+    with ws.catalog.engine.begin() as conn:
+        conn.execute(sa.insert(regions_table), [{"id": int(region_ids([target], [40])[0]), "spec": "grid:2",
+                                                "item_id": target, "slot": 40, "scale": 9, "x0": 0, "y0": 0,
+                                                "x1": 500, "y1": 500, "width": 900, "height": 900}])
+    assert len(regions_of(ws, target)) == 5
+    path = ws.root.parent / "imgs" / "scene_000.png"
+    Image.new("RGB", (120, 80), (10, 200, 30)).save(path)  # the file changes
+    ingest(ws, [path.parent])
+    embed(ws)
+    embed_regions(ws, spec="grid:2")
+    rows = regions_of(ws, target)
+    assert [r["slot"] for r in rows] == [0, 1, 2, 3] and all(r["image_size"] == [120, 80] for r in rows)

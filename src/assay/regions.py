@@ -635,11 +635,13 @@ class _RegionWriter:
                 for i, p, s, sc, b in zip(ids, parent_ids(ids), slot_of(ids), boxes[:, 6], boxes)
             ]
             t = regions_table
+            items = np.unique(parent_ids(ids)).tolist()
             with self.ws.catalog.engine.begin() as conn:
+                # every earlier row of these images goes: a changed image can have fewer (dense) windows now
+                for start in range(0, len(items), 900):
+                    conn.execute(sa.delete(t).where(t.c.spec == self.spec.key, t.c.item_id.in_(items[start : start + 900])))
                 for start in range(0, len(rows), 900):
-                    chunk = rows[start : start + 900]
-                    conn.execute(sa.delete(t).where(t.c.spec == self.spec.key, t.c.id.in_([r["id"] for r in chunk])))
-                    conn.execute(sa.insert(t), chunk)
+                    conn.execute(sa.insert(t), rows[start : start + 900])
             self.store.append(ids, np.concatenate(self.vecs), {k: np.concatenate(v) for k, v in self.extras.items()})
             self.report.regions += len(ids)
             self.report.images += self.items
