@@ -815,3 +815,17 @@ def test_a_changed_image_keeps_no_box_rows_of_its_old_regions(ws, tmp_path):
     embed_regions(ws, spec="grid:2")
     rows = regions_of(ws, target)
     assert [r["slot"] for r in rows] == [0, 1, 2, 3] and all(r["image_size"] == [120, 80] for r in rows)
+
+
+def test_status_says_when_the_region_index_is_missing_or_out_of_date(ws):
+    embed_regions(ws, spec="grid:2")
+    st = ws.status()["region_indexes"]["test-mean-color"]
+    assert st["up_to_date"] is False and "assay index" in st["problem"]
+    build_index(ws, kind="flat")
+    st = ws.status()["region_indexes"]["test-mean-color"]
+    assert st == {"spec": "grid:2", "vectors": 30 + 120, "up_to_date": True}
+    embed_regions(ws, spec="grid:3", reset=True)  # new regions, not indexed yet
+    st = ws.status()["region_indexes"]["test-mean-color"]
+    assert st["spec"] == "grid:3" and st["up_to_date"] is False
+    build_index(ws, kind="flat")
+    assert ws.status()["region_indexes"]["test-mean-color"]["up_to_date"] is True

@@ -356,6 +356,7 @@ class Workspace:
             "embeddings": stores,
             "pending": self._pending(stores, damaged),
             "indexes": self._indexes(stores),
+            **({"region_indexes": ri} if (ri := self._region_indexes(stores)) else {}),
             "default_encoder": self.default_encoder,
             **({"damaged": damaged} if damaged else {}),
         }
@@ -409,6 +410,41 @@ class Workspace:
                          "up_to_date": built_on == rows and changed is None and vectors == want
                          and not changes_pending and pca_ok,
                          **({} if pca_ok else {"problem": "its PCA comes from another build; run `assay index`"})}
+        return out
+
+
+    def _region_indexes(self, stores: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """``{encoder: {"spec", "vectors", "up_to_date"}}`` for each encoder with region embeddings: whether its
+        joint index of items and regions holds what `assay index` would put in it now."""
+        from .regions import REGION_INDEX_DIR, parent_ids, region_spec_of, region_store
+
+        out: dict[str, dict[str, Any]] = {}
+        ok_ids: np.ndarray | None = None
+        for rname in stores:
+            if not rname.endswith("@regions"):
+                continue
+            name = rname[: -len("@regions")]
+            rstore, istore = region_store(self, name), self.vectors(name)
+            try:
+                rmeta = rstore.meta()
+                spec_ = region_spec_of(self, name)
+                spec = spec_.key if spec_ is not None else None
+                meta = json.loads((self.index_dir(name) / REGION_INDEX_DIR / "meta.json").read_text())
+            except (OSError, ValueError, WorkspaceError):
+                out[name] = {"spec": None, "vectors": 0, "up_to_date": False,
+                             "problem": "no region index yet; run `assay index`"}
+                continue
+            if ok_ids is None:
+                ok_ids = self.catalog.ids(status="ok")
+            try:
+                want = int(np.isin(istore.ids(), ok_ids).sum() if istore.exists() else 0) + int(
+                    np.isin(parent_ids(rstore.ids()), ok_ids).sum())
+            except DamagedStoreError:
+                want = -1
+            vectors = int(meta.get("count", 0))
+            same = meta.get("encoder_version") == rmeta.get("version")
+            out[name] = {"spec": spec, "vectors": vectors, "up_to_date": bool(same and vectors == want and
+                                                                              not len(self.pending_changes()))}
         return out
 
 

@@ -264,6 +264,9 @@ def status(
         for name, ix in st["indexes"].items():
             state = "up to date" if ix["up_to_date"] else (ix.get("problem") or "out of date (run `assay index`)")
             out.print(f"index      {name}: {ix['vectors']} vectors, {state}")
+        for name, ix in st.get("region_indexes", {}).items():
+            state = "up to date" if ix["up_to_date"] else (ix.get("problem") or "out of date (run `assay index`)")
+            out.print(f"regions    {name}: {ix['spec'] or '?'}, {ix['vectors']} item and region vectors indexed, {state}")
         if it["error"]:
             for item_id, uri, reason in ws.catalog.error_reasons(5):
                 out.print(f"  error {item_id} {uri}: {reason}")
