@@ -829,3 +829,31 @@ def test_status_says_when_the_region_index_is_missing_or_out_of_date(ws):
     assert st["spec"] == "grid:3" and st["up_to_date"] is False
     build_index(ws, kind="flat")
     assert ws.status()["region_indexes"]["test-mean-color"]["up_to_date"] is True
+
+
+def test_embed_regions_refuses_before_the_whole_image_pass(ws, tmp_path):
+    """A spec the stored regions were not made with (or an encoder without images) is refused before
+    `assay embed --regions` embeds anything, not after its whole-image pass."""
+    from assay.regions import check_regions_can_embed
+
+    embed_regions(ws, spec="grid:2")
+    with pytest.raises(WorkspaceError, match="--reset-regions"):
+        check_regions_can_embed(ws, None, "grid:3")
+    check_regions_can_embed(ws, None, "grid:3", reset=True)
+    check_regions_can_embed(ws, None, "grid:2")
+    folder = tmp_path / "more"
+    from conftest import write_images
+
+    write_images(folder, 3, size=(20, 20))
+    ingest(ws.catalog, [folder])
+    before = len(ws.vectors())
+    r = CliRunner().invoke(app, ["embed", "-w", str(ws.root), "--regions", "grid:3"])
+    assert r.exit_code != 0 and "--reset-regions" in r.output
+    assert len(ws.vectors()) == before  # the new images were not embedded either
+
+
+def test_a_run_with_nothing_to_embed_does_not_fix_the_region_spec(ws):
+    rep = embed_regions(ws, spec="grid:2", limit=0)
+    assert rep.pending == 0 and rep.total_regions == 0 and not region_store(ws).exists()
+    rep = embed_regions(ws, spec="grid:3")  # another spec is still free to choose
+    assert rep.spec == "grid:3" and rep.regions == 30 * 9

@@ -708,6 +708,30 @@ def dense_region_vectors(enc: Any, inputs: list[tuple[np.ndarray, dict[str, Any]
     return raw / np.maximum(norms, 1e-12), extras
 
 
+def check_regions_can_embed(ws: Workspace, encoder: Any, spec: str | RegionSpec | DenseSpec, *, reset: bool = False) -> None:
+    """Raise before any work when ``embed_regions(ws, encoder, spec=spec, reset=reset)`` would refuse: an
+    encoder without images (or without a feature map, for dense specs), or stored regions of another spec or
+    encoder version (without ``reset``). `assay embed --regions` calls it before its whole-image pass."""
+    from .encoders.base import get_encoder
+
+    spec = parse_region_spec(spec)
+    enc = get_encoder(encoder or ws.default_encoder) if encoder is None or isinstance(encoder, str) else encoder
+    if "image" not in enc.modalities:
+        raise InputError(f"encoder {enc.name!r} does not embed images; regions need an image encoder")
+    if isinstance(spec, DenseSpec) and not (hasattr(enc, "feature_map") and hasattr(enc, "preprocess_dense")):
+        raise InputError(f"dense regions pool a convolutional feature map, which encoder {enc.name!r} does not "
+                         "expose; use efficientnet-lite0 / efficientnet-lite2, or a grid spec")
+    store = region_store(ws, enc.name)
+    if not reset and store.exists():
+        made = store.meta().get("version")
+        if made != _store_version(enc.version, spec):
+            have = region_spec_of(ws, enc.name)
+            raise WorkspaceError(
+                f"the stored regions of {enc.name!r} were made with {have.key if have else 'another spec'} "
+                f"({made}), not {spec.key} with this encoder version; add --reset-regions to embed them afresh "
+                "(then `assay index`)")
+
+
 def embed_regions(
     ws: Workspace,
     encoder: Any = None,
@@ -754,12 +778,8 @@ def embed_regions(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
     t0 = time.perf_counter()
+    check_regions_can_embed(ws, encoder, spec, reset=reset)
     enc = load_encoder(encoder or ws.default_encoder)
-    if "image" not in enc.modalities:
-        raise InputError(f"encoder {enc.name!r} does not embed images; regions need an image encoder")
-    if isinstance(spec, DenseSpec) and not (hasattr(enc, "feature_map") and hasattr(enc, "preprocess_dense")):
-        raise InputError(f"dense regions pool a convolutional feature map, which encoder {enc.name!r} does not "
-                         "expose; use efficientnet-lite0 / efficientnet-lite2, or a grid spec")
     ensure_tables(ws)
     ws.apply_changes()  # regions of items whose bytes changed since are dropped, so they are embedded again
     store = region_store(ws, enc.name)
@@ -771,10 +791,14 @@ def embed_regions(
             t = regions_table
             with ws.catalog.engine.begin() as conn:
                 conn.execute(sa.delete(t).where(t.c.spec == spec.key))
-        store.create(encoder=f"{enc.name}@regions", version=_store_version(enc.version, spec), dim=enc.dim,
-                     extras=dict(getattr(enc, "extras_spec", {})))
+        def create() -> None:  # or check that the stored regions have this spec and encoder version
+            store.create(encoder=f"{enc.name}@regions", version=_store_version(enc.version, spec), dim=enc.dim,
+                         extras=dict(getattr(enc, "extras_spec", {})))
+
+        if store.exists():
+            create()
         ids = ws.catalog.ids(status="ok", modality="image")
-        if len(ids):
+        if len(ids) and store.exists():
             if ids.max() >= MAX_ITEM_ID:
                 raise WorkspaceError(f"item id {int(ids.max())} is too large for region ids (must be < 2**52)")
             # An image's regions are committed together, slot 0 first: it is done when slot 0 is stored (a
@@ -788,13 +812,15 @@ def embed_regions(
         report.pending = len(ids)
         if on_start is not None:
             on_start(report.pending)
+        if len(ids) and not store.exists():
+            create()  # only now: a run with nothing to embed (--limit 0, no images yet) does not fix the spec
         writer = _RegionWriter(ws, store, spec, shard_size, report)
         try:
             if len(ids):
                 _run_pipeline(ws, enc, ids, spec, writer, batch_size, workers, progress)
         finally:
             writer.commit()
-        report.total_regions = len(store)
+        report.total_regions = len(store) if store.exists() else 0
     report.seconds = time.perf_counter() - t0
     return report
 

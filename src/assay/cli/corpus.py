@@ -143,6 +143,10 @@ def embed(
                     out.print(f"repair: dropped damaged shard {r['shard']} of {r['store']} ({r['reason']})")
                 if not repaired:
                     out.print("repair: every stored shard reads back whole")
+        if region_spec is not None and name.split(":", 1)[0] != PRECOMPUTED:
+            from ..regions import check_regions_can_embed
+
+            check_regions_can_embed(ws, name, region_spec, reset=reset or reset_regions)  # before the image pass
         if name.split(":", 1)[0] == PRECOMPUTED:
             if region_spec is not None:
                 raise InputError("--regions needs an image encoder; precomputed embeddings have no images to crop")
