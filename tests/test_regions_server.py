@@ -63,6 +63,8 @@ def test_region_round_shows_boxes_and_takes_region_labels(client_ws):
     # client's retry with the same submission id writes all of it rather than being taken as a replay.
     import sqlalchemy as sa
 
+    from assay.regions import region_labels_table
+
     n_labels = len(ws.catalog.label_history(ws.catalog.concept("red").id))
     left = {"n": 1}
 
@@ -91,6 +93,20 @@ def test_region_round_shows_boxes_and_takes_region_labels(client_ws):
     r = c.post("/api/concepts/red/labels", json=bad)
     assert r.status_code == 404 and "not embedded regions" in r.json()["detail"]
     assert len(region_labels(ws, "red")[0]) == 1
+    # an embedded region, but not the box the round showed (another slot, or an image shown without a box)
+    wrong_slot = (it["region"]["slot"] + 1) % 13
+    for lab in ({"item_id": it["id"], "value": 0, "region_slot": wrong_slot},
+                *({"item_id": x["id"], "value": 0, "region_slot": 1} for x in batch["items"] if x["region"] is None)):
+        r = c.post("/api/concepts/red/labels", json={**body, "submission_id": f"sub-off-{lab['item_id']}", "labels": [lab]})
+        assert r.status_code == 400 and "not the boxes round" in r.json()["detail"], r.text
+    # the same region answer again, in a new submission, adds no row (as unchanged image labels add none)
+    t = region_labels_table
+    with ws.catalog.engine.connect() as conn:
+        rows_before = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
+    again = {**body, "submission_id": "sub-regions-again", "labels": [body["labels"][0]]}
+    assert c.post("/api/concepts/red/labels", json=again).status_code == 200
+    with ws.catalog.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar() == rows_before
     # the next default round keeps mining with regions
     nxt = _propose(c, {})
     assert nxt["strategy"].startswith("regions(")

@@ -210,6 +210,20 @@ class _Job:
         }
 
 
+def _latest_region_values(engine: Any, concept_id: int, rids: list[int]) -> dict[int, int]:
+    """``{region id: its latest label value}`` for the concept, among ``rids``."""
+    t = region_labels_table
+    out: dict[int, int] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(rids), 900):
+            q = (sa.select(t.c.region_id, t.c.value).where(t.c.concept_id == concept_id,
+                                                            t.c.region_id.in_(rids[start : start + 900]))
+                 .order_by(t.c.id))
+            for r, v in conn.execute(q):
+                out[int(r)] = int(v)
+    return out
+
+
 class _Proposer:
     """Runs ``Miner.propose`` on one background thread; one job per concept at a time."""
 
@@ -841,9 +855,20 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
                     f"round {row.number} showed regions of spec {shown}, but the workspace's regions are now "
                     f"{current}: region slots no longer name the boxes that were shown; label the image, or "
                     "reload a new batch")
+            # a region answer is about the box the round showed for that image, and no other
+            showed = region_proposals(ws, row.id) if shown is not None else {}
+            off = [(lab.item_id, lab.region_slot) for lab, r in zip(region_labels, rids)
+                   if (showed.get(lab.item_id) or {}).get("region") != r]
+            if off:
+                raise InputError(
+                    f"(item, region slot) pairs {off[:10]} are not the boxes round {row.number} showed (a region "
+                    "answer names the slot of the box shown with the image); label the image instead")
         extra = []
         if region_labels:  # written with the submission, in its transaction: all of it or none
-            extra = [(region_labels_table, region_label_rows(ws, c.id, rids, [lab.value for lab in region_labels],
+            vals = [lab.value for lab in region_labels]
+            latest = _latest_region_values(cat.engine, c.id, rids)
+            keep = [k for k, (r, v) in enumerate(zip(rids, vals)) if latest.get(r) != v]  # repeats add no row
+            extra = [(region_labels_table, region_label_rows(ws, c.id, [rids[k] for k in keep], [vals[k] for k in keep],
                                                              source="human", annotator=body.annotator,
                                                              encoder=cfg.encoder))]
         with write_lock:
