@@ -390,6 +390,25 @@ def test_truth_file_that_does_not_cover_the_corpus(ws, tmp_path, truth):
     assert res.exit_code == 2 and "999999" in res.output
 
 
+def test_a_truth_file_may_cover_items_outside_the_simulated_corpus(ws, tmp_path, truth):
+    """A dataset's whole truth file: rows for items that dedup set aside or whose files failed are skipped."""
+    item_set_aside = int(truth.ids[0])
+    failed = int(truth.ids[1])
+    ws.catalog.mark_errors([(failed, "gone")])
+    rep = int(truth.ids[2])
+    ws.catalog.replace_duplicate_groups({rep: [rep, item_set_aside]}, method="embedding", threshold=0.9)
+    assert item_set_aside in ws.catalog.non_representative_ids().tolist()
+    path = tmp_path / "all.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "split"])
+        for i, lab, t in zip(truth.ids, truth.labels, truth.is_test):
+            w.writerow([int(i), lab, "test" if t else "train"])
+    gt = load_ground_truth(ws, truth=path)
+    assert failed not in gt.ids.tolist() and item_set_aside not in gt.ids.tolist()
+    assert gt.ids.size == truth.ids.size - 2
+
+
 # ------------------------------------------------------------------------------------------ real data
 
 

@@ -761,7 +761,7 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
                 except ValueError:
                     raise InputError(f"{where}: id must be an integer, got {raw!r}") from None
                 if item not in known_ids:
-                    raise InputError(f"{where}: item id {item} is not in the simulated corpus (an embedded, ok item)")
+                    raise InputError(f"{where}: item id {item} is not an item of the catalog")
             else:
                 uri = (rec.get("uri") or "").strip()
                 item = uri_to_id.get(uri) if uri else None
@@ -770,7 +770,7 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
                     rel = Path(uri) if Path(uri).is_absolute() else p.parent / uri
                     item = uri_to_id.get(file_uri(rel), uri_to_id.get(file_uri(uri)))
                 if item is None:
-                    raise InputError(f"{where}: uri {uri!r} is not an embedded item of the catalog")
+                    raise InputError(f"{where}: uri {uri!r} is not an item of the catalog")
             label = (rec.get("label") or "").strip()
             if not label:
                 raise InputError(f"{where}: empty label")
@@ -830,11 +830,20 @@ def load_ground_truth(
     labels = np.empty(ids.size, dtype=object)
     splits = np.empty(ids.size, dtype=object)
     if truth is not None:
-        table = read_truth_file(truth, {u: i for i, u in uris.items()}, set(uris))
+        # Rows may name any item of the catalog (a dataset's whole truth file): those outside the simulated
+        # corpus (set aside as duplicates, failed, not embedded) are skipped, not refused.
+        every = ws.catalog.ids(status=None)
+        all_uris = ws.catalog.uris(every)
+        table = read_truth_file(truth, {u: i for i, u in all_uris.items()}, set(int(i) for i in every))
+        outside = len(set(table) - set(uris))
+        if outside:
+            log.info("the truth file %s has %d rows for items outside the simulated corpus (set aside as duplicates, "
+                     "failed or not embedded): skipped", truth, outside)
         missing = [int(i) for i in ids if int(i) not in table]
         if missing:
             raise InputError(
-                f"the truth file {truth} does not cover the corpus: {len(missing)} of {ids.size} embedded items have "
+                f"the truth file {truth} does not cover the corpus: {len(missing)} of the {ids.size} items in the "
+                f"simulated corpus (embedded, ok{'' if keep_duplicates else ', not set aside as duplicates'}) have "
                 f"no row, e.g. ids {missing[:5]}"
             )
         for k, i in enumerate(ids.tolist()):
