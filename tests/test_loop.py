@@ -125,6 +125,23 @@ def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):
     assert r.exit_code == 2 and "no concept named 'nope'" in r.output
     with pytest.raises(InputError):
         parse_label_value("2")
+    # an export (or answer sheet) of another concept is refused, not recorded for this one
+    other = tmp_path / "other.csv"
+    other.write_text(f"id,concept,label\n{ids[1]},red,1\n{ids[2]},circle,0\n")
+    with pytest.raises(InputError, match="row 2: concept 'circle' differs from 'red'"):
+        read_label_file(ws, other, "red")
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(other)])
+    assert r.exit_code == 2 and "circle" in r.output
+    assert len(ws.catalog.label_history(c.id)) == 0
+    # a blank annotator is nobody named: running the file again with --annotator "" writes nothing new
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(good)])
+    assert r.exit_code == 0, r.output
+    n_rows = len(ws.catalog.label_history(c.id))
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(good), "--annotator", " "])
+    assert r.exit_code == 0 and len(ws.catalog.label_history(c.id)) == n_rows
+    same = tmp_path / "same.csv"
+    same.write_text(f"id,concept,label\n{ids[1]},red,1\n{ids[2]},,0\n")
+    assert read_label_file(ws, same, "red")[0].tolist() == [ids[1], ids[2]]
 
 
 def test_cli_concept_mine_label_harvest(ws, tmp_path):

@@ -429,6 +429,8 @@ class _MiningMixin:
         for concept_id, item_ids, values, source, annotator, round_id in batches:
             if source not in LABEL_SOURCES:
                 raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
+            if isinstance(annotator, str) and not annotator.strip():
+                annotator = None  # a blank name is nobody named, not an annotator of its own
             self.check_annotator(annotator)
             ids = [int(i) for i in item_ids]
             vals = [int(v) for v in values]

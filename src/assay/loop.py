@@ -288,10 +288,12 @@ def parse_label_value(value: Any) -> int:
     raise InputError(f"label must be one of 1/0, yes/no, true/false, positive/negative; got {value!r}")
 
 
-def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def read_label_file(ws: Workspace, path: str | Path, concept: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read ``id`` or ``uri`` + ``label`` rows (CSV, JSONL or Parquet); validate every row before returning.
 
-    Unknown ids or uris and values outside the allowed set raise :class:`InputError` naming the row.
+    Unknown ids or uris and values outside the allowed set raise :class:`InputError` naming the row. With
+    ``concept``, a ``concept`` column (as assay's own exports carry) must name that concept on every row that
+    fills it: an answer sheet of another concept is refused, not recorded for this one.
     """
     from .interop.scores import read_score_records
 
@@ -325,6 +327,10 @@ def read_label_file(ws: Workspace, path: str | Path) -> tuple[np.ndarray, np.nda
                                   if r.get("uri") is not None and str(r["uri"]).strip()])
     for k, (n, rec) in enumerate(numbered):
         where = f"{p} row {n}"
+        other = rec.get("concept")
+        if concept is not None and not blank(other) and str(other).strip() != concept:
+            raise InputError(f"{where}: concept {str(other).strip()!r} differs from {concept!r}, the concept being "
+                             "labelled; label that concept instead, or drop the concept column")
         try:
             vals[k] = parse_label_value(rec.get("label"))
         except InputError as exc:

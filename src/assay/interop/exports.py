@@ -166,6 +166,8 @@ def collect_rows(
             extra_ids = s_ids[un][order]
     elif with_scores:
         store = ws.vectors(encoder)
+        if encoder is not None:
+            store.meta()  # an encoder named explicitly must have embeddings (a typo is an error, not empty scores)
         tr_ids, tr_y = cat.current_labels(c.id, include_pseudo=False)
         if store.exists() and len(tr_ids):
             keep = store.contains(tr_ids)
