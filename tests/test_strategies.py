@@ -336,6 +336,9 @@ def test_seals_wrapper_respects_pool_restriction_duplicates_and_empty_pool():
         )
     strat.reset()
     assert strat.pool.size == 0
+    # every item labelled: say so, rather than suggest a full-scan strategy that would fail too
+    with pytest.raises(EmptyPoolError, match="every item of the corpus is labelled"):
+        get_strategy("seals:entropy").select(make_ctx(pool=np.array([], dtype=np.int64), corpus_size=LABELLED.size), 3, 0)
 
 
 def test_subsample_wrapper_draws_from_the_pool_with_the_rng():

@@ -167,7 +167,7 @@ def _html(result: SimulationResult, plots: Sequence[Path], thumbs: _Thumbs, per_
     head = (
         f"<h1>Simulated mining of {html.escape(result.positive)!s}</h1>"
         f"<p>Pool positives {p['pool_positives']:.0f} of {p['corpus_size']:.0f} items "
-        f"(prevalence {p['prevalence']}); seed {p['seed_positives']} + {p['seed_negatives']} labels, counted in the "
+        f"(prevalence {_prevalence(p)}); seed {p['seed_positives']} + {p['seed_negatives']} labels, counted in the "
         f"budget of {p['budget']}; batches of {p['batch']}; seeds {p['seeds']}; proxy {html.escape(p['proxy'])}; "
         f"SEALS k = {p['seals_k']}. AP on the test split ({p['test_size']} items, {p['test_positives']} positive). "
         "Values are means over seeds.</p>"
@@ -246,3 +246,11 @@ def write_report(
         plots=[final / pl.name for pl in plots], thumbnails=thumbs.made, thumbnail_errors=thumbs.errors,
     )
 
+
+def _prevalence(p: dict) -> str:
+    """The prevalence simulated (positives / corpus), and the one asked for where the class was too rare."""
+    eff = p["pool_positives"] / p["corpus_size"] if p.get("corpus_size") else float(p["prevalence"])
+    asked = float(p["prevalence"])
+    if abs(eff - asked) > 0.1 * asked:
+        return f"{eff:.3g}; {asked:g} asked, but the class is rarer: all its positives kept"
+    return f"{eff:.3g}"

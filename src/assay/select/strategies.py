@@ -988,6 +988,10 @@ class SealsStrategy(Strategy):
         if ctx.pool_ids is not None:
             cand = np.intersect1d(cand, ctx.pool_ids, assume_unique=True)
         if cand.size == 0:
+            if ctx.corpus_size and ctx.labelled_ids.size >= ctx.corpus_size:
+                raise EmptyPoolError(
+                    f"every item of the corpus is labelled ({ctx.labelled_ids.size}): nothing is left to propose; "
+                    "`assay harvest` or `assay export` next")
             raise EmptyPoolError(
                 f"strategy {self.name!r}: the SEALS pool is empty (labelled items: {ctx.labelled_ids.size}); "
                 + ("every neighbour of the labelled items is labelled, proposed and not yet answered, or set "
