@@ -167,7 +167,7 @@ def _html(result: SimulationResult, plots: Sequence[Path], thumbs: _Thumbs, per_
     head = (
         f"<h1>Simulated mining of {html.escape(result.positive)!s}</h1>"
         f"<p>Pool positives {p['pool_positives']:.0f} of {p['corpus_size']:.0f} items "
-        f"(prevalence {_prevalence(p)}); seed {p['seed_positives']} + {p['seed_negatives']} labels, counted in the "
+        f"(prevalence {prevalence_text(p)}); seed {p['seed_positives']} + {p['seed_negatives']} labels, counted in the "
         f"budget of {p['budget']}; batches of {p['batch']}; seeds {p['seeds']}; proxy {html.escape(p['proxy'])}; "
         f"SEALS k = {p['seals_k']}. AP on the test split ({p['test_size']} items, {p['test_positives']} positive). "
         "Values are means over seeds.</p>"
@@ -247,7 +247,7 @@ def write_report(
     )
 
 
-def _prevalence(p: dict) -> str:
+def prevalence_text(p: dict) -> str:
     """The prevalence simulated (positives / corpus), and the one asked for where the class was too rare."""
     eff = p["pool_positives"] / p["corpus_size"] if p.get("corpus_size") else float(p["prevalence"])
     asked = float(p["prevalence"])

@@ -35,6 +35,7 @@ def simulate(
     json_: JsonOpt = False,
 ) -> None:
     """Simulate mining a rare concept with an oracle, following the SEALS paper's protocol."""
+    from ..report import prevalence_text
     from ..simulate import SimulationConfig, simulate_workspace
 
     with errors_to_exit():
@@ -61,7 +62,7 @@ def simulate(
         p = result.protocol
         out.print(
             f"{positive!r}: {p['pool_positives']:.0f} positives in a corpus of {p['corpus_size']:.0f} "
-            f"(prevalence {_prevalence(p)}), budget {p['budget']} labels (seed {p['seed_positives']}+{p['seed_negatives']} "
+            f"(prevalence {prevalence_text(p)}), budget {p['budget']} labels (seed {p['seed_positives']}+{p['seed_negatives']} "
             f"included), batches of {p['batch']}, {len(p['seeds'])} seed(s); AP on {p['test_size']} test items"
         )
         out.print(f"{'strategy':<32} {'AP':>6} {'recall':>7} {'found':>7} {'labels':>6} {'scanned':>8} {'s/round':>8}")
@@ -80,12 +81,3 @@ def _f(v: float | None, width: int, digits: int) -> str:
 
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
-
-
-def _prevalence(p: dict) -> str:
-    """The prevalence simulated (positives / corpus), and the one asked for where the class was too rare."""
-    eff = p["pool_positives"] / p["corpus_size"] if p.get("corpus_size") else float(p["prevalence"])
-    asked = float(p["prevalence"])
-    if abs(eff - asked) > 0.1 * asked:
-        return f"{eff:.3g}; {asked:g} asked, but the class is rarer: all its positives kept"
-    return f"{eff:.3g}"
