@@ -439,7 +439,7 @@ def test_background_proposer_reports_failures(ws, client):
     st = client.get("/api/concepts/all/proposer", params={"wait": 20}).json()
     while st["state"] == "running" and time.monotonic() < deadline:
         st = client.get("/api/concepts/all/proposer", params={"wait": 1}).json()
-    assert st["state"] == "error" and "empty" in st["error"]
+    assert st["state"] == "error" and "every item of the corpus is labelled" in st["error"]
 
 
 def test_serve_command_binds_loopback_and_reads_the_token_from_the_environment(ws, monkeypatch):
