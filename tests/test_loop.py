@@ -139,6 +139,19 @@ def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):
     n_rows = len(ws.catalog.label_history(c.id))
     r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(good), "--annotator", " "])
     assert r.exit_code == 0 and len(ws.catalog.label_history(c.id)) == n_rows
+    # a relative uri is relative to the label file's folder (as in a manifest), wherever the command runs
+    import os
+
+    sub = tmp_path / "answers" / "round1"
+    sub.mkdir(parents=True)
+    rel = sub / "rel.csv"
+    rel.write_text(f"uri,label\n{os.path.relpath(uri0, sub)},1\n")
+    cwd = os.getcwd()
+    try:
+        os.chdir(ws.root)
+        assert read_label_file(ws, rel)[0].tolist() == [ids[0]]
+    finally:
+        os.chdir(cwd)
     same = tmp_path / "same.csv"
     same.write_text(f"id,concept,label\n{ids[1]},red,1\n{ids[2]},,0\n")
     assert read_label_file(ws, same, "red")[0].tolist() == [ids[1], ids[2]]

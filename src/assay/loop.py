@@ -324,7 +324,7 @@ def read_label_file(ws: Workspace, path: str | Path, concept: str | None = None)
 
     # Rows named by uri are looked up in one go, under every spelling of a local path (file://, relative).
     uri_ids = _resolve_uris(cat, [str(r["uri"]).strip() for _, r in numbered
-                                  if r.get("uri") is not None and str(r["uri"]).strip()])
+                                  if r.get("uri") is not None and str(r["uri"]).strip()], base=p.parent)
     for k, (n, rec) in enumerate(numbered):
         where = f"{p} row {n}"
         other = rec.get("concept")

@@ -76,19 +76,23 @@ def _uri_ids(cat: Any, uris: Sequence[str]) -> dict[str, int]:
     return {u: v[0] for u, v in _uri_map(cat, list(uris)).items()} if uris else {}
 
 
-def _candidates_for(uri: str) -> list[str]:
-    """Forms under which a path may be in the catalog: as given, and as an absolute path."""
+def _candidates_for(uri: str, base: Path | None = None) -> list[str]:
+    """Forms under which a path may be in the catalog: as given, and as an absolute path. A relative path is
+    tried against ``base`` first (the folder of the file that names it, as for manifests), then against the
+    working directory."""
     from ..media import file_uri, is_local, local_path
 
     out = [uri]
     if is_local(uri):
         p = local_path(uri)
+        if base is not None and "://" not in uri and not Path(p).is_absolute():
+            out.append(file_uri(Path(base) / p))
         out += [p, file_uri(p), str(Path(p).absolute())]  # normalised, and as older versions recorded it
     return list(dict.fromkeys(out))
 
 
-def _resolve_uris(cat: Any, uris: Sequence[str]) -> dict[str, int]:
-    forms = {u: _candidates_for(u) for u in uris}
+def _resolve_uris(cat: Any, uris: Sequence[str], base: Path | None = None) -> dict[str, int]:
+    forms = {u: _candidates_for(u, base) for u in uris}
     found = _uri_ids(cat, [f for fs in forms.values() for f in fs])
     out: dict[str, int] = {}
     for u, fs in forms.items():
@@ -124,7 +128,7 @@ def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None) 
         raise InputError(f"{path} has no 'concept' column; add one or pass --concept")
     cat = ws.catalog
     uris = [str(r["uri"]) for r in records if r.get("id") in (None, "") and r.get("uri") not in (None, "")]
-    uri_ids = _resolve_uris(cat, uris)
+    uri_ids = _resolve_uris(cat, uris, base=path.parent)
     entries: list[LabelEntry] = []
     skipped = 0
     for n, rec in enumerate(records, 1):
