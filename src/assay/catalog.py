@@ -375,6 +375,12 @@ class _MiningMixin:
                              f"nor be only dots (it is part of the labelling page's URLs), got {name!r}")
 
     @staticmethod
+    def named(annotator: str | None) -> str | None:
+        """``annotator`` as the catalog records it: a blank name is nobody named (None), not an annotator of
+        its own."""
+        return None if isinstance(annotator, str) and not annotator.strip() else annotator
+
+    @staticmethod
     def check_annotator(annotator: str | None) -> None:
         """Raise InputError unless ``annotator`` (None: nobody named) is a name of at most 200 characters
         without control characters (any script is fine)."""
@@ -429,8 +435,7 @@ class _MiningMixin:
         for concept_id, item_ids, values, source, annotator, round_id in batches:
             if source not in LABEL_SOURCES:
                 raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
-            if isinstance(annotator, str) and not annotator.strip():
-                annotator = None  # a blank name is nobody named, not an annotator of its own
+            annotator = self.named(annotator)
             self.check_annotator(annotator)
             ids = [int(i) for i in item_ids]
             vals = [int(v) for v in values]
@@ -492,6 +497,7 @@ class _MiningMixin:
         that skips an answer repeated unchanged may skip. An item someone else answered since is left out, so
         the repeated answer is written again and is the item's current label once more."""
         t = labels_table
+        annotator = self.named(annotator)  # as add_label_batches records it
         sources = [source] if isinstance(source, str) else list(source)
         pseudo = sources == ["pseudo"]
         q = (sa.select(t.c.item_id, t.c.value, t.c.source, t.c.annotator).where(t.c.concept_id == concept_id)

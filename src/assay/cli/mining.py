@@ -220,8 +220,6 @@ def label(
         miner = Miner(ws, name)
         _ = miner.concept  # a missing concept fails before the file is read
         ids, vals = read_label_file(ws, file, miner.concept.name)
-        if annotator is not None and not annotator.strip():
-            annotator = None  # `--annotator ""`: nobody named (not a separate, blank annotator)
         n = miner.record_labels(ids, vals, source=source, annotator=annotator, skip_unchanged=True)
         lab, v = ws.catalog.current_labels(miner.concept.id)
         unchanged = len(set(int(i) for i in ids)) - n
