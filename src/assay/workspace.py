@@ -347,6 +347,7 @@ class Workspace:
         """What the workspace holds, as one JSON-ready dict."""
         counts = self.catalog.count()
         stores, damaged = self._stores()
+        indexes, region_indexes = self._indexes(stores)
         return {
             "workspace": str(self.root),
             "catalog": _redact(self.catalog_url),
@@ -355,8 +356,8 @@ class Workspace:
             "exact_duplicates": counts["exact_duplicates"],
             "embeddings": stores,
             "pending": self._pending(stores, damaged),
-            "indexes": self._indexes(stores),
-            **({"region_indexes": ri} if (ri := self._region_indexes(stores)) else {}),
+            "indexes": indexes,
+            **({"region_indexes": region_indexes} if region_indexes else {}),
             "default_encoder": self.default_encoder,
             **({"damaged": damaged} if damaged else {}),
         }
@@ -379,14 +380,46 @@ class Workspace:
             out[name] = int(len(ids) - (store.contains(ids).sum() if store.exists() and len(ids) else 0))
         return out
 
-    def _indexes(self, stores: dict[str, int]) -> dict[str, dict[str, Any]]:
-        """``{encoder: {"vectors", "built_on", "up_to_date"}}`` for each encoder with an index."""
+    def _indexes(self, stores: dict[str, int]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """``({encoder: {"vectors", "built_on", "up_to_date"}}, {encoder: {"spec", "vectors", "up_to_date"}})``:
+        each index of items, and each joint index of items and regions, with whether it holds what `assay
+        index` would put in it now."""
+        from .regions import REGION_INDEX_DIR, parent_ids, region_spec_of, region_store
         from .search import pca_mismatch
 
+        facts: dict[str, Any] = {}
+
+        def ok_ids() -> np.ndarray:  # read once for every index, and only where there is one
+            if "ok" not in facts:
+                facts["ok"], facts["changes_pending"] = self.catalog.ids(status="ok"), len(self.pending_changes()) > 0
+            return facts["ok"]
+
         out: dict[str, dict[str, Any]] = {}
-        ok_ids: np.ndarray | None = None  # read once, for every encoder with an index
-        changes_pending = None
+        regions: dict[str, dict[str, Any]] = {}
         for name, rows in stores.items():
+            if name.endswith("@regions"):
+                base = name[: -len("@regions")]
+                rstore, istore = region_store(self, base), self.vectors(base)
+                try:
+                    rmeta = rstore.meta()
+                    spec_ = region_spec_of(self, base)
+                    spec = spec_.key if spec_ is not None else None
+                    meta = json.loads((self.index_dir(base) / REGION_INDEX_DIR / "meta.json").read_text())
+                except (OSError, ValueError, WorkspaceError):
+                    regions[base] = {"spec": None, "vectors": 0, "up_to_date": False,
+                                     "problem": "no region index yet; run `assay index`"}
+                    continue
+                ok = ok_ids()
+                try:
+                    want = int(np.isin(istore.ids(), ok).sum() if istore.exists() else 0) + int(
+                        np.isin(parent_ids(rstore.ids()), ok).sum())
+                except DamagedStoreError:
+                    want = -1
+                vectors = int(meta.get("count", 0))
+                same = meta.get("encoder_version") == rmeta.get("version")
+                regions[base] = {"spec": spec, "vectors": vectors,
+                                 "up_to_date": bool(same and vectors == want and not facts["changes_pending"])}
+                continue
             meta_path = self.index_dir(name) / "main" / "meta.json"
             try:
                 meta = json.loads(meta_path.read_text())
@@ -397,55 +430,19 @@ class Workspace:
             vectors = int(meta.get("count", 0))
             # What an index built now would hold: the stored vectors of items that are ok (a file gone since
             # is left out by the next `assay index`).
-            if ok_ids is None:
-                ok_ids, changes_pending = self.catalog.ids(status="ok"), len(self.pending_changes()) > 0
             store = self.vectors(name)
+            ok = ok_ids()
             try:
-                want = int(np.isin(store.ids(), ok_ids).sum()) if store.exists() else 0
+                want = int(np.isin(store.ids(), ok).sum()) if store.exists() else 0
             except DamagedStoreError:  # reported apart ("damaged"); the index state is not judged
                 want = vectors
             # a `--rebuild --pca` cut short leaves another PCA beside the index: search refuses it
             pca_ok = not meta.get("metadata", {}).get("pca") or not pca_mismatch(self.index_dir(name), meta["metadata"])
             out[name] = {"vectors": vectors, "built_on": built_on,
                          "up_to_date": built_on == rows and changed is None and vectors == want
-                         and not changes_pending and pca_ok,
+                         and not facts["changes_pending"] and pca_ok,
                          **({} if pca_ok else {"problem": "its PCA comes from another build; run `assay index`"})}
-        return out
-
-
-    def _region_indexes(self, stores: dict[str, int]) -> dict[str, dict[str, Any]]:
-        """``{encoder: {"spec", "vectors", "up_to_date"}}`` for each encoder with region embeddings: whether its
-        joint index of items and regions holds what `assay index` would put in it now."""
-        from .regions import REGION_INDEX_DIR, parent_ids, region_spec_of, region_store
-
-        out: dict[str, dict[str, Any]] = {}
-        ok_ids: np.ndarray | None = None
-        for rname in stores:
-            if not rname.endswith("@regions"):
-                continue
-            name = rname[: -len("@regions")]
-            rstore, istore = region_store(self, name), self.vectors(name)
-            try:
-                rmeta = rstore.meta()
-                spec_ = region_spec_of(self, name)
-                spec = spec_.key if spec_ is not None else None
-                meta = json.loads((self.index_dir(name) / REGION_INDEX_DIR / "meta.json").read_text())
-            except (OSError, ValueError, WorkspaceError):
-                out[name] = {"spec": None, "vectors": 0, "up_to_date": False,
-                             "problem": "no region index yet; run `assay index`"}
-                continue
-            if ok_ids is None:
-                ok_ids = self.catalog.ids(status="ok")
-            try:
-                want = int(np.isin(istore.ids(), ok_ids).sum() if istore.exists() else 0) + int(
-                    np.isin(parent_ids(rstore.ids()), ok_ids).sum())
-            except DamagedStoreError:
-                want = -1
-            vectors = int(meta.get("count", 0))
-            same = meta.get("encoder_version") == rmeta.get("version")
-            out[name] = {"spec": spec, "vectors": vectors, "up_to_date": bool(same and vectors == want and
-                                                                              not len(self.pending_changes()))}
-        return out
+        return out, regions
 
 
 def _redact(url: str) -> str:
