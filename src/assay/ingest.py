@@ -323,6 +323,19 @@ def _jsonl_mixed_types(data: bytes, uri: str):
         raise InputError(f"cannot read manifest {uri}: {exc}") from None
 
 
+def _in_one_block_if_needed(read: Callable[[Any], Any], options: Callable[..., Any], size: int) -> Any:
+    """``read(None)``, Arrow's reader with its default blocks of 1 MB; where a value (a long document's text, a
+    long JSON line) straddles two blocks, ``read`` again with the whole file in one block."""
+    import pyarrow as pa
+
+    try:
+        return read(None)
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc):
+            raise
+        return read(options(block_size=size + 1))
+
+
 def _read_manifest_table(uri: str):
     import pyarrow as pa
 
@@ -363,25 +376,15 @@ def _read_manifest_table(uri: str):
                     raise
             types = {n: pa.string() for n in names}
             convert = pcsv.ConvertOptions(strings_can_be_null=False, column_types=types)
-            try:
-                return pcsv.read_csv(pa.BufferReader(data), parse_options=parse, convert_options=convert)
-            except pa.ArrowInvalid as exc:
-                if "straddl" not in str(exc):
-                    raise
-                # a value longer than a parse block (1 MB; e.g. a long document): the whole file in one block
-                return pcsv.read_csv(pa.BufferReader(data), parse_options=parse, convert_options=convert,
-                                     read_options=pcsv.ReadOptions(block_size=len(data) + 1))
+            return _in_one_block_if_needed(
+                lambda opts: pcsv.read_csv(pa.BufferReader(data), parse_options=parse, convert_options=convert,
+                                           read_options=opts), pcsv.ReadOptions, len(data))
         if suffix in (".jsonl", ".ndjson"):
             import pyarrow.json as pjson
 
             try:
-                try:
-                    return pjson.read_json(pa.BufferReader(data))
-                except pa.ArrowInvalid as exc:
-                    if "straddl" not in str(exc):
-                        raise
-                    # a line longer than a parse block (1 MB): the whole file in one block
-                    return pjson.read_json(pa.BufferReader(data), read_options=pjson.ReadOptions(block_size=len(data) + 1))
+                return _in_one_block_if_needed(
+                    lambda opts: pjson.read_json(pa.BufferReader(data), read_options=opts), pjson.ReadOptions, len(data))
             except pa.ArrowInvalid as exc:
                 if "changed from" not in str(exc):
                     raise
