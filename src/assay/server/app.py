@@ -69,6 +69,7 @@ from ..catalog import iso_utc, labels_table
 from ..regions import (
     RegionMiner, region_ids, region_label_rows, region_labels_table, region_proposals, region_spec_of, region_store, slot_of,
 )
+from ..regions import region_labels as current_region_labels
 from . import records
 from .records import ConflictError, StaleRoundError
 from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES, thumbnail_path
@@ -208,20 +209,6 @@ class _Job:
             "state": self.state, "round": self.round, "error": self.error, "params": self.params,
             "elapsed_s": None if self.started_at is None else round((self.finished_at or now) - self.started_at, 3),
         }
-
-
-def _latest_region_values(engine: Any, concept_id: int, rids: list[int]) -> dict[int, int]:
-    """``{region id: its latest label value}`` for the concept, among ``rids``."""
-    t = region_labels_table
-    out: dict[int, int] = {}
-    with engine.connect() as conn:
-        for start in range(0, len(rids), 900):
-            q = (sa.select(t.c.region_id, t.c.value).where(t.c.concept_id == concept_id,
-                                                            t.c.region_id.in_(rids[start : start + 900]))
-                 .order_by(t.c.id))
-            for r, v in conn.execute(q):
-                out[int(r)] = int(v)
-    return out
 
 
 class _Proposer:
@@ -866,7 +853,8 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         extra = []
         if region_labels:  # written with the submission, in its transaction: all of it or none
             vals = [lab.value for lab in region_labels]
-            latest = _latest_region_values(cat.engine, c.id, rids)
+            had_ids, had_vals = current_region_labels(ws, c.name, cfg.encoder)  # each region's current label (this spec)
+            latest = dict(zip(had_ids.tolist(), had_vals.tolist()))
             keep = [k for k, (r, v) in enumerate(zip(rids, vals)) if latest.get(r) != v]  # repeats add no row
             extra = [(region_labels_table, region_label_rows(ws, c.id, [rids[k] for k in keep], [vals[k] for k in keep],
                                                              source="human", annotator=body.annotator,
