@@ -427,9 +427,13 @@ class Miner:
     def _corpus(self, searcher, stale: np.ndarray | None = None) -> np.ndarray:
         """The index's ids, sorted, less ``stale`` (default: ``searcher.stale_ids()``, the changed or failed
         files the index still holds until `assay index`)."""
-        ids = np.sort(searcher.index().ids)
+        ids = self._index_ids(searcher)
         stale = searcher.stale_ids() if stale is None else stale
         return ids[~np.isin(ids, stale)] if len(stale) else ids
+
+    def _index_ids(self, searcher) -> np.ndarray:
+        """The index's ids, sorted (the server's miner reads them from its kept searcher)."""
+        return np.sort(searcher.index().ids)
 
     @staticmethod
     def _capped(searcher, strategy: str, seals_k: Any, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

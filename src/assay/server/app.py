@@ -395,13 +395,9 @@ class _KeptSearcherMiner(Miner):
     def _searcher(self):
         return self._kept
 
-    def _corpus(self, searcher, stale: np.ndarray | None = None) -> np.ndarray:
+    def _index_ids(self, searcher) -> np.ndarray:
         kept = getattr(searcher, "sorted_corpus", None)
-        if kept is None:
-            return super()._corpus(searcher, stale)
-        ids = kept()
-        stale = searcher.stale_ids() if stale is None else stale
-        return ids[~np.isin(ids, stale)] if len(stale) else ids
+        return kept() if kept is not None else super()._index_ids(searcher)
 
 
 class _KeptSearcherRegionMiner(RegionMiner, _KeptSearcherMiner):
