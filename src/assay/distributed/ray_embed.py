@@ -90,7 +90,7 @@ def _check_reachable(address: str) -> None:
     except ValueError:
         raise InputError(f"Ray address must be host:port, ray://host:port or auto, got {address!r}") from None
     try:
-        socket.create_connection((host.strip("[]"), port_no), timeout=CONNECT_TIMEOUT_S).close()
+        conn = socket.create_connection((host.strip("[]"), port_no), timeout=CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise ClusterUnavailableError(
             f"cannot connect to the Ray cluster at {address!r}: {exc} (is `ray start --head` running there?)"
@@ -98,9 +98,11 @@ def _check_reachable(address: str) -> None:
     # Something answers. Ray's head (GCS) and its client server speak gRPC, over HTTP/2; anything else (a web
     # server, a database) accepts the connection and ray.init then waits for minutes. An HTTP/2 server answers
     # the client preface with a SETTINGS frame. (With TLS, RAY_USE_TLS, the plain preface proves nothing.)
-    if os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true", "yes"):
-        return
-    if not _speaks_http2(host.strip("[]"), port_no, CONNECT_TIMEOUT_S):
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true", "yes"):
+            return
+        speaks = _speaks_http2(conn, CONNECT_TIMEOUT_S)
+    if not speaks:
         raise ClusterUnavailableError(
             f"{address!r} accepts connections but does not answer as a Ray cluster (gRPC) within "
             f"{CONNECT_TIMEOUT_S:g} s: is it the Ray head's port (6379 by default, or ray://host:10001 for Ray "
@@ -112,21 +114,19 @@ def _check_reachable(address: str) -> None:
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
-def _speaks_http2(host: str, port: int, timeout: float) -> bool:
-    """Whether the server at ``host:port`` answers an HTTP/2 preface with a frame header of type SETTINGS."""
-    import socket
-
+def _speaks_http2(conn: Any, timeout: float) -> bool:
+    """Whether the server on the connected socket ``conn`` answers an HTTP/2 preface with a frame header of
+    type SETTINGS."""
+    head = b""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as conn:
-            conn.settimeout(timeout)
-            conn.sendall(_H2_PREFACE)
-            head = b""
-            while len(head) < 9:
-                chunk = conn.recv(9 - len(head))
-                if not chunk:
-                    break
-                head += chunk
-    except OSError:  # refused, reset or timed out meanwhile
+        conn.settimeout(timeout)
+        conn.sendall(_H2_PREFACE)
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except OSError:  # reset or timed out meanwhile
         return False
     return len(head) == 9 and head[3] == 0x04
 
