@@ -95,8 +95,12 @@ def test_unknown_names_list_the_valid_ones(bad):
 
 
 def test_bad_parameters_are_input_errors():
-    with pytest.raises(InputError, match="does not take"):
+    with pytest.raises(InputError, match="does not take parameter\\(s\\) lam; it takes none"):
         get_strategy("entropy", lam=0.3)
+    with pytest.raises(InputError, match="does not take parameter\\(s\\) lamda; it takes: lam, relevance"):
+        get_strategy("mmr", lamda=0.3)
+    with pytest.raises(InputError, match="'seals' does not take parameter\\(s\\) kk; it takes: k$"):
+        get_strategy("seals:entropy", pool_params={"kk": 3})
     with pytest.raises(InputError, match="lam"):
         get_strategy("mmr", lam=2.0)
     with pytest.raises(InputError, match="pool_params"):

@@ -1110,7 +1110,31 @@ def get_strategy(name: str, *, pool_params: dict[str, Any] | None = None, **para
     return _construct(POOL_WRAPPERS[prefix], prefix, dict(pool_params or {}), base)
 
 
+def _accepted_params(cls: type, n_positional: int) -> list[str] | None:
+    """The keyword parameters ``cls(...)`` takes after ``n_positional`` positional ones; None if it takes any."""
+    import inspect
+
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return None
+    names = []
+    for i, (pname, p) in enumerate(sig.parameters.items()):
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or i < n_positional:
+            continue
+        names.append(pname)
+    return names
+
+
 def _construct(cls: type, label: str, params: dict[str, Any], *args: Any) -> Any:
+    accepted = _accepted_params(cls, len(args))
+    if accepted is not None:
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes none"
+            raise InputError(f"strategy {label!r} does not take parameter(s) {', '.join(unknown)}; {takes}")
     try:
         return cls(*args, **params)
     except TypeError as exc:
