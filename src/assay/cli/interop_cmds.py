@@ -180,7 +180,7 @@ def export_cmd(
     workspace: WorkspaceOpt = None,
     no_pseudo: Annotated[bool, typer.Option("--no-pseudo", help="Leave pseudo-labels out.")] = False,
     copy: Annotated[bool, typer.Option("--copy", help="imagefolder/fiftyone: copy images instead of symlinking.")] = False,
-    top: Annotated[int, typer.Option("--top", min=0, help="Add the N best-scored unlabelled items (csv, parquet, label-studio).")] = 0,
+    top: Annotated[int, typer.Option("--top", min=0, help="Add the N best-scored unlabelled items (csv, parquet, label-studio only; an error for the other formats).")] = 0,
     score_model: Annotated[Optional[str], typer.Option("--score-model", help="Scores from this imported model instead of the proxy.")] = None,
     boxes_model: Annotated[Optional[str], typer.Option("--boxes-model", help="Boxes from this model (default: the one model with boxes; with several, name one).")] = None,
     no_scores: Annotated[bool, typer.Option("--no-scores", help="Do not train a proxy for the score column.")] = False,

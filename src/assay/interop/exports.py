@@ -486,6 +486,8 @@ def _write_fiftyone(rows: list[ExportRow], out: Path, concept: str, copy: bool) 
     with atomic_output(out / "labels.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
+_TOP_FORMATS = ("csv", "parquet", "label-studio")
+
 
 def export(
     ws: Any, concept: str, *, fmt: str, out: str | Path, include_pseudo: bool = True, copy: bool = False,
@@ -499,6 +501,10 @@ def export(
     """
     if fmt not in FORMATS:
         raise UnknownNameError("export format", fmt, FORMATS)
+    if top and fmt not in _TOP_FORMATS:
+        # these layouts hold labelled items only (a class folder, a category id): an unlabelled row has no place
+        raise InputError(f"--top adds unlabelled rows, which only the {', '.join(_TOP_FORMATS)} exports hold; "
+                         f"the {fmt} export writes labelled items only: leave --top out, or export as csv")
     out = Path(out)
     if fmt in ("csv", "parquet", "label-studio", "coco") and out.is_dir():
         raise InputError(f"--out {out} is a folder; the {fmt} export writes one file")
@@ -507,7 +513,7 @@ def export(
         raise InputError(f"--out {out.name} does not fit --format {fmt}: its file should end in {want}")
     check_folder(out.parent, f"--out {out}", create=True)
     rows, model_version = collect_rows(
-        ws, concept, include_pseudo=include_pseudo, top=top if fmt in ("csv", "parquet", "label-studio") else 0,
+        ws, concept, include_pseudo=include_pseudo, top=top,
         score_model=score_model, with_scores=with_scores, proxy=proxy, encoder=encoder,
     )
     boxes: dict[int, list] = {}
