@@ -94,6 +94,11 @@ def test_csv_export_columns_and_provenance(base, tmp_path):
     assert all(r["round"] == "" for r in rows if r["annotator"] == "alice")
     top = export(ws, "red", fmt="csv", out=tmp_path / "top.csv", top=5)
     assert top.unlabelled == 5 and top.rows == rep.rows + 5
+    for fmt, out in (("coco", tmp_path / "top.json"), ("imagefolder", tmp_path / "top-if"),
+                     ("fiftyone", tmp_path / "top-fo")):  # layouts without a place for unlabelled rows
+        with pytest.raises(InputError, match="--top adds unlabelled rows"):
+            export(ws, "red", fmt=fmt, out=out, top=5)
+        assert not out.exists()
     nop = export(ws, "red", fmt="csv", out=tmp_path / "nop.csv", include_pseudo=False)
     assert nop.pseudo == 0 and nop.rows == rep.rows - 2
 
@@ -337,6 +342,11 @@ def test_label_studio_import_picks_the_latest_live_annotation(fresh, tmp_path):
         ([[999999, "1"]], r"row 1: item id 999999 is not in the catalog"),
         ([["ID", "1"], ["ID", "0"]], r"row 2: item .* is labelled for 'red' again"),
         ([["x1", "1"]], r"row 1: id must be an integer"),
+        # several bad rows: all of them in one message
+        ([["ID", "maybe"], ["x1", "1"], [999999, "1"]],
+         r"l.csv: 3 bad rows, nothing recorded:\n  l.csv row 1: label must be one of.*\n  l.csv row 2: id must be an "
+         r"integer.*"
+         r"\n  l.csv row 3: item id 999999 is not in the catalog"),
     ],
 )
 def test_csv_import_bad_rows(fresh, tmp_path, rows, match):

@@ -133,6 +133,21 @@ def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):
     r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(other)])
     assert r.exit_code == 2 and "circle" in r.output
     assert len(ws.catalog.label_history(c.id)) == 0
+    # every bad row is reported in one run (grouped by check), with the count beyond the first ten
+    many = tmp_path / "many.csv"
+    many.write_text("id,label\n" + f"{ids[1]},maybe\n" + f"{ids[2]},1\n" + "99999,0\n" + "x,1\n"
+                    + f"{ids[3]},1\n{ids[3]},0\n" + "".join(f"{90000 + n},1\n" for n in range(12)))
+    with pytest.raises(InputError) as exc:
+        read_label_file(ws, many)
+    msg = str(exc.value)
+    assert "16 bad rows, nothing recorded" in msg and "... and 6 more" in msg
+    lines = msg.splitlines()[1:]
+    assert lines[0].strip().startswith("row 1: label must be") and "row 3: id must be" not in msg
+    assert lines[1].strip() == "row 4: id must be an integer, got 'x'"
+    assert lines[2].strip() == "row 3: item id 99999 is not in the catalog"
+    r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(many)])
+    assert r.exit_code == 2 and "16 bad rows" in r.output and "row 4: id must be" in r.output
+    assert len(ws.catalog.label_history(c.id)) == 0
     # a blank annotator is nobody named: running the file again with --annotator "" writes nothing new
     r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(good)])
     assert r.exit_code == 0, r.output

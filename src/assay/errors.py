@@ -35,6 +35,7 @@ __all__ = [
     "NoWorkspaceError",
     "as_item_id",
     "check_folder",
+    "RowProblems",
     "IndexNotBuiltError",
     "NoEmbeddingsError",
     "DamagedStoreError",
@@ -183,3 +184,57 @@ def check_folder(folder: object, label: str, *, create: bool = False) -> None:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"{label}: cannot create the folder {folder}: {exc}") from exc
+
+
+class RowProblems:
+    """Collects what is wrong with the rows of an input file, so that one run reports them all (the first
+    ``show`` of them, and how many there are) instead of stopping at the first::
+
+        problems = RowProblems(f"{path}")
+        for n, row in enumerate(rows, 1):
+            with problems.row(f"row {n}"):
+                check(row)            # raises InputError
+        problems.raise_if_any()       # one InputError listing them
+    """
+
+    def __init__(self, what: str | None, show: int = 10, *, header: str | None = None) -> None:
+        # what: prefixed to a lone problem ("labels.csv" + " row 3: ..."); None when messages name their file.
+        # header: names the input above a list of problems (default: what).
+        self.what = what
+        self.header = header if header is not None else (what or "the input")
+        self.show = show
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+    def row(self, where: str) -> "_RowContext":
+        """A context in which an :class:`InputError` is recorded as ``where: message`` instead of raised."""
+        return _RowContext(self, where)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def raise_if_any(self) -> None:
+        if not self.messages:
+            return
+        n = len(self.messages)
+        if n == 1:
+            raise InputError(f"{self.what} {self.messages[0]}" if self.what else self.messages[0])
+        shown = "\n  ".join(self.messages[: self.show])
+        more = f"\n  ... and {n - self.show} more" if n > self.show else ""
+        raise InputError(f"{self.header}: {n} bad rows, nothing recorded:\n  {shown}{more}")
+
+
+class _RowContext:
+    def __init__(self, problems: RowProblems, where: str) -> None:
+        self.problems, self.where = problems, where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, InputError):
+            self.problems.add(f"{self.where}: {exc}")
+            return True
+        return False

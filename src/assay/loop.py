@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EmptyPoolError, InputError, NotFoundError, UnknownNameError, as_item_id
+from .errors import EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id
 from .index import _in_sorted
 from .workspace import Workspace
 
@@ -325,40 +325,43 @@ def read_label_file(ws: Workspace, path: str | Path, concept: str | None = None)
     # Rows named by uri are looked up in one go, under every spelling of a local path (file://, relative).
     uri_ids = _resolve_uris(cat, [str(r["uri"]).strip() for _, r in numbered
                                   if r.get("uri") is not None and str(r["uri"]).strip()], base=p.parent)
+    problems = RowProblems(str(p))  # every bad row is reported, not only the first
+    parsed = np.zeros(len(numbered), dtype=bool)
     for k, (n, rec) in enumerate(numbered):
-        where = f"{p} row {n}"
-        other = rec.get("concept")
-        if concept is not None and not blank(other) and str(other).strip() != concept:
-            raise InputError(f"{where}: concept {str(other).strip()!r} differs from {concept!r}, the concept being "
-                             "labelled; label that concept instead, or drop the concept column")
-        try:
+        with problems.row(f"row {n}"):
+            other = rec.get("concept")
+            if concept is not None and not blank(other) and str(other).strip() != concept:
+                raise InputError(f"concept {str(other).strip()!r} differs from {concept!r}, the concept being "
+                                 "labelled; label that concept instead, or drop the concept column")
             vals[k] = parse_label_value(rec.get("label"))
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
-        raw_id = rec.get("id")
-        if raw_id not in (None, ""):
-            ids[k] = as_item_id(raw_id, f"{where}: id")
-            uri = rec.get("uri")
-            if uri is not None and str(uri).strip() and uri_ids.get(str(uri).strip()) != ids[k]:
-                named = uri_ids.get(str(uri).strip())
-                raise InputError(f"{where}: id {int(ids[k])} and uri {uri!r} name different items (the uri is "
-                                 + (f"item {named})" if named is not None else "not in the catalog)")
-                                 + "; fix the row or drop one of the two columns")
-        else:
-            uri = rec.get("uri")
-            item = uri_ids.get(str(uri).strip()) if uri is not None else None
-            if item is None:
-                raise InputError(f"{where}: uri {uri!r} is not in the catalog")
-            ids[k] = item
-    known = set(cat.get_ids_existing(ids.tolist()))
-    for (n, _), i in zip(numbered, ids.tolist()):
-        if i not in known:
-            raise InputError(f"{p} row {n}: item id {i} is not in the catalog")
+            raw_id = rec.get("id")
+            if raw_id not in (None, ""):
+                ids[k] = as_item_id(raw_id, "id")
+                uri = rec.get("uri")
+                if uri is not None and str(uri).strip() and uri_ids.get(str(uri).strip()) != ids[k]:
+                    named = uri_ids.get(str(uri).strip())
+                    raise InputError(f"id {int(ids[k])} and uri {uri!r} name different items (the uri is "
+                                     + (f"item {named})" if named is not None else "not in the catalog)")
+                                     + "; fix the row or drop one of the two columns")
+            else:
+                uri = rec.get("uri")
+                item = uri_ids.get(str(uri).strip()) if uri is not None else None
+                if item is None:
+                    raise InputError(f"uri {uri!r} is not in the catalog")
+                ids[k] = item
+            parsed[k] = True
+    known = set(cat.get_ids_existing(ids[parsed].tolist()))
+    for k, ((n, _), i) in enumerate(zip(numbered, ids.tolist())):
+        if parsed[k] and i not in known:
+            problems.add(f"row {n}: item id {i} is not in the catalog")
     first: dict[int, tuple[int, int]] = {}
-    for (n, _), i, v in zip(numbered, ids.tolist(), vals.tolist()):
+    for k, ((n, _), i, v) in enumerate(zip(numbered, ids.tolist(), vals.tolist())):
+        if not parsed[k] or i not in known:
+            continue
         if i in first and first[i][1] != v:
-            raise InputError(f"{p} rows {first[i][0]} and {n} give item {i} two different labels; keep one")
+            problems.add(f"rows {first[i][0]} and {n} give item {i} two different labels; keep one")
         first.setdefault(i, (n, v))
+    problems.raise_if_any()
     if len(first) < len(ids):
         log.warning("%s: %d rows repeat an item with the same label; each item is recorded once", p, len(ids) - len(first))
         ids = np.fromiter(first, dtype=np.int64, count=len(first))

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from . import evaluate as E
-from .errors import EmptyPoolError, InputError, NotFoundError, UnknownNameError
+from .errors import EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -738,8 +738,8 @@ def simulate(
 def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[int]) -> dict[int, tuple[str, str | None]]:
     """Read a truth CSV (``id`` or ``uri``, ``label``, optional ``split``): ``{id: (label, split or None)}``.
 
-    Every row is checked; an unknown id or uri, a missing label or a repeated item raises
-    :class:`InputError` naming the row.
+    Every row is checked; unknown ids or uris, missing labels or repeated items raise one
+    :class:`InputError` naming every bad row (the first ten, and how many more).
     """
     from .media import file_uri
 
@@ -752,32 +752,34 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
         if "label" not in cols or not ({"id", "uri"} & cols):
             raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
         out: dict[int, tuple[str, str | None]] = {}
+        problems = RowProblems(str(p))  # every bad row is reported, not only the first
         for n, rec in enumerate(reader, 2):
-            where = f"{p} line {n}"
-            raw = (rec.get("id") or "").strip()
-            if raw:
-                try:
-                    item = int(raw)
-                except ValueError:
-                    raise InputError(f"{where}: id must be an integer, got {raw!r}") from None
-                if item not in known_ids:
-                    raise InputError(f"{where}: item id {item} is not an item of the catalog")
-            else:
-                uri = (rec.get("uri") or "").strip()
-                item = uri_to_id.get(uri) if uri else None
-                if item is None and uri and "://" not in uri:
-                    # a relative path is relative to the truth file's folder, as in a manifest (else to here)
-                    rel = Path(uri) if Path(uri).is_absolute() else p.parent / uri
-                    item = uri_to_id.get(file_uri(rel), uri_to_id.get(file_uri(uri)))
-                if item is None:
-                    raise InputError(f"{where}: uri {uri!r} is not an item of the catalog")
-            label = (rec.get("label") or "").strip()
-            if not label:
-                raise InputError(f"{where}: empty label")
-            if item in out:
-                raise InputError(f"{where}: item {item} appears twice")
-            split = (rec.get("split") or "").strip() or None
-            out[item] = (label, split)
+            with problems.row(f"line {n}"):
+                raw = (rec.get("id") or "").strip()
+                if raw:
+                    try:
+                        item = int(raw)
+                    except ValueError:
+                        raise InputError(f"id must be an integer, got {raw!r}") from None
+                    if item not in known_ids:
+                        raise InputError(f"item id {item} is not an item of the catalog")
+                else:
+                    uri = (rec.get("uri") or "").strip()
+                    item = uri_to_id.get(uri) if uri else None
+                    if item is None and uri and "://" not in uri:
+                        # a relative path is relative to the truth file's folder, as in a manifest (else to here)
+                        rel = Path(uri) if Path(uri).is_absolute() else p.parent / uri
+                        item = uri_to_id.get(file_uri(rel), uri_to_id.get(file_uri(uri)))
+                    if item is None:
+                        raise InputError(f"uri {uri!r} is not an item of the catalog")
+                label = (rec.get("label") or "").strip()
+                if not label:
+                    raise InputError("empty label")
+                if item in out:
+                    raise InputError(f"item {item} appears twice")
+                split = (rec.get("split") or "").strip() or None
+                out[item] = (label, split)
+        problems.raise_if_any()
     if not out:
         raise InputError(f"{p} holds no rows")
     return out

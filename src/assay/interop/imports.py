@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, NotFoundError, UnknownNameError
+from ..errors import InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id
 from .exports import negative_name, safe_name
 
 __all__ = ["IMPORT_FORMATS", "ImportReport", "LabelEntry", "parse_labels", "import_labels"]
@@ -103,17 +103,10 @@ def _resolve_uris(cat: Any, uris: Sequence[str], base: Path | None = None) -> di
     return out
 
 
-def _label_value(v: Any, where: str) -> int:
-    from ..loop import parse_label_value
-
-    try:
-        return parse_label_value(v)
-    except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
-
-
 # ---------------------------------------------------------------------------------------------- csv
-def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None) -> tuple[list[LabelEntry], int]:
+def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None,
+               problems: RowProblems) -> tuple[list[LabelEntry], int]:
+    """The rows of a CSV / JSONL / Parquet labels file; a bad row is added to ``problems`` and left out."""
     from .scores import read_score_records
 
     records = read_score_records(path)
@@ -129,6 +122,8 @@ def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None) 
     cat = ws.catalog
     uris = [str(r["uri"]) for r in records if r.get("id") in (None, "") and r.get("uri") not in (None, "")]
     uri_ids = _resolve_uris(cat, uris, base=path.parent)
+    from ..loop import parse_label_value
+
     entries: list[LabelEntry] = []
     skipped = 0
     for n, rec in enumerate(records, 1):
@@ -136,28 +131,27 @@ def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None) 
         if str(rec.get("label") if rec.get("label") is not None else "").strip() == "":
             skipped += 1
             continue
-        value = _label_value(rec.get("label"), where)
-        raw_id = rec.get("id")
-        if raw_id not in (None, ""):
-            from ..errors import as_item_id
-
-            item_id = as_item_id(raw_id, f"{where}: id")
-        else:
-            uri = rec.get("uri")
-            if uri in (None, ""):
-                raise InputError(f"{where}: neither id nor uri is given")
-            if str(uri) not in uri_ids:
-                raise InputError(f"{where}: uri {uri!r} is not in the catalog")
-            item_id = uri_ids[str(uri)]
-        c = rec.get("concept")
-        c = concept if c in (None, "") else str(c).strip()
-        if c is None:
-            raise InputError(f"{where}: concept is empty; fill the column or pass --concept")
-        if concept is not None and c != concept:
-            raise InputError(f"{where}: concept {c!r} differs from --concept {concept!r}")
-        src = "pseudo" if str(rec.get("source") or "").strip() == "pseudo" else "import"
-        who = annotator or (str(rec["annotator"]).strip() if rec.get("annotator") not in (None, "") else None)
-        entries.append(LabelEntry(c, item_id, value, who, src, where))
+        with problems.row(where):
+            value = parse_label_value(rec.get("label"))
+            raw_id = rec.get("id")
+            if raw_id not in (None, ""):
+                item_id = as_item_id(raw_id, "id")
+            else:
+                uri = rec.get("uri")
+                if uri in (None, ""):
+                    raise InputError("neither id nor uri is given")
+                if str(uri) not in uri_ids:
+                    raise InputError(f"uri {uri!r} is not in the catalog")
+                item_id = uri_ids[str(uri)]
+            c = rec.get("concept")
+            c = concept if c in (None, "") else str(c).strip()
+            if c is None:
+                raise InputError("concept is empty; fill the column or pass --concept")
+            if concept is not None and c != concept:
+                raise InputError(f"concept {c!r} differs from --concept {concept!r}")
+            src = "pseudo" if str(rec.get("source") or "").strip() == "pseudo" else "import"
+            who = annotator or (str(rec["annotator"]).strip() if rec.get("annotator") not in (None, "") else None)
+            entries.append(LabelEntry(c, item_id, value, who, src, where))
     return entries, skipped
 
 
@@ -467,8 +461,9 @@ def parse_labels(
     p = Path(path)
     if not p.exists():
         raise NotFoundError(f"labels file not found: {p}")
+    problems = RowProblems(None, header=p.name)  # every bad row is reported, not only the first
     if fmt == "csv":
-        entries, skipped = _parse_csv(ws, p, concept, annotator)
+        entries, skipped = _parse_csv(ws, p, concept, annotator, problems)
     elif fmt == "label-studio":
         entries, skipped = _parse_label_studio(ws, p, concept, annotator, url_prefix)
     elif fmt == "coco":
@@ -480,13 +475,14 @@ def parse_labels(
     known = set(ws.catalog.get_ids_existing(sorted({e.item_id for e in entries})))
     for e in entries:
         if e.item_id not in known:
-            raise InputError(f"{e.where}: item id {e.item_id} is not in the catalog")
+            problems.add(f"{e.where}: item id {e.item_id} is not in the catalog")
     seen: dict[tuple[str, int], str] = {}
     for e in entries:
         key = (e.concept, e.item_id)
         if key in seen:
-            raise InputError(f"{e.where}: item {e.item_id} is labelled for {e.concept!r} again (first in {seen[key]})")
-        seen[key] = e.where
+            problems.add(f"{e.where}: item {e.item_id} is labelled for {e.concept!r} again (first in {seen[key]})")
+        seen.setdefault(key, e.where)
+    problems.raise_if_any()
     return entries, skipped
 
 
