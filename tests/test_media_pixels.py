@@ -63,6 +63,15 @@ def test_decode_pixels_other_formats_go_through_pillow():
     assert np.array_equal(decode_pixels(buf.getvalue()), np.asarray(decode_image(buf.getvalue())))
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_decode_pixels_returns_a_writable_array_on_either_path(fmt):
+    buf = io.BytesIO()
+    Image.fromarray(_photo(40, 30)).save(buf, fmt)
+    px = decode_pixels(buf.getvalue())
+    assert px.flags.writeable
+    px[0, 0] = 0  # the caller's to change
+
+
 def test_decode_pixels_gives_pillows_errors_and_leniency():
     data = _jpeg(_photo(200, 150))
     for bad in (data[: len(data) // 2], data[:100], b"", b"not an image at all"):

@@ -297,7 +297,7 @@ def decode_pixels(
     without Pillow's RGBX copy. The pixels are the same, with the same ``draft_size`` scale and EXIF
     orientation (tests compare them). Any other image, and any JPEG that simplejpeg refuses (even a mere
     warning, such as extra bytes before a marker), goes through :func:`decode_image`, so what decodes and
-    which error a bad file gets are unchanged.
+    which error a bad file gets are unchanged. The array is writable (the caller's to change) on either path.
     """
     import numpy as np
 
@@ -308,7 +308,9 @@ def decode_pixels(
         pixels = _jpeg_pixels(sj, data, im, draft_size)
         if pixels is not None:
             return pixels
-    return np.asarray(_decode_opened(im, draft_size))
+    pixels = np.asarray(_decode_opened(im, draft_size))
+    # Pillow's buffer is read-only; the caller gets a writable array on either path
+    return pixels if pixels.flags.writeable else pixels.copy()
 
 
 @functools.lru_cache(maxsize=1)
