@@ -509,12 +509,46 @@ class _MiningMixin:
         return {i: v for i, (v, src, who) in last.items() if src in sources and who == annotator}
 
     def label_history(self, concept_id: int, item_id: int | None = None) -> list[dict[str, Any]]:
+        """Every label row of a concept (or of one item), oldest first: relabels and pseudo-labels included."""
         t = labels_table
         q = sa.select(t).where(t.c.concept_id == concept_id).order_by(t.c.id)
         if item_id is not None:
             q = q.where(t.c.item_id == int(item_id))
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+    #: The label sources that are answers (a person's, or a stand-in's); pseudo-labels are not.
+    ANSWER_SOURCES = ("human", "oracle", "import")
+
+    def latest_answers(self, concept_id: int, item_ids: Sequence[int] | None = None) -> dict[int, list[dict[str, Any]]]:
+        """Each item's latest answer per annotator: ``{item_id: [{"annotator", "value", "source", "at", "row"}]}``,
+        oldest first (``row`` is the label's row id, ``at`` its time). Human, oracle and imported labels are
+        answers, pseudo-labels are not; an answer given without an annotator counts as the annotator
+        ``(source)``. ``item_ids`` limits it to those items."""
+        t = labels_table
+        q = (sa.select(t.c.id, t.c.item_id, t.c.value, t.c.annotator, t.c.source, t.c.created_at)
+             .where(t.c.concept_id == concept_id).where(t.c.source.in_(self.ANSWER_SOURCES)).order_by(t.c.id))
+        latest: dict[int, dict[str, dict[str, Any]]] = {}
+        ids = None if item_ids is None else [int(i) for i in item_ids]
+        with self.engine.connect() as conn:
+            chunks = [None] if ids is None else [ids[s : s + 900] for s in range(0, len(ids), 900)]
+            for chunk in chunks:
+                qq = q if chunk is None else q.where(t.c.item_id.in_(chunk))
+                for r in conn.execute(qq):
+                    who = r.annotator or f"({r.source})"
+                    latest.setdefault(int(r.item_id), {})[who] = {
+                        "annotator": who, "value": int(r.value), "source": r.source, "at": r.created_at,
+                        "row": int(r.id)}
+        return {i: sorted(by.values(), key=lambda a: a["row"]) for i, by in latest.items()}
+
+    def label_conflicts(self, concept_id: int) -> list[dict[str, Any]]:
+        """Items whose annotators' latest answers differ, by item id: ``[{"item_id", "current", "answers"}]``;
+        ``current`` is the latest answer (the label that counts), ``answers`` as :meth:`latest_answers`."""
+        out = []
+        for item_id, ans in sorted(self.latest_answers(concept_id).items()):
+            if len({a["value"] for a in ans}) > 1:
+                out.append({"item_id": item_id, "current": ans[-1]["value"], "answers": ans})
+        return out
 
     # ------------------------------------------------------------------ rounds
     def add_round(

@@ -1,4 +1,5 @@
-"""`assay scores ...`, `assay pseudo-label`, `assay export`, `assay labels import` (see docs/interop.md)."""
+"""`assay scores ...`, `assay pseudo-label`, `assay export`, `assay labels import|history|conflicts` (see
+docs/interop.md and docs/labelling.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from ._common import JsonOpt, WorkspaceOpt, errors_to_exit, open_workspace, out,
 
 scores_app = typer.Typer(help="Model scores: import, tag with ImageNet classes, run a detector, use in the loop.",
                          no_args_is_help=True)
-labels_app = typer.Typer(help="Labels from other tools.", no_args_is_help=True)
+labels_app = typer.Typer(help="Labels: import them from other tools; show their history and conflicts.",
+                         no_args_is_help=True)
 
 
 @scores_app.command("import")
@@ -230,6 +232,77 @@ def labels_import(
             out.print(f"imported {rep.written} labels ({per}; {rep.positives} positive, {rep.pseudo} pseudo); "
                       f"{rep.skipped} entries without a label skipped"
                       + (f"; {rep.unchanged} already recorded as they are, not written again" if rep.unchanged else ""))
+
+
+@labels_app.command("history")
+def labels_history(
+    name: Annotated[str, typer.Argument(help="Concept name.")],
+    workspace: WorkspaceOpt = None,
+    item: Annotated[Optional[int], typer.Option("--item", min=0, help="Only this item's labels.")] = None,
+    last: Annotated[int, typer.Option("--last", min=0, help="Only the N most recent rows (0 = all).")] = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Every label row of a concept, oldest first: who said what, when, from which source and round
+    (relabels and pseudo-labels included; the latest non-pseudo row of an item is its label)."""
+    from ..catalog import iso_utc
+
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        cat = ws.catalog
+        c = cat.concept(name)
+        if item is not None and not cat.get_ids_existing([item]):
+            from ..errors import NotFoundError
+
+            raise NotFoundError(f"item {item} is not in the catalog")
+        rows = cat.label_history(c.id, item)
+        if last:
+            rows = rows[-last:]
+        number = {r.id: r.number for r in cat.rounds(c.id)}
+        uris = cat.uris(sorted({int(r["item_id"]) for r in rows}))
+        view = [{"row": int(r["id"]), "at": iso_utc(r["created_at"]), "item_id": int(r["item_id"]),
+                 "uri": uris.get(int(r["item_id"])), "label": int(r["value"]), "source": r["source"],
+                 "annotator": r["annotator"], "round": number.get(r["round_id"])} for r in rows]
+        if json_:
+            print_json({"concept": c.name, "item_id": item, "count": len(view), "labels": view})
+            return
+        if not view:
+            out.print(f"no labels for {c.name!r}" + (f" on item {item}" if item is not None else ""))
+            return
+        for v in view:
+            rnd = f"round {v['round']}" if v["round"] is not None else "no round"
+            out.print(f"{v['at'][:19]}  item {v['item_id']}  {'yes' if v['label'] else 'no '}  {v['source']:<6}  "
+                      f"{v['annotator'] or '-'}  {rnd}  {v['uri'] or ''}")
+
+
+@labels_app.command("conflicts")
+def labels_conflicts(
+    name: Annotated[str, typer.Argument(help="Concept name.")],
+    workspace: WorkspaceOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Items whose annotators' latest answers differ (pseudo-labels are not answers), with each annotator's
+    answer; the latest answer is the item's label until someone settles it with a new one."""
+    from ..catalog import iso_utc
+
+    with errors_to_exit():
+        ws = open_workspace(workspace)
+        cat = ws.catalog
+        c = cat.concept(name)
+        found = cat.label_conflicts(c.id)
+        uris = cat.uris([x["item_id"] for x in found])
+        view = [{"item_id": x["item_id"], "uri": uris.get(x["item_id"]), "current": x["current"],
+                 "answers": [{"annotator": a["annotator"], "value": a["value"], "source": a["source"],
+                              "at": iso_utc(a["at"])} for a in x["answers"]]} for x in found]
+        if json_:
+            print_json({"concept": c.name, "count": len(view), "conflicts": view})
+            return
+        if not view:
+            out.print(f"no conflicts for {c.name!r}: no two annotators' latest answers differ")
+            return
+        out.print(f"{len(view)} item(s) of {c.name!r} where annotators disagree:")
+        for v in view:
+            said = ", ".join(f"{a['annotator']}: {'yes' if a['value'] else 'no'}" for a in v["answers"])
+            out.print(f"  item {v['item_id']}  now {'yes' if v['current'] else 'no'}  ({said})  {v['uri'] or ''}")
 
 
 def register(app: typer.Typer) -> None:

@@ -65,7 +65,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(getattr(exc, "name", None) or "fastapi", "server", "the labelling web app") from exc
 
-from ..catalog import iso_utc, labels_table
+from ..catalog import Catalog, iso_utc, labels_table
 from ..regions import (
     RegionMiner, region_ids, region_label_rows, region_labels_table, region_proposals, region_spec_of, region_store, slot_of,
 )
@@ -96,7 +96,7 @@ def _json_safe(v: Any) -> Any:
     return str(v)
 
 
-_ANSWER_SOURCES = ("human", "oracle", "import")  # the answers a person (or a stand-in) gave; pseudo-labels are not
+_ANSWER_SOURCES = Catalog.ANSWER_SOURCES  # the answers a person (or a stand-in) gave; pseudo-labels are not
 
 
 @dataclass
@@ -554,21 +554,13 @@ def _name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1][:200]
 
 
-def _answers(engine: sa.Engine, concept_id: int, item_ids: list[int] | None) -> dict[int, list[dict[str, Any]]]:
-    """Latest answer per (item, annotator), from human/oracle/import labels, per item."""
-    t = labels_table
-    q = (sa.select(t.c.id, t.c.item_id, t.c.value, t.c.annotator, t.c.source, t.c.created_at)
-         .where(t.c.concept_id == concept_id).where(t.c.source.in_(_ANSWER_SOURCES)).order_by(t.c.id))
-    latest: dict[int, dict[str, dict[str, Any]]] = {}
-    with engine.connect() as conn:
-        chunks = [None] if item_ids is None else [item_ids[s : s + 900] for s in range(0, len(item_ids), 900)]
-        for chunk in chunks:
-            qq = q if chunk is None else q.where(t.c.item_id.in_(chunk))
-            for r in conn.execute(qq):
-                who = r.annotator or f"({r.source})"
-                latest.setdefault(int(r.item_id), {})[who] = {
-                    "annotator": who, "value": int(r.value), "source": r.source, "at": iso_utc(r.created_at), "row": int(r.id)}
-    return {i: sorted(by.values(), key=lambda a: a["row"]) for i, by in latest.items()}
+def _answers(cat: Any, concept_id: int, item_ids: list[int] | None) -> dict[int, list[dict[str, Any]]]:
+    """Latest answer per (item, annotator), from human/oracle/import labels, per item; times as ISO 8601."""
+    out = cat.latest_answers(concept_id, item_ids)
+    for ans in out.values():
+        for a in ans:
+            a["at"] = iso_utc(a["at"])
+    return out
 
 
 def _thumb_url(item: Any) -> str | None:
@@ -652,7 +644,7 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         props = cat.proposals(row.id)
         ids = [int(p["item_id"]) for p in props]
         items = {it.id: it for it in cat.get_many(ids)}
-        answers = _answers(cat.engine, concept.id, ids)
+        answers = _answers(cat, concept.id, ids)
         skipped = records.skips(cat.engine, row.id)
         regions = region_proposals(ws, row.id) if (row.params or {}).get("regions") else {}
         out = []
@@ -794,7 +786,7 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
                                       f"for rounds {max(1, latest - cfg.open_rounds + 1)}..{latest}; reload the batch")
             res = _write_submission(c, row, body, ids, batch, digest)
         # The batch is complete once every proposed item has an answer or a skip from someone.
-        answered = set(_answers(cat.engine, c.id, sorted(batch))) | records.skipped_items(cat.engine, row.id)
+        answered = set(_answers(cat, c.id, sorted(batch))) | records.skipped_items(cat.engine, row.id)
         complete = batch <= answered
         nxt = proposer.status(c.id)
         if complete and cfg.auto_propose and row.number == latest and not res["replayed"]:
@@ -881,12 +873,10 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
     @app.get("/api/concepts/{name}/conflicts", tags=["labels"])
     def conflicts(name: ConceptPath, limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
         c = concept_of(name)
-        answers = _answers(cat.engine, c.id, None)
-        out = []
-        for item_id, ans in sorted(answers.items()):
-            if len({a["value"] for a in ans}) > 1:
-                out.append({"item_id": item_id, "current": ans[-1]["value"],
-                            "answers": [{k: a[k] for k in ("annotator", "value", "source", "at")} for a in ans]})
+        out = [{"item_id": x["item_id"], "current": x["current"],
+                "answers": [{"annotator": a["annotator"], "value": a["value"], "source": a["source"],
+                             "at": iso_utc(a["at"])} for a in x["answers"]]}
+               for x in cat.label_conflicts(c.id)]
         return {"concept": c.name, "count": len(out), "conflicts": out[:limit]}
 
     @app.get("/api/concepts/{name}/progress", tags=["labels"])
