@@ -340,7 +340,7 @@ def test_label_studio_import_picks_the_latest_live_annotation(fresh, tmp_path):
     [
         ([["ID", "maybe"]], r"row 1: label must be one of"),
         ([[999999, "1"]], r"row 1: item id 999999 is not in the catalog"),
-        ([["ID", "1"], ["ID", "0"]], r"row 2: item .* is labelled for 'red' again"),
+        ([["ID", "1"], ["ID", "0"]], r"row 2: item .* is labelled for 'red' again, differently \(first in l.csv row 1\)"),
         ([["x1", "1"]], r"row 1: id must be an integer"),
         # several bad rows: all of them in one message
         ([["ID", "maybe"], ["x1", "1"], [999999, "1"]],
@@ -359,6 +359,16 @@ def test_csv_import_bad_rows(fresh, tmp_path, rows, match):
     with pytest.raises(InputError, match=match):
         import_labels(fresh, p, fmt="csv", concept="red")
     assert _n_labels(fresh) == 0
+
+
+def test_csv_import_records_an_exactly_repeated_row_once(fresh, tmp_path, caplog):
+    first, second = (int(i) for i in fresh.catalog.ids()[:2])
+    p = tmp_path / "l.csv"
+    p.write_text(f"id,label\n{first},1\n{second},0\n{first},yes\n")  # the same answer twice
+    with caplog.at_level("WARNING"):
+        rep = import_labels(fresh, p, fmt="csv", concept="red")
+    assert rep.written == 2 and _n_labels(fresh) == 2
+    assert "1 entries repeat an item's label exactly" in caplog.text
 
 
 def test_csv_import_by_uri_concepts_and_errors(fresh, tmp_path):

@@ -389,12 +389,12 @@ def test_truth_file_that_does_not_cover_the_corpus(ws, tmp_path, truth):
     res = _run(ws, "--positive", "red", *_SMALL, "--truth", str(bad))
     assert res.exit_code == 2 and "999999" in res.output
     first = int(truth.ids[0])
-    bad.write_text(f"id,label\n999999,red\nx,red\n{first},\n{first},red\n{first},blue\n")
+    bad.write_text(f"id,label\n999999,red\nx,red\n{first},\n{first},red\n{first},red\n{first},blue\n")
     res = _run(ws, "--positive", "red", *_SMALL, "--truth", str(bad))
     out_text = " ".join(res.output.split())
     assert res.exit_code == 2 and "4 bad rows" in out_text, res.output
     for want in ("line 2: item id 999999", "line 3: id must be an integer", "line 4: empty label",
-                 f"line 6: item {first} appears twice"):
+                 f"line 7: item {first} appears twice, with label/split ('red', None) and ('blue', None)"):
         assert want in out_text, res.output
 
 

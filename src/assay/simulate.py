@@ -775,9 +775,9 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
                 label = (rec.get("label") or "").strip()
                 if not label:
                     raise InputError("empty label")
-                if item in out:
-                    raise InputError(f"item {item} appears twice")
                 split = (rec.get("split") or "").strip() or None
+                if item in out and out[item] != (label, split):  # the same row twice is harmless
+                    raise InputError(f"item {item} appears twice, with label/split {out[item]} and {(label, split)}")
                 out[item] = (label, split)
         problems.raise_if_any()
     if not out:

@@ -26,6 +26,7 @@ Formats (:data:`IMPORT_FORMATS`)
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ from .exports import negative_name, safe_name
 __all__ = ["IMPORT_FORMATS", "ImportReport", "LabelEntry", "parse_labels", "import_labels"]
 
 IMPORT_FORMATS = ("csv", "label-studio", "coco", "imagefolder", "fiftyone")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -476,14 +479,21 @@ def parse_labels(
     for e in entries:
         if e.item_id not in known:
             problems.add(f"{e.where}: item id {e.item_id} is not in the catalog")
-    seen: dict[tuple[str, int], str] = {}
+    seen: dict[tuple[str, int], LabelEntry] = {}
+    unique: list[LabelEntry] = []
     for e in entries:
         key = (e.concept, e.item_id)
-        if key in seen:
-            problems.add(f"{e.where}: item {e.item_id} is labelled for {e.concept!r} again (first in {seen[key]})")
-        seen.setdefault(key, e.where)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = e
+            unique.append(e)
+        elif (first.value, first.annotator, first.source) != (e.value, e.annotator, e.source):
+            problems.add(f"{e.where}: item {e.item_id} is labelled for {e.concept!r} again, differently "
+                         f"(first in {first.where}); keep one")
     problems.raise_if_any()
-    return entries, skipped
+    if len(unique) < len(entries):  # the same answer twice (a file concatenated with itself): recorded once
+        log.warning("%s: %d entries repeat an item's label exactly; each is recorded once", p, len(entries) - len(unique))
+    return unique, skipped
 
 
 def import_labels(
