@@ -36,6 +36,7 @@ from assay.dedup import (
     pair_metrics,
     phash_bytes,
     phash_image,
+    phash_images,
     workspace_phashes,
 )
 from assay.errors import InputError, NoEmbeddingsError, UnknownNameError
@@ -306,6 +307,50 @@ def test_phash_of_images_and_bytes():
 
     with pytest.raises(DecodeError):
         phash_bytes(b"not an image")
+
+
+def test_flat_images_of_other_colours_are_not_phash_duplicates(tmp_path):
+    """Every flat image hashes alike (its bits are set by noise); only the mean colour tells them apart."""
+    from assay.dedup import LOW_DETAIL_STD, phash_detail, phash_pairs_to_keep
+
+    rng = np.random.default_rng(0)
+    flat = {
+        "red": Image.new("RGB", (64, 48), (200, 20, 20)),
+        "blue": Image.new("RGB", (64, 48), (20, 20, 200)),
+        "black1": Image.new("RGB", (64, 48), (0, 0, 0)),
+        "black2": Image.new("RGB", (80, 60), (3, 2, 3)),  # another size, nearly the same black
+        "grey_ramp": Image.fromarray(np.tile(np.linspace(120, 126, 64, dtype=np.uint8), (48, 1))).convert("RGB"),
+    }
+    photo = Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).resize((64, 48))
+    names = [*flat, "photo", "photo_copy"]
+    images = [*flat.values(), photo, photo.copy()]
+    ids = np.arange(len(images), dtype=np.int64)
+    codes = phash_images(images)
+    detail = np.stack([phash_detail(im) for im in images])
+    assert (detail[:5, 0] < LOW_DETAIL_STD).all() and detail[5, 0] > 20
+    i, j, _ = hamming_pairs(ids, codes, 8)
+    found = {(names[a], names[b]) for a, b in zip(i.tolist(), j.tolist())}
+    assert ("red", "blue") in found  # what the hash alone says
+    keep = phash_pairs_to_keep(i, j, ids, detail)
+    kept = {(names[a], names[b]) for a, b in zip(i[keep].tolist(), j[keep].tolist())}
+    assert ("black1", "black2") in kept and ("photo", "photo_copy") in kept
+    assert not {("red", "blue"), ("black1", "red"), ("black1", "grey_ramp"), ("red", "grey_ramp")} & kept
+    assert phash_pairs_to_keep(i[:0], j[:0], ids, detail).shape == (0,)
+
+
+def test_dedup_phash_leaves_flat_images_of_other_colours_apart(tmp_path):
+    d = tmp_path / "flat"
+    d.mkdir()
+    for name, rgb in (("red", (200, 20, 20)), ("blue", (20, 20, 200)), ("green", (20, 200, 20)),
+                      ("black", (0, 0, 0)), ("black_big", (1, 1, 1))):
+        Image.new("RGB", (96, 64) if name != "black_big" else (192, 128), rgb).save(d / f"{name}.png")
+    ws = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    ingest(ws.catalog, [d])
+    res = dedup(ws, method="phash")
+    names = {r.id: Path(r.uri).stem for r in ws.catalog.get_many(ws.catalog.ids(status=None))}
+    groups = sorted(sorted(names[m] for m in members) for members in res.groups.values())
+    assert groups == [["black", "black_big"]] and res.phash["low_detail_pairs_dropped"] > 0
+    ws.close()
 
 
 def test_near_duplicate_variants_are_decodable_and_seeded():
@@ -609,9 +654,10 @@ def test_phash_cache_is_keyed_by_sha_and_compacted(dup_ws, monkeypatch):
     assert rep2.cached == len(img) and rep2.computed == 0
     assert (ids2 == ids1[::-1]).all() and (codes2 == codes1[::-1]).all()
     # an entry whose sha256 no longer matches the catalog is not trusted
-    c_ids, c_sha, c_codes, c_ok = dd._PhashCache(root).load()
+    c_ids, c_sha, c_codes, c_detail, c_ok = dd._PhashCache(root).load()
+    assert c_detail.shape == (len(img), 4) and (c_detail[:, 0] > 0).all()
     c_sha[0] = b"0" * 64
-    dd._PhashCache(root).append(c_ids[:1], c_sha[:1], c_codes[:1], c_ok[:1])
+    dd._PhashCache(root).append(c_ids[:1], c_sha[:1], c_codes[:1], c_detail[:1], c_ok[:1])
     _, _, rep3 = workspace_phashes(dup_ws, img)
     assert rep3.computed == 1 and rep3.cached == len(img) - 1
 

@@ -76,6 +76,8 @@ __all__ = [
     "merge_edges",
     "phash_image",
     "phash_images",
+    "phash_detail",
+    "phash_pairs_to_keep",
     "phash_bytes",
     "hamming_distances",
     "hamming_pairs",
@@ -121,6 +123,13 @@ PHASH_BYTES = 8  # 64 bits: imagehash.phash with hash_size=8
 #: JPEGs are decoded at a reduced scale that stays >= this size before hashing (pHash looks at 32x32).
 PHASH_DRAFT = (64, 64)
 _MAX_RADIUS = 32  # two random 64-bit hashes differ in 32 bits on average: beyond that nothing is "same"
+#: An image whose 32 x 32 grey thumbnail (what pHash transforms) has a standard deviation below this (of 255)
+#: is *low detail*: a flat or nearly flat image, whose hash bits are set by faint noise, so that flat images
+#: of any colour hash alike. A pHash pair with a low-detail image counts only when the two images' mean
+#: colours also agree within ``LOW_DETAIL_COLOUR`` (of 255, per channel): two black frames are duplicates,
+#: a red and a blue swatch are not.
+LOW_DETAIL_STD = 4.0
+LOW_DETAIL_COLOUR = 8.0
 _STATE_FORMAT = 1
 
 
@@ -331,6 +340,43 @@ def phash_image(image: "Image.Image") -> np.ndarray:
     return np.packbits(bits)  # [8]
 
 
+def phash_detail(image: "Image.Image") -> np.ndarray:
+    """float32 ``[4]``: the standard deviation of the 32 x 32 grey thumbnail pHash transforms, and the image's
+    mean R, G, B (0-255). See :data:`LOW_DETAIL_STD`."""
+    from PIL import Image
+
+    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float32)
+    rgb = np.asarray(image.convert("RGB").resize((8, 8), Image.Resampling.BOX), dtype=np.float32)
+    return np.concatenate([[grey.std()], rgb.reshape(-1, 3).mean(axis=0)]).astype(np.float32)
+
+
+def phash_pairs_to_keep(i: np.ndarray, j: np.ndarray, ids: np.ndarray, detail: np.ndarray) -> np.ndarray:
+    """bool ``[len(i)]``: which pHash pairs ``(i, j)`` count. ``ids`` and ``detail`` (rows of
+    :func:`phash_detail`) describe the hashed items; a pair with a low-detail image counts only when the mean
+    colours agree (:data:`LOW_DETAIL_STD`, :data:`LOW_DETAIL_COLOUR`). Items missing from ``ids`` are kept."""
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    ids = np.asarray(ids, np.int64)
+    detail = np.asarray(detail, np.float32).reshape(len(ids), 4)
+    keep = np.ones(len(i), dtype=bool)
+    if len(i) == 0 or len(ids) == 0:
+        return keep
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+
+    def rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.minimum(np.searchsorted(sorted_ids, x), len(ids) - 1)
+        return order[pos], sorted_ids[pos] == x
+
+    ri, fi = rows(i)
+    rj, fj = rows(j)
+    both = fi & fj
+    di, dj = detail[ri], detail[rj]  # [p, 4]
+    low = (di[:, 0] < LOW_DETAIL_STD) | (dj[:, 0] < LOW_DETAIL_STD)
+    same_colour = np.abs(di[:, 1:] - dj[:, 1:]).max(axis=1) <= LOW_DETAIL_COLOUR
+    keep[both & low & ~same_colour] = False
+    return keep
+
+
 def phash_images(images: Sequence["Image.Image"]) -> np.ndarray:
     """pHashes of many images: uint8 ``[n, 8]``."""
     out = np.zeros((len(images), PHASH_BYTES), dtype=np.uint8)
@@ -353,7 +399,7 @@ def phash_cache_key() -> str:
     """The version key of cached pHashes: the hashing library's version and the decode settings."""
     import imagehash
 
-    return f"phash8-imagehash{imagehash.__version__}-draft{PHASH_DRAFT[0]}"
+    return f"phash8d-imagehash{imagehash.__version__}-draft{PHASH_DRAFT[0]}"  # d: with phash_detail
 
 
 def _check_codes(codes: Any, n: int | None = None) -> np.ndarray:
@@ -810,9 +856,9 @@ def _index_pairs(
 class _PhashCache:
     """pHash codes of items, in append-only ``part-*.npz`` files under ``cache/phash/<key>/``.
 
-    Each part holds ``ids`` int64 ``[n]``, ``sha`` (sha256 hex, ``S64`` ``[n]``), ``codes`` uint8 ``[n, 8]``
-    and ``ok`` bool ``[n]`` (False: the item could not be decoded). An entry is used only while the item's
-    sha256 in the catalog is the one it was computed from.
+    Each part holds ``ids`` int64 ``[n]``, ``sha`` (sha256 hex, ``S64`` ``[n]``), ``codes`` uint8 ``[n, 8]``,
+    ``detail`` float32 ``[n, 4]`` (:func:`phash_detail`) and ``ok`` bool ``[n]`` (False: the item could not be
+    decoded). An entry is used only while the item's sha256 in the catalog is the one it was computed from.
     """
 
     MAX_PARTS = 16
@@ -820,33 +866,36 @@ class _PhashCache:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        ids, sha, codes, ok = [], [], [], []
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        ids, sha, codes, detail, ok = [], [], [], [], []
         if self.root.exists():
             for p in sorted(self.root.glob("part-*.npz")):
                 try:
                     with np.load(p, allow_pickle=False) as z:
-                        ids.append(z["ids"].astype(np.int64))
-                        sha.append(z["sha"].astype("S64"))
-                        codes.append(z["codes"].astype(np.uint8))
-                        ok.append(z["ok"].astype(bool))
+                        part = (z["ids"].astype(np.int64), z["sha"].astype("S64"), z["codes"].astype(np.uint8),
+                                z["detail"].astype(np.float32).reshape(-1, 4), z["ok"].astype(bool))
                 except (OSError, ValueError, KeyError) as exc:  # a damaged part is recomputed, not trusted
                     log.warning("ignoring unreadable pHash cache file %s: %s", p, exc)
+                    continue
+                for out, a in zip((ids, sha, codes, detail, ok), part):
+                    out.append(a)
         if not ids:
             return (
                 np.zeros(0, np.int64),
                 np.zeros(0, "S64"),
                 np.zeros((0, PHASH_BYTES), np.uint8),
+                np.zeros((0, 4), np.float32),
                 np.zeros(0, bool),
             )
-        i, s, c, o = np.concatenate(ids), np.concatenate(sha), np.concatenate(codes), np.concatenate(ok)
+        i, s, c = np.concatenate(ids), np.concatenate(sha), np.concatenate(codes)
+        d, o = np.concatenate(detail), np.concatenate(ok)
         # later parts win: keep the last entry of each id
         rev = np.arange(len(i))[::-1]
         _, last = np.unique(i[rev], return_index=True)
         keep = np.sort(rev[last])
-        return i[keep], s[keep], c[keep], o[keep]
+        return i[keep], s[keep], c[keep], d[keep], o[keep]
 
-    def _write(self, ids: np.ndarray, sha: np.ndarray, codes: np.ndarray, ok: np.ndarray) -> None:
+    def _write(self, ids: np.ndarray, sha: np.ndarray, codes: np.ndarray, detail: np.ndarray, ok: np.ndarray) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
         tmp = self.root / (name + ".tmp")
@@ -856,16 +905,17 @@ class _PhashCache:
                 ids=ids.astype(np.int64),
                 sha=sha.astype("S64"),
                 codes=codes.astype(np.uint8),
+                detail=detail.astype(np.float32),
                 ok=ok.astype(bool),
             )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.root / name)
 
-    def append(self, ids: np.ndarray, sha: np.ndarray, codes: np.ndarray, ok: np.ndarray) -> None:
+    def append(self, ids: np.ndarray, sha: np.ndarray, codes: np.ndarray, detail: np.ndarray, ok: np.ndarray) -> None:
         """Add entries durably (one new part file); an interrupted run keeps every part written."""
         if len(ids):
-            self._write(ids, sha, codes, ok)
+            self._write(ids, sha, codes, detail, ok)
 
     def compact(self) -> None:
         """Merge the parts into one once there are more than ``MAX_PARTS``."""
@@ -922,23 +972,23 @@ def _sha_and_uri(ws: "Workspace", ids: np.ndarray) -> tuple[np.ndarray, list[str
     return sha, uris
 
 
-def _hash_one(uri: str) -> tuple[np.ndarray | None, str | None, float, float]:
-    """``(code or None, error or None, decode seconds, hash seconds)`` for one item."""
+def _hash_one(uri: str) -> tuple[np.ndarray | None, np.ndarray | None, str | None, float, float]:
+    """``(code or None, detail or None, error or None, decode seconds, hash seconds)`` for one item."""
     from .media import decode_image, read_bytes
 
     t0 = time.perf_counter()
     try:
         image = decode_image(read_bytes(uri), draft_size=PHASH_DRAFT)
     except DecodeError as exc:
-        return None, str(exc), time.perf_counter() - t0, 0.0
+        return None, None, str(exc), time.perf_counter() - t0, 0.0
     except Exception as exc:  # one bad item never stops the run; the reason is recorded
-        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, 0.0
+        return None, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, 0.0
     t1 = time.perf_counter()
     try:
-        code = phash_image(image)
+        code, detail = phash_image(image), phash_detail(image)
     except Exception as exc:  # pragma: no cover - imagehash on a decoded RGB image does not fail
-        return None, f"pHash failed: {type(exc).__name__}: {exc}", t1 - t0, time.perf_counter() - t1
-    return code, None, t1 - t0, time.perf_counter() - t1
+        return None, None, f"pHash failed: {type(exc).__name__}: {exc}", t1 - t0, time.perf_counter() - t1
+    return code, detail, None, t1 - t0, time.perf_counter() - t1
 
 
 @dataclass
@@ -950,6 +1000,8 @@ class PhashReport:
     failed: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)  # the first 20 failures with reasons
     failed_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # every item that failed
+    #: float32 [m, 4], a row per returned id: :func:`phash_detail` (for :func:`phash_pairs_to_keep`)
+    detail: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     decode_seconds: float = 0.0  # summed over worker threads
     hash_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -974,9 +1026,10 @@ def workspace_phashes(
     t0 = time.perf_counter()
     want = _as_ids(ids, "ids")
     cache = _PhashCache(ws.cache_dir / "phash" / phash_cache_key())
-    c_ids, c_sha, c_codes, c_ok = cache.load()
+    c_ids, c_sha, c_codes, c_detail, c_ok = cache.load()
     sha_now, uris = _sha_and_uri(ws, want)  # S64 [n], list[str]
     codes = np.zeros((len(want), PHASH_BYTES), dtype=np.uint8)
+    detail = np.zeros((len(want), 4), dtype=np.float32)
     ok = np.zeros(len(want), dtype=bool)
     known = np.zeros(len(want), dtype=bool)
     rep = PhashReport()
@@ -986,6 +1039,7 @@ def workspace_phashes(
         src = order[pos]
         known = (c_ids[src] == want) & (c_sha[src] == sha_now) & (sha_now != b"")
         codes[known] = c_codes[src[known]]
+        detail[known] = c_detail[src[known]]
         ok[known] = c_ok[src[known]]
         rep.cached = int(known.sum())
         rep.failed += int((known & ~ok).sum())
@@ -1000,19 +1054,20 @@ def workspace_phashes(
                 part = todo[s : s + chunk]
                 results = list(pool.map(_hash_one, [uris[p] for p in part.tolist()]))
                 new_ok = np.zeros(len(part), dtype=bool)
-                for r, (code, err, dt_dec, dt_hash) in enumerate(results):
+                for r, (code, det, err, dt_dec, dt_hash) in enumerate(results):
                     rep.decode_seconds += dt_dec
                     rep.hash_seconds += dt_hash
                     if code is None:
                         errors.append((int(want[part[r]]), err or "cannot decode"))
                     else:
                         codes[part[r]] = code
+                        detail[part[r]] = det
                         new_ok[r] = True
                 ok[part] = new_ok
                 rep.computed += int(new_ok.sum())
                 rep.failed += int((~new_ok).sum())
                 # cache successes and failures alike (keyed by sha256), one part per chunk
-                cache.append(want[part], sha_now[part], codes[part], new_ok)
+                cache.append(want[part], sha_now[part], codes[part], detail[part], new_ok)
                 if progress is not None:
                     progress(len(part))
     cache.compact()
@@ -1020,6 +1075,7 @@ def workspace_phashes(
         ws.catalog.mark_errors((i, f"pHash decode: {e}") for i, e in errors)
     rep.errors = errors[:20]
     rep.failed_ids = np.sort(want[~ok])
+    rep.detail = detail[ok]
     rep.wall_seconds = time.perf_counter() - t0
     return want[ok], codes[ok], rep
 
@@ -1325,6 +1381,9 @@ def dedup(
         q = query[np.isin(query, ph_ids)]
         if len(q):
             i, j, _ = hamming_pairs(ph_ids, codes, radius, query_ids=q)
+            keep = phash_pairs_to_keep(i, j, ph_ids, ph_rep.detail)  # flat images of other colours are not copies
+            result.phash["low_detail_pairs_dropped"] = int((~keep).sum())
+            i, j = i[keep], j[keep]
             edges.append((i, j))
             result.pairs["phash"] = int(len(i))
 

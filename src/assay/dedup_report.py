@@ -32,6 +32,7 @@ from .dedup import (
     check_threshold,
     embedding_pairs,
     hamming_pairs,
+    phash_pairs_to_keep,
     workspace_phashes,
 )
 from .errors import DecodeError, InputError, UnknownNameError
@@ -299,13 +300,15 @@ def write_report(
         ]
     if use_ph:
         img_ids = ws.catalog.ids(status="ok", modality="image")
-        ph_ids, codes, _ = workspace_phashes(ws, img_ids, mark_errors=False)
+        ph_ids, codes, ph_rep = workspace_phashes(ws, img_ids, mark_errors=False)
         q = (
             np.sort(gen.choice(ph_ids, size=min(sample, len(ph_ids)), replace=False))
             if len(ph_ids)
             else ph_ids
         )
         i, j, d = hamming_pairs(ph_ids, codes, radii[-1], query_ids=q)
+        keep = phash_pairs_to_keep(i, j, ph_ids, ph_rep.detail)  # as dedup counts them
+        i, j, d = i[keep], j[keep], d[keep]
         bands = similarity_bands(
             i, j, d.astype(np.float64), radii, descending=False, examples=examples, rng=gen
         )
