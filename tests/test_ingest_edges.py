@@ -92,6 +92,20 @@ def test_latin1_csv_is_refused_naming_the_encoding(cat, tmp_path):
         ingest(cat, [tmp_path / "m.csv"])
 
 
+@pytest.mark.parametrize("name,data,words", [
+    ("hdr.csv", "uri,lab\xe9l\na.png,x\n".encode("latin-1"), "line 1: byte b'\\xe9'"),
+    ("u16.csv", "uri,label\na.png,x\n".encode("utf-16"), "is UTF-16 text"),
+    ("late.jsonl", b"".join(b'{"text": "hello %d"}\n' % n for n in range(2100)) + '{"text": "caf\xe9"}\n'.encode("latin-1"),
+     "line 2101: byte b'\\xe9'"),
+])
+def test_a_manifest_that_is_not_utf8_is_refused_before_any_row_is_written(cat, tmp_path, name, data, words):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(InputError, match="not UTF-8 text|UTF-16") as exc:
+        ingest(cat, [tmp_path / name])
+    assert words in str(exc.value) and "re-save it as UTF-8" in str(exc.value)
+    assert cat.count()["total"] == 0  # nothing committed, not even the rows before the bad line
+
+
 def test_a_bad_manifest_fails_before_any_source_is_written(cat, tmp_path):
     write_images(tmp_path / "imgs", 3)
     (tmp_path / "nouri.csv").write_text("path,label\na.png,x\n")

@@ -336,6 +336,24 @@ def _in_one_block_if_needed(read: Callable[[Any], Any], options: Callable[..., A
         return read(options(block_size=size + 1))
 
 
+def _check_utf8(data: bytes, uri: str, chunk: int = 1 << 24) -> None:
+    """Refuse a text manifest that is not UTF-8, naming the line, before any row is read: Arrow's JSON reader
+    lets bad bytes through to the rows, and a failure there would come after earlier rows were committed."""
+    import codecs
+
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise InputError(f"manifest {uri} is UTF-16 text; manifests must be UTF-8 text: re-save it as UTF-8")
+    dec = codecs.getincrementaldecoder("utf-8")()
+    for start in range(0, max(len(data), 1), chunk):  # in pieces: no full decoded copy of a large manifest
+        try:
+            dec.decode(data[start : start + chunk], final=start + chunk >= len(data))
+        except UnicodeDecodeError as exc:
+            at = start + exc.start
+            line = data.count(b"\n", 0, at) + 1
+            raise InputError(f"manifest {uri} is not UTF-8 text (line {line}: byte {data[at:at + 1]!r} cannot be "
+                             "decoded); manifests must be UTF-8 text: re-save it as UTF-8") from None
+
+
 def _read_manifest_table(uri: str):
     import pyarrow as pa
 
@@ -361,6 +379,8 @@ def _read_manifest_table(uri: str):
                 raise MissingDependencyError(_fsspec_package(uri), _fsspec_extra(uri), uri) from exc
             except Exception as exc:
                 raise _remote_error(uri, "read", exc) from exc
+        if suffix in (".csv", ".tsv", ".jsonl", ".ndjson"):
+            _check_utf8(data, uri)
         if suffix in (".csv", ".tsv"):
             import pyarrow.csv as pcsv
 
