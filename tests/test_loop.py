@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 
 import numpy as np
@@ -147,6 +149,20 @@ def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):
     assert lines[2].strip() == "row 3: item id 99999 is not in the catalog"
     r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(many)])
     assert r.exit_code == 2 and "16 bad rows" in r.output and "row 4: id must be" in r.output
+    assert len(ws.catalog.label_history(c.id)) == 0
+    # a repeated column would be read as its last copy: refused in every format
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "dup.csv").write_text(f"id,label,id\n{ids[1]},1,{ids[2]}\n")
+    (tmp_path / "dup.jsonl").write_text(f'{{"id": {ids[1]}, "label": 1, "id": {ids[2]}}}\n')
+    pq.write_table(pa.Table.from_arrays([pa.array([ids[1]]), pa.array([1]), pa.array([ids[2]])],
+                                        names=["id", "label", "id"]), tmp_path / "dup.parquet")
+    for name, words in (("dup.csv", "the column(s) ['id'] more than once"),
+                        ("dup.jsonl", "the key 'id' appears more than once"),
+                        ("dup.parquet", "the column(s) ['id'] more than once")):
+        with pytest.raises(InputError, match=re.escape(words)):
+            read_label_file(ws, tmp_path / name)
     assert len(ws.catalog.label_history(c.id)) == 0
     # a blank annotator is nobody named: running the file again with --annotator "" writes nothing new
     r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(good)])

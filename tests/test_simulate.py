@@ -393,9 +393,26 @@ def test_truth_file_that_does_not_cover_the_corpus(ws, tmp_path, truth):
     res = _run(ws, "--positive", "red", *_SMALL, "--truth", str(bad))
     out_text = " ".join(res.output.split())
     assert res.exit_code == 2 and "4 bad rows" in out_text, res.output
-    for want in ("line 2: item id 999999", "line 3: id must be an integer", "line 4: empty label",
-                 f"line 7: item {first} appears twice, with label/split ('red', None) and ('blue', None)"):
+    for want in ("row 1: item id 999999", "row 2: id must be an integer", "row 3: empty label",
+                 f"row 6: item {first} appears twice, with label/split ('red', None) and ('blue', None)"):
         assert want in out_text, res.output
+
+
+def test_truth_files_that_cannot_be_read_are_clear_errors(ws, tmp_path, truth):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "bin.csv").write_bytes(bytes(range(256)) * 3)
+    (tmp_path / "dup.csv").write_text(f"id,label,id\n{int(truth.ids[0])},red,{int(truth.ids[1])}\n")
+    for name, words in (("adir", "is a folder, not a file"), ("bin.csv", "not UTF-8 text"),
+                        ("dup.csv", "has the column(s) ['id'] more than once"), ("missing.csv", "not found")):
+        res = _run(ws, "--positive", "red", *_SMALL, "--truth", str(tmp_path / name))
+        assert res.exit_code == 2 and words in " ".join(res.output.split()), (name, res.output)
+    # JSONL works as CSV does
+    path = tmp_path / "truth.jsonl"
+    path.write_text("".join(json.dumps({"id": int(i), "label": "yes" if lab == "red" else "no",
+                                        "split": "test" if t else "train"}) + "\n"
+                            for i, lab, t in zip(truth.ids, truth.labels, truth.is_test)))
+    res = _run(ws, "--positive", "yes", *_SMALL, "--strategies", "random", "--truth", str(path), "--json")
+    assert res.exit_code == 0, res.output
 
 
 def test_a_truth_file_may_cover_items_outside_the_simulated_corpus(ws, tmp_path, truth):

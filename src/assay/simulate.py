@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from . import evaluate as E
-from .errors import EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError
+from .errors import EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id
 
 log = logging.getLogger(__name__)
 
@@ -736,50 +736,51 @@ def simulate(
 
 
 def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[int]) -> dict[int, tuple[str, str | None]]:
-    """Read a truth CSV (``id`` or ``uri``, ``label``, optional ``split``): ``{id: (label, split or None)}``.
+    """Read a truth file (CSV, JSONL or Parquet: ``id`` or ``uri``, ``label``, optional ``split``):
+    ``{id: (label, split or None)}``; labels and splits are read as text.
 
     Every row is checked; unknown ids or uris, missing labels or repeated items raise one
     :class:`InputError` naming every bad row (the first ten, and how many more).
     """
+    from .interop.scores import read_score_records
     from .media import file_uri
 
     p = Path(path)
-    if not p.exists():
-        raise NotFoundError(f"truth file not found: {p}")
-    with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM (Excel's "CSV UTF-8") is not a column name
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        if "label" not in cols or not ({"id", "uri"} & cols):
-            raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
-        out: dict[int, tuple[str, str | None]] = {}
-        problems = RowProblems(str(p))  # every bad row is reported, not only the first
-        for n, rec in enumerate(reader, 2):
-            with problems.row(f"line {n}"):
-                raw = (rec.get("id") or "").strip()
-                if raw:
-                    try:
-                        item = int(raw)
-                    except ValueError:
-                        raise InputError(f"id must be an integer, got {raw!r}") from None
-                    if item not in known_ids:
-                        raise InputError(f"item id {item} is not an item of the catalog")
-                else:
-                    uri = (rec.get("uri") or "").strip()
-                    item = uri_to_id.get(uri) if uri else None
-                    if item is None and uri and "://" not in uri:
-                        # a relative path is relative to the truth file's folder, as in a manifest (else to here)
-                        rel = Path(uri) if Path(uri).is_absolute() else p.parent / uri
-                        item = uri_to_id.get(file_uri(rel), uri_to_id.get(file_uri(uri)))
-                    if item is None:
-                        raise InputError(f"uri {uri!r} is not an item of the catalog")
-                label = (rec.get("label") or "").strip()
-                if not label:
-                    raise InputError("empty label")
-                split = (rec.get("split") or "").strip() or None
-                if item in out and out[item] != (label, split):  # the same row twice is harmless
-                    raise InputError(f"item {item} appears twice, with label/split {out[item]} and {(label, split)}")
-                out[item] = (label, split)
-        problems.raise_if_any()
+    # CSV, JSONL or Parquet; a missing file, a folder, non-UTF-8 text or a repeated column is refused here
+    records = read_score_records(p, what="truth file")
+    cols = set().union(*(r.keys() for r in records[:1000])) if records else set()
+    if "label" not in cols or not ({"id", "uri"} & cols):
+        raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
+
+    def text(v: Any) -> str:
+        return "" if v is None or (isinstance(v, float) and v != v) else str(v).strip()
+
+    out: dict[int, tuple[str, str | None]] = {}
+    problems = RowProblems(str(p))  # every bad row is reported, not only the first
+    for n, rec in enumerate(records, 1):
+        with problems.row(f"row {n}"):
+            raw = rec.get("id")
+            if text(raw):
+                item = as_item_id(raw, "id")
+                if item not in known_ids:
+                    raise InputError(f"item id {item} is not an item of the catalog")
+            else:
+                uri = text(rec.get("uri"))
+                item = uri_to_id.get(uri) if uri else None
+                if item is None and uri and "://" not in uri:
+                    # a relative path is relative to the truth file's folder, as in a manifest (else to here)
+                    rel = Path(uri) if Path(uri).is_absolute() else p.parent / uri
+                    item = uri_to_id.get(file_uri(rel), uri_to_id.get(file_uri(uri)))
+                if item is None:
+                    raise InputError(f"uri {uri!r} is not an item of the catalog" if uri else "no id and no uri")
+            label = text(rec.get("label"))
+            if not label:
+                raise InputError("empty label")
+            split = text(rec.get("split")) or None
+            if item in out and out[item] != (label, split):  # the same row twice is harmless
+                raise InputError(f"item {item} appears twice, with label/split {out[item]} and {(label, split)}")
+            out[item] = (label, split)
+    problems.raise_if_any()
     if not out:
         raise InputError(f"{p} holds no rows")
     return out

@@ -447,6 +447,13 @@ class ScoreImportReport:
         return asdict(self)
 
 
+def _refuse_repeated_columns(names: Sequence[str], p: Path) -> None:
+    """A column named twice would be read as its last copy, silently: refuse it, as a manifest's is."""
+    repeated = sorted({c for c in names if list(names).count(c) > 1})
+    if repeated:
+        raise InputError(f"{p} has the column(s) {repeated} more than once; rename or drop the copies")
+
+
 def read_score_records(path: str | Path, what: str = "scores file") -> list[dict[str, Any]]:
     """The rows of a CSV, Parquet or JSONL file as dicts (by suffix: .parquet, .jsonl/.ndjson, else CSV).
 
@@ -463,8 +470,13 @@ def read_score_records(path: str | Path, what: str = "scores file") -> list[dict
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(p).to_pylist()
+            names = pq.ParquetFile(p).schema_arrow.names
         except Exception as exc:  # pyarrow raises several types for a bad file
+            raise InputError(f"cannot read {what} {p}: not a readable Parquet file: {exc}") from exc
+        _refuse_repeated_columns(names, p)
+        try:
+            return pq.read_table(p).to_pylist()
+        except Exception as exc:
             raise InputError(f"cannot read {what} {p}: not a readable Parquet file: {exc}") from exc
     try:
         if suffix in (".jsonl", ".ndjson", ".json"):
@@ -474,6 +486,7 @@ def read_score_records(path: str | Path, what: str = "scores file") -> list[dict
         with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(f, strict=True)
             try:
+                _refuse_repeated_columns(reader.fieldnames or [], p)
                 rows = list(reader)
             except csv.Error as exc:
                 raise InputError(f"{p} line {reader.line_num}: {exc} (a quote opened and never closed?)") from None
