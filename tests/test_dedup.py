@@ -754,6 +754,12 @@ def test_cli_bad_input_is_a_clear_error(dup_ws, tmp_path):
     Workspace.init(tmp_path / "bare", default_encoder="test-mean-color").close()
     r = run_cli("-w", str(tmp_path / "bare"), "dedup")
     assert r.exit_code == 1 and "assay embed" in r.output
+    # a report path that cannot be a folder is refused before any group is recorded
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        r = run_cli("-w", str(dup_ws.root), "dedup", "--threshold", str(T), "--report", str(bad))
+        assert r.exit_code == 2 and "is a file, not a folder" in r.output, r.output
+    assert dup_ws.catalog.duplicate_groups() == {}
 
 
 def test_cli_report_writes_pages_with_relative_thumbnails(dup_ws, tmp_path):

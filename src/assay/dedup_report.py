@@ -35,7 +35,7 @@ from .dedup import (
     phash_pairs_to_keep,
     workspace_phashes,
 )
-from .errors import DecodeError, InputError, UnknownNameError
+from .errors import DecodeError, InputError, UnknownNameError, check_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     from .workspace import Workspace
@@ -257,9 +257,7 @@ def write_report(
             raise InputError(f"{name} must be a positive integer, got {v!r}")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     out = Path(directory)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"report path {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_folder(out, f"report path {out}", create=True)  # a file on the way is an InputError, not an OSError
     thumbs = _Thumbs(ws, out, thumb_size)
     groups = ws.catalog.duplicate_groups() if groups is None else {int(r): list(m) for r, m in groups.items()}
     files = ReportFiles(

@@ -87,6 +87,10 @@ def dedup(
                 "clusters every item then has many neighbours above it, and the pair search grows with their "
                 "square (minutes to hours at 100k+ items). Edited copies (resized, re-compressed, cropped, "
                 "captioned) mostly sit at 0.8 and above; check a threshold with `--report DIR`.", t)
+        if report is not None:  # before the run records any group: a bad path must leave nothing behind
+            from ..errors import check_folder
+
+            check_folder(report, f"--report {report}")
         ws = open_workspace(workspace)
         with progress_bar("dedup", enabled=not json_) as (start, advance):
             res = run_dedup(
