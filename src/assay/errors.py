@@ -14,6 +14,7 @@ all at once, or one branch at a time::
     │   ├── DamagedStoreError                 a stored embedding shard is truncated, garbled or missing
     │   └── NoEmbeddingsError                 a step that needs embeddings before `assay embed`
     ├── EncoderError                          an encoder that cannot load or run
+    │   └── EncoderSourceError (+InputError)  the model folder an encoder name points at is missing or wrong
     ├── DecodeError                           one item's bytes cannot be read or decoded (per-item, recorded)
     ├── StorageUnavailableError               an object store cannot be reached or refuses the credentials
     ├── ClusterUnavailableError               a Ray cluster address that does not answer
@@ -40,6 +41,7 @@ __all__ = [
     "NoEmbeddingsError",
     "DamagedStoreError",
     "EncoderError",
+    "EncoderSourceError",
     "DecodeError",
     "StorageUnavailableError",
     "ClusterUnavailableError",
@@ -99,6 +101,11 @@ class NoEmbeddingsError(WorkspaceError):
 
 class EncoderError(AssayError):
     """An encoder could not be loaded or run."""
+
+
+class EncoderSourceError(EncoderError, InputError):
+    """The model an encoder name points at is not there: a missing folder, a folder that holds no model, a
+    file. An encoder error, and a mistake in the input (exit code 2 on the command line)."""
 
 
 class DecodeError(AssayError):

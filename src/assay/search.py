@@ -577,6 +577,8 @@ class Searcher:
         if len(known) != len(ids):
             missing = sorted(set(ids.tolist()) - {r.id for r in known})[:5]
             raise NotFoundError(f"unknown item id(s) {missing}")
+        if not self.store.exists():  # no store of this encoder at all (or no such encoder): say that, not "item"
+            raise self.store._missing()
         has = self.store.contains(ids)
         if not has.all():
             rows = {r.id: r for r in known}

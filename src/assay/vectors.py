@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DamagedStoreError, InputError, NoEmbeddingsError, NotFoundError, WorkspaceError
+from .errors import AssayError, DamagedStoreError, InputError, NoEmbeddingsError, NotFoundError, WorkspaceError
 
 __all__ = ["VectorStore", "Shard", "ShardProblem", "encoder_key"]
 
@@ -150,8 +150,9 @@ class VectorStore:
         The store's folder (``<workspace>/vectors/<encoder key>``).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], name: str | None = None) -> None:
         self.root = Path(root)
+        self.name = name  # the encoder name it was asked for (messages), when known
         self._lock_fd: int | None = None
         self._index_cache: tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -163,8 +164,18 @@ class VectorStore:
     def exists(self) -> bool:
         return self.meta_path.exists()
 
-    def _missing(self) -> NoEmbeddingsError:
-        """The error for a store that does not exist, naming the stores the workspace does hold."""
+    def _missing(self) -> AssayError:
+        """The error for a store that does not exist, naming the stores the workspace does hold; for a name
+        that is no encoder at all (a typo), the unknown-name error that lists the encoders."""
+        if self.name is not None and self.name.partition(":")[0] != "precomputed":
+            from .encoders.base import get_encoder
+
+            try:
+                get_encoder(self.name)
+            except InputError as exc:
+                return exc
+            except Exception:  # noqa: BLE001 - a name that builds no encoder here is still reported as missing
+                pass
         others = []
         if self.root.parent.is_dir():
             for d in sorted(self.root.parent.iterdir()):
@@ -173,7 +184,7 @@ class VectorStore:
                         others.append(f"{VectorStore(d).meta()['encoder']} ({VectorStore(d).readable_rows()} rows)")
                     except Exception:  # noqa: BLE001 - a damaged neighbour does not hide this message
                         others.append(d.name)
-        name = self.root.name
+        name = self.name or self.root.name
         if others:
             return NoEmbeddingsError(
                 f"no embeddings of {name} in this workspace; it holds embeddings of {', '.join(others)}: pass "

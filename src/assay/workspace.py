@@ -237,7 +237,8 @@ class Workspace:
         return self.config.default_encoder
 
     def vectors(self, encoder: str | None = None) -> VectorStore:
-        return VectorStore(self.root / "vectors" / encoder_key(encoder or self.default_encoder))
+        name = encoder or self.default_encoder
+        return VectorStore(self.root / "vectors" / encoder_key(name), name=name)
 
     def embedded_encoders(self) -> dict[str, int]:
         """``{encoder name: number of stored embeddings}`` for every store in the workspace."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import EncoderError, InputError, require
+from ..errors import EncoderError, EncoderSourceError, InputError, require
 from .base import BaseEncoder, EncoderOutput, l2_normalize
 from .cache import dir_fingerprint, spec_hash
 from .efficientnet import ensure_rgb
@@ -107,13 +107,13 @@ class ClipEncoder(BaseEncoder):
         p = Path(self.source).expanduser()
         if p.is_dir():
             if not (p / "config.json").is_file():
-                raise EncoderError(
+                raise EncoderSourceError(
                     f"{self.name}: {str(p)!r} has no config.json; expected a directory written by "
                     "CLIPModel.save_pretrained"
                 )
             return p
         if p.exists():
-            raise EncoderError(
+            raise EncoderSourceError(
                 f"{self.name}: {str(p)!r} is a file; "
                 "expected a directory written by CLIPModel.save_pretrained"
             )
@@ -121,7 +121,7 @@ class ClipEncoder(BaseEncoder):
             self.source.startswith((".", "~", os.sep)) or "\\" in self.source or self.source.count("/") > 1
         )
         if looks_like_path or not _HUB_ID.match(self.source):
-            raise EncoderError(
+            raise EncoderSourceError(
                 f"{self.name}: the directory {self.source!r} does not exist (and it is not a hub id)"
             )
         hub = require("huggingface_hub", "clip", "loading a CLIP model by hub id")

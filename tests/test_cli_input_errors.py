@@ -1,0 +1,52 @@
+"""Mistakes in what a user types are exit code 2 with a message naming the mistake, and change nothing."""
+
+from __future__ import annotations
+
+import pytest
+from test_interop_common import label_some, make_ws, runner
+
+from assay.cli.main import app
+from assay.errors import EncoderError, EncoderSourceError, InputError
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = make_ws(tmp_path, n_red=3, n_other=5)
+    label_some(w, "red", n_pos=2, n_neg=3)
+    yield w
+    w.close()
+
+
+def _cli(ws, *args):
+    return runner.invoke(app, ["-w", str(ws.root), *args])
+
+
+@pytest.mark.parametrize("args", [
+    ["index", "--encoder", "bogus"],
+    ["mine", "red", "--encoder", "bogus"],
+    ["harvest", "red", "--encoder", "bogus"],
+    ["dedup", "--encoder", "bogus"],
+    ["search", "--item", "1", "--encoder", "bogus"],
+    ["search", "--text", "red", "--encoder", "bogus"],
+])
+def test_an_encoder_name_that_is_no_encoder_lists_the_encoders(ws, args):
+    r = _cli(ws, *args)
+    assert r.exit_code == 2, r.output
+    assert "unknown encoder 'bogus'; expected one of" in r.output and "efficientnet-lite0" in r.output
+
+
+def test_a_real_encoder_without_embeddings_suggests_the_name_as_typed(ws):
+    r = _cli(ws, "index", "--encoder", "clip:x")
+    assert r.exit_code == 1 and "no embeddings of clip:x" in r.output
+    assert "assay embed --encoder clip:x" in " ".join(r.output.split())  # the name typed, not its folder key
+
+
+def test_a_missing_model_folder_is_an_input_error(tmp_path):
+    from assay.encoders.base import get_encoder
+
+    (tmp_path / "empty").mkdir()
+    for source, words in ((tmp_path / "nope", "does not exist"), (tmp_path / "empty", "has no config.json")):
+        enc = get_encoder(f"clip:{source}")
+        with pytest.raises(EncoderSourceError, match=words) as exc:
+            enc.model_dir()
+        assert isinstance(exc.value, InputError) and isinstance(exc.value, EncoderError)
