@@ -120,6 +120,14 @@ def test_concept_add_checks_the_name_before_ingesting_exemplars(ws, tmp_path):
     assert r.exit_code == 0 and "[bold]oops" in r.output
     r = _cli(ws, "mine", "[bold]nope")
     assert r.exit_code == 2 and "[bold]nope" in r.output
+    # every exemplar and the encoder are checked before a new exemplar file is ingested
+    for args, words in ((["--exemplar", "999999"], "not in the catalog: [999999]"),
+                        (["--encoder", "bogus"], "unknown encoder 'bogus'"),
+                        (["--encoder", "minilm"], "embeds text only"),
+                        (["--exemplar", " "], "got an empty value")):
+        r = _cli(ws, "concept", "add", "blue", "--exemplar", str(tmp_path / "new.png"), *args)
+        assert r.exit_code == 2 and words in " ".join(r.output.split()), (args, r.output)
+    assert ws.catalog.count()["total"] == n0 and "blue" not in {c.name for c in ws.catalog.concepts()}
 
 
 def test_a_broken_exemplar_file_is_refused_every_time(ws, tmp_path):

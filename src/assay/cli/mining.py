@@ -24,6 +24,8 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
     ids: list[int] = []
     new_files: list[str] = []
     for v in values:
+        if not v.strip():
+            raise InputError("an --exemplar must be an item id, a catalog URI or an image file, got an empty value")
         if v.strip().isdigit():
             ids.append(as_item_id(v, f"exemplar {v!r}"))
             continue
@@ -34,7 +36,20 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
             new_files.append(v)
         else:
             raise NotFoundError(f"exemplar {v!r} is neither an item id, a catalog URI nor an existing file")
-    for f in new_files:  # checked before anything is ingested: one image file each
+    # Everything is checked before anything is ingested: the ids, the encoder, and one image file each.
+    known = set(ws.catalog.get_ids_existing(ids)) if ids else set()
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise NotFoundError(f"exemplar item ids not in the catalog: {missing[:10]}")
+    name = encoder or ws.default_encoder
+    if values and name.split(":", 1)[0] != "precomputed":
+        from ..encoders.base import get_encoder
+
+        modalities = get_encoder(name).modalities  # an unknown name is an UnknownNameError, listing the encoders
+        if new_files and "image" not in modalities:
+            raise InputError(f"encoder {name!r} embeds {' and '.join(sorted(modalities))} only, and exemplar "
+                             f"{new_files[0]!r} is an image file: pass --encoder with an image encoder")
+    for f in new_files:
         if not Path(f).is_file():
             raise InputError(f"exemplar {f!r} cannot be used: it is a folder or not a regular file; give one image "
                              "file per --exemplar")
@@ -47,7 +62,6 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
         ids.extend(i for i in (ws.catalog.id_for_uri(file_uri(f)) for f in new_files) if i is not None)
     # exemplars without an embedding yet (new files, or items ingested and not embedded): those alone, not the
     # whole pending corpus
-    name = encoder or ws.default_encoder
     store = ws.vectors(name)
     have = store.contains(ids) if ids and store.exists() else [False] * len(ids)  # one look-up for all
     lacking = [i for i, h in zip(ids, have) if not h]
