@@ -50,3 +50,17 @@ def test_a_missing_model_folder_is_an_input_error(tmp_path):
         with pytest.raises(EncoderSourceError, match=words) as exc:
             enc.model_dir()
         assert isinstance(exc.value, InputError) and isinstance(exc.value, EncoderError)
+
+
+def test_an_encoder_of_another_modality_is_refused_before_a_store_is_made(ws, tmp_path):
+    r = _cli(ws, "embed", "--encoder", "minilm")  # the workspace holds images only
+    assert r.exit_code == 2 and "embeds text items only" in r.output and "image encoder" in r.output
+    assert not (ws.root / "vectors" / "minilm").exists() and "minilm" not in ws.embedded_encoders()
+    from assay import Workspace, ingest
+
+    texts = Workspace.init(tmp_path / "texts", default_encoder="efficientnet-lite0")
+    (tmp_path / "t.csv").write_text("text\nhello world\nanother line\n")
+    ingest(texts.catalog, [tmp_path / "t.csv"])
+    r = _cli(texts, "embed")
+    assert r.exit_code == 2 and "holds 2 text items" in r.output and "text encoder" in r.output
+    texts.close()

@@ -169,6 +169,21 @@ def _decode_one(
         return DecodeError(f"{type(exc).__name__}: {exc}")
 
 
+def check_encoder_fits(ws: Workspace, encoder: str | Encoder) -> None:
+    """Raise :class:`InputError` when ``encoder`` embeds none of the modalities the workspace's items have
+    (a text encoder on a folder of photos): it would embed nothing, and say nothing useful about why."""
+    enc = get_encoder(encoder) if isinstance(encoder, str) else encoder  # an unknown name: UnknownNameError
+    mods = set(enc.modalities)
+    encoder = enc.name
+    n = ws.catalog.count()
+    have = [m for m in ("image", "text") if n[m]]
+    if have and not set(have) & mods:
+        held = " and ".join(f"{n[m]} {m} items" for m in have)
+        want = "an image encoder (efficientnet-lite0, clip:DIR)" if "image" in have else "a text encoder (minilm, clip:DIR)"
+        raise InputError(f"encoder {encoder!r} embeds {' and '.join(sorted(mods))} items only, and the workspace "
+                         f"holds {held}: pass --encoder with {want}")
+
+
 def embed(
     ws: Workspace,
     encoder: str | Encoder | None = None,
@@ -218,6 +233,7 @@ def embed(
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
     only = ids  # (the name is reused below)
     t0 = time.perf_counter()
+    check_encoder_fits(ws, encoder or ws.default_encoder)  # before the weights load or a store is made
     enc = load_encoder(encoder or ws.default_encoder)
     ws.apply_changes()  # embeddings of items whose bytes changed since are dropped, so they are embedded again
     store = ws.vectors(enc.name)

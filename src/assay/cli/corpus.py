@@ -162,6 +162,9 @@ def embed(
                 raise InputError("--from is only for --encoder precomputed")
             if engine == "ray":
                 from ..distributed import embed_with_ray
+                from ..embed import check_encoder_fits
+
+                check_encoder_fits(ws, name)
 
                 with progress_bar(f"embed {name} on Ray", enabled=not json_) as (start, advance):
                     report = embed_with_ray(
