@@ -64,3 +64,18 @@ def test_an_encoder_of_another_modality_is_refused_before_a_store_is_made(ws, tm
     r = _cli(texts, "embed")
     assert r.exit_code == 2 and "holds 2 text items" in r.output and "text encoder" in r.output
     texts.close()
+
+
+def test_two_encoder_names_of_one_folder_never_mix_or_reset_each_other(ws, tmp_path):
+    import numpy as np
+
+    ids = ws.catalog.ids()[:3]
+    vecs = np.eye(3, 8, dtype=np.float32)
+    np.save(tmp_path / "e.npy", vecs)
+    np.save(tmp_path / "e.ids.npy", np.asarray(ids, dtype=np.int64))
+    r = _cli(ws, "embed", "--encoder", "precomputed:a b", "--from", str(tmp_path / "e.npy"))
+    assert r.exit_code == 0, r.output
+    for extra in ([], ["--reset"]):
+        r = _cli(ws, "embed", "--encoder", "precomputed:a_b", "--from", str(tmp_path / "e.npy"), *extra)
+        assert r.exit_code == 2 and "map to the same folder" in r.output, r.output
+    assert ws.embedded_encoders() == {"precomputed:a b": 3, "test-mean-color": 8}  # untouched

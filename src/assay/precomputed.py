@@ -266,6 +266,8 @@ def import_embeddings(
             store.reset()
         if store.exists():
             old = store.meta()
+            if old["encoder"] != name:
+                raise store._shared_folder(str(old["encoder"]), name)
             if int(old["dim"]) != dim:
                 raise InputError(f"the store {name!r} holds dim {old['dim']}; the import has dim {dim}")
             report.version = old["version"]

@@ -216,7 +216,9 @@ class VectorStore:
         meta = {"encoder": encoder, "version": version, "dim": int(dim), "extras": dict(extras or {}), "format": 1}
         if self.exists():
             old = self.meta()
-            if old["encoder"] != encoder or int(old["dim"]) != dim or old["version"] != version:
+            if old["encoder"] != encoder:
+                raise self._shared_folder(str(old["encoder"]), encoder)
+            if int(old["dim"]) != dim or old["version"] != version:
                 raise WorkspaceError(
                     f"the stored embeddings at {self.root} were made by {old['encoder']} version {old['version']} "
                     f"(dim {old['dim']}), not {encoder} version {version} (dim {dim}); "
@@ -524,13 +526,26 @@ class VectorStore:
             if not held:
                 self.unlock()
 
+    def _shared_folder(self, held: str, wanted: str) -> InputError:
+        return InputError(
+            f"the encoder names {wanted!r} and {held!r} map to the same folder {self.root} (characters other "
+            "than letters, digits, '.', '_' and '-' become '_'); its embeddings are those of "
+            f"{held!r}: give {wanted!r} another name")
+
     def reset(self) -> None:
         """Remove every shard and the store's metadata.
+
+        A store opened for an encoder name (``Workspace.vectors(name)``) refuses to reset a folder that holds
+        another name's embeddings (two names that map to one folder): that would destroy them.
 
         Crash-safe order: the shard markers (``shard-*.json``, what makes a shard count) go first, then the
         arrays, and the store description (``store.json``, which names the encoder version) last. A kill
         part-way leaves the old description over fewer shards, so the next plain ``embed`` still refuses to
         mix versions and asks for ``--reset`` again, never a new description over old vectors."""
+        if self.name is not None and self.exists():
+            held = str(self.meta()["encoder"])
+            if held != self.name:
+                raise self._shared_folder(held, self.name)
         if self.root.exists():
             files = [p for p in self.root.iterdir() if p.name != ".lock" and p.is_file()]
             rank = {True: 0, False: 1}
