@@ -91,6 +91,28 @@ def test_demo_pipeline_end_to_end_with_mining(tmp_path):
     assert (tmp_path / "report" / "index.html").exists()
 
 
+def test_demo_checks_what_it_mines_before_writing_anything(tmp_path):
+    import numpy as np
+
+    fake = tmp_path / "fake" / "cifar10"
+    fake.mkdir(parents=True)
+    np.savez(fake / "cifar10_jpeg_bytes.npz", jpeg=np.zeros(4, np.uint8), offsets=np.arange(3), label=np.zeros(2, np.int8),
+             split=np.zeros(2, np.int8), name=np.array(["a.jpg", "b.jpg"]), classes=np.array(["cat", "truck"]))
+    broken = tmp_path / "broken" / "cifar10"
+    broken.mkdir(parents=True)
+    np.savez(broken / "cifar10_jpeg_bytes.npz", x=np.zeros(3))
+    for args, words in (
+        (["--positive", "bogus"], "--positive 'bogus' is not a class of the dataset; expected one of: digit-0"),
+        (["--budget", "50"], "--budget 50 is too few labels"),
+        (["--data", str(tmp_path / "fake"), "--positive", "dog"], "expected one of: cat, truck"),
+        (["--data", str(tmp_path / "broken")], "is not a CIFAR-10 npz as the shared data holds it: it lacks jpeg"),
+    ):
+        out = tmp_path / "demo"
+        r = _run("demo", "--out", str(out), "--encoder", "test-mean-color", *args)
+        assert r.exit_code == 2 and words in " ".join(r.output.split()), (args, r.output)
+        assert not out.exists()  # nothing written, embedded or indexed
+
+
 def test_damaged_shard_and_index_are_reported_and_repaired(tmp_path):
     write_images(tmp_path / "imgs", 12)
     ws = str(tmp_path / "ws")

@@ -52,8 +52,30 @@ def write_digits(out_dir: str | os.PathLike[str], *, scale: int = 4, test_fracti
         p = out / "images" / f"digit_{i:04d}_{label}.png"
         if not p.exists():
             Image.fromarray(arr, "L").resize((8 * scale, 8 * scale), Image.NEAREST).save(p)
-        rows.append({"uri": str(p.relative_to(out)), "label": f"digit-{label}", "split": "test" if is_test[i] else "train"})
+        rows.append({"uri": str(p.relative_to(out)), "label": DIGIT_CLASSES[int(label)], "split": "test" if is_test[i] else "train"})
     return _write_manifest(out / "manifest.csv", rows)
+
+
+#: The class names of :func:`write_digits`.
+DIGIT_CLASSES = tuple(f"digit-{d}" for d in range(10))
+_CIFAR_KEYS = ("jpeg", "offsets", "label", "split", "name", "classes")
+
+
+def cifar10_classes(npz_path: str | os.PathLike[str]) -> list[str]:
+    """The class names of a ``cifar10_jpeg_bytes.npz``, checking that it is one (every array
+    :func:`write_cifar10` reads is there), without reading the photos."""
+    npz_path = Path(npz_path)
+    if not npz_path.exists():
+        raise NotFoundError(f"CIFAR-10 file not found: {npz_path}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            missing = [k for k in _CIFAR_KEYS if k not in z.files]
+            if missing:
+                raise InputError(f"{npz_path} is not a CIFAR-10 npz as the shared data holds it: it lacks "
+                                 f"{', '.join(missing)} (it has {', '.join(z.files) or 'no arrays'})")
+            return [str(c) for c in z["classes"]]
+    except (OSError, ValueError) as exc:  # not an npz at all, or object arrays
+        raise InputError(f"{npz_path} is not a readable npz file: {exc}") from None
 
 
 def write_cifar10(
@@ -63,8 +85,7 @@ def write_cifar10(
     """Write CIFAR-10 JPEGs from the shared ``cifar10_jpeg_bytes.npz`` as files plus ``manifest.csv``
     (``uri,label,split``); ``n`` samples that many at random (the train split is sorted by class)."""
     npz_path = Path(npz_path)
-    if not npz_path.exists():
-        raise NotFoundError(f"CIFAR-10 file not found: {npz_path}")
+    cifar10_classes(npz_path)  # a clear error for a file that is not one
     z = np.load(npz_path, allow_pickle=False)
     jpeg, offsets, labels, split, names, classes = (z[k] for k in ("jpeg", "offsets", "label", "split", "name", "classes"))
     split_names = np.array(["train", "test"])[split]

@@ -10,6 +10,8 @@ import typer
 
 from ._common import errors_to_exit, out, print_json, progress_bar
 
+_SEED, _BATCH = 100, 25  # the simulated annotator's seed (5 + 95 labels) and batch, as run_demo mines
+
 
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo data and workspace.")] = Path("assay-demo"),
@@ -17,12 +19,12 @@ def demo(
     n: Annotated[int, typer.Option("--n", min=10, help="With --data: how many CIFAR-10 photos to use.")] = 2000,
     encoder: Annotated[str, typer.Option("--encoder")] = "efficientnet-lite0",
     positive: Annotated[Optional[str], typer.Option("--positive", help="The class to mine (default: digit-3, or truck with --data).")] = None,
-    budget: Annotated[int, typer.Option("--budget", min=10, help="Labels the simulated annotator may give, seed included.")] = 300,
+    budget: Annotated[int, typer.Option("--budget", help="Labels the simulated annotator may give, seed included (at least 125: a seed of 100 and a round of 25).")] = 300,
     no_mining: Annotated[bool, typer.Option("--no-mining", help="Only ingest and embed.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Build a workspace from a real dataset, ingest and embed it, and show what the embeddings know."""
-    from ..datasets import write_cifar10, write_digits
+    from ..datasets import DIGIT_CLASSES, cifar10_classes, write_cifar10, write_digits
     from ..demo import run_demo
     from ..errors import InputError, NotFoundError, check_folder
 
@@ -32,14 +34,24 @@ def demo(
 
         get_encoder(encoder)  # an unknown name fails before any data is written
         check_folder(out_dir, f"--out {out_dir}")
-        if data is not None and not no_mining and budget > n // 2:
-            # the simulated pool is about 3/4 of --n (a test split is held out and the concept made rare)
-            raise InputError(f"--budget {budget} is too many labels for --n {n} photos: use --n {2 * budget} or more, "
-                             f"or --budget {max(10, n // 2)} or less")
-        if data is not None:
-            npz = Path(data) / "cifar10" / "cifar10_jpeg_bytes.npz"
-            if not npz.exists():
-                raise NotFoundError(f"--data {data} holds no cifar10/cifar10_jpeg_bytes.npz")
+        # everything the mining needs is checked before any data is written, embedded or indexed
+        npz = Path(data) / "cifar10" / "cifar10_jpeg_bytes.npz" if data is not None else None
+        if npz is not None and not npz.exists():
+            raise NotFoundError(f"--data {data} holds no cifar10/cifar10_jpeg_bytes.npz")
+        classes = cifar10_classes(npz) if npz is not None else list(DIGIT_CLASSES)
+        if not no_mining:
+            if positive is not None and positive not in classes:
+                raise InputError(f"--positive {positive!r} is not a class of the dataset; expected one of: "
+                                 f"{', '.join(classes)}")
+            least = _SEED + _BATCH
+            if budget < least:
+                raise InputError(f"--budget {budget} is too few labels: the simulated annotator's seed takes {_SEED} "
+                                 f"(5 positive, 95 negative) and a round {_BATCH}; give --budget {least} or more")
+            if data is not None and budget > n // 2:
+                # the simulated pool is about 3/4 of --n (a test split is held out and the concept made rare)
+                raise InputError(f"--budget {budget} is too many labels for --n {n} photos: use --n {2 * budget} or "
+                                 f"more, or --budget {max(least, n // 2)} or less")
+        if npz is not None:
             manifest = write_cifar10(npz, out_dir / "data", n=n)
             dataset = f"CIFAR-10 ({n} photos)"
         else:
