@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -104,6 +106,22 @@ def test_a_manifest_that_is_not_utf8_is_refused_before_any_row_is_written(cat, t
         ingest(cat, [tmp_path / name])
     assert words in str(exc.value) and "re-save it as UTF-8" in str(exc.value)
     assert cat.count()["total"] == 0  # nothing committed, not even the rows before the bad line
+
+
+def test_manifest_columns_of_the_wrong_type_are_refused(cat, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"uri": [["a.png"], ["b.png"]]}), tmp_path / "list.parquet")
+    pq.write_table(pa.table({"uri": [1, 2]}), tmp_path / "int.parquet")
+    pq.write_table(pa.table({"text": [{"a": 1}, {"a": 2}]}), tmp_path / "struct.parquet")
+    (tmp_path / "int.jsonl").write_text('{"uri": 1}\n{"uri": 2}\n')
+    for name, words in (("list.parquet", "'uri' column must hold text (file paths or URLs), got list"),
+                        ("int.parquet", "got int64"), ("int.jsonl", "got int64"),
+                        ("struct.parquet", "'text' column must hold text, got struct")):
+        with pytest.raises(InputError, match=re.escape(words)):
+            ingest(cat, [tmp_path / name])
+    assert cat.count()["total"] == 0
 
 
 def test_a_bad_manifest_fails_before_any_source_is_written(cat, tmp_path):

@@ -437,7 +437,26 @@ def _open_manifest(uri: str, report: IngestReport) -> Iterator[_Candidate]:
         raise InputError(
             f"manifest {uri} has columns {cols}; expected a 'uri' column (or a 'text' column for text items)"
         )
+    _check_column_types(uri, table)
     return _manifest_rows(uri, table, report)
+
+
+def _check_column_types(uri: str, table: Any) -> None:
+    """``uri`` must hold text (paths or URLs) and ``text`` text or plain values: a list, a struct or a
+    number where a path belongs would become a junk item name, only found after ingest."""
+    import pyarrow as pa
+
+    def text_like(t: Any) -> bool:
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+            or pa.types.is_large_binary(t) or pa.types.is_null(t) or pa.types.is_dictionary(t) and text_like(t.value_type)
+
+    if "uri" in table.column_names and not text_like(table.schema.field("uri").type):
+        raise InputError(f"manifest {uri}: the 'uri' column must hold text (file paths or URLs), got "
+                         f"{table.schema.field('uri').type}")
+    if "text" in table.column_names:
+        t = table.schema.field("text").type
+        if pa.types.is_nested(t):
+            raise InputError(f"manifest {uri}: the 'text' column must hold text, got {t}")
 
 
 def _manifest_rows(uri: str, table: Any, report: IngestReport) -> Iterator[_Candidate]:
