@@ -79,3 +79,17 @@ def test_two_encoder_names_of_one_folder_never_mix_or_reset_each_other(ws, tmp_p
         r = _cli(ws, "embed", "--encoder", "precomputed:a_b", "--from", str(tmp_path / "e.npy"), *extra)
         assert r.exit_code == 2 and "map to the same folder" in r.output, r.output
     assert ws.embedded_encoders() == {"precomputed:a b": 3, "test-mean-color": 8}  # untouched
+
+
+def test_out_folders_are_made_only_once_the_command_is_checked(ws, tmp_path):
+    for args in (["mine", "nope", "--out", str(tmp_path / "a" / "sub" / "x.csv")],
+                 ["export", "nope", "--format", "csv", "--out", str(tmp_path / "b" / "x.csv")],
+                 ["rounds", "nope", "--out", str(tmp_path / "c" / "x.csv")],
+                 ["harvest", "nope", "--out", str(tmp_path / "d" / "x.csv")]):
+        r = _cli(ws, *args)
+        assert r.exit_code == 2 and "no concept named 'nope'" in r.output, (args, r.output)
+    assert not any((tmp_path / d).exists() for d in "abcd")
+    r = _cli(ws, "harvest", "red", "--out", str(tmp_path))
+    assert r.exit_code == 2 and r.output.rstrip().endswith("ending in .csv or .parquet"), r.output
+    r = _cli(ws, "mine", "red", "--batch", "2", "--out", str(tmp_path / "e" / "f" / "batch.csv"))
+    assert r.exit_code == 0 and (tmp_path / "e" / "f" / "batch.csv").exists(), r.output

@@ -150,6 +150,8 @@ def mine(
     with errors_to_exit():
         _check_out(out_file, (".csv",))
         ws = open_workspace(workspace)
+        ws.catalog.concept(name)  # an unknown concept fails before --out's folder is made
+        _make_out_folder(out_file)
         miner_cls = Miner
         if regions:
             from ..regions import RegionMiner
@@ -265,6 +267,7 @@ def harvest(
         ws = open_workspace(workspace)
         rows = Miner(ws, name, encoder=encoder).harvest(top=top, proxy=proxy, min_score=min_score, include_negatives=include_negatives)
         if out_file is not None:
+            _make_out_folder(out_file)
             _write_rows(rows, out_file)
         if json_:
             print_json({"items": rows})
@@ -310,6 +313,7 @@ def rounds(
         ws = open_workspace(workspace)
         cat = ws.catalog
         concept = cat.concept(name)
+        _make_out_folder(out_file)
         rows = cat.rounds(concept.id)
         label_ids, label_vals = cat.current_labels(concept.id)
         answer = dict(zip(label_ids.tolist(), label_vals.tolist()))
@@ -394,16 +398,27 @@ def _strategy_params(pairs: list[str]) -> dict[str, object] | None:
 
 def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
     """Check ``--out`` before any work is done (a round is recorded before its file is written): the right
-    suffix, not a folder; missing parent folders are created."""
+    suffix, not a folder, no file on the way to it. Its missing folders are made by :func:`_make_out_folder`
+    once the rest of the command has been checked."""
     from ..errors import InputError, check_folder
 
     if path is None:
         return
+    named = " or ".join(s for s in suffixes if s) or "a suffix"
     if path.is_dir():
-        raise InputError(f"--out {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
+        raise InputError(f"--out {path} is a folder; give a file name ending in {named}")
     if path.suffix.lower() not in suffixes:
-        raise InputError(f"--out must end in {' or '.join(s for s in suffixes if s) or 'a suffix'}, got {path.name}")
-    check_folder(path.absolute().parent, f"--out {path}", create=True)
+        raise InputError(f"--out must end in {named}, got {path.name}")
+    check_folder(path.absolute().parent, f"--out {path}")
+
+
+def _make_out_folder(path: Path | None) -> None:
+    """Make ``--out``'s missing folders, after the command's input was checked and before its work is
+    recorded (so that writing the file cannot fail for a folder after a round was recorded)."""
+    from ..errors import check_folder
+
+    if path is not None:
+        check_folder(path.absolute().parent, f"--out {path}", create=True)
 
 
 def _write_rows(rows: list[dict], path: Path) -> None:

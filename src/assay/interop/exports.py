@@ -511,11 +511,12 @@ def export(
     want = {"csv": ".csv", "parquet": ".parquet", "label-studio": ".json", "coco": ".json"}.get(fmt)
     if want is not None and out.suffix and out.suffix.lower() != want:
         raise InputError(f"--out {out.name} does not fit --format {fmt}: its file should end in {want}")
-    check_folder(out.parent, f"--out {out}", create=True)
+    check_folder(out.parent, f"--out {out}")  # no file on the way; its folders are made once the rest is checked
     rows, model_version = collect_rows(
         ws, concept, include_pseudo=include_pseudo, top=top,
         score_model=score_model, with_scores=with_scores, proxy=proxy, encoder=encoder,
     )
+    check_folder(out.parent, f"--out {out}", create=True)
     boxes: dict[int, list] = {}
     if fmt in ("label-studio", "coco"):
         bm = _boxes_model(ws.catalog, concept, boxes_model, score_model)
