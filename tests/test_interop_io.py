@@ -264,8 +264,6 @@ def test_export_errors(base, tmp_path):
         export(ws, "red", fmt="csv", out=tmp_path)
     with pytest.raises(InputError, match="gave no boxes"):
         export(ws, "red", fmt="coco", out=tmp_path / "c.json", boxes_model="nobody")
-    from assay.errors import UnknownNameError
-
     with pytest.raises(UnknownNameError, match="test-mean-color"):  # a mistyped --encoder: an error naming the
         export(ws, "red", fmt="csv", out=tmp_path / "typo.csv", encoder="test-mean-colour")  # encoders, no export
     assert not (tmp_path / "typo.csv").exists()
