@@ -60,7 +60,20 @@ def test_errors_are_one_clear_line_and_exit_code(tmp_path):
     r = _run("-w", ws, "embed", "--encoder", "nope")
     assert r.exit_code == 2 and "expected one of" in r.output
     r = _run("init", ws)
-    assert r.exit_code == 1 and "already holds" in r.output
+    assert r.exit_code == 2 and "already holds" in r.output
+    r = _run("init", str(tmp_path / "ws" / "vectors"))  # a workspace's own folders are not a place for another
+    assert r.exit_code == 2 and "lies inside the vectors/ folder" in r.output
+    assert not (tmp_path / "ws" / "vectors" / "assay.json").exists()
+    r = _run("init", "")
+    assert r.exit_code == 2 and "got an empty value" in r.output
+    cfg = tmp_path / "ws" / "assay.json"
+    good = cfg.read_text()
+    for bad, words in (('{"default_encoder": 5}', "'default_encoder' must be a non-empty string, got 5"),
+                       ("[]", "expected a JSON object, got list")):
+        cfg.write_text(bad)  # a hand edit gone wrong: one clear line, no traceback
+        r = _run("-w", ws, "status")
+        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output, r.output
+    cfg.write_text(good)
     r = _run("-w", ws, "embed", "--encoder", "precomputed")
     assert r.exit_code == 2 and "--from" in r.output
 

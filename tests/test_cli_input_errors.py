@@ -93,3 +93,11 @@ def test_out_folders_are_made_only_once_the_command_is_checked(ws, tmp_path):
     assert r.exit_code == 2 and r.output.rstrip().endswith("ending in .csv or .parquet"), r.output
     r = _cli(ws, "mine", "red", "--batch", "2", "--out", str(tmp_path / "e" / "f" / "batch.csv"))
     assert r.exit_code == 0 and (tmp_path / "e" / "f" / "batch.csv").exists(), r.output
+
+
+def test_a_search_batch_file_that_cannot_be_read_is_a_clear_error(ws, tmp_path):
+    (tmp_path / "qdir").mkdir()
+    (tmp_path / "bin.jsonl").write_bytes(b'{"item": 1}\n\xff\xfe\n')
+    for name, words in (("qdir", "is a folder, not a file"), ("bin.jsonl", "is not UTF-8 text")):
+        r = _cli(ws, "search", "--batch", str(tmp_path / name))
+        assert r.exit_code == 2 and words in r.output, r.output

@@ -10,6 +10,7 @@ all at once, or one branch at a time::
     ├── NotFoundError (also a LookupError)    an item id, concept, path or source that does not exist
     ├── WorkspaceError                        no workspace here, or a workspace in a bad state
     │   ├── NoWorkspaceError (+NotFoundError)  no workspace at the path given (or here)
+    │   ├── WorkspaceExistsError (+InputError) init where a workspace is already (or inside one's folders)
     │   ├── IndexNotBuiltError                search or neighbours asked before `assay index`
     │   ├── DamagedStoreError                 a stored embedding shard is truncated, garbled or missing
     │   └── NoEmbeddingsError                 a step that needs embeddings before `assay embed`
@@ -34,6 +35,7 @@ __all__ = [
     "NotFoundError",
     "WorkspaceError",
     "NoWorkspaceError",
+    "WorkspaceExistsError",
     "as_item_id",
     "check_folder",
     "RowProblems",
@@ -81,6 +83,10 @@ class NotFoundError(AssayError, LookupError):
 
 class WorkspaceError(AssayError):
     """No workspace where one was expected, or a workspace in a state that cannot serve the request."""
+
+
+class WorkspaceExistsError(WorkspaceError, InputError):
+    """``init`` of a folder that holds a workspace already, or lies inside one's own folders."""
 
 
 class NoWorkspaceError(WorkspaceError, NotFoundError):

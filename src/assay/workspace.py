@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog
-from .errors import DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, check_folder
+from .errors import DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, WorkspaceExistsError, check_folder
 from .vectors import StoreBusyError, VectorStore, encoder_key
 
 #: In an index folder: ids of items whose files changed (embeddings dropped) since the index was built.
@@ -84,7 +84,17 @@ class WorkspaceConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WorkspaceConfig":
+        """The config of a parsed ``assay.json``; raises TypeError naming what is malformed (a hand edit)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
         known = {k: d[k] for k in ("format", "catalog", "default_encoder", "catalog_id") if k in d}
+        for k in ("catalog", "default_encoder"):
+            if k in known and (not isinstance(known[k], str) or not known[k].strip()):
+                raise TypeError(f"{k!r} must be a non-empty string, got {known[k]!r}")
+        if "catalog_id" in known and known["catalog_id"] is not None and not isinstance(known["catalog_id"], str):
+            raise TypeError(f"'catalog_id' must be a string, got {known['catalog_id']!r}")
+        if "format" in known and (isinstance(known["format"], bool) or not isinstance(known["format"], int)):
+            raise TypeError(f"'format' must be an integer, got {known['format']!r}")
         return cls(**known)
 
 
@@ -108,7 +118,11 @@ class Workspace:
         """Create a workspace in ``root`` (created if missing; must not hold a workspace already)."""
         root = Path(root).absolute()
         if (root / CONFIG_NAME).exists():
-            raise WorkspaceError(f"{root} already holds an assay workspace")
+            raise WorkspaceExistsError(f"{root} already holds an assay workspace")
+        for parent in root.parents:  # the stores, indexes and caches of a workspace are its own
+            if (parent / CONFIG_NAME).is_file() and root.relative_to(parent).parts[0] in ("vectors", "index", "cache"):
+                raise WorkspaceExistsError(f"{root} lies inside the {root.relative_to(parent).parts[0]}/ folder of the "
+                                           f"workspace {parent}; choose a folder outside it")
         if root.exists() and not root.is_dir():
             raise InputError(f"workspace path {root} exists and is not a folder")
         check_folder(root.parent, f"cannot create workspace {root}")

@@ -11,7 +11,7 @@ from ._common import JsonOpt, WorkspaceOpt, console, errors_to_exit, open_worksp
 
 
 def init(
-    directory: Annotated[Path, typer.Argument(help="Folder for the new workspace (created if missing).")],
+    directory: Annotated[str, typer.Argument(help="Folder for the new workspace (created if missing).")],
     catalog: Annotated[
         Optional[str], typer.Option("--catalog", help="Catalog database URL, e.g. postgresql://user@host/db (default: SQLite in the workspace).")
     ] = None,
@@ -21,7 +21,11 @@ def init(
     from ..workspace import Workspace
 
     with errors_to_exit():
-        ws = Workspace.init(directory, catalog=catalog, default_encoder=encoder)
+        if not directory.strip():  # Path("") is the current folder: an empty argument is a mistake, not "here"
+            from ..errors import InputError
+
+            raise InputError("the workspace folder must be a path, got an empty value (use . for this folder)")
+        ws = Workspace.init(Path(directory), catalog=catalog, default_encoder=encoder)
         out.print(f"created workspace {ws.root} (catalog: {ws.status()['catalog']}, default encoder: {encoder})")
 
 

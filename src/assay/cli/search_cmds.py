@@ -160,8 +160,14 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
 
     if not path.exists():
         raise NotFoundError(f"batch file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"--batch {path} is a folder, not a file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--batch {path} is not UTF-8 text ({exc}); save it as UTF-8 JSON lines") from None
     queries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
