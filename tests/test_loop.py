@@ -150,6 +150,12 @@ def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):
     r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(many)])
     assert r.exit_code == 2 and "16 bad rows" in r.output and "row 4: id must be" in r.output
     assert len(ws.catalog.label_history(c.id)) == 0
+    # JSONL rows need not all carry every key; a row with neither id nor uri says so
+    (tmp_path / "sparse.jsonl").write_text(f'{{"id": {ids[1]}}}\n{{"id": {ids[2]}, "label": 1}}\n{{"label": 0}}\n')
+    with pytest.raises(InputError, match="row 3: neither id nor uri is given"):
+        read_label_file(ws, tmp_path / "sparse.jsonl")
+    (tmp_path / "sparse.jsonl").write_text(f'{{"id": {ids[1]}}}\n{{"id": {ids[2]}, "label": 1}}\n')
+    assert read_label_file(ws, tmp_path / "sparse.jsonl")[0].tolist() == [ids[2]]
     # a repeated column would be read as its last copy: refused in every format
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -301,7 +301,7 @@ def read_label_file(ws: Workspace, path: str | Path, concept: str | None = None)
     records = read_score_records(p, what="labels file")
     if not records:
         raise InputError(f"{p} holds no label rows")
-    cols = set(records[0])
+    cols = set().union(*(r.keys() for r in records))  # every row's keys: JSONL rows need not all have each
     if "label" not in cols or not ({"id", "uri"} & cols):
         raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
     if {"x0", "y0", "x1", "y1"} <= cols:
@@ -345,7 +345,9 @@ def read_label_file(ws: Workspace, path: str | Path, concept: str | None = None)
                                      + "; fix the row or drop one of the two columns")
             else:
                 uri = rec.get("uri")
-                item = uri_ids.get(str(uri).strip()) if uri is not None else None
+                if blank(uri):
+                    raise InputError("neither id nor uri is given")
+                item = uri_ids.get(str(uri).strip())
                 if item is None:
                     raise InputError(f"uri {uri!r} is not in the catalog")
                 ids[k] = item

@@ -748,7 +748,7 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
     p = Path(path)
     # CSV, JSONL or Parquet; a missing file, a folder, non-UTF-8 text or a repeated column is refused here
     records = read_score_records(p, what="truth file")
-    cols = set().union(*(r.keys() for r in records[:1000])) if records else set()
+    cols = set().union(*(r.keys() for r in records)) if records else set()
     if "label" not in cols or not ({"id", "uri"} & cols):
         raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
 

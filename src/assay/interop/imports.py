@@ -115,7 +115,7 @@ def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None,
     records = read_score_records(path)
     if not records:
         raise InputError(f"{path} holds no label rows")
-    cols = set().union(*(r.keys() for r in records[:1000]))
+    cols = set().union(*(r.keys() for r in records))  # every row's keys: JSONL rows need not all have each
     if "label" not in cols:
         raise InputError(f"{path} has no 'label' column; columns are {sorted(cols)}")
     if not ({"id", "uri"} & cols):
