@@ -359,6 +359,11 @@ def test_cli_truth_file(ws, tmp_path, truth):
         (["--positive", "red", "--label-column", "kind"], "no item of the workspace carries the 'kind' column"),
         (["--positive", "red", "--test-split", "holdout"], "no item is in the test split 'holdout'"),
         (["--positive", "red", "--strategies", "seals:nope"], "unknown strategy"),
+        # messages name the options as typed
+        (["--positive", "red", "--seals-k", "0"], "--seals-k must be an integer >= 1, got 0"),
+        (["--positive", "red", "--seed-negatives", "0"], "--seed-negatives must be an integer >= 1"),
+        (["--positive", "red", "--novelty-threshold", "5"], "--novelty-threshold must be a cosine in [-1, 1]"),
+        (["--positive", "red", "--test-fraction", "1.5"], "--test-fraction must be a number strictly between 0 and 1"),
     ],
 )
 def test_cli_bad_input_fails_clearly_and_writes_nothing(ws, tmp_path, args, match):

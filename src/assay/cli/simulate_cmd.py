@@ -35,6 +35,7 @@ def simulate(
     json_: JsonOpt = False,
 ) -> None:
     """Simulate mining a rare concept with an oracle, following the SEALS paper's protocol."""
+    from ..errors import InputError
     from ..report import prevalence_text
     from ..simulate import SimulationConfig, simulate_workspace
 
@@ -45,7 +46,12 @@ def simulate(
             proxy=proxy, seals_k=seals_k, seed_positives=seed_positives, seed_negatives=seed_negatives,
             novelty_threshold=novelty_threshold,
         )
-        cfg.validate()
+        try:
+            cfg.validate()
+        except InputError as exc:  # name the options as typed, not the config's fields
+            raise InputError(_as_options(str(exc))) from None
+        if test_fraction is not None and not (isinstance(test_fraction, float) and 0.0 < test_fraction < 1.0):
+            raise InputError(f"--test-fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
         if out_dir is not None:
             from ..errors import check_folder
 
@@ -81,3 +87,16 @@ def _f(v: float | None, width: int, digits: int) -> str:
 
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
+
+
+_OPTION_NAMES = ("seals_k", "seed_positives", "seed_negatives", "novelty_threshold", "prevalence", "budget", "batch",
+                 "seeds", "positive", "proxy")
+
+
+def _as_options(message: str) -> str:
+    """``seals_k must be ...`` -> ``--seals-k must be ...``: a message about a config field, in option names."""
+    import re
+
+    for name in _OPTION_NAMES:
+        message = re.sub(rf"(?<![\w-]){name}(?= must| \()", "--" + name.replace("_", "-"), message)
+    return message
