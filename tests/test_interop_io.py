@@ -264,6 +264,14 @@ def test_export_errors(base, tmp_path):
         export(ws, "red", fmt="csv", out=tmp_path)
     with pytest.raises(InputError, match="gave no boxes"):
         export(ws, "red", fmt="coco", out=tmp_path / "c.json", boxes_model="nobody")
+    # options the format has no use for are errors, not silently ignored
+    with pytest.raises(InputError, match="only the label-studio and coco exports hold"):
+        export(ws, "red", fmt="csv", out=tmp_path / "b.csv", boxes_model="nobody")
+    with pytest.raises(InputError, match="--url-prefix is for the label-studio export"):
+        export(ws, "red", fmt="csv", out=tmp_path / "u.csv", url_prefix="/data/")
+    with pytest.raises(UnknownNameError, match="unknown proxy 'bogus'"):
+        export(ws, "red", fmt="csv", out=tmp_path / "p.csv", proxy="bogus")
+    assert not any((tmp_path / f).exists() for f in ("b.csv", "u.csv", "p.csv"))
     with pytest.raises(UnknownNameError, match="test-mean-color"):  # a mistyped --encoder: an error naming the
         export(ws, "red", fmt="csv", out=tmp_path / "typo.csv", encoder="test-mean-colour")  # encoders, no export
     assert not (tmp_path / "typo.csv").exists()

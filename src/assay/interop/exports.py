@@ -501,6 +501,15 @@ def export(
     """
     if fmt not in FORMATS:
         raise UnknownNameError("export format", fmt, FORMATS)
+    if boxes_model is not None and fmt not in ("label-studio", "coco"):
+        raise InputError(f"--boxes-model adds boxes, which only the label-studio and coco exports hold; the {fmt} "
+                         "export has no place for them: leave it out")
+    if url_prefix is not None and fmt != "label-studio":
+        raise InputError(f"--url-prefix is for the label-studio export (the image URLs of its tasks), not {fmt}")
+    from ..loop import PROXIES
+
+    if proxy not in PROXIES:  # checked now, not only once the concept has both kinds of labels
+        raise UnknownNameError("proxy", proxy, PROXIES)
     if top and fmt not in _TOP_FORMATS:
         # these layouts hold labelled items only (a class folder, a category id): an unlabelled row has no place
         raise InputError(f"--top adds unlabelled rows, which only the {', '.join(_TOP_FORMATS)} exports hold; "
