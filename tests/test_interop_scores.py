@@ -109,6 +109,7 @@ def test_import_parquet_and_jsonl(ws, tmp_path):
         (["item", "concept", "score"], ["ID", "red", 0.5], r"needs an 'id' or a 'uri' column"),
         (["id", "score"], ["ID", 0.5], r"no 'concept' column"),
         (["id", "concept", "score"], ["ID", "red", 0.5], r"row 2: item .* already has a score for 'red' in row 1"),
+        (["id", "concept", "score"], ["ID", "a/b", 0.5], r"row 2: a concept name may not contain '/'"),
     ],
 )
 def test_import_bad_rows_write_nothing(ws, tmp_path, header, row, match):
@@ -119,6 +120,18 @@ def test_import_bad_rows_write_nothing(ws, tmp_path, header, row, match):
     p = _write_csv(tmp_path / "bad.csv", header, [good, row])
     with pytest.raises(InputError, match=match):
         SC.import_scores(ws.catalog, p, model="det")
+    assert _n_scores(ws) == 0
+
+
+def test_import_reports_every_bad_row(ws, tmp_path):
+    first = int(ws.catalog.ids()[0])
+    p = _write_csv(tmp_path / "bad.csv", ["id", "concept", "score"],
+                   [[first, "red", 1.5], [999999, "red", 0.5], [first, "red", "high"]])
+    with pytest.raises(InputError) as exc:
+        SC.import_scores(ws.catalog, p, model="det")
+    msg = str(exc.value)
+    assert "bad.csv: 3 bad rows, nothing recorded" in msg and "row 1: score '1.5' is outside" in msg
+    assert "row 2: item id 999999" in msg and "row 3: score must be a number" in msg
     assert _n_scores(ws) == 0
 
 
@@ -336,6 +349,8 @@ def test_tagger_scores_red_items(tmp_path):
 def test_tagger_needs_class_logits(ws):
     with pytest.raises(NoEmbeddingsError, match="keeps no 'imagenet_logits'"):
         tag_concept(ws, "red", "ambulance")
+    with pytest.raises(InputError, match="may not contain '/'"):  # a name no concept could have
+        tag_concept(ws, "a/b", "ambulance")
 
 
 # ---------------------------------------------------------------------------------------------- postgres

@@ -41,7 +41,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from ..catalog import Catalog, items_table
-from ..errors import InputError, NotFoundError, UnknownNameError
+from ..errors import InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id
 
 __all__ = [
     "metadata",
@@ -599,49 +599,47 @@ def import_scores(
     rows: list[tuple[str, int, float, list | None]] = []
     seen: dict[tuple[str, int], int] = {}
     n_boxes = 0
+    problems = RowProblems(p.name)  # every bad row is reported, not only the first
+    checked_names: set[str] = set()
     for n, rec in enumerate(records, 1):
-        where = f"{p.name} row {n}"
-        raw_id = rec.get("id")
-        if raw_id not in (None, ""):
-            from ..errors import as_item_id
-
-            item_id = as_item_id(raw_id, f"{where}: id")
-            if item_id not in id_map:
-                raise InputError(f"{where}: item id {item_id} is not in the catalog")
-            size = id_map[item_id]
-        else:
-            uri = rec.get("uri")
-            if uri in (None, ""):
-                raise InputError(f"{where}: neither id nor uri is given")
-            if str(uri) not in uri_map:
-                raise InputError(f"{where}: uri {uri!r} is not in the catalog")
-            item_id, *wh = uri_map[str(uri)]
-            size = (wh[0], wh[1])
-        row_concept = rec.get("concept")
-        if row_concept in (None, ""):
-            if concept is None:
-                raise InputError(f"{where}: concept is empty; fill the column or pass --concept")
-            row_concept = concept
-        else:
-            row_concept = str(row_concept).strip()
-            if concept is not None and row_concept != concept:
-                raise InputError(f"{where}: concept {row_concept!r} differs from --concept {concept!r}")
-        try:
+        with problems.row(f"row {n}"):
+            raw_id = rec.get("id")
+            if raw_id not in (None, ""):
+                item_id = as_item_id(raw_id, "id")
+                if item_id not in id_map:
+                    raise InputError(f"item id {item_id} is not in the catalog")
+                size = id_map[item_id]
+            else:
+                uri = rec.get("uri")
+                if uri in (None, ""):
+                    raise InputError("neither id nor uri is given")
+                if str(uri) not in uri_map:
+                    raise InputError(f"uri {uri!r} is not in the catalog")
+                item_id, *wh = uri_map[str(uri)]
+                size = (wh[0], wh[1])
+            row_concept = rec.get("concept")
+            if row_concept in (None, ""):
+                if concept is None:
+                    raise InputError("concept is empty; fill the column or pass --concept")
+                row_concept = concept
+            else:
+                row_concept = str(row_concept).strip()
+                if concept is not None and row_concept != concept:
+                    raise InputError(f"concept {row_concept!r} differs from --concept {concept!r}")
+            if row_concept not in checked_names:
+                Catalog.check_concept_name(row_concept)  # a name no concept could have would never be used
+                checked_names.add(row_concept)
             score = _check_score(rec.get("score"))
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
-        try:
             boxes = _parse_boxes(rec.get("boxes"))
             if boxes is not None:
                 boxes = [check_box(b, units=box_units, size=size) for b in boxes]
                 n_boxes += 1
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
-        key = (row_concept, item_id)
-        if key in seen:
-            raise InputError(f"{where}: item {item_id} already has a score for {row_concept!r} in row {seen[key]}")
-        seen[key] = n
-        rows.append((row_concept, item_id, score, boxes))
+            key = (row_concept, item_id)
+            if key in seen:
+                raise InputError(f"item {item_id} already has a score for {row_concept!r} in row {seen[key]}")
+            seen[key] = n
+            rows.append((row_concept, item_id, score, boxes))
+    problems.raise_if_any()
     write_scores(catalog, model, rows)
     per: dict[str, int] = {}
     for c, *_ in rows:

@@ -137,6 +137,7 @@ def tag_concept(
     NoEmbeddingsError
         The encoder's store is missing or keeps no class logits (not an ImageNet classifier).
     """
+    ws.catalog.check_concept_name(concept)  # scores under a name no concept could have would never be used
     store = ws.vectors(encoder)
     if not store.exists():
         raise NoEmbeddingsError(f"no embeddings for encoder {encoder or ws.default_encoder!r}; run `assay embed` first")
