@@ -81,7 +81,7 @@ def dedup(
             dlog.warning("--threshold is a cosine for --method embedding or both; --method phash uses --radius")
         if radius is not None and method == "embedding":
             dlog.warning("--radius is a pHash distance for --method phash or both; --method embedding uses --threshold")
-        if t is not None and t < 0.75:
+        if t is not None and t < 0.75 and method != "phash":  # (phash ignores the threshold: said above)
             dlog.warning(
                 "a threshold of %g groups items that are merely alike, not duplicates; on a corpus of tight "
                 "clusters every item then has many neighbours above it, and the pair search grows with their "
