@@ -402,3 +402,12 @@ def test_a_uri_twice_in_a_manifest_counts_once_and_conflicting_metadata_is_repor
     assert (rep.seen, rep.new, rep.already_present, rep.repeated_rows) == (3, 2, 0, 1)
     assert "appears more than once with different metadata" in caplog.text
     assert sorted(r.meta["label"] for r in cat.get_many(cat.ids())) == ["cat", "cat"]
+
+
+def test_a_url_with_an_unknown_scheme_fails_at_once_without_retries(cat, tmp_path, caplog):
+    (tmp_path / "m.csv").write_text("uri\nbogus://x.png\n")
+    with caplog.at_level("WARNING"):
+        rep = ingest(cat, [tmp_path / "m.csv"])
+    assert rep.errors == 1 and "retry" not in caplog.text
+    (row,) = cat.get_many(cat.ids(status=None))
+    assert row.status == "error" and "URL scheme is not one fsspec knows" in row.error

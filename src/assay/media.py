@@ -81,6 +81,8 @@ def read_bytes(uri: str) -> bytes:
             raise
         except Exception as exc:  # a server error, a timeout, a dropped connection: worth another try
             reason = f"{type(exc).__name__}: {exc}".strip()
+            if isinstance(exc, ValueError) and "Protocol not known" in str(exc):  # a typo in the URL: no retry
+                raise DecodeError(f"cannot read {uri}: its URL scheme is not one fsspec knows ({exc})") from exc
             kind = storage_failure(exc)
             if kind == "credentials":  # no retry fixes a configuration
                 raise StorageUnavailableError(f"cannot read {uri}: {reason}{_STORAGE_HINT}") from exc
