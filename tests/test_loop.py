@@ -150,6 +150,15 @@ def test_label_files_are_validated_before_anything_is_written(ws, tmp_path):
     r = runner.invoke(app, ["-w", str(ws.root), "label", "red", "--file", str(many)])
     assert r.exit_code == 2 and "16 bad rows" in r.output and "row 4: id must be" in r.output
     assert len(ws.catalog.label_history(c.id)) == 0
+    # a space after a header's comma is not part of the name; a .tsv file is tab-separated; letter case is
+    # not guessed, but named
+    (tmp_path / "sp.csv").write_text(f"id, label\n{ids[1]}, 1\n")
+    assert read_label_file(ws, tmp_path / "sp.csv")[0].tolist() == [ids[1]]
+    (tmp_path / "t.tsv").write_text(f"id\tlabel\n{ids[2]}\t0\n")
+    assert read_label_file(ws, tmp_path / "t.tsv")[1].tolist() == [0]
+    (tmp_path / "case.csv").write_text(f"ID,Label\n{ids[1]},1\n")
+    with pytest.raises(InputError, match="case-sensitive: rename 'ID' -> 'id', 'Label' -> 'label'"):
+        read_label_file(ws, tmp_path / "case.csv")
     # JSONL rows need not all carry every key; a row with neither id nor uri says so
     (tmp_path / "sparse.jsonl").write_text(f'{{"id": {ids[1]}}}\n{{"id": {ids[2]}, "label": 1}}\n{{"label": 0}}\n')
     with pytest.raises(InputError, match="row 3: neither id nor uri is given"):

@@ -295,7 +295,7 @@ def read_label_file(ws: Workspace, path: str | Path, concept: str | None = None)
     ``concept``, a ``concept`` column (as assay's own exports carry) must name that concept on every row that
     fills it: an answer sheet of another concept is refused, not recorded for this one.
     """
-    from .interop.scores import read_score_records
+    from .interop.scores import column_hint, read_score_records
 
     p = Path(path)
     records = read_score_records(p, what="labels file")
@@ -303,7 +303,8 @@ def read_label_file(ws: Workspace, path: str | Path, concept: str | None = None)
         raise InputError(f"{p} holds no label rows")
     cols = set().union(*(r.keys() for r in records))  # every row's keys: JSONL rows need not all have each
     if "label" not in cols or not ({"id", "uri"} & cols):
-        raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
+        raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'"
+                         + column_hint(cols, ("id", "uri", "label", "concept")))
     if {"x0", "y0", "x1", "y1"} <= cols:
         log.warning("%s: the labels are recorded for the images; the box columns (x0, y0, x1, y1) are not region "
                     "labels (answer a region with Y / N on the labelling page, or add_region_labels)", p)

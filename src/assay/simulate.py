@@ -742,7 +742,7 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
     Every row is checked; unknown ids or uris, missing labels or repeated items raise one
     :class:`InputError` naming every bad row (the first ten, and how many more).
     """
-    from .interop.scores import read_score_records
+    from .interop.scores import column_hint, read_score_records
     from .media import file_uri
 
     p = Path(path)
@@ -750,7 +750,8 @@ def read_truth_file(path: str | Path, uri_to_id: dict[str, int], known_ids: set[
     records = read_score_records(p, what="truth file")
     cols = set().union(*(r.keys() for r in records)) if records else set()
     if "label" not in cols or not ({"id", "uri"} & cols):
-        raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'")
+        raise InputError(f"{p} has columns {sorted(cols)}; expected 'label' and 'id' or 'uri'"
+                         + column_hint(cols, ("id", "uri", "label", "split")))
 
     def text(v: Any) -> str:
         return "" if v is None or (isinstance(v, float) and v != v) else str(v).strip()

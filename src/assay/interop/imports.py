@@ -43,6 +43,7 @@ __all__ = ["IMPORT_FORMATS", "ImportReport", "LabelEntry", "parse_labels", "impo
 IMPORT_FORMATS = ("csv", "label-studio", "coco", "imagefolder", "fiftyone")
 
 log = logging.getLogger(__name__)
+_LABEL_COLS = ("id", "uri", "label", "concept", "annotator", "source")
 
 
 @dataclass
@@ -110,18 +111,18 @@ def _resolve_uris(cat: Any, uris: Sequence[str], base: Path | None = None) -> di
 def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None,
                problems: RowProblems) -> tuple[list[LabelEntry], int]:
     """The rows of a CSV / JSONL / Parquet labels file; a bad row is added to ``problems`` and left out."""
-    from .scores import read_score_records
+    from .scores import column_hint, read_score_records
 
     records = read_score_records(path)
     if not records:
         raise InputError(f"{path} holds no label rows")
     cols = set().union(*(r.keys() for r in records))  # every row's keys: JSONL rows need not all have each
     if "label" not in cols:
-        raise InputError(f"{path} has no 'label' column; columns are {sorted(cols)}")
+        raise InputError(f"{path} has no 'label' column; columns are {sorted(cols)}{column_hint(cols, _LABEL_COLS)}")
     if not ({"id", "uri"} & cols):
-        raise InputError(f"{path} needs an 'id' or a 'uri' column; columns are {sorted(cols)}")
+        raise InputError(f"{path} needs an 'id' or a 'uri' column; columns are {sorted(cols)}{column_hint(cols, _LABEL_COLS)}")
     if concept is None and "concept" not in cols:
-        raise InputError(f"{path} has no 'concept' column; add one or pass --concept")
+        raise InputError(f"{path} has no 'concept' column; add one or pass --concept{column_hint(cols, _LABEL_COLS)}")
     cat = ws.catalog
     uris = [str(r["uri"]) for r in records if r.get("id") in (None, "") and r.get("uri") not in (None, "")]
     uri_ids = _resolve_uris(cat, uris, base=path.parent)

@@ -454,6 +454,16 @@ def _refuse_repeated_columns(names: Sequence[str], p: Path) -> None:
         raise InputError(f"{p} has the column(s) {repeated} more than once; rename or drop the copies")
 
 
+_SCORE_COLS = ("id", "uri", "concept", "score", "boxes")
+
+
+def column_hint(cols: Any, wanted: Sequence[str]) -> str:
+    """A hint for a file whose columns miss ``wanted`` names only by letter case ("ID" for "id"), or ""."""
+    have = {str(c).strip().lower(): str(c) for c in cols}
+    near = [f"{have[w]!r} -> {w!r}" for w in wanted if w not in cols and w in have]
+    return f" (column names are case-sensitive: rename {', '.join(near)})" if near else ""
+
+
 def read_score_records(path: str | Path, what: str = "scores file") -> list[dict[str, Any]]:
     """The rows of a CSV, Parquet or JSONL file as dicts (by suffix: .parquet, .jsonl/.ndjson, else CSV).
 
@@ -484,8 +494,11 @@ def read_score_records(path: str | Path, what: str = "scores file") -> list[dict
 
             return jsonl_objects(p.read_text(encoding="utf-8-sig"), str(p))
         with open(p, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
-            reader = csv.DictReader(f, strict=True)
+            dialect = csv.excel_tab if suffix == ".tsv" else csv.excel
+            reader = csv.DictReader(f, dialect=dialect, strict=True)
             try:
+                if reader.fieldnames:  # "id, label": the space after a comma is not part of the name
+                    reader.fieldnames = [c.strip() for c in reader.fieldnames]
                 _refuse_repeated_columns(reader.fieldnames or [], p)
                 rows = list(reader)
             except csv.Error as exc:
@@ -573,11 +586,11 @@ def import_scores(
         raise InputError(f"{p} holds no score rows")
     cols = set().union(*(r.keys() for r in records[:1000]))
     if "score" not in cols:
-        raise InputError(f"{p} has no 'score' column; columns are {sorted(cols)}")
+        raise InputError(f"{p} has no 'score' column; columns are {sorted(cols)}{column_hint(cols, _SCORE_COLS)}")
     if not ({"id", "uri"} & cols):
-        raise InputError(f"{p} needs an 'id' or a 'uri' column; columns are {sorted(cols)}")
+        raise InputError(f"{p} needs an 'id' or a 'uri' column; columns are {sorted(cols)}{column_hint(cols, _SCORE_COLS)}")
     if concept is None and "concept" not in cols:
-        raise InputError(f"{p} has no 'concept' column; add one or pass --concept")
+        raise InputError(f"{p} has no 'concept' column; add one or pass --concept{column_hint(cols, _SCORE_COLS)}")
     # Resolve ids and uris in bulk first.
     uris = [str(r["uri"]) for r in records if r.get("id") in (None, "") and r.get("uri") not in (None, "")]
     uri_map: dict[str, tuple[int, int | None, int | None]] = {}
