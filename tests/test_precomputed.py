@@ -156,6 +156,10 @@ def test_every_check_fails_before_writing(ws, tmp_path):
     np.save(tmp_path / "noids.npy", x)
     with pytest.raises(InputError, match="no ids file"):
         import_embeddings(ws, tmp_path / "noids.npy")
+    (tmp_path / "junk.npy").write_bytes(b"this is not numpy at all" * 10)  # numpy would call it a pickle
+    np.save(tmp_path / "junk.ids.npy", ids)
+    with pytest.raises(InputError, match="not a .npy file"):
+        import_embeddings(ws, tmp_path / "junk.npy")
     with pytest.raises(NotFoundError):
         import_embeddings(ws, tmp_path / "absent.npy")
     assert not ws.vectors("precomputed").exists()

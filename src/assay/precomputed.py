@@ -119,6 +119,13 @@ def _read(fn, where: str):
 
 
 def _np_load(f, **kw):
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise InputError(f"{f}: cannot read it ({exc})") from exc
+    if head != b"\x93NUMPY":  # numpy would take any other bytes for a pickle, and say so
+        raise InputError(f"{f}: not a .npy file (it does not start with numpy's header); save the array with numpy.save")
     return _read(lambda: np.load(f, allow_pickle=False, **kw), str(f))
 
 
