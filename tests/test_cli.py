@@ -86,6 +86,11 @@ def test_console_script_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     out = subprocess.run([exe, "-w", str(tmp_path / "w"), "status", "--json"], capture_output=True, text=True, timeout=60)
     assert json.loads(out.stdout)["items"]["total"] == 0
+    (tmp_path / "empty").mkdir()  # a library warning reads as the CLI's own: "warning: ...", once
+    out = subprocess.run([exe, "-w", str(tmp_path / "w"), "ingest", str(tmp_path / "empty")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "warning: source" in out.stderr and "holds no items" in out.stderr, out.stderr
+    assert "WARNING" not in out.stderr and "none of the sources" not in out.stdout + out.stderr
 
 
 def test_demo_pipeline_end_to_end_with_mining(tmp_path):

@@ -113,9 +113,21 @@ def _force_progress() -> bool:
     return os.environ.get("ASSAY_PROGRESS", "") == "1"
 
 
+class _UserFormatter(logging.Formatter):
+    """``warning: message`` at the default verbosity, the style of the CLI's own warnings and errors; with
+    ``-v`` the level and logger name too (``INFO assay.embed: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose <= 0:
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:
+                h.setFormatter(_UserFormatter())
     if verbose <= 0:
         import warnings
 

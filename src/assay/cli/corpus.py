@@ -90,8 +90,8 @@ def ingest(
             out.print(f"error: {uri}: {reason}")
         if report.errors > 10:
             out.print(f"... and {report.errors - 10} more errors (`assay status --errors` lists them all)")
-        if report.seen == 0:
-            console.print("[yellow]warning:[/] the sources hold no items", markup=True)
+        if report.seen == 0 and len(sources) > 1:  # (one empty source was named in its own warning above)
+            console.print("[yellow]warning:[/] none of the sources holds an item", markup=True)
 
 
 def embed(
