@@ -411,3 +411,23 @@ def test_a_url_with_an_unknown_scheme_fails_at_once_without_retries(cat, tmp_pat
     assert rep.errors == 1 and "retry" not in caplog.text
     (row,) = cat.get_many(cat.ids(status=None))
     assert row.status == "error" and "URL scheme is not one fsspec knows" in row.error
+
+
+def test_a_folder_that_cannot_be_searched_is_skipped_and_the_rest_ingested(cat, tmp_path, monkeypatch):
+    """A subfolder without search (x) permission, as lost+found is to a user: reported, not fatal."""
+    root = tmp_path / "corpus"
+    (root / "aa").mkdir(parents=True)
+    (root / "zz_closed").mkdir()
+    for p in (root / "aa" / "a.png", root / "b.png", root / "zz_closed" / "c.png"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(p)
+    real_is_file = Path.is_file
+
+    def is_file(self):
+        if self.parent.name == "zz_closed":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    rep = ingest(cat, [root])
+    assert rep.new == 2
+    assert any("zz_closed: cannot list folder" in s and "Permission denied" in s for s in rep.skipped_rows)

@@ -177,7 +177,12 @@ def _walk_local(root: Path, report: IngestReport, extensions: frozenset[str]) ->
             report.skipped_rows.append(f"{d}: {exc}")
             continue
         key = (st.st_dev, st.st_ino)
-        if d != root and (d / "assay.json").is_file() and (d / "vectors").is_dir():
+        try:
+            is_workspace = d != root and (d / "assay.json").is_file() and (d / "vectors").is_dir()
+        except OSError as exc:  # a folder that cannot be searched (no x permission): skipped with the reason
+            report.skipped_rows.append(f"{d}: cannot list folder: {exc}")
+            continue
+        if is_workspace:
             report.skipped_rows.append(f"{d}: an assay workspace (its thumbnails and files are not corpus items)")
             continue
         if key in seen_dirs:
