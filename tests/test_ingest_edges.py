@@ -431,3 +431,21 @@ def test_a_folder_that_cannot_be_searched_is_skipped_and_the_rest_ingested(cat, 
     rep = ingest(cat, [root])
     assert rep.new == 2
     assert any("zz_closed: cannot list folder" in s and "Permission denied" in s for s in rep.skipped_rows)
+
+
+def test_a_dead_web_host_fails_its_items_not_the_run(cat, tmp_path, monkeypatch):
+    pytest.importorskip("aiohttp")
+    import socket
+
+    from assay import media
+
+    monkeypatch.setattr(media, "REMOTE_RETRY_DELAYS", (0.01,))
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "ok.png")
+    (tmp_path / "m.csv").write_text(f"uri\nok.png\nhttp://127.0.0.1:{port}/x.jpg\n")
+    rep = ingest(cat, [tmp_path / "m.csv"])
+    assert rep.new == 2 and rep.errors == 1
+    bad = [r for r in cat.get_many(cat.ids(status=None)) if r.uri.startswith("http")]
+    assert bad[0].status == "error" and "cannot reach the host" in bad[0].error

@@ -87,6 +87,9 @@ def read_bytes(uri: str) -> bytes:
             if kind == "credentials":  # no retry fixes a configuration
                 raise StorageUnavailableError(f"cannot read {uri}: {reason}{_STORAGE_HINT}") from exc
             if attempt == len(delays):
+                if kind == "endpoint" and uri.split("://", 1)[0].lower() in _PER_ITEM_HOST_SCHEMES:
+                    # each row of a web URL list may name its own host: a dead one fails its items, not the run
+                    raise DecodeError(f"cannot reach the host of {uri} after {attempt + 1} attempts: {reason}") from exc
                 if kind == "endpoint":
                     raise StorageUnavailableError(
                         f"cannot reach the store of {uri} after {attempt + 1} attempts: {reason}{_STORAGE_HINT}"
@@ -96,6 +99,10 @@ def read_bytes(uri: str) -> bytes:
             time.sleep(delays[attempt])
     raise AssertionError("unreachable")  # pragma: no cover
 
+
+#: URL schemes whose items each name their own host (web URL lists): an unreachable host is that item's
+#: failure. For object stores (s3, gs, ...) one endpoint serves every item, so it stops the run instead.
+_PER_ITEM_HOST_SCHEMES = frozenset({"http", "https", "ftp"})
 
 _STORAGE_HINT = (" (check the endpoint and credentials: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ..., see docs/scale.md;"
                  " no item was marked failed)")
