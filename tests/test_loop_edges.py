@@ -128,6 +128,15 @@ def test_concept_add_checks_the_name_before_ingesting_exemplars(ws, tmp_path):
         r = _cli(ws, "concept", "add", "blue", "--exemplar", str(tmp_path / "new.png"), *args)
         assert r.exit_code == 2 and words in " ".join(r.output.split()), (args, r.output)
     assert ws.catalog.count()["total"] == n0 and "blue" not in {c.name for c in ws.catalog.concepts()}
+    # a truncated file passes a header probe but not a decode: refused before the good exemplar is ingested
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    r = _cli(ws, "concept", "add", "blue", "--exemplar", str(tmp_path / "new.png"), "--exemplar", str(tmp_path / "cut.jpg"))
+    assert r.exit_code == 2 and "cannot be used" in r.output and "truncated" in r.output, r.output
+    assert ws.catalog.count()["total"] == n0
 
 
 def test_a_broken_exemplar_file_is_refused_every_time(ws, tmp_path):

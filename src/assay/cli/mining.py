@@ -18,7 +18,7 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
     from ..embed import embed
     from ..errors import DecodeError, InputError, NotFoundError, as_item_id
     from ..ingest import ingest
-    from ..media import file_uri, probe_image, read_bytes
+    from ..media import decode_image, file_uri, read_bytes
     from ..search import build_index
 
     ids: list[int] = []
@@ -53,8 +53,8 @@ def _resolve_exemplars(ws, encoder: str | None, values: list[str]) -> list[int]:
         if not Path(f).is_file():
             raise InputError(f"exemplar {f!r} cannot be used: it is a folder or not a regular file; give one image "
                              "file per --exemplar")
-        try:
-            probe_image(read_bytes(file_uri(f)))
+        try:  # a full decode, as embedding will do: a truncated file would pass a header probe
+            decode_image(read_bytes(file_uri(f)))
         except DecodeError as exc:
             raise InputError(f"exemplar {f!r} cannot be used: it is not an image assay can read ({exc})") from None
     if new_files:
