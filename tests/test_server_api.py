@@ -166,9 +166,10 @@ def test_names_in_any_script_and_names_the_page_cannot_route(ws, client):
     r = client.post("/api/concepts/red/labels", json=_sub("unicode-ann-1", "王芳 / José", 1, [(batch["items"][0]["id"], 1)]))
     assert r.status_code == 200, r.text
     assert client.post("/api/concepts", json={"name": "voiture rouge é"}).status_code == 201
-    for bad in ["..", ".", "a/b"]:
+    for bad in ["..", ".", "a/b", " lead", "   "]:  # the CLI's rule: surrounding spaces are refused, not trimmed
         r = client.post("/api/concepts", json={"name": bad})
-        assert r.status_code == 422 and ("only dots" in r.text or "'/'" in r.text), (bad, r.text)
+        assert r.status_code == 422 and ("only dots" in r.text or "'/'" in r.text or "non-empty" in r.text), (bad, r.text)
+    assert "lead" not in {c.name for c in ws.catalog.concepts()}
     r = client.post("/api/concepts", json={"name": "dup-ex", "exemplars": [batch["items"][0]["id"]] * 2})
     assert r.status_code == 201 and r.json()["exemplars"] == [batch["items"][0]["id"]]
 
@@ -491,16 +492,31 @@ def test_annotator_names_follow_the_cli_rule(ws, client):
     for k, name in enumerate(["<b>Zoë</b>", long_name]):
         r = client.post("/api/concepts/red/labels", json=_sub(f"name-ok-{k}", name, 1, [(items[k], 1)]))
         assert r.status_code == 200, r.text
-    for k, name in enumerate(["a\tb", "x" * 201, "  "]):
+    for k, (name, words) in enumerate([("a\tb", "control characters"), ("x" * 201, "200"), ("  ", "only spaces"),
+                                       ("\u200b", "visible character"), ("ana\u202egnp.exe", "bidirectional")]):
         r = client.post("/api/concepts/red/labels", json=_sub(f"name-bad-{k}", name, 1, [(items[3], 1)]))
-        assert r.status_code == 422, (name, r.text)
+        assert r.status_code == 422 and words in r.text, (name, r.text)
+    r = client.post("/api/concepts/red/labels", json=_sub("name-trim-1", "  Bo  ", 1, [(items[2], 1)]))
+    assert r.status_code == 200, r.text  # surrounding spaces are not part of the name
+    long_name_set = {"<b>Zoë</b>", long_name, "Bo"}
     assert "control characters" in client.post(
         "/api/concepts/red/labels", json=_sub("name-bad-9", "a\nb", 1, [(items[3], 1)])).text
     hist = ws.catalog.label_history(ws.catalog.concept("red").id)
-    assert {h["annotator"] for h in hist} == {"<b>Zoë</b>", long_name}
+    assert {h["annotator"] for h in hist} == long_name_set
     from assay.errors import InputError
     with pytest.raises(InputError, match="control characters"):
         ws.catalog.add_labels(ws.catalog.concept("red").id, [items[4]], [1], source="human", annotator="a\tb")
+
+
+def test_region_requests_on_a_workspace_or_round_without_regions_are_400(ws, client):
+    batch = _first_round(client)
+    r = client.post("/api/concepts/red/rounds", json={"regions": True})
+    assert r.status_code == 400 and "needs region vectors" in r.text, r.text
+    item = batch["items"][0]["id"]
+    body = _sub("region-none-1", "ana", 1, [])
+    body["labels"] = [{"item_id": item, "value": 1, "region_slot": 0}]
+    r = client.post("/api/concepts/red/labels", json=body)
+    assert r.status_code == 400 and "showed no regions" in r.text, r.text
 
 
 def test_without_a_token_only_loopback_hosts_are_answered(ws):

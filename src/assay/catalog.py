@@ -391,6 +391,12 @@ class _MiningMixin:
                              f"({len(str(annotator))} characters)")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in annotator):
             raise InputError(f"an annotator name cannot hold control characters (tabs, newlines, ...), got {annotator!r}")
+        if any(0x202A <= ord(ch) <= 0x202E or 0x2066 <= ord(ch) <= 0x2069 for ch in annotator):
+            raise InputError(f"an annotator name cannot hold bidirectional overrides (they disguise names), got {annotator!r}")
+        import unicodedata
+
+        if annotator and all(unicodedata.category(ch) in ("Cf", "Zs", "Zl", "Zp") for ch in annotator):
+            raise InputError(f"an annotator name must have a visible character, got {annotator!r}")
 
     def update_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] | None = None) -> Concept:
         c = self.concept(name)

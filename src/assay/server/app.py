@@ -136,21 +136,22 @@ def _concept_name(v: str) -> str:
 
 
 #: A concept name: the rule of `assay concept add` (any script; no '/', '\\', control characters, '.' or '..').
-ConceptName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-                        AfterValidator(_concept_name)]
+ConceptName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_concept_name)]
 
 
 def _annotator_name(v: str) -> str:
     from ..catalog import Catalog
 
+    v = v.strip()
+    if not v:
+        raise ValueError("an annotator must be named: got only spaces")
     Catalog.check_annotator(v)  # the catalog's rule (InputError is a ValueError: a 422 naming the rule)
     return v
 
 
 #: Who answered: any script (names like "José" or "王芳" are fine), at most 200 characters, no control
 #: characters (the same rule as ``assay label --annotator``). The page shows names as text, never as HTML.
-Annotator = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-                      AfterValidator(_annotator_name)]
+Annotator = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_annotator_name)]
 ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
 ConceptPath = Annotated[str, PathParam(min_length=1, max_length=200, description="Concept name")]
 
@@ -754,6 +755,9 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         if params["proxy"] not in PROXIES:
             raise UnknownNameError("proxy", params["proxy"], PROXIES)
         get_strategy(params["strategy"])  # an unknown name fails now, listing the valid ones
+        if params.get("regions") and region_spec_of(ws, cfg.encoder) is None:  # now, not in the background
+            raise InputError("regions: true needs region vectors, and the workspace has none; run "
+                             "`assay embed --regions grid:2,3` (or a dense spec) first")
         return proposer.start(c, params)
 
     @app.get("/api/concepts/{name}/proposer", tags=["rounds"])
@@ -816,6 +820,9 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         rids: list[int] = []
         if region_labels:
             rids = [int(r) for r in region_ids([lab.item_id for lab in region_labels], [lab.region_slot for lab in region_labels])]
+            if not (row.params or {}).get("regions"):  # the body does not fit this round: 400, not a missing thing
+                raise InputError(f"round {row.number} showed no regions, so its answers are for the images only; "
+                                 "leave region_slot out")
             rstore = region_store(ws, cfg.encoder)
             known = rstore.contains(rids) if rstore.exists() else np.zeros(len(rids), bool)
             if not known.all():
