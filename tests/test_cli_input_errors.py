@@ -101,3 +101,26 @@ def test_a_search_batch_file_that_cannot_be_read_is_a_clear_error(ws, tmp_path):
     for name, words in (("qdir", "is a folder, not a file"), ("bin.jsonl", "is not UTF-8 text")):
         r = _cli(ws, "search", "--batch", str(tmp_path / name))
         assert r.exit_code == 2 and words in r.output, r.output
+
+
+def test_control_characters_in_names_and_texts_never_reach_the_terminal(tmp_path):
+    from assay import Workspace, embed, ingest
+    from assay.search import build_index
+
+    w = Workspace.init(tmp_path / "t", default_encoder="test-mean-color")
+    (tmp_path / "t.csv").write_text('id,text\n1,"evil \x1b[2J\x1b]0;pwned\x07 title"\n2,plain words\n')
+    ingest(w.catalog, [tmp_path / "t.csv"])
+    embed(w)
+    build_index(w, kind="flat")
+    r = _cli(w, "search", "--text", "evil title", "-k", "2")
+    assert r.exit_code == 0 and "\x1b" not in r.output and "\\x1b[2J" in r.output, r.output
+    r = _cli(w, "search", "--text", "evil title", "-k", "2", "--json")
+    assert "\\u001b" in r.output  # JSON keeps the value as it is (escaped by JSON itself)
+    bad = tmp_path / "imgs"
+    bad.mkdir()
+    (bad / "a\tb.png").write_bytes(b"not an image")
+    ingest(w.catalog, [bad])
+    r = _cli(w, "status", "--errors")
+    line = [x for x in r.output.splitlines() if "a\\x09b.png" in x]
+    assert line and "not an image" in line[0], r.output  # the tab in the name cannot split its line
+    w.close()

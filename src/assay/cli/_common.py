@@ -107,6 +107,16 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[tuple[Calla
         yield start, advance
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0, 32), 127, *range(128, 160)]}
+
+
+def printable(value: object) -> str:
+    """``value`` as text safe for a terminal: control characters (escape sequences that clear the screen or
+    retitle the window, tabs and newlines that break a line-per-item listing) are written as ``\\xNN``.
+    Human-readable output only; ``--json`` keeps the values as they are."""
+    return str(value).translate(_CONTROL)
+
+
 def _force_progress() -> bool:
     import os
 

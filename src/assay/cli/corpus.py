@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import JsonOpt, WorkspaceOpt, console, errors_to_exit, open_workspace, out, print_json, progress_bar
+from ._common import JsonOpt, WorkspaceOpt, console, errors_to_exit, open_workspace, out, print_json, printable, progress_bar
 
 
 def init(
@@ -249,7 +249,7 @@ def status(
                 print_json({"errors": [{"id": i, "uri": u, "reason": r} for i, u, r in rows]})
             else:
                 for item_id, uri, reason in rows:
-                    out.print(f"{item_id}\t{uri}\t{reason}")
+                    out.print(f"{item_id}\t{printable(uri)}\t{printable(reason)}")  # a tab in a name cannot split it
                 if not rows:
                     out.print("no items with status error")
             return

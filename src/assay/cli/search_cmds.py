@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import JsonOpt, WorkspaceOpt, errors_to_exit, open_workspace, out, print_json
+from ._common import JsonOpt, WorkspaceOpt, errors_to_exit, open_workspace, out, print_json, printable
 
 
 def index(
@@ -125,7 +125,7 @@ def search(
                 for r in results:
                     out.print(f"# {json.dumps(r['query'])}")
                     for h in r["results"]:
-                        out.print(f"{h['score']:.4f}  {h['id']}  {h['uri']}{_snippet(h.get('text'))}")
+                        out.print(f"{h['score']:.4f}  {h['id']}  {printable(h['uri'])}{_snippet(h.get('text'))}")
             return
         fn = s.search_regions if regions else s.search
         hits = fn(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates)
@@ -138,7 +138,7 @@ def search(
         for h in hits:
             box = getattr(h, "box", None)
             where = f"  box {list(box)}" if regions and box is not None else ("  whole image" if regions else "")
-            out.print(f"{h.score:.4f}  {h.id}  {h.uri}{where}{_snippet(texts.get(h.id))}")
+            out.print(f"{h.score:.4f}  {h.id}  {printable(h.uri)}{where}{_snippet(texts.get(h.id))}")
 
 
 def _texts_of(ws, ids: list[int]) -> dict[int, str]:
@@ -151,7 +151,7 @@ def _texts_of(ws, ids: list[int]) -> dict[int, str]:
 def _snippet(text: str | None, width: int = 100) -> str:
     if text is None:
         return ""
-    one = " ".join(text.split())
+    one = printable(" ".join(text.split()))
     return "  " + (one if len(one) <= width else one[: width - 1] + "…")
 
 
