@@ -11,6 +11,13 @@ Queries: by exemplar (``--exemplars`` unpasted CIFAR-10 *test* photos per class,
 whole-image embedding) and by text (``a photo of a <class>`` through the ConSE bridge of efficientnet-lite0
 with MiniLM). recall@k = share of a class's positives (of one object size) in the top k images.
 
+``--objects imagenet`` pastes, instead of CIFAR-10 photos, centre square crops of ImageNet-sample photos
+(sharp, full-resolution photos, where CIFAR-10's are 32 px) of 8 animal concepts, each a group of ImageNet
+classes (``IMAGENET_CONCEPTS``: dog, bird, insect, monkey, snake, fish, cat, lizard; all animal classes, so no
+background shows one). The sample has one photo per class: ``--exemplars`` photos of each concept are held
+out, never pasted, and are its exemplar queries (whole photos); the others are pasted, several times each
+where the corpus needs more. Text queries are ``a photo of a <concept>``.
+
 Whole-image search ranks images by their own vector; region search by the max over the image and its
 regions. The corpus is embedded once with the largest spec (``--spec``, default ``grid:2,3,4``); smaller grids
 are its slot subsets (the tiles of grid:2 are the same pixels whichever spec they come from), scored exactly
@@ -46,17 +53,41 @@ _VEHICLES = {
 }
 
 
-def _backgrounds(tar_path: Path):
+# Concepts for ``--objects imagenet``: groups of ImageNet-1k animal classes (by index; all < 398, so never a
+# background) and the word a text query names them by. One sample photo per class, so a group of n classes has
+# n photos: some are held out as exemplar queries, the rest are pasted (more than once where the corpus needs it).
+IMAGENET_CONCEPTS = {
+    "dog": list(range(151, 269)),
+    "bird": list(range(7, 25)) + list(range(80, 101)) + list(range(127, 147)),
+    "insect": list(range(300, 327)),
+    "monkey": list(range(365, 385)),
+    "snake": list(range(52, 69)),
+    "fish": list(range(0, 7)) + list(range(389, 398)),
+    "cat": list(range(281, 294)),
+    "lizard": list(range(38, 49)),
+}
+
+
+OBJECTS_TEXT = {
+    "cifar": "CIFAR-10 train photos; exemplar queries: CIFAR-10 test photos",
+    "imagenet": "centre square crops of ImageNet-sample photos of each concept's classes; exemplar queries: "
+                "held-out sample photos of the concept (never pasted), whole",
+}
+
+
+def _sample_photos(tar_path: Path):
+    """Every photo of the ImageNet sample, in class order: [(file name, JPEG bytes)]."""
     import tarfile
 
     with tarfile.open(tar_path) as tf:
         members = sorted((m for m in tf.getmembers() if m.isfile() and m.name.lower().endswith(".jpeg")),
                          key=lambda m: Path(m.name).name)
-        for idx, m in enumerate(members):
-            if idx < 398 or idx in _VEHICLES:
-                continue
-            f = tf.extractfile(m)
-            yield Path(m.name).name, f.read()
+        return [(Path(m.name).name, tf.extractfile(m).read()) for m in members]
+
+
+def _backgrounds(tar_path: Path):
+    return [(name, b) for idx, (name, b) in enumerate(_sample_photos(tar_path))
+            if idx >= 398 and idx not in _VEHICLES]
 
 
 def _cifar(npz: Path):
@@ -72,14 +103,60 @@ def _decode(b: bytes):
     return Image.open(io.BytesIO(b)).convert("RGB")
 
 
-def _make_corpus(data: Path, out: Path, n: int, exemplars: int, rng: np.random.Generator):
+def _centre_square(img):
+    s = min(img.size)
+    x0, y0 = (img.size[0] - s) // 2, (img.size[1] - s) // 2
+    return img.crop((x0, y0, x0 + s, y0 + s))
+
+
+def _object_sources(data: Path, objects: str, exemplars: int, rng: np.random.Generator):
+    """(classes, pick(c) -> a PIL photo to paste, queries() -> {class: [exemplar query photos]}).
+
+    cifar: CIFAR-10 *train* photos are pasted, *test* photos are the queries. imagenet: the ImageNet-sample
+    photos of each concept's classes, centre square crops pasted; ``exemplars`` photos per concept are held
+    out (never pasted) and used whole as the queries.
+    """
+    if objects == "cifar":
+        jpeg, off, label, split, classes = _cifar(data / "cifar10" / "cifar10_jpeg_bytes.npz")
+        train = np.nonzero(split == 0)[0]
+        test = np.nonzero(split == 1)[0]
+
+        def pick(c):
+            j = int(rng.choice(train[label[train] == c]))
+            return _decode(jpeg[off[j] : off[j + 1]].tobytes())
+
+        def queries():  # drawn after the pasting, as the reported runs did (same seed, same corpus)
+            out = {}
+            for c in range(len(classes)):
+                chosen = rng.choice(test[label[test] == c], size=exemplars, replace=False)
+                out[c] = [_decode(jpeg[off[j] : off[j + 1]].tobytes()) for j in chosen]
+            return out
+
+        return classes, pick, queries
+    if objects != "imagenet":
+        raise SystemExit(f"--objects: expected cifar or imagenet, got {objects!r}")
+    photos = _sample_photos(data / "imagenet-sample" / "imagenet-sample.tar")
+    classes = list(IMAGENET_CONCEPTS)
+    pasted, queries = {}, {}
+    for c, name in enumerate(classes):
+        idx = rng.permutation(IMAGENET_CONCEPTS[name])
+        if len(idx) <= exemplars:
+            raise SystemExit(f"concept {name} has {len(idx)} photos: fewer than --exemplars {exemplars} + 1")
+        queries[c] = [_decode(photos[i][1]) for i in idx[:exemplars]]
+        pasted[c] = [int(i) for i in idx[exemplars:]]
+
+    def pick(c):
+        return _centre_square(_decode(photos[int(rng.choice(pasted[c]))][1]))
+
+    return classes, pick, lambda: queries
+
+
+def _make_corpus(data: Path, out: Path, n: int, exemplars: int, rng: np.random.Generator, objects: str = "cifar"):
     """Write n pasted images; return (rows [(file, class, frac, box)], query photos {class: [PIL]}, classes)."""
     from PIL import Image
 
-    jpeg, off, label, split, classes = _cifar(data / "cifar10" / "cifar10_jpeg_bytes.npz")
-    bgs = list(_backgrounds(data / "imagenet-sample" / "imagenet-sample.tar"))
-    train = np.nonzero(split == 0)[0]
-    test = np.nonzero(split == 1)[0]
+    classes, pick, queries = _object_sources(data, objects, exemplars, rng)
+    bgs = _backgrounds(data / "imagenet-sample" / "imagenet-sample.tar")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     order = rng.permutation(len(bgs))
@@ -88,9 +165,8 @@ def _make_corpus(data: Path, out: Path, n: int, exemplars: int, rng: np.random.G
         bg = _decode(b)
         if (i // len(bgs)) % 2 == 1:
             bg = bg.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # a background used twice is mirrored
-        c = int(rng.integers(0, 10))
-        j = int(rng.choice(train[label[train] == c]))
-        obj = _decode(jpeg[off[j] : off[j + 1]].tobytes())
+        c = int(rng.integers(0, len(classes)))
+        obj = pick(c)
         frac = 0.1 if i % 2 == 0 else 0.2
         side = max(8, int(round(frac * min(bg.size))))
         obj = obj.resize((side, side), Image.Resampling.BICUBIC)
@@ -100,11 +176,7 @@ def _make_corpus(data: Path, out: Path, n: int, exemplars: int, rng: np.random.G
         fname = f"img_{i:05d}.jpg"
         bg.save(out / fname, quality=90)
         rows.append((fname, c, frac, (x, y, x + side, y + side)))
-    queries = {}
-    for c in range(10):
-        pick = rng.choice(test[label[test] == c], size=exemplars, replace=False)
-        queries[c] = [_decode(jpeg[off[j] : off[j + 1]].tobytes()) for j in pick]
-    return rows, queries, classes
+    return rows, queries(), classes
 
 
 def _recall(scores: np.ndarray, positives: np.ndarray, k: int) -> float:
@@ -128,6 +200,9 @@ def main() -> None:
     ap.add_argument("--overlap-spec", default="grid:3:overlap=0.5", help="one more spec with overlapping tiles ('' = none)")
     ap.add_argument("--cost-n", type=int, default=30, help="images for the per-configuration timing")
     ap.add_argument("--cost-specs", default="grid:2;grid:2,3;grid:2,3,4", help="';'-separated specs timed on --cost-n images")
+    ap.add_argument("--objects", choices=("cifar", "imagenet"), default="cifar",
+                    help="what is pasted: CIFAR-10 photos (10 classes) or centre crops of ImageNet-sample photos "
+                         "(8 animal concepts: dog, bird, insect, monkey, snake, fish, cat, lizard)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the workspace in this folder")
     args = ap.parse_args()
@@ -145,7 +220,7 @@ def main() -> None:
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="assay-bench-regions-"))
     try:
         t0 = time.perf_counter()
-        rows, queries, classes = _make_corpus(data, tmp / "imgs", args.n, args.exemplars, rng)
+        rows, queries, classes = _make_corpus(data, tmp / "imgs", args.n, args.exemplars, rng, args.objects)
         t_make = time.perf_counter() - t0
         ws = Workspace.init(tmp / "ws")
         ingest(ws.catalog, [tmp / "imgs"])
@@ -190,7 +265,7 @@ def main() -> None:
             if set(ss.scales) <= set(spec.scales) and ss.overlap == spec.overlap and ss.square == spec.square:
                 configs[ss.key] = np.concatenate([slot_of_scale[s] for s in ss.scales])
 
-        ex_q = {c: enc.embed_images(queries[c]) for c in range(10)}  # [exemplars, d] per class
+        ex_q = {c: enc.embed_images(queries[c]) for c in range(len(classes))}  # [exemplars, d] per class
         searcher = Searcher(ws)
         text_q, _route = searcher.vectors_for_texts([f"a photo of a {c}" for c in classes])  # [10, 384]
 
@@ -209,7 +284,7 @@ def main() -> None:
         for name, slots in configs.items():
             results[name] = {
                 "exemplar": evaluate(V, RV, slots, ex_q, args.k),
-                "text": evaluate(CV, RCV, slots, {c: text_q[c] for c in range(10)}, args.k),
+                "text": evaluate(CV, RCV, slots, {c: text_q[c] for c in range(len(classes))}, args.k),
             }
         # cross-check: the library's region search on the flat joint index gives the same ranking
         check = []
@@ -226,7 +301,7 @@ def main() -> None:
         check.append(len(want & {h.id for h in text_hits}) / args.k)
         # did the best region of a hit contain the object? (exemplar queries, full spec, 10 % objects)
         box_hits = []
-        for c in range(10):
+        for c in range(len(classes)):
             for h in searcher.search_regions_batch(ex_q[c][:1], k=20)[0]:
                 r = rows[pos_of_id[h.id]]
                 if r[1] == c and h.box is not None:
@@ -282,7 +357,7 @@ def main() -> None:
             allslots = np.arange(R2)
             results[ospec.key] = {
                 "exemplar": evaluate(V, RV2, allslots, ex_q, args.k),
-                "text": evaluate(CV, RCV2, allslots, {c: text_q[c] for c in range(10)}, args.k),
+                "text": evaluate(CV, RCV2, allslots, {c: text_q[c] for c in range(len(classes))}, args.k),
                 "embed_seconds_corpus": round(t_over, 1),
             }
 
@@ -295,12 +370,13 @@ def main() -> None:
         best10 = max((ratios[nm]["exemplar"]["10%"] or 0, nm) for nm in ratios)
         emit({
             "benchmark": "regions",
-            "setup": {"corpus_images": len(item_ids), "positives_per_class_and_size": round(len(item_ids) / 20, 1),
+            "setup": {"corpus_images": len(item_ids), "positives_per_class_and_size": round(len(item_ids) / (2 * len(classes)), 1),
                       "k": args.k, "random_recall_at_k": round(args.k / len(item_ids), 3),
-                      "exemplar_queries": 10 * args.exemplars, "text_queries": 10, "embedded_spec": spec.key,
+                      "exemplar_queries": len(classes) * args.exemplars, "text_queries": len(classes), "embedded_spec": spec.key,
                       "encoder": enc.name, "text_route": "ConSE bridge (minilm)",
                       "object_side": "10 % or 20 % of the background's shorter side",
-                      "backgrounds": "ImageNet sample, non-animal non-vehicle classes"},
+                      "backgrounds": "ImageNet sample, non-animal non-vehicle classes",
+                      "objects": OBJECTS_TEXT[args.objects], "concepts": classes},
             "recall_at_k": results,
             "ratio_vs_whole": ratios,
             "target_region_recall_at_least_2x_whole_for_10pct_exemplar": {"best_config": best10[1], "ratio": best10[0],

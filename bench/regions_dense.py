@@ -3,6 +3,8 @@
 The corpus and queries are those of bench/regions.py: ImageNet-sample backgrounds (non-animal, non-vehicle
 classes), one CIFAR-10 *train* photo pasted into each at 10 % or 20 % of the shorter side; queries by exemplar
 (unpasted CIFAR-10 *test* photos) and by text (``a photo of a <class>``, ConSE bridge with MiniLM).
+``--objects imagenet`` pastes centre crops of ImageNet-sample photos of 8 animal concepts instead (see
+bench/regions.py).
 
 It runs the library's path end to end: ``embed`` (whole images), ``embed_regions(spec=dense:...)``,
 ``build_index(kind="flat")``; recall@k of each class's positives of one size is computed in numpy from the
@@ -29,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import emit, machine, peak_rss_mb, shared_data
-from regions import _dir_bytes, _make_corpus, _recall
+from regions import OBJECTS_TEXT, _dir_bytes, _make_corpus, _recall
 
 
 def main() -> None:
@@ -39,6 +41,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--exemplars", type=int, default=5, help="exemplar queries per class")
     ap.add_argument("--spec", default="dense:2240:window=6:stride=3", help="the dense region spec (default: the one docs/regions.md reports)")
+    ap.add_argument("--objects", choices=("cifar", "imagenet"), default="cifar",
+                    help="what is pasted: CIFAR-10 photos (10 classes) or centre crops of ImageNet-sample photos "
+                         "(8 animal concepts: dog, bird, insect, monkey, snake, fish, cat, lizard)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the workspace in this folder")
     args = ap.parse_args()
@@ -55,7 +60,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="assay-bench-dense-"))
     try:
-        rows, queries, classes = _make_corpus(data, tmp / "imgs", args.n, args.exemplars, rng)
+        rows, queries, classes = _make_corpus(data, tmp / "imgs", args.n, args.exemplars, rng, args.objects)
         ws = Workspace.init(tmp / "ws")
         ingest(ws.catalog, [tmp / "imgs"])
         t0 = time.perf_counter()
@@ -89,7 +94,7 @@ def main() -> None:
         RCV = conse_image_vectors(RL, class_emb)  # [M, 384]
         del RL
 
-        ex_q = {c: enc.embed_images(queries[c]) for c in range(10)}  # [exemplars, d] per class
+        ex_q = {c: enc.embed_images(queries[c]) for c in range(len(classes))}  # [exemplars, d] per class
         searcher = Searcher(ws)
         text_q, _route = searcher.vectors_for_texts([f"a photo of a {c}" for c in classes])  # [10, 384]
 
@@ -108,7 +113,7 @@ def main() -> None:
                         out[f].append(_recall(s, (cls == c) & (frac == f), args.k))
             return {f"{int(f * 100)}%": round(float(np.mean(v)), 3) for f, v in out.items()}
 
-        text_by_class = {c: text_q[c] for c in range(10)}
+        text_by_class = {c: text_q[c] for c in range(len(classes))}
         results = {
             "whole": {"exemplar": evaluate(V, RV, ex_q, False), "text": evaluate(CV, RCV, text_by_class, False)},
             spec.key: {"exemplar": evaluate(V, RV, ex_q, True), "text": evaluate(CV, RCV, text_by_class, True)},
@@ -116,9 +121,9 @@ def main() -> None:
         # the library's region search on the flat joint index agrees with the numpy ranking
         check = []
         t0 = time.perf_counter()
-        lib_hits = searcher.search_regions_batch(np.stack([ex_q[c][0] for c in range(10)]), k=args.k)
+        lib_hits = searcher.search_regions_batch(np.stack([ex_q[c][0] for c in range(len(classes))]), k=args.k)
         t_search = (time.perf_counter() - t0) / 10
-        for c in range(10):
+        for c in range(len(classes)):
             s = image_scores(V, RV, ex_q[c][0], True)
             want = set(item_ids[np.argsort(-s, kind="stable")[: args.k]].tolist())
             check.append(len(want & {h.id for h in lib_hits[c]}) / args.k)
@@ -128,7 +133,7 @@ def main() -> None:
         check.append(len(want & {h.id for h in text_hits}) / args.k)
         # how much of the object the box of a correct hit covers (first exemplar of each class, top 20)
         cover = []
-        for c in range(10):
+        for c in range(len(classes)):
             for h in lib_hits[c][:20]:
                 r = rows[row_of[pos[h.id]]]
                 if r[1] == c and h.box is not None:
@@ -144,10 +149,11 @@ def main() -> None:
         emit({
             "benchmark": "regions_dense",
             "setup": {"corpus_images": n_img, "k": args.k, "random_recall_at_k": round(args.k / n_img, 3),
-                      "exemplar_queries": 10 * args.exemplars, "text_queries": 10, "spec": spec.key,
+                      "exemplar_queries": len(classes) * args.exemplars, "text_queries": len(classes), "spec": spec.key,
                       "encoder": enc.name, "text_route": "ConSE bridge (minilm)",
                       "object_side": "10 % or 20 % of the background's shorter side",
-                      "backgrounds": "ImageNet sample, non-animal non-vehicle classes"},
+                      "backgrounds": "ImageNet sample, non-animal non-vehicle classes",
+                      "objects": OBJECTS_TEXT[args.objects], "concepts": classes},
             "recall_at_k": results,
             "ratio_vs_whole": ratio,
             "target_2x_for_10pct": {"exemplar": ratio["exemplar"]["10%"], "text": ratio["text"]["10%"],
