@@ -449,3 +449,9 @@ def test_a_dead_web_host_fails_its_items_not_the_run(cat, tmp_path, monkeypatch)
     assert rep.new == 2 and rep.errors == 1
     bad = [r for r in cat.get_many(cat.ids(status=None)) if r.uri.startswith("http")]
     assert bad[0].status == "error" and "cannot reach the host" in bad[0].error
+
+
+def test_a_jsonl_manifest_error_names_the_line_as_an_editor_counts(cat, tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"uri": "a.png"}\n{"uri": "b.png"}\n{bad\n')
+    with pytest.raises(InputError, match=r"m.jsonl line 3: not JSON"):
+        ingest(cat, [tmp_path / "m.jsonl"])

@@ -411,9 +411,13 @@ def _read_manifest_table(uri: str):
                 return _in_one_block_if_needed(
                     lambda opts: pjson.read_json(pa.BufferReader(data), read_options=opts), pjson.ReadOptions, len(data))
             except pa.ArrowInvalid as exc:
-                if "changed from" not in str(exc):
-                    raise
-                return _jsonl_mixed_types(data, uri)  # e.g. "label": 1 on one line and "yes" on another
+                if "changed from" in str(exc):
+                    return _jsonl_mixed_types(data, uri)  # e.g. "label": 1 on one line and "yes" on another
+                from ._jsonutil import jsonl_objects
+
+                # Arrow counts rows from 0; the line-by-line reader names the line as an editor shows it
+                jsonl_objects(data.decode("utf-8", errors="replace"), f"manifest {uri}")
+                raise
         import pyarrow.parquet as pq
 
         return pq.read_table(pa.BufferReader(data))
