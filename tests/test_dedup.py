@@ -350,6 +350,11 @@ def test_dedup_phash_leaves_flat_images_of_other_colours_apart(tmp_path):
     names = {r.id: Path(r.uri).stem for r in ws.catalog.get_many(ws.catalog.ids(status=None))}
     groups = sorted(sorted(names[m] for m in members) for members in res.groups.values())
     assert groups == [["black", "black_big"]] and res.phash["low_detail_pairs_dropped"] > 0
+    # with --method both, embedding pairs of flat images of other colours are dropped by the same rule
+    embed(ws)
+    res = dedup(ws, method="both", threshold=0.5, incremental=False)
+    groups = sorted(sorted(names[m] for m in members) for members in res.groups.values())
+    assert groups == [["black", "black_big"]] and res.pairs.get("embedding_low_detail_dropped", 0) > 0
     ws.close()
 
 

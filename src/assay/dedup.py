@@ -1360,8 +1360,11 @@ def dedup(
             progress=progress,
         )
         done += len(q)
+        emb_pos = len(edges)
         edges.append((i, j))
         result.pairs["embedding"] = int(len(i))
+    else:
+        emb_pos = None
 
     if use_ph:
         img_ids = cat.ids(status="ok", modality="image")
@@ -1386,6 +1389,19 @@ def dedup(
             i, j = i[keep], j[keep]
             edges.append((i, j))
             result.pairs["phash"] = int(len(i))
+
+    if use_ph and emb_pos is not None and len(edges[emb_pos][0]):
+        # Featureless images (flat black, flat white) sit close together in an encoder's space too: with
+        # --method both, whose pHash pass measured every image's detail and colour anyway, the low-detail rule
+        # applies to embedding pairs as well (the mean colours must agree). The embedding method alone decodes
+        # no image, so it keeps such pairs.
+        i, j = edges[emb_pos]
+        keep = phash_pairs_to_keep(i, j, ph_ids, ph_rep.detail)
+        if not keep.all():
+            log.info("%d embedding pairs of low-detail images with different colours dropped", int((~keep).sum()))
+            edges[emb_pos] = (i[keep], j[keep])
+            result.pairs["embedding"] = int(keep.sum())
+            result.pairs["embedding_low_detail_dropped"] = int((~keep).sum())
 
     # merge with the recorded groups (incremental), group, pick representatives
     old = cat.duplicate_groups() if mode == "incremental" else {}
