@@ -483,6 +483,10 @@ def test_serve_command_binds_loopback_and_reads_the_token_from_the_environment(w
         assert seen == {} and "labelling app" not in r.output
     r = CliRunner().invoke(cli, ["serve", "-w", str(ws.root), "--host", "no-such-host.invalid"])
     assert r.exit_code == 2 and "--host" in r.output
+    empty = ws.vectors("minilm")  # a store with no embedding in it serves nothing
+    empty.create(encoder="minilm", version="v", dim=4)
+    r = CliRunner().invoke(cli, ["serve", "-w", str(ws.root), "--encoder", "minilm"])
+    assert r.exit_code == 2 and "has no embeddings by it" in r.output and seen == {}
 
 
 def test_annotator_names_follow_the_cli_rule(ws, client):

@@ -48,7 +48,7 @@ def serve(
             raise InputError("--token must be ASCII (an HTTP Authorization header carries only ASCII)")
         token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         ws = open_workspace(workspace)
-        if encoder is not None and not ws.vectors(encoder).exists():
+        if encoder is not None and (not ws.vectors(encoder).exists() or len(ws.vectors(encoder)) == 0):
             raise InputError(f"--encoder {encoder}: the workspace has no embeddings by it; run "
                              f"`assay embed --encoder {encoder}` first, or leave --encoder out for the workspace's default")
         _check_port_free(host, port)
