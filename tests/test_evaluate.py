@@ -137,3 +137,14 @@ def test_labels_to_reach_and_mean():
     assert E.labels_to_reach([100, 200, 300], [0.1, 0.5, 0.8], 0.9) is None
     assert E.mean_ignoring_none([1.0, None, 3.0, float("nan")]) == 2.0
     assert E.mean_ignoring_none([None]) is None
+
+
+def test_nearest_other_similarity_stays_a_cosine_for_near_identical_float16_rows():
+    from assay.evaluate import nearest_other_similarity
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(1, 64))
+    v /= np.linalg.norm(v)
+    rows = np.repeat(v, 6, axis=0).astype(np.float16)  # copies stored at rest as float16: inner products > 1
+    sims = nearest_other_similarity(rows)
+    assert (sims <= 1.0).all() and (sims > 0.999).all()  # usable as the default novelty threshold

@@ -350,6 +350,16 @@ def test_region_labels_and_mining_with_region_evidence(ws):
         add_region_labels(ws, "red", [target], [1])
     with pytest.raises(NotFoundError):
         add_region_labels(ws, "red", region_ids([10**6], [0]), [1])
+    # everything is checked before a row is written: no region label without its image label
+    for kw, words in ((dict(annotator="a\nb"), "control characters"), (dict(annotator=5), "at most 200"),
+                      (dict(round_id=9999), "no round with id 9999")):
+        with pytest.raises((InputError, NotFoundError), match=words):
+            add_region_labels(ws, "red", [patch_region], [1], **kw)
+    with pytest.raises(InputError, match="two different labels"):
+        add_region_labels(ws, "red", [patch_region, patch_region], [1, 0])
+    with pytest.raises(InputError, match="must be an integer"):
+        add_region_labels(ws, "red", ["x"], [1])
+    assert region_labels(ws, "red")[0].tolist() == []
     assert add_region_labels(ws, "red", [patch_region, int(region_ids([target], [0])[0])], [1, 0]) == 2
     rids, vals = region_labels(ws, "red")
     assert dict(zip(rids.tolist(), vals.tolist())) == {patch_region: 1, int(region_ids([target], [0])[0]): 0}

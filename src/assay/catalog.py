@@ -36,7 +36,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .errors import MAX_INT64, CatalogError, InputError, MissingDependencyError, NotFoundError, as_item_id
+from .errors import MAX_INT64, CatalogError, InputError, MissingDependencyError, NotFoundError, as_id_array, as_item_id
 
 __all__ = [
     "ITEM_STATUSES",
@@ -186,6 +186,24 @@ kv_table = sa.Table(
 
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _label_values(values: Any) -> list[int]:
+    """Label values as 0/1 ints: ints, bools, numpy integers and the floats 0.0 / 1.0; anything else (0.7,
+    "yes", a bare string or number) raises InputError rather than being rounded into a label."""
+    import numbers
+
+    if isinstance(values, (str, bytes)) or np.isscalar(values):
+        raise InputError(f"label values must be a sequence of 0/1, got {type(values).__name__} {values!r}")
+    out = []
+    for v in np.asarray(values, dtype=object).reshape(-1).tolist():
+        if isinstance(v, numbers.Integral) or (isinstance(v, float) and v in (0.0, 1.0)):
+            iv = int(v)
+            if iv in (0, 1):
+                out.append(iv)
+                continue
+        raise InputError(f"label values must be 0 (negative) or 1 (positive), got {v!r}")
+    return out
 
 
 def iso_utc(t: _dt.datetime | None) -> str | None:
@@ -340,28 +358,26 @@ class _MiningMixin:
         ``human``, that annotator) in the same transaction: the concept and its labels exist together or not
         at all."""
         self.check_concept_name(name)
-        if text is not None and not text.strip():
-            raise InputError("the concept's --text must not be empty")
-        if isinstance(exemplars, (str, bytes)) or not hasattr(exemplars, "__iter__"):
-            raise InputError(f"exemplars must be a list of item ids, got {exemplars!r}")
-        ex = [as_item_id(i, "exemplar") for i in exemplars]
-        if ex:
-            known = set(self.get_ids_existing(ex))
-            unknown = [i for i in ex if i not in known]
-            if unknown:
-                raise NotFoundError(f"{len(unknown)} exemplar item ids are not in the catalog, e.g. {unknown[:5]} "
-                                    "(a file is ingested first: `assay concept add NAME --exemplar PATH` does it)")
+        text = self._check_concept_text(text)
+        ex = self._check_exemplars(exemplars)
+        label_exemplars = exemplar_annotator is not None  # (a blank name labels them too, with nobody named)
+        if label_exemplars:
+            exemplar_annotator = self.named(exemplar_annotator)
+            self.check_annotator(exemplar_annotator)
         t = concepts_table
         with self.engine.begin() as conn:
             if conn.execute(sa.select(t.c.id).where(t.c.name == name)).first() is not None:
                 raise InputError(f"concept {name!r} exists already")
-            res = conn.execute(sa.insert(t).values(name=name, text=text, exemplars=ex, created_at=_now()))
-            if exemplar_annotator is not None and ex:
+            try:
+                res = conn.execute(sa.insert(t).values(name=name, text=text, exemplars=ex, created_at=_now()))
+            except sa.exc.IntegrityError:  # another writer created it between the look and the insert
+                raise InputError(f"concept {name!r} exists already") from None
+            if label_exemplars and ex:
                 cid = int(res.inserted_primary_key[0])
                 now = _now()
                 conn.execute(sa.insert(labels_table), [
                     {"concept_id": cid, "item_id": i, "value": 1, "source": "human", "annotator": exemplar_annotator,
-                     "round_id": None, "created_at": now} for i in dict.fromkeys(ex)])
+                     "round_id": None, "created_at": now} for i in ex])
         return self.concept(name)
 
     @staticmethod
@@ -398,13 +414,37 @@ class _MiningMixin:
         if annotator and all(unicodedata.category(ch) in ("Cf", "Zs", "Zl", "Zp") for ch in annotator):
             raise InputError(f"an annotator name must have a visible character, got {annotator!r}")
 
+    @staticmethod
+    def _check_concept_text(text: Any) -> str | None:
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise InputError(f"the concept's text must be a string, got {type(text).__name__} {text!r}")
+        if not text.strip():
+            raise InputError("the concept's --text must not be empty")
+        return text
+
+    def _check_exemplars(self, exemplars: Any) -> list[int]:
+        """Exemplar ids, once each and in order, every one an item of the catalog."""
+        if isinstance(exemplars, (str, bytes)) or not hasattr(exemplars, "__iter__"):
+            raise InputError(f"exemplars must be a list of item ids, got {exemplars!r}")
+        ex = list(dict.fromkeys(as_item_id(i, "exemplar") for i in exemplars))
+        if ex:
+            known = set(self.get_ids_existing(ex))
+            unknown = [i for i in ex if i not in known]
+            if unknown:
+                raise NotFoundError(f"{len(unknown)} exemplar item ids are not in the catalog, e.g. {unknown[:5]} "
+                                    "(a file is ingested first: `assay concept add NAME --exemplar PATH` does it)")
+        return ex
+
     def update_concept(self, name: str, *, text: str | None = None, exemplars: Sequence[int] | None = None) -> Concept:
+        """Set a concept's text query and/or add exemplars (checked as :meth:`add_concept` checks them)."""
         c = self.concept(name)
         values: dict[str, Any] = {}
         if text is not None:
-            values["text"] = text
+            values["text"] = self._check_concept_text(text)
         if exemplars is not None:
-            values["exemplars"] = sorted(set(c.exemplars) | {int(i) for i in exemplars})
+            values["exemplars"] = sorted(set(c.exemplars) | set(self._check_exemplars(exemplars)))
         if values:
             with self.engine.begin() as conn:
                 conn.execute(sa.update(concepts_table).where(concepts_table.c.id == c.id).values(**values))
@@ -438,18 +478,26 @@ class _MiningMixin:
         one transaction: every row is checked first, then all are written or none."""
         now = _now()
         rows: list[dict[str, Any]] = []
+        concepts_seen: set[int] = set()
         for concept_id, item_ids, values, source, annotator, round_id in batches:
             if source not in LABEL_SOURCES:
                 raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
             annotator = self.named(annotator)
             self.check_annotator(annotator)
-            ids = [int(i) for i in item_ids]
-            vals = [int(v) for v in values]
+            concept_id = as_item_id(concept_id, "concept id")
+            if concept_id not in concepts_seen:
+                self._check_concept_and_round(concept_id, round_id)
+                concepts_seen.add(concept_id)
+            elif round_id is not None:
+                self._check_concept_and_round(concept_id, round_id)
+            ids = as_id_array(item_ids, "labelled item ids").tolist()  # 4.9 is refused, never item 4
+            vals = _label_values(values)
             if len(ids) != len(vals):
                 raise InputError(f"{len(ids)} item ids but {len(vals)} label values")
-            bad = [v for v in vals if v not in (0, 1)]
-            if bad:
-                raise InputError(f"label values must be 0 (negative) or 1 (positive), got {bad[:5]}")
+            first: dict[int, int] = {}
+            for i, v in zip(ids, vals):
+                if first.setdefault(i, v) != v:
+                    raise InputError(f"item {i} is given two different labels in one call; keep one")
             known = set(self.get_ids_existing(ids))
             unknown = [i for i in ids if i not in known]
             if unknown:
@@ -463,6 +511,17 @@ class _MiningMixin:
             for start in range(0, len(rows), 5000):
                 conn.execute(sa.insert(labels_table), rows[start : start + 5000])
         return len(rows)
+
+    def _check_concept_and_round(self, concept_id: int, round_id: Any) -> None:
+        """NotFoundError unless the concept exists and ``round_id`` (if given) is one of its rounds."""
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(concepts_table.c.id).where(concepts_table.c.id == concept_id)).first() is None:
+                raise NotFoundError(f"no concept with id {concept_id} in the catalog")
+            if round_id is not None:
+                rid = as_item_id(round_id, "round id")
+                r = conn.execute(sa.select(rounds_table.c.concept_id).where(rounds_table.c.id == rid)).first()
+                if r is None or int(r.concept_id) != concept_id:
+                    raise NotFoundError(f"no round with id {rid} for concept id {concept_id}")
 
     def get_ids_existing(self, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids if 0 <= int(i) <= MAX_INT64]  # no stored id lies outside int64
@@ -1166,6 +1225,7 @@ class Catalog(_MiningMixin):
         return np.asarray(ids, dtype=np.int64)
 
     def get(self, item_id: int) -> ItemRow:
+        item_id = as_item_id(item_id, "item id")  # 1.5 is refused, not read as item 1
         rows = self.get_many([item_id])
         if not rows:
             raise NotFoundError(f"no item with id {item_id} in the catalog")
@@ -1173,7 +1233,7 @@ class Catalog(_MiningMixin):
 
     def get_many(self, ids: Sequence[int] | np.ndarray) -> list[ItemRow]:
         """Rows for the ids that exist, in the order given (unknown ids are left out)."""
-        wanted = [int(i) for i in ids]
+        wanted = as_id_array(ids, "item ids").tolist()
         found: dict[int, ItemRow] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(wanted), 900):

@@ -23,7 +23,10 @@ import numpy as np
 
 from .catalog import ItemRow
 from .encoders.base import Encoder, draft_size, get_encoder
-from .errors import DecodeError, InputError, MissingDependencyError, StorageUnavailableError, WorkspaceError
+from .errors import (
+    DecodeError, InputError, MissingDependencyError, StorageUnavailableError, WorkspaceError, as_id_array,
+    check_encoder_name, check_workspace,
+)
 from .media import decode_image, decode_pixels, read_bytes
 from .vectors import VectorStore
 from .workspace import Workspace
@@ -231,6 +234,13 @@ def embed(
     batch_size, shard_size = int(batch_size), int(shard_size)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
+    check_workspace(ws, "embed")
+    if not isinstance(encoder, Encoder):
+        check_encoder_name(encoder)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    if ids is not None:
+        ids = as_id_array(ids, "ids")
     only = ids  # (the name is reused below)
     t0 = time.perf_counter()
     check_encoder_fits(ws, encoder or ws.default_encoder)  # before the weights load or a store is made

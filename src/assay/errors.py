@@ -37,6 +37,9 @@ __all__ = [
     "NoWorkspaceError",
     "WorkspaceExistsError",
     "as_item_id",
+    "as_id_array",
+    "check_workspace",
+    "check_encoder_name",
     "check_folder",
     "RowProblems",
     "IndexNotBuiltError",
@@ -178,6 +181,45 @@ def as_item_id(value: object, where: str = "item id") -> int:
     if not 0 <= v <= MAX_INT64:
         raise InputError(f"{where} must be between 0 and 2**63 - 1, got {v}")
     return v
+
+
+def check_workspace(ws: object, who: str) -> None:
+    """InputError unless ``ws`` is an open :class:`~assay.workspace.Workspace` (not a path or None)."""
+    from .workspace import Workspace
+
+    if not isinstance(ws, Workspace):
+        raise InputError(f"{who} needs a Workspace (Workspace.open(path)), got {type(ws).__name__} {ws!r}"[:300])
+
+
+def check_encoder_name(name: object) -> None:
+    """InputError unless ``name`` (an encoder name, or None for the workspace's default) is a non-empty string."""
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise InputError(f"an encoder name must be a non-empty string such as 'efficientnet-lite0', got {name!r}")
+
+
+def as_id_array(values: object, where: str = "item ids"):
+    """``values`` (a sequence or array of ids) as int64 ``[n]``, each checked as :func:`as_item_id` checks one:
+    a fraction (``1.5``), a bool, a negative number or text that is not digits raises :class:`InputError`
+    naming ``where`` (a fraction is never truncated to another item's id). A bare string or a scalar is refused:
+    a sequence of ids is expected."""
+    import numpy as np
+
+    if isinstance(values, (str, bytes)) or np.isscalar(values):
+        raise InputError(f"{where} must be a sequence of ids, got {type(values).__name__} {values!r}")
+    arr = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    if arr.ndim > 1 and arr.size != arr.shape[0]:
+        raise InputError(f"{where} must be a flat sequence of ids, got shape {arr.shape}")
+    arr = arr.reshape(-1)
+    if arr.dtype.kind in "iu":
+        if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
+            raise InputError(f"{where} must be non-negative integers, got {int(arr.min())}")
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > MAX_INT64:
+            raise InputError(f"{where} must be at most 2**63 - 1, got {int(arr.max())}")
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and (arr == np.floor(arr)).all() \
+            and float(arr.min()) >= 0 and float(arr.max()) < 2**63:
+        return arr.astype(np.int64)
+    return np.asarray([as_item_id(v, where) for v in arr.tolist()], dtype=np.int64)
 
 
 def check_folder(folder: object, label: str, *, create: bool = False) -> None:

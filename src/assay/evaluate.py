@@ -250,7 +250,7 @@ def nearest_other_similarity(vectors: Any) -> np.ndarray:
         rows = np.arange(S.shape[0])
         S[rows, s + rows] = -np.inf  # leave out the row itself
         out[s : s + S.shape[0]] = S.max(axis=1)
-    return out
+    return np.clip(out, -1.0, 1.0, out=out)  # rounding (float16 storage) can put a cosine just past 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -603,8 +604,11 @@ def ingest(
         sources = [sources]
     if sources is None or not hasattr(sources, "__iter__"):
         raise InputError(f"sources must be a list of folders, manifests or URLs, got {sources!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1):
         raise InputError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+        # (a bad limit would be recorded as an error on every new image)
+        raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     if isinstance(extensions, str):
         extensions = [extensions]  # one extension, not its letters
     sources = list(sources)

@@ -28,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id
+from .errors import (
+    EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id, check_encoder_name,
+    check_workspace,
+)
 from .index import _in_sorted
 from .workspace import Workspace
 
@@ -416,6 +419,8 @@ class Miner:
     """Mining rounds for one concept in a workspace."""
 
     def __init__(self, ws: Workspace, concept: str, *, encoder: str | None = None) -> None:
+        check_workspace(ws, "Miner")
+        check_encoder_name(encoder)
         self.ws = ws
         self.concept_name = concept
         self.encoder_name = encoder or ws.default_encoder

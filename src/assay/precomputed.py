@@ -213,8 +213,17 @@ def import_embeddings(
     shard_size: int = 65536, reset: bool = False,
 ) -> EmbedReport:
     """Import existing embeddings into the workspace under encoder ``name``; validate everything first.
-    ``reset`` drops the store's embeddings (after validation) so that a new import may change the dim."""
+    ``reset`` drops the store's embeddings (after validation) so that a new import may change the dim.
+    ``name`` is ``precomputed`` or ``precomputed:NAME``: the store of an encoder assay runs holds only vectors
+    that encoder made (its version and extras describe them)."""
     t0 = time.perf_counter()
+    if not isinstance(name, str) or name.split(":", 1)[0] != PRECOMPUTED or name.endswith(":"):
+        raise InputError(f"name must be 'precomputed' or 'precomputed:NAME' (imported embeddings never join the "
+                         f"store of an encoder assay runs), got {name!r}")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size <= 0:
+        raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if not isinstance(ws, Workspace):
+        raise InputError(f"import_embeddings needs a Workspace, got {type(ws).__name__}")
     parts = _discover(str(source))
     cat = ws.catalog
     known_ids = cat.ids(status=None)

@@ -49,7 +49,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from .embed import finite_rows, model_input, record_error
-from .errors import DecodeError, EmptyPoolError, InputError, NotFoundError, WorkspaceError
+from .errors import DecodeError, EmptyPoolError, InputError, NotFoundError, WorkspaceError, as_id_array
 from .loop import Miner
 from .vectors import VectorStore, encoder_key
 from .workspace import Workspace
@@ -1088,25 +1088,33 @@ def add_region_labels(
     only). A negative region label says nothing about the rest of the image, so it stays region-only.
     Returns the number of region label rows written.
     """
+    from .catalog import Catalog, _label_values
+
     ensure_tables(ws)
     c = ws.catalog.concept(concept)
-    rids = np.asarray(region_ids_, dtype=np.int64).reshape(-1)
-    vals = np.asarray(values).reshape(-1)
+    # everything is checked before the region rows are written: they and the image labels go in together
+    if source not in _SOURCES:
+        raise InputError(f"label source must be one of {_SOURCES}, got {source!r}")
+    annotator = Catalog.named(annotator)
+    Catalog.check_annotator(annotator)
+    if round_id is not None:
+        ws.catalog._check_concept_and_round(c.id, round_id)
+    rids = as_id_array(region_ids_, "region ids")
+    vals = np.asarray(_label_values(values), dtype=np.int64)
     if len(rids) != len(vals):
         raise InputError(f"{len(rids)} region ids but {len(vals)} label values")
     if not len(rids):
         return 0
-    bad = [v for v in vals.tolist() if v not in (0, 1)]
-    if bad:
-        raise InputError(f"label values must be 0 (negative) or 1 (positive), got {bad[:5]}")
+    first: dict[int, int] = {}
+    for r, v in zip(rids.tolist(), vals.tolist()):
+        if first.setdefault(r, v) != v:
+            raise InputError(f"region {r} is given two different labels in one call; keep one")
     if not is_region_id(rids).all():
         raise InputError(f"region ids are >= 2**62; got item ids {rids[~is_region_id(rids)][:5].tolist()}")
     store = region_store(ws, encoder)
     if not store.exists() or not store.contains(rids).all():
         missing = rids if not store.exists() else rids[~store.contains(rids)]
         raise NotFoundError(f"{len(missing)} region ids are not embedded regions, e.g. {missing[:5].tolist()}")
-    if source not in _SOURCES:
-        raise InputError(f"label source must be one of {_SOURCES}, got {source!r}")
     parents = parent_ids(rids)
     now = _now()
     spec_key = region_spec_of(ws, encoder).key

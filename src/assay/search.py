@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import (
     DecodeError, IndexNotBuiltError, InputError, MissingDependencyError, NoEmbeddingsError, NotFoundError, WorkspaceError,
-    as_item_id,
+    as_id_array, as_item_id, check_encoder_name, check_workspace,
 )
 from .index import ConcatRows, KnnGraph, VectorIndex, knn_graph, neighbors as _index_neighbors
 from .index import rerank as _rerank
@@ -104,7 +104,43 @@ def _query_vector(vector: Any) -> np.ndarray:
         raise InputError(f"vector must be one vector [d] (search_batch takes several), got shape {list(v.shape)}")
     if not np.isfinite(v).all() or not v.any():
         raise InputError(f"vector must be a finite, non-zero vector [d], got shape {list(v.shape)}")
-    return (v / np.linalg.norm(v))[None, :]
+    return _unit_rows(v[None, :])
+
+
+def _unit_rows(q: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm, the norm taken in float64 (a float32 norm of 1e-40s or 3e38s under- or
+    overflows)."""
+    q64 = np.asarray(q, dtype=np.float64)
+    q64 = q64 / np.abs(q64).max(axis=1, keepdims=True)  # first to [-1, 1]: no overflow in the squares
+    return (q64 / np.linalg.norm(q64, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _query_batch(queries: Any) -> np.ndarray:
+    """Query vectors ``[q, d]`` (or one ``[d]``) of finite numbers, no row all zero -> float32 rows of unit
+    norm, as ``search(vector=)`` makes its one."""
+    if isinstance(queries, (str, bytes)):
+        raise InputError(f"queries must be vectors of numbers [q, d], got {type(queries).__name__}")
+    try:
+        q = np.asarray(queries, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"queries must be vectors of numbers [q, d], got {type(queries).__name__}") from None
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] == 0:
+        raise InputError(f"queries must be vectors [q, d], got shape {list(q.shape)}")
+    if len(q) == 0:
+        return q.astype(np.float32)
+    bad = ~np.isfinite(q).all(axis=1) | ~q.any(axis=1)
+    if bad.any():
+        raise InputError(f"query row {int(np.argmax(bad))} is not a finite, non-zero vector")
+    return _unit_rows(q)
+
+
+def _text_list(texts: Any) -> list[str]:
+    """A list of text queries; a bare string is one query mistaken for a list (it would be one per letter)."""
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+        raise InputError(f"texts must be a list of strings (search(text=...) takes one), got {type(texts).__name__}")
+    return list(texts)
 
 
 def _store_rows(store: VectorStore, extra: str | None = None) -> tuple[np.ndarray, ConcatRows]:
@@ -450,6 +486,8 @@ class Searcher:
     """
 
     def __init__(self, ws: Workspace, encoder: str | None = None, *, rerank: int = RERANK_FACTOR) -> None:
+        check_workspace(ws, "Searcher")
+        check_encoder_name(encoder)
         if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
             raise InputError(f"rerank must be a non-negative integer (0 = off), got {rerank!r}")
         self.rerank = int(rerank)
@@ -705,8 +743,8 @@ class Searcher:
         given = [x is not None for x in (item, image, text, vector)]
         if sum(given) != 1:
             raise InputError("give exactly one query: an item id, an image path, a text or a vector")
-        if item is not None:
-            return self.search_items([item], k=k, keep_duplicates=keep_duplicates)[0]
+        if item is not None:  # one id (search_items takes several)
+            return self.search_items([as_item_id(item, "item")], k=k, keep_duplicates=keep_duplicates)[0]
         if image is not None:
             return self.search_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
         if text is not None:
@@ -714,18 +752,27 @@ class Searcher:
         return self.search_batch(_query_vector(vector), k=k, keep_duplicates=keep_duplicates)[0]
 
     def search_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
-        s, i = self.search_vectors(queries, k, keep_duplicates=keep_duplicates)
+        """Several query vectors ``[q, d]`` (normalised here); one hit list per query."""
+        q = _query_batch(queries)
+        if not len(q):
+            return []
+        s, i = self.search_vectors(q, k, keep_duplicates=keep_duplicates)
         return self._hits(s, i)
 
     def search_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
         """Items most like each given item; the query item itself is left out."""
-        ids = np.asarray([as_item_id(i) for i in np.asarray(ids, dtype=object).reshape(-1)], dtype=np.int64)
+        ids = as_id_array(ids, "item ids")
+        if not len(ids):
+            return []
         vecs = self.query_vectors_for_items(ids)
         s, i = self.search_vectors(vecs, k, exclude_per_query=ids[:, None], keep_duplicates=keep_duplicates)
         return self._hits(s, i)
 
     def search_texts(self, texts: list[str], *, k: int = 10, keep_duplicates: bool = False) -> list[list[Hit]]:
-        q, route = self.vectors_for_texts(list(texts))
+        texts = _text_list(texts)
+        if not texts:
+            return []
+        q, route = self.vectors_for_texts(texts)
         if route == "bridge":
             s, i = self.search_vectors(q, k, keep_duplicates=keep_duplicates, index=self.bridge_index(), reduce=False)
         else:
@@ -737,7 +784,7 @@ class Searcher:
         with ``-inf`` / ``-1`` where the corpus holds fewer (callers keep ``k`` small: a round caps it at the
         corpus size)."""
         k = _check_k(k)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = as_id_array(ids, "ids")
         index = self.index()
         graph = self.knn_graph()
         # SEALS pools and information density ask for one neighbour more than they use, to drop a self-match;
@@ -917,15 +964,23 @@ class Searcher:
         return self.search_regions_batch(_query_vector(vector), k=k, keep_duplicates=keep_duplicates)[0]
 
     def search_regions_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
-        return self._region_hits(*self.search_regions_vectors(queries, k, keep_duplicates=keep_duplicates))
+        q = _query_batch(queries)
+        if not len(q):
+            return []
+        return self._region_hits(*self.search_regions_vectors(q, k, keep_duplicates=keep_duplicates))
 
     def search_regions_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
         """Images most like each given image (its whole-image vector), by their best region; the query image is left out."""
-        ids = np.asarray([as_item_id(i) for i in np.asarray(ids, dtype=object).reshape(-1)], dtype=np.int64)
+        ids = as_id_array(ids, "item ids")
+        if not len(ids):
+            return []
         vecs = self.query_vectors_for_items(ids)
         return self._region_hits(*self.search_regions_vectors(vecs, k, exclude_items=ids, keep_duplicates=keep_duplicates))
 
     def search_regions_texts(self, texts: list[str], *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
-        q, route = self.vectors_for_texts(list(texts))
+        texts = _text_list(texts)
+        if not texts:
+            return []
+        q, route = self.vectors_for_texts(texts)
         idx = self.region_bridge_index() if route == "bridge" else None
         return self._region_hits(*self.search_regions_vectors(q, k, keep_duplicates=keep_duplicates, index=idx))

@@ -236,6 +236,8 @@ class SimulationConfig:
             not isinstance(self.novelty_threshold, (int, float)) or not -1.0 <= float(self.novelty_threshold) <= 1.0
         ):
             raise InputError(f"novelty_threshold must be a cosine in [-1, 1], got {self.novelty_threshold!r}")
+        if isinstance(self.strategies, (str, bytes)):
+            raise InputError(f"strategies must be a list of names, got the string {self.strategies!r}")
         names = list(self.strategies)
         if not names:
             raise InputError("strategies must name at least one strategy")
@@ -417,6 +419,14 @@ class _Run:
     n_truncated: int = 0
 
 
+#: Strategies that score with the neighbours of the pool's items (ctx.neighbors), with or without SEALS.
+_NEIGHBOR_STRATEGIES = ("information-density",)
+
+
+def _needs_neighbors(name: str) -> bool:
+    return name.rsplit(":", 1)[-1].split("@", 1)[0].replace("_", "-").lower() in _NEIGHBOR_STRATEGIES
+
+
 def _run(
     corpus: SimCorpus, test_vectors: np.ndarray, test_y: np.ndarray, name: str, seed: int, cfg: SimulationConfig,
     neighbors: Callable | None, clusters: np.ndarray, threshold: float,
@@ -428,6 +438,7 @@ def _run(
     proxy = proxy_override or cfg.proxy
     strat = make_strategy(base_name, seals_k=cfg.seals_k)
     is_seals = strat.name.startswith("seals:")
+    uses_neighbors = is_seals or _needs_neighbors(strat.name)
     rng = np.random.default_rng([seed, _name_key(name)])
     lookup = vectors_by_id(corpus.vectors, corpus.ids)
     N = corpus.ids.size
@@ -481,7 +492,7 @@ def _run(
             try:
                 out = select_round(
                     strategy=strat, n=n, rng=rng, corpus_ids=corpus.ids, vectors=lookup, labelled_ids=lab_ids,
-                    labels=lab_y.astype(np.int8), neighbors=neighbors if is_seals else None, proxy=proxy,
+                    labels=lab_y.astype(np.int8), neighbors=neighbors if uses_neighbors else None, proxy=proxy,
                     seed=seed * 1000 + rnd,
                 )
             except EmptyPoolError:
@@ -662,7 +673,7 @@ def simulate(
     test_vectors = truth.vectors[test_rows]  # [n_test, dim]
     say = progress or (lambda msg: None)
     needs_index = any(make_strategy(split_spec(n)[0], seals_k=config.seals_k).name.startswith("seals:")
-                      for n in config.strategies)
+                      or _needs_neighbors(split_spec(n)[0]) for n in config.strategies)
     index_seconds = 0.0
     if needs_index and index is None:
         t0 = time.perf_counter()
@@ -907,7 +918,17 @@ def simulate_workspace(
 
     Everything is checked before anything is written: bad input leaves ``out`` untouched.
     """
+    if not isinstance(config, SimulationConfig):
+        raise InputError(f"config must be a SimulationConfig, got {type(config).__name__}")
+    from .workspace import Workspace
+
+    if not isinstance(ws, Workspace):
+        raise InputError(f"simulate_workspace needs a Workspace, got {type(ws).__name__}")
     config.validate()
+    if out is not None:
+        from .errors import check_folder
+
+        check_folder(out, f"out {out}")  # a file on the way is found now, not after the whole simulation
     gt = load_ground_truth(ws, label_column=label_column, split_column=split_column, test_split=test_split,
                            encoder=encoder, truth=truth, test_fraction=test_fraction)
     if config.positive not in gt.classes:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AssayError, DamagedStoreError, InputError, NoEmbeddingsError, NotFoundError, WorkspaceError
+from .errors import AssayError, DamagedStoreError, InputError, NoEmbeddingsError, NotFoundError, WorkspaceError, as_id_array
 
 __all__ = ["VectorStore", "Shard", "ShardProblem", "encoder_key"]
 
@@ -375,7 +375,7 @@ class VectorStore:
 
     def get(self, ids: np.ndarray | list[int], *, dtype: Any = np.float32, extra: str | None = None) -> np.ndarray:
         """Rows for ``ids`` in the order given (``[len(ids), dim]``); unknown ids raise NotFoundError."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = as_id_array(ids, "ids")  # a fraction is refused, never truncated to another item's row
         sorted_ids, shard_no, rows = self._locator()
         width = self.dim if extra is None else int(self.meta()["extras"][extra])
         out = np.empty((len(ids), width), dtype=dtype)
@@ -410,7 +410,7 @@ class VectorStore:
         InputError (a row is embedded exactly once).
         """
         meta = self.meta()
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = as_id_array(ids, "ids")
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise InputError(f"expected vectors of shape [{len(ids)}, {meta['dim']}], got {list(vectors.shape)}")
@@ -448,7 +448,7 @@ class VectorStore:
 
     def delete(self, ids: np.ndarray | list[int]) -> int:
         """Remove the rows of ``ids`` (rewriting the shards that hold them); return how many were removed."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = as_id_array(ids, "ids")
         extras_names = list(self.meta().get("extras", {}))
         removed = 0
         for s in self.shards():

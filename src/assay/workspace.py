@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog
-from .errors import DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, WorkspaceExistsError, check_folder
+from .errors import DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, WorkspaceExistsError, as_id_array, check_folder
 from .vectors import StoreBusyError, VectorStore, encoder_key
 
 #: In an index folder: ids of items whose files changed (embeddings dropped) since the index was built.
@@ -280,7 +280,7 @@ class Workspace:
         """Remove the stored embeddings of items ``ids`` from every store of the workspace (their regions
         too), e.g. after their files changed; ``embed`` then embeds them again and ``index`` drops the old
         vectors. Returns how many rows were removed."""
-        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        ids = np.unique(as_id_array(ids, "ids"))  # a fraction is refused, never truncated to another item
         vdir = self.root / "vectors"
         if not len(ids) or not vdir.exists():
             return 0

@@ -1,0 +1,132 @@
+"""Bad arguments at the Python API's boundaries: a clear InputError / NotFoundError, nothing written, and a
+fraction never truncated into another item's id."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_interop_common import make_ws
+
+import assay
+from assay.errors import InputError, NotFoundError, UnknownNameError
+from assay.search import Searcher
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = make_ws(tmp_path, n_red=4, n_other=8)
+    yield w
+    w.close()
+
+
+def test_imports_never_join_the_store_of_an_encoder_assay_runs(ws, tmp_path):
+    ids = ws.catalog.ids()[:3]
+    np.save(tmp_path / "v.npy", np.eye(3, 12, dtype=np.float32))
+    np.save(tmp_path / "v.ids.npy", np.asarray(ids, dtype=np.int64))
+    before = ws.embedded_encoders()
+    for name in ("test-mean-color", "minilm", "precomputed:", 5):
+        with pytest.raises(InputError, match="name must be 'precomputed'"):
+            assay.import_embeddings(ws, tmp_path / "v.npy", name=name)
+    for size in (0, -1, 1.5):
+        with pytest.raises(InputError, match="shard_size must be a positive integer"):
+            assay.import_embeddings(ws, tmp_path / "v.npy", name="precomputed:x", shard_size=size)
+    assert ws.embedded_encoders() == before  # nothing written, no empty store left behind
+
+
+def test_catalog_labels_are_checked_as_record_labels_checks_them(ws):
+    cat = ws.catalog
+    cid = cat.add_concept("lab").id
+    for ids, vals, words in (([3], [0.7], "label values must be 0"), ([4.9], [1], "must be an integer, got 4.9"),
+                             ("12", "11", "must be a sequence of ids"), ([6, 6], [1, 0], "two different labels"),
+                             ([5], ["yes"], "label values must be 0"), (5, 1, "must be a sequence of ids")):
+        with pytest.raises(InputError, match=words):
+            cat.add_labels(cid, ids, vals, source="human")
+    with pytest.raises(NotFoundError, match="no concept with id 9999"):
+        cat.add_labels(9999, [5], [1], source="human")
+    with pytest.raises(NotFoundError, match="no round with id 9999"):
+        cat.add_labels(cid, [5], [1], source="human", round_id=9999)
+    assert cat.label_history(cid) == []
+    assert cat.add_labels(cid, np.array([5, 6]), [np.int64(1), 0.0], source="human") == 2  # numpy and 0.0 are fine
+
+
+def test_fractional_ids_are_refused_never_truncated(ws):
+    n0 = ws.embedded_encoders()
+    with pytest.raises(InputError, match="got 1.5"):
+        ws.forget_embeddings([1.5])
+    assert ws.embedded_encoders() == n0
+    with pytest.raises(InputError):
+        ws.vectors().get([1.9])
+    with pytest.raises(InputError):
+        ws.catalog.get(1.5)
+    with pytest.raises(InputError):
+        ws.catalog.get_many([1.5])
+    with pytest.raises(InputError):
+        Searcher(ws).neighbors([1.7], 2)
+
+
+def test_concepts_are_checked_on_update_too(ws):
+    cat = ws.catalog
+    cat.add_concept("u")
+    for kw, err in ((dict(exemplars="209"), InputError), (dict(exemplars=[1.7]), InputError),
+                    (dict(exemplars=[99999]), NotFoundError), (dict(text=""), InputError), (dict(text=5), InputError)):
+        with pytest.raises(err):
+            cat.update_concept("u", **kw)
+    assert cat.concept("u").exemplars == [] and cat.concept("u").text is None
+    with pytest.raises(InputError, match="control characters"):
+        cat.add_concept("a", exemplars=[1], exemplar_annotator="a\nb")
+    with pytest.raises(InputError, match="must be a string"):
+        cat.add_concept("t", text=5)
+    assert cat.add_concept("e", exemplars=[1, 1]).exemplars == [1]  # once each
+
+
+def test_searcher_refuses_misshaped_queries(ws):
+    s = Searcher(ws)
+    with pytest.raises(InputError, match="must be an integer"):
+        s.search(item=[1, 2], k=3)
+    with pytest.raises(InputError, match="texts must be a list of strings"):
+        s.search_texts("red", k=2)
+    with pytest.raises(InputError, match="not a finite, non-zero vector"):
+        s.search_batch(np.zeros((1, 12)), k=2)
+    v = ws.vectors().get([1])
+    hits = s.search_batch(v * 50, k=2)[0]  # unnormalised rows are normalised: scores stay cosines
+    assert hits[0].score < 1.0 + 1e-6 and s.search_batch(np.zeros((0, 12)), k=2) == []
+    assert s.search_items([], k=2) == []
+    big = s.search(vector=np.full(12, 3e38, dtype=np.float32), k=2)  # the norm in float64: no overflow
+    assert len(big) == 2 and big[0].score > 0
+    for bad in (None, "ws"):
+        with pytest.raises(InputError, match="needs a Workspace"):
+            Searcher(bad)
+    with pytest.raises(InputError, match="encoder name must be a non-empty string"):
+        Searcher(ws, 5)
+
+
+def test_ingest_and_embed_check_their_arguments(ws, tmp_path):
+    (tmp_path / "new").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "new" / "a.png")
+    for bad in (0, -5, "x"):
+        with pytest.raises(InputError, match="max_pixels must be a positive integer"):
+            assay.ingest(ws, [tmp_path / "new"], max_pixels=bad)
+    assert ws.catalog.count()["error"] == 0
+    for kw in (dict(workers=0), dict(workers="2"), dict(ids=["x"]), dict(ids=5)):
+        with pytest.raises(InputError):
+            assay.embed(ws, **kw)
+    with pytest.raises(InputError, match="needs a Workspace"):
+        assay.embed("path")
+
+
+def test_simulation_config_and_arguments(ws, tmp_path):
+    from assay.simulate import SimulationConfig, simulate_workspace
+
+    with pytest.raises(InputError, match="strategies must be a list of names"):
+        SimulationConfig(positive="red", strategies="entropy").validate()
+    with pytest.raises(InputError, match="SimulationConfig"):
+        simulate_workspace(ws, {"positive": "red"})
+    (tmp_path / "afile").write_text("x")
+    cfg = SimulationConfig(positive="red", prevalence=0.3, budget=8, batch=2, seeds=1, seed_positives=1,
+                           seed_negatives=2, strategies=["random"], n_clusters=2, seals_k=3)
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        simulate_workspace(ws, cfg, test_fraction=0.3, out=tmp_path / "afile" / "report")
+    with pytest.raises(UnknownNameError):
+        SimulationConfig(positive="red", strategies=["nope"]).validate()
