@@ -130,3 +130,43 @@ def test_simulation_config_and_arguments(ws, tmp_path):
         simulate_workspace(ws, cfg, test_fraction=0.3, out=tmp_path / "afile" / "report")
     with pytest.raises(UnknownNameError):
         SimulationConfig(positive="red", strategies=["nope"]).validate()
+
+
+def test_more_boundaries_are_input_errors(ws, tmp_path):
+    from assay.loop import Miner, read_label_file
+
+    ws.catalog.add_concept("red")
+    m = Miner(ws, "red")
+    for kw, words in ((dict(random_fraction="0.2"), "random_fraction"), (dict(strategy_params="x"), "strategy_params"),
+                      (dict(model_scores="never-imported"), "never-imported")):
+        with pytest.raises((InputError, NotFoundError), match=words):
+            m.propose(strategy="random", batch=2, **kw)
+    assert ws.catalog.rounds(ws.catalog.concept("red").id) == []
+    _, out = m.propose(strategy="random", batch=2, seed=np.int64(3))  # a numpy integer is an integer
+    assert len(out.ids) == 2
+    store = ws.vectors()
+    with pytest.raises(NotFoundError, match="keeps no extra 'nope'"):
+        store.get([1], extra="nope")
+    with pytest.raises(InputError, match="dtype"):
+        store.get([1], dtype="nope")
+    with pytest.raises(InputError, match="float16's range"):
+        store.append([999], np.full((1, store.dim), 1e6))
+    with pytest.raises(InputError, match="positive integer"):
+        store.create(encoder=store.meta()["encoder"], version="x", dim="4")
+    for bad in (None, 5, ""):
+        with pytest.raises(InputError, match="must be a path"):
+            assay.Workspace.init(bad)
+    with pytest.raises(InputError, match="database URL"):
+        assay.Workspace.init(tmp_path / "w2", catalog=5)
+    with pytest.raises(InputError, match="must be a path"):
+        assay.Workspace.open(5)
+    with pytest.raises(InputError, match="must be a path"):
+        read_label_file(ws, None)
+    with pytest.raises(InputError, match="extensions must be a list"):
+        assay.ingest(ws, [tmp_path], extensions=[5])
+    from assay.simulate import SimulationConfig
+
+    for kw in (dict(seeds=[2**70]), dict(novelty_threshold=True)):
+        with pytest.raises(InputError):
+            SimulationConfig(positive="red", **kw).validate()
+    SimulationConfig(positive="red", prevalence=np.float32(0.3)).validate()  # a numpy float is a number

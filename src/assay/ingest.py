@@ -618,6 +618,9 @@ def ingest(
     sources = [str(s) for s in sources]
     if not sources:
         raise InputError("ingest needs at least one source (a folder, manifest or URL), got none")
+    if extensions is not None and (isinstance(extensions, (str, bytes))
+                                   or not all(isinstance(e, str) and e.strip(".") for e in extensions)):
+        raise InputError(f"extensions must be a list of file suffixes such as ['.jpg', '.png'], got {extensions!r}")
     exts = frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in (extensions or IMAGE_EXTENSIONS))
     report = IngestReport()
     t0 = time.perf_counter()

@@ -20,6 +20,8 @@ corpus with the final model through a maximum-inner-product search on the index.
 from __future__ import annotations
 
 import logging
+import numbers
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -155,8 +157,9 @@ def select_round(
     from .select.strategies import SelectionContext, get_strategy
 
     n = _check_batch(n)
-    if not 0.0 <= random_fraction <= 1.0:
-        raise InputError(f"random_fraction must be in [0, 1], got {random_fraction}")
+    if isinstance(random_fraction, bool) or not isinstance(random_fraction, numbers.Real) \
+            or not 0.0 <= float(random_fraction) <= 1.0:
+        raise InputError(f"random_fraction must be a number in [0, 1], got {random_fraction!r}")
     strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
     corpus_ids = np.asarray(corpus_ids, dtype=np.int64)
     labelled_ids = np.asarray(labelled_ids, dtype=np.int64)
@@ -300,6 +303,8 @@ def read_label_file(ws: Workspace, path: str | Path, concept: str | None = None)
     """
     from .interop.scores import column_hint, read_score_records
 
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise InputError(f"a labels file must be a path, got {path!r}")
     p = Path(path)
     records = read_score_records(p, what="labels file")
     if not records:
@@ -506,9 +511,12 @@ class Miner:
             return None
         if model_scores is None:
             return get_score_use(self.ws.catalog, self.concept_name)
+        from .interop.scores import resolve_model
+
         if isinstance(model_scores, str):
-            return ModelScoreUse(model=model_scores)
+            model_scores = ModelScoreUse(model=model_scores)
         if isinstance(model_scores, ModelScoreUse):
+            resolve_model(self.ws.catalog, self.concept_name, model_scores.model)  # a name with no scores: an error
             return model_scores
         raise InputError(f"model_scores must be a model name, a ModelScoreUse, None or False; got {model_scores!r}")
 
@@ -553,14 +561,17 @@ class Miner:
         concept = self.concept
         cat = self.ws.catalog
         use = self._model_score_use(model_scores)
+        if strategy_params is not None and not isinstance(strategy_params, dict):
+            raise InputError(f"strategy_params must be a dict of parameter names to values, got {strategy_params!r}")
         params = dict(strategy_params or {})
         base_name = strategy.strip().lower().rpartition(":")[2]
         if use is not None and base_name == "value" and use.weight > 0 and "d" not in params:
             params.update(d=use.weight, model_term=use.term)
         if proxy not in PROXIES:  # checked now: a cold start does not train one, and would record the bad name
             raise UnknownNameError("proxy", proxy, PROXIES)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        seed = None if seed is None else int(seed)
         is_seals = strategy.strip().lower().startswith("seals:")
         searcher = self._searcher()
         seals_k, params = self._capped(searcher, strategy, seals_k, params)
@@ -701,7 +712,8 @@ class Miner:
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0:
             raise InputError(f"top must be a positive integer, got {top!r}")
         top = int(top)
-        if min_score is not None and not (isinstance(min_score, (int, float)) and 0.0 <= float(min_score) <= 1.0):
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, numbers.Real)
+                                      or not 0.0 <= float(min_score) <= 1.0):
             raise InputError(f"min_score must be a probability in [0, 1], got {min_score!r}")
         concept = self.concept
         cat = self.ws.catalog

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import numbers
 import json
 import logging
 import time
@@ -206,7 +207,8 @@ class SimulationConfig:
 
         if not isinstance(self.positive, str) or not self.positive:
             raise InputError(f"positive must be a class name, got {self.positive!r}")
-        if not isinstance(self.prevalence, (int, float)) or not 0.0 < float(self.prevalence) < 1.0:
+        if isinstance(self.prevalence, bool) or not isinstance(self.prevalence, numbers.Real) \
+                or not 0.0 < float(self.prevalence) < 1.0:
             raise InputError(f"prevalence must be a number in (0, 1), got {self.prevalence!r}")
         pos_int(self.budget, "budget")
         pos_int(self.batch, "batch")
@@ -218,7 +220,8 @@ class SimulationConfig:
             pos_int(self.seeds, "seeds")
         else:
             seeds = list(self.seeds)  # type: ignore[arg-type]
-            if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
+            if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32
+                                for s in seeds):
                 raise InputError(f"seeds must be a positive count or a list of non-negative integers, got {self.seeds!r}")
             if len(set(seeds)) != len(seeds):
                 raise InputError(f"seeds must be distinct, got {seeds}")
@@ -233,7 +236,8 @@ class SimulationConfig:
         if self.index_kind not in INDEX_KINDS:
             raise UnknownNameError("index kind", self.index_kind, INDEX_KINDS)
         if self.novelty_threshold is not None and (
-            not isinstance(self.novelty_threshold, (int, float)) or not -1.0 <= float(self.novelty_threshold) <= 1.0
+            isinstance(self.novelty_threshold, bool) or not isinstance(self.novelty_threshold, numbers.Real)
+            or not -1.0 <= float(self.novelty_threshold) <= 1.0
         ):
             raise InputError(f"novelty_threshold must be a cosine in [-1, 1], got {self.novelty_threshold!r}")
         if isinstance(self.strategies, (str, bytes)):

@@ -211,7 +211,7 @@ class VectorStore:
 
     def create(self, *, encoder: str, version: str, dim: int, extras: dict[str, int] | None = None) -> None:
         """Create the store, or check that an existing one was made by the same encoder version and dim."""
-        if dim <= 0:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise InputError(f"dim must be a positive integer, got {dim}")
         meta = {"encoder": encoder, "version": version, "dim": int(dim), "extras": dict(extras or {}), "format": 1}
         if self.exists():
@@ -340,7 +340,7 @@ class VectorStore:
             ids.append(i)
             vecs.append(np.asarray(v, dtype=dtype))
         if not ids:
-            width = self.dim if extra is None else int(self.meta()["extras"][extra])
+            width = self.dim if extra is None else self._extra_width(extra)
             return np.zeros(0, dtype=np.int64), np.zeros((0, width), dtype=dtype)
         return np.concatenate(ids), np.concatenate(vecs)
 
@@ -376,8 +376,12 @@ class VectorStore:
     def get(self, ids: np.ndarray | list[int], *, dtype: Any = np.float32, extra: str | None = None) -> np.ndarray:
         """Rows for ``ids`` in the order given (``[len(ids), dim]``); unknown ids raise NotFoundError."""
         ids = as_id_array(ids, "ids")  # a fraction is refused, never truncated to another item's row
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise InputError(f"dtype must be a numpy dtype such as float32, got {dtype!r}") from None
+        width = self.dim if extra is None else self._extra_width(extra)
         sorted_ids, shard_no, rows = self._locator()
-        width = self.dim if extra is None else int(self.meta()["extras"][extra])
         out = np.empty((len(ids), width), dtype=dtype)
         if len(ids) == 0:
             return out
@@ -418,17 +422,25 @@ class VectorStore:
             raise InputError(f"store has dim {meta['dim']}, vectors have dim {vectors.shape[1]}")
         if len(np.unique(ids)) != len(ids):
             raise InputError("ids within one shard must be unique")
+        if vectors.dtype.kind not in "fiu":
+            raise InputError(f"vectors must be numbers, got dtype {vectors.dtype}")
         if not np.isfinite(vectors).all():
             raise InputError("vectors contain NaN or inf")
+        with np.errstate(over="ignore"):
+            if not np.isfinite(vectors.astype(np.float16)).all():  # stored as float16: at most 65504 in size
+                raise InputError("vectors hold values beyond float16's range (+-65504); embeddings are unit-norm")
         if replaces is None and len(ids) and self.contains(ids).any():
             dup = ids[self.contains(ids)][:5].tolist()
             raise InputError(f"ids already embedded in this store, e.g. {dup}")
-        extras = extras or {}
+        extras = {name: np.asarray(arr) for name, arr in (extras or {}).items()}
         for name, arr in extras.items():
             if name not in meta["extras"]:
                 raise InputError(f"unknown extra {name!r}; the store declares {sorted(meta['extras'])}")
             if arr.shape != (len(ids), int(meta["extras"][name])):
                 raise InputError(f"extra {name!r} must have shape [{len(ids)}, {meta['extras'][name]}], got {list(arr.shape)}")
+            if arr.dtype.kind not in "fiu" or not np.isfinite(arr).all():
+                raise InputError(f"extra {name!r} must hold finite numbers")
+            extras[name] = np.clip(arr, -65504, 65504)  # float16's range: a huge logit is kept as its largest
         seq = self._next_seq()
         base = self.root / f"shard-{seq:06d}"
         with np.errstate(over="ignore"):
@@ -525,6 +537,13 @@ class VectorStore:
         finally:
             if not held:
                 self.unlock()
+
+    def _extra_width(self, extra: str) -> int:
+        extras = self.meta().get("extras", {})
+        if extra not in extras:
+            raise NotFoundError(f"the store of {self.meta()['encoder']} keeps no extra {extra!r}; it keeps "
+                                f"{', '.join(sorted(extras)) or 'none'}")
+        return int(extras[extra])
 
     def _shared_folder(self, held: str, wanted: str) -> InputError:
         return InputError(

@@ -116,6 +116,10 @@ class Workspace:
         cls, root: str | os.PathLike[str], *, catalog: str | None = None, default_encoder: str = DEFAULT_ENCODER
     ) -> "Workspace":
         """Create a workspace in ``root`` (created if missing; must not hold a workspace already)."""
+        if not isinstance(root, (str, os.PathLike)) or not str(root).strip():
+            raise InputError(f"a workspace folder must be a path, got {root!r}")
+        if catalog is not None and not isinstance(catalog, str):
+            raise InputError(f"catalog must be a database URL string such as postgresql://user@host/db, got {catalog!r}")
         root = Path(root).absolute()
         if (root / CONFIG_NAME).exists():
             raise WorkspaceExistsError(f"{root} already holds an assay workspace")
@@ -154,6 +158,8 @@ class Workspace:
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None) -> "Workspace":
         """Open the workspace at ``root`` (default: the current directory)."""
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise InputError(f"a workspace folder must be a path, got {type(root).__name__} {root!r}")
         root = Path(root if root is not None else os.getcwd()).absolute()
         cfg_path = root / CONFIG_NAME
         if not cfg_path.exists():

@@ -181,8 +181,13 @@ def pseudo_label(
     """
     if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, int) or max_items <= 0):
         raise InputError(f"max_items must be a positive integer, got {max_items!r}")
+    from ..catalog import Catalog
     from ..loop import make_proxy
 
+    if annotator is not None:  # checked before the model is trained, not when the labels are written
+        Catalog.check_annotator(Catalog.named(annotator))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     cat = ws.catalog
     c = cat.concept(concept)
     store = ws.vectors(encoder)
