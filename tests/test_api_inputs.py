@@ -170,3 +170,32 @@ def test_more_boundaries_are_input_errors(ws, tmp_path):
         with pytest.raises(InputError):
             SimulationConfig(positive="red", **kw).validate()
     SimulationConfig(positive="red", prevalence=np.float32(0.3)).validate()  # a numpy float is a number
+
+
+def test_third_pass_boundaries(ws):
+    from assay import evaluate as E
+    from assay.dedup import dedup
+    from assay.index import make_spec
+    from assay.regions import regions_of
+
+    with pytest.raises(InputError, match="NaN or infinite"):
+        E.average_precision([1, 0], [np.inf, 0])
+    with pytest.raises(InputError, match="must be numbers"):
+        E.average_precision([1, 0], ["a", "b"])
+    with pytest.raises(InputError, match="must be numbers"):
+        E.labels_to_reach([1, 2], ["a", "b"], 0.5)
+    with pytest.raises(InputError):
+        E.mean_ignoring_none(5)
+    assert E.mean_ignoring_none([None, float("nan"), 1.0, 3.0]) == 2.0
+    with pytest.raises(InputError, match="ap must be finite"):
+        E.ap_gain_per_1000([100, 200], [float("nan"), 0.2])
+    with pytest.raises(InputError, match="nlist must be a positive integer"):
+        make_spec("ivf", 10, 4, nlist="x")
+    with pytest.raises(InputError, match="encoder name must be a non-empty string"):
+        ws.vectors(5)
+    with pytest.raises(InputError, match="workers must be a positive integer"):
+        dedup(ws, workers=0)
+    with pytest.raises(InputError, match="incremental must be True or False"):
+        dedup(ws, incremental="no")
+    with pytest.raises(InputError):
+        regions_of(ws, "x")

@@ -1272,6 +1272,10 @@ def dedup(
     """
     t0 = time.perf_counter()
     method = _check_method(method)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    if not isinstance(incremental, (bool, np.bool_)):  # a truthy string such as "no" is a mistake, not True
+        raise InputError(f"incremental must be True or False, got {incremental!r}")
     use_emb = method in ("embedding", "both")
     use_ph = method in ("phash", "both")
     radius = check_radius(radius) if use_ph else None

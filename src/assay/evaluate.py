@@ -53,6 +53,16 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
+def _numbers(v: Any, name: str) -> np.ndarray:
+    """``v`` as float64 numbers (an InputError naming ``name`` for text, objects or bare strings)."""
+    if isinstance(v, (str, bytes)):
+        raise InputError(f"{name} must be numbers, got a string {v!r}")
+    try:
+        return np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be numbers, got {type(v).__name__}") from None
+
+
 def _binary(y: Any, name: str) -> np.ndarray:
     arr = np.asarray(y)
     if arr.ndim != 1:
@@ -106,13 +116,13 @@ def average_precision(y_true: Any, scores: Any) -> float:
     from sklearn.metrics import average_precision_score
 
     y = _binary(y_true, "y_true")
-    s = np.asarray(scores, dtype=np.float64)
+    s = _numbers(scores, "scores")
     if s.shape != y.shape:
         raise InputError(f"scores must have one value per label ({y.shape[0]}), got shape {s.shape}")
     if not y.any():
         raise InputError("average precision needs at least one positive in y_true, got none")
-    if np.isnan(s).any():
-        raise InputError(f"scores contain {int(np.isnan(s).sum())} NaN value(s)")
+    if not np.isfinite(s).all():
+        raise InputError(f"scores contain {int((~np.isfinite(s)).sum())} NaN or infinite value(s)")
     return float(min(1.0, average_precision_score(y, s)))  # summation can land a hair above 1
 
 
@@ -146,10 +156,12 @@ def ap_gain_per_1000(labels: Any, ap: Any) -> np.ndarray:
     ndarray [r - 1] float64
         ``1000 * (ap[i] - ap[i-1]) / (labels[i] - labels[i-1])``.
     """
-    L = np.asarray(labels, dtype=np.float64)
-    A = np.asarray(ap, dtype=np.float64)
+    L = _numbers(labels, "labels")
+    A = _numbers(ap, "ap")
     if L.ndim != 1 or A.shape != L.shape:
         raise InputError(f"labels and ap must be 1-D arrays of one length, got shapes {L.shape} and {A.shape}")
+    if not np.isfinite(A).all():
+        raise InputError("ap must be finite numbers (a round without an AP has none to gain from)")
     if L.size and np.any(np.diff(L) <= 0):
         raise InputError("labels must be strictly increasing")
     if L.size < 2:
@@ -260,15 +272,18 @@ def nearest_other_similarity(vectors: Any) -> np.ndarray:
 
 def labels_to_reach(labels: Any, values: Any, target: float) -> int | None:
     """Labels spent at the first point where ``values`` reaches ``target``; None if it never does."""
-    L = np.asarray(labels)
-    V = np.asarray(values, dtype=np.float64)
+    L = _numbers(labels, "labels")
+    V = _numbers(values, "values")
     if L.ndim != 1 or V.shape != L.shape:
         raise InputError(f"labels and values must be 1-D arrays of one length, got {L.shape} and {V.shape}")
-    hit = np.flatnonzero(V >= float(target))
+    hit = np.flatnonzero(V >= float(_numbers(target, "target")))
     return int(L[hit[0]]) if hit.size else None
 
 
 def mean_ignoring_none(values: Any) -> float | None:
     """Mean of the values that are not None / NaN; None when none are left."""
-    vals = [float(v) for v in values if v is not None and not np.isnan(float(v))]
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise InputError(f"values must be a sequence of numbers (or None), got {values!r}")
+    vals = [float(_numbers(v, "values")) for v in values if v is not None]
+    vals = [v for v in vals if not np.isnan(v)]
     return float(np.mean(vals)) if vals else None

@@ -244,6 +244,10 @@ def make_spec(kind: str, n: int, dim: int, **params: int) -> IndexSpec:
     if kind == "hnsw":
         defaults = {"M": 32, "ef_construction": 40, "ef_search": 64}
     elif kind in _IVF_KINDS:
+        for key in ("nlist", "nbits", "nprobe", "m", "train_size"):
+            v = params.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0):
+                raise InputError(f"{kind} parameter {key} must be a positive integer, got {v!r}")
         nlist = int(params.get("nlist", _default_nlist(n)))
         defaults = {"nlist": nlist, "nprobe": _default_nprobe(nlist)}
         if kind == "ivf-pq":

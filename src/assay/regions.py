@@ -941,6 +941,9 @@ def region_image_sizes(ws: Workspace, ids: Any, encoder: str | None = None) -> d
 
 def regions_of(ws: Workspace, item_id: int, encoder: str | None = None) -> list[dict[str, Any]]:
     """The stored regions of one image: ``[{"id", "slot", "scale", "box"}]`` in slot order."""
+    from .errors import as_item_id
+
+    item_id = as_item_id(item_id, "item id")
     spec = region_spec_of(ws, encoder)
     if spec is None:
         return []

@@ -523,7 +523,8 @@ def _run(
     final = make_proxy(proxy, seed=seed * 1000 + rnd + 1).fit(lookup(lab_ids), lab_y.astype(np.int8))
     rows[-1]["ap"] = ap_of(final)
     for prev, cur in itertools.pairwise(rows):
-        cur["ap_gain_per_1000"] = float(E.ap_gain_per_1000([prev["labels"], cur["labels"]], [prev["ap"], cur["ap"]])[0])
+        cur["ap_gain_per_1000"] = (None if prev["ap"] is None or cur["ap"] is None else
+                                   float(E.ap_gain_per_1000([prev["labels"], cur["labels"]], [prev["ap"], cur["ap"]])[0]))
     return _Run(rows=rows, mined=mined, n_truncated=n_trunc)
 
 

@@ -257,6 +257,8 @@ class Workspace:
         return self.config.default_encoder
 
     def vectors(self, encoder: str | None = None) -> VectorStore:
+        if encoder is not None and (not isinstance(encoder, str) or not encoder.strip()):
+            raise InputError(f"an encoder name must be a non-empty string such as 'efficientnet-lite0', got {encoder!r}")
         name = encoder or self.default_encoder
         return VectorStore(self.root / "vectors" / encoder_key(name), name=name)
 
@@ -358,6 +360,8 @@ class Workspace:
         return np.load(marker) if marker.exists() else None
 
     def index_dir(self, encoder: str | None = None) -> Path:
+        if encoder is not None and (not isinstance(encoder, str) or not encoder.strip()):
+            raise InputError(f"an encoder name must be a non-empty string such as 'efficientnet-lite0', got {encoder!r}")
         return self.root / "index" / encoder_key(encoder or self.default_encoder)
 
     @property
