@@ -199,3 +199,12 @@ def test_third_pass_boundaries(ws):
         dedup(ws, incremental="no")
     with pytest.raises(InputError):
         regions_of(ws, "x")
+
+
+def test_write_scores_checks_each_row(ws):
+    from assay.interop.scores import write_scores
+
+    for rows, words in (([("red", "x", 0.5, None)], "must be an integer"), ([("red", 1.7, 0.5, None)], "got 1.7"),
+                        ([("red", 2, 0.5)], "must be \\(concept, item id, score, boxes or None\\)")):
+        with pytest.raises(InputError, match=words):
+            write_scores(ws.catalog, "m", rows)

@@ -190,9 +190,13 @@ def write_scores(
     model = _check_name(model, "model name")
     prepared = []
     seen: set[tuple[str, int]] = set()
-    for k, (concept, item_id, score, boxes) in enumerate(rows):
+    for k, row in enumerate(rows):
+        if not isinstance(row, (tuple, list)) or len(row) != 4:
+            raise InputError(f"score row {k + 1} must be (concept, item id, score, boxes or None), got {row!r}"[:300])
+        concept, item_id, score, boxes = row
         concept = _check_name(concept, "concept")
-        key = (concept, int(item_id))
+        item_id = as_item_id(item_id, f"score row {k + 1}: item id")  # 1.7 is refused, not item 1
+        key = (concept, item_id)
         if key in seen:
             raise InputError(f"score row {k + 1}: item {item_id} has two scores for concept {concept!r}")
         seen.add(key)
