@@ -455,3 +455,15 @@ def test_a_jsonl_manifest_error_names_the_line_as_an_editor_counts(cat, tmp_path
     (tmp_path / "m.jsonl").write_text('{"uri": "a.png"}\n{"uri": "b.png"}\n{bad\n')
     with pytest.raises(InputError, match=r"m.jsonl line 3: not JSON"):
         ingest(cat, [tmp_path / "m.jsonl"])
+
+
+def test_a_manifest_url_whose_host_cannot_be_reached_says_so(cat, tmp_path):
+    pytest.importorskip("aiohttp")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(InputError, match="its host cannot be reached"):
+        ingest(cat, [f"http://127.0.0.1:{port}/m.csv"])
+    assert cat.count()["total"] == 0

@@ -379,7 +379,13 @@ def _read_manifest_table(uri: str):
             try:
                 with fsspec.open(uri, "rb") as f:
                     data = f.read()
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                from .media import storage_failure
+
+                if storage_failure(exc) == "endpoint":  # fsspec's http says "not found" for a host it cannot reach
+                    cause = exc.__cause__ or exc.__context__
+                    raise InputError(f"cannot read manifest {uri}: its host cannot be reached "
+                                     f"({type(cause).__name__}: {cause})"[:500]) from None
                 raise NotFoundError(f"manifest does not exist: {uri}") from None
             except ImportError as exc:
                 raise MissingDependencyError(_fsspec_package(uri), _fsspec_extra(uri), uri) from exc
