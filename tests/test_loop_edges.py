@@ -97,7 +97,19 @@ def test_mine_out_is_checked_before_a_round_is_recorded(ws, tmp_path):
     assert ws.catalog.rounds(ws.catalog.concept("red").id) == []
     r = _cli(ws, "mine", "red", "--batch", "5", "--out", str(tmp_path / "new" / "sub" / "batch.csv"))
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "new" / "sub" / "batch.csv").read_text().startswith("id,uri,score,prelabel,label")
+    text = (tmp_path / "new" / "sub" / "batch.csv").read_text()
+    assert text.startswith("id,uri,score,prelabel,label,concept,round") and ",red,1" in text
+    # the batch file names its concept: answering it for another concept is refused, not recorded there
+    ws.catalog.add_concept("blue")
+    filled = text.replace(",,red,1", ",1,red,1")
+    (tmp_path / "answers.csv").write_text(filled)
+    r = _cli(ws, "label", "blue", "--file", str(tmp_path / "answers.csv"))
+    assert r.exit_code == 2 and "concept 'red' differs from 'blue'" in r.output, r.output
+    assert ws.catalog.label_history(ws.catalog.concept("blue").id) == []
+    r = _cli(ws, "label", "red", "--file", str(tmp_path / "answers.csv"))
+    assert r.exit_code == 0 and "recorded 5 labels" in r.output, r.output
+    hist = ws.catalog.label_history(ws.catalog.concept("red").id)
+    assert {h["round_id"] for h in hist} == {ws.catalog.rounds(ws.catalog.concept("red").id)[-1].id}
     r = _cli(ws, "harvest", "red", "--out", str(tmp_path / "mined.txt"))
     assert r.exit_code == 2 and ".csv or .parquet" in r.output
 

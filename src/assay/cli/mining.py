@@ -192,7 +192,7 @@ def mine(
                 it["box"] = None if r is None else r["box"]
         if out_file is not None:
             try:
-                _write_batch_csv(out_file, items, regions=regions)
+                _write_batch_csv(out_file, items, regions=regions, concept=name, round_no=row.number)
             except OSError as exc:
                 from ..errors import AssayError
 
@@ -277,19 +277,22 @@ def harvest(
             out.print(f"{r['score']:.4f}  {r['id']}  {r['uri']}" + ("" if r["label"] is None else f"  (labelled {r['label']})"))
 
 
-def _write_batch_csv(path: Path, items: list[dict], *, regions: bool) -> None:
+def _write_batch_csv(path: Path, items: list[dict], *, regions: bool, concept: str, round_no: int) -> None:
     """A proposed batch as the CSV to label: id, uri, score (the strategy's own, e.g. entropy), prelabel (the
-    proxy's P(positive)), with ``regions`` the box that triggered the proposal, and an empty ``label`` column
-    to fill with 1/0 and give to `assay label`. Written to a temporary file and renamed: never half a file."""
+    proxy's P(positive)), with ``regions`` the box that triggered the proposal, an empty ``label`` column to
+    fill with 1/0 and give to `assay label`, and the ``concept`` and ``round`` it was proposed for (`assay
+    label` refuses the file for another concept). Written to a temporary file and renamed: never half a file."""
     from .._atomic import atomic_output
 
     box_cols = ["x0", "y0", "x1", "y1"] if regions else []
     text_col = ["text"] if any("text" in it for it in items) else []  # text items: what to read and label
     with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "uri", *text_col, "score", "prelabel", *box_cols, "label"])
+        w = csv.DictWriter(f, fieldnames=["id", "uri", *text_col, "score", "prelabel", *box_cols, "label", "concept",
+                                          "round"])
         w.writeheader()
         for it in items:
-            rec = {"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": ""}
+            rec = {"id": it["id"], "uri": it["uri"], "score": it["score"], "prelabel": it["prelabel"], "label": "",
+                   "concept": concept, "round": round_no}
             if text_col:
                 rec["text"] = it.get("text") or ""
             if regions:
@@ -357,7 +360,8 @@ def rounds(
         if out_file is not None:
             r = chosen[-1]
             items = batch_items(r)
-            _write_batch_csv(out_file, items, regions=bool((r.params or {}).get("regions")))
+            _write_batch_csv(out_file, items, regions=bool((r.params or {}).get("regions")), concept=concept.name,
+                             round_no=r.number)
         if json_:
             if round_no is not None or out_file is not None:
                 print_json({**summary(chosen[-1]), "items": batch_items(chosen[-1])})
