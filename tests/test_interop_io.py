@@ -264,6 +264,9 @@ def test_export_errors(base, tmp_path):
         export(ws, "red", fmt="csv", out=tmp_path)
     with pytest.raises(InputError, match="gave no boxes"):
         export(ws, "red", fmt="coco", out=tmp_path / "c.json", boxes_model="nobody")
+    with pytest.raises(InputError, match="writes a folder"):
+        export(ws, "red", fmt="fiftyone", out=tmp_path / "dog.fiftyone.json")
+    assert not (tmp_path / "dog.fiftyone.json").exists()
     # options the format has no use for are errors, not silently ignored
     with pytest.raises(InputError, match="only the label-studio and coco exports hold"):
         export(ws, "red", fmt="csv", out=tmp_path / "b.csv", boxes_model="nobody")

@@ -233,7 +233,10 @@ def test_harvest_leaves_out_labelled_negatives_and_honours_min_score(ws):
     every = Miner(ws, "red").harvest(top=len(truth), include_negatives=True)
     assert {r["id"] for r in every} >= negatives
     high = Miner(ws, "red").harvest(top=len(truth), min_score=0.5)
-    assert high and all(r["score"] >= 0.5 for r in high) and len(high) < len(rows)
+    assert high and all(r["score"] >= 0.5 or r["label"] == 1 for r in high) and len(high) < len(rows)
+    # a person's yes outranks the model's score: no labelled positive is dropped by min_score
+    strict = Miner(ws, "red").harvest(top=len(truth), min_score=0.999)
+    assert {i for i in ids if truth[i] == 1} <= {r["id"] for r in strict}
     with pytest.raises(InputError, match="min_score"):
         Miner(ws, "red").harvest(min_score=2.0)
     r = _cli(ws, "harvest", "red", "--top", "5", "--json")
@@ -493,7 +496,7 @@ def test_rounds_lists_provenance_and_writes_a_batch_again(ws, tmp_path):
     assert r.exit_code == 0, r.output
     with open(tmp_path / "latest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "uri", "score", "prelabel", "label"] and len(rows) == 5
+    assert list(rows[0]) == ["id", "uri", "score", "prelabel", "label", "concept", "round"] and len(rows) == 5
     r = _cli(ws, "rounds", "red", "--round", "1", "--out", str(tmp_path / "r1.csv"), "--json")
     one = json.loads(r.stdout)
     assert one["round"] == 1 and [it["id"] for it in one["items"]] == ids

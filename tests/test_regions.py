@@ -483,7 +483,7 @@ def test_cli_embed_regions_and_search_regions_json(tmp_path):
     import csv as _csv
 
     rows = list(_csv.DictReader(out_csv.open()))
-    assert list(rows[0]) == ["id", "uri", "score", "prelabel", "x0", "y0", "x1", "y1", "label"] and len(rows) == 3
+    assert list(rows[0]) == ["id", "uri", "score", "prelabel", "x0", "y0", "x1", "y1", "label", "concept", "round"] and len(rows) == 3
     # `assay rounds --out` writes a region round's batch again, boxes included
     r = runner.invoke(app, ["-w", str(wdir), "rounds", "red", "--out", str(tmp_path / "again.csv")])
     assert r.exit_code == 0, r.output

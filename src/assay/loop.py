@@ -702,8 +702,9 @@ class Miner:
 
         Pseudo-labels take part in training only with ``include_pseudo``. Items whose current label is
         negative are left out of the mined set unless ``include_negatives`` (a person said no); with
-        ``min_score``, so are items the model scores below it. A copy (exact or near duplicate) of a labelled
-        item carries its label in the output (and a "no" leaves it out too).
+        ``min_score``, so are items the model scores below it, unless a person labelled them positive. A copy
+        (exact or near duplicate) of a labelled item carries its label in the output (and a "no" leaves it
+        out too).
 
         For the linear proxy the ranking is a maximum-inner-product search on the FAISS index with the
         model's weight vector (the index holds unit vectors, and ``P = sigmoid(w.x + b)`` is monotone in
@@ -764,8 +765,8 @@ class Miner:
         probs = model.predict_proba(store.get(ids)) if len(ids) else np.zeros(0)
         order = np.argsort(-probs, kind="stable")
         ids, probs = ids[order][:top], probs[order][:top]
-        if min_score is not None:
-            keep = probs >= float(min_score)
+        if min_score is not None:  # a person's yes outranks the model's score: labelled positives stay
+            keep = (probs >= float(min_score)) | np.asarray([label_of.get(int(i)) == 1 for i in ids], dtype=bool)
             ids, probs = ids[keep], probs[keep]
         uris, texts = cat.uris(ids), cat.texts(ids)
         return [

@@ -92,6 +92,8 @@ def ingest(
             out.print(f"... and {report.errors - 10} more errors (`assay status --errors` lists them all)")
         if report.seen == 0 and len(sources) > 1:  # (one empty source was named in its own warning above)
             console.print("[yellow]warning:[/] none of the sources holds an item", markup=True)
+        if report.new or report.revived:
+            out.print("next: `assay embed`, then `assay index`")
 
 
 def embed(
@@ -222,6 +224,8 @@ def embed(
             left = ws.status()["pending"].get(report.encoder, 0)
             if left:
                 out.print(f"--limit {limit}: {left} items are still pending; run `assay embed` again for them")
+        if report.embedded:
+            out.print("next: `assay index` (search, mining and harvest see the indexed items)")
 
 
 def _repair_stores(ws: object, name: str) -> list[dict[str, object]]:

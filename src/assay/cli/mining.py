@@ -215,6 +215,8 @@ def mine(
             out.print(f"{it['id']}  {it['uri']}{pre}  ({it['reason']})")
         if len(items) > 20:
             out.print(f"... {len(items) - 20} more" + (f"; all in {out_file}" if out_file else "; use --out FILE or --json"))
+        if out_file is not None and items:
+            out.print(f"next: fill the label column of {out_file} (1/0), then `assay label {name} --file {out_file}`")
 
 
 def label(
@@ -243,7 +245,7 @@ def label(
         if json_:
             print_json(res)
         else:
-            out.print(f"recorded {n} labels for {name!r}"
+            out.print(f"recorded {n} label{'' if n == 1 else 's'} for {name!r}"
                       + (f" ({unchanged} answers were already recorded as they are, and not written again)" if unchanged else "")
                       + f"; it now has {res['labels']} labelled items, {res['positives']} positive")
 
@@ -275,6 +277,8 @@ def harvest(
         out.print(f"harvested {len(rows)} items for {name!r}" + (f" into {out_file}" if out_file else ""))
         for r in rows[:10]:
             out.print(f"{r['score']:.4f}  {r['id']}  {r['uri']}" + ("" if r["label"] is None else f"  (labelled {r['label']})"))
+        if len(rows) > 10:
+            out.print(f"... and {len(rows) - 10} more" + ("" if out_file else " (--out FILE or --json for all of them)"))
 
 
 def _write_batch_csv(path: Path, items: list[dict], *, regions: bool, concept: str, round_no: int) -> None:

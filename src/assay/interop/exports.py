@@ -517,6 +517,8 @@ def export(
     out = Path(out)
     if fmt in ("csv", "parquet", "label-studio", "coco") and out.is_dir():
         raise InputError(f"--out {out} is a folder; the {fmt} export writes one file")
+    if fmt in ("imagefolder", "fiftyone") and out.suffix.lower() in (".json", ".csv", ".parquet", ".txt"):
+        raise InputError(f"the {fmt} export writes a folder, and --out {out.name} names a file: give a folder name")
     want = {"csv": ".csv", "parquet": ".parquet", "label-studio": ".json", "coco": ".json"}.get(fmt)
     if want is not None and out.suffix and out.suffix.lower() != want:
         raise InputError(f"--out {out.name} does not fit --format {fmt}: its file should end in {want}")
