@@ -124,3 +124,20 @@ def test_control_characters_in_names_and_texts_never_reach_the_terminal(tmp_path
     line = [x for x in r.output.splitlines() if "a\\x09b.png" in x]
     assert line and "not an image" in line[0], r.output  # the tab in the name cannot split its line
     w.close()
+
+
+def test_a_text_that_cannot_seed_rounds_is_warned_about_at_concept_add(ws, tmp_path):
+    import numpy as np
+
+    import assay
+
+    ids = ws.catalog.ids()
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "e.npy", rng.normal(size=(len(ids), 8)).astype(np.float32))
+    np.save(tmp_path / "e.ids.npy", np.asarray(ids, dtype=np.int64))
+    assay.import_embeddings(ws, tmp_path / "e.npy", name="precomputed:x")
+    r = _cli(ws, "concept", "add", "dog", "--text", "a dog", "--encoder", "precomputed:x")
+    assert r.exit_code == 0 and "--text cannot seed this workspace's rounds" in r.output, r.output
+    assert "give --exemplar" in " ".join(r.output.split())
+    r = _cli(ws, "concept", "add", "cat", "--text", "a cat")  # the fake encoder has a text tower: no warning
+    assert r.exit_code == 0 and "cannot seed" not in r.output

@@ -658,6 +658,11 @@ class Searcher:
             raise InputError(f"query image {p} cannot be used: {exc}") from exc
         return enc.embed_images([image])[0]
 
+    def text_route(self) -> str:
+        """How text queries reach this encoder's vectors: ``"tower"`` (a text tower) or ``"bridge"`` (ConSE over
+        stored ImageNet logits); InputError when neither exists. Nothing loads."""
+        return self._text_route()
+
     def _text_route(self) -> str:
         from .encoders.base import get_encoder
         from .errors import UnknownNameError

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import JsonOpt, WorkspaceOpt, errors_to_exit, open_workspace, out, print_json
+from ._common import JsonOpt, WorkspaceOpt, _escape, console, errors_to_exit, open_workspace, out, print_json
 
 concept_app = typer.Typer(help="Objects of interest: create and list concepts.", no_args_is_help=True)
 
@@ -99,6 +99,18 @@ def concept_add(
             raise InputError(f"concept {name!r} exists already")
         ex_ids = _resolve_exemplars(ws, encoder, exemplar or [])
         c = ws.catalog.add_concept(name, text=text, exemplars=ex_ids, exemplar_annotator="exemplar")
+        if text is not None:
+            from ..errors import AssayError
+            from ..search import Searcher
+
+            try:
+                Searcher(ws, encoder).text_route()
+            except InputError as exc:  # the text is kept (another encoder may use it), but it seeds nothing here
+                console.print(f"[yellow]warning:[/] --text cannot seed this workspace's rounds: {_escape(str(exc))}"
+                              + ("" if ex_ids else "; give --exemplar, or label a few items first, or the first "
+                                 "round is random"), markup=True)
+            except AssayError:  # no embeddings yet: nothing to say now
+                pass
         if json_:
             print_json({"id": c.id, "name": c.name, "text": c.text, "exemplars": c.exemplars})
         else:
