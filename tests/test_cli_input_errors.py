@@ -141,3 +141,12 @@ def test_a_text_that_cannot_seed_rounds_is_warned_about_at_concept_add(ws, tmp_p
     assert "give --exemplar" in " ".join(r.output.split())
     r = _cli(ws, "concept", "add", "cat", "--text", "a cat")  # the fake encoder has a text tower: no warning
     assert r.exit_code == 0 and "cannot seed" not in r.output
+
+
+def test_status_names_the_concepts_and_a_missing_index(tmp_path):
+    w = make_ws(tmp_path, index=False, n_red=2, n_other=3)
+    label_some(w, "red", n_pos=2, n_neg=3)
+    r = _cli(w, "status")
+    assert r.exit_code == 0 and "index      none yet (run `assay index`" in r.output, r.output
+    assert "concepts   red (5 labels, 2 positive)" in r.output
+    w.close()

@@ -279,6 +279,16 @@ def status(
         for name, ix in st["indexes"].items():
             state = "up to date" if ix["up_to_date"] else (ix.get("problem") or "out of date (run `assay index`)")
             out.print(f"index      {name}: {ix['vectors']} vectors, {state}")
+        if st["embeddings"] and not st["indexes"]:
+            out.print("index      none yet (run `assay index`: search, mining and harvest need it)")
+        concepts = ws.catalog.concepts()
+        if concepts:
+            shown = []
+            for c in concepts[:5]:
+                _ids, vals = ws.catalog.current_labels(c.id)
+                shown.append(f"{c.name} ({len(vals)} labels, {int((vals == 1).sum())} positive)")
+            more = f" and {len(concepts) - 5} more" if len(concepts) > 5 else ""
+            out.print(f"concepts   {', '.join(shown)}{more} (`assay concept list`)")
         for name, ix in st.get("region_indexes", {}).items():
             state = "up to date" if ix["up_to_date"] else (ix.get("problem") or "out of date (run `assay index`)")
             out.print(f"regions    {name}: {ix['spec'] or '?'}, {ix['vectors']} item and region vectors indexed, {state}")
