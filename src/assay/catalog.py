@@ -36,7 +36,10 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .errors import MAX_INT64, CatalogError, InputError, MissingDependencyError, NotFoundError, as_id_array, as_item_id
+from .errors import (
+    MAX_INT64, CatalogError, InputError, MissingDependencyError, NotFoundError, as_id_array, as_item_id,
+    check_one_label_each,
+)
 
 __all__ = [
     "ITEM_STATUSES",
@@ -478,26 +481,22 @@ class _MiningMixin:
         one transaction: every row is checked first, then all are written or none."""
         now = _now()
         rows: list[dict[str, Any]] = []
-        concepts_seen: set[int] = set()
+        checked: set[tuple[int, int | None]] = set()  # (concept id, round id) pairs known to exist
         for concept_id, item_ids, values, source, annotator, round_id in batches:
             if source not in LABEL_SOURCES:
                 raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
             annotator = self.named(annotator)
             self.check_annotator(annotator)
             concept_id = as_item_id(concept_id, "concept id")
-            if concept_id not in concepts_seen:
+            round_id = None if round_id is None else as_item_id(round_id, "round id")
+            if (concept_id, round_id) not in checked:
                 self._check_concept_and_round(concept_id, round_id)
-                concepts_seen.add(concept_id)
-            elif round_id is not None:
-                self._check_concept_and_round(concept_id, round_id)
+                checked.add((concept_id, round_id))
             ids = as_id_array(item_ids, "labelled item ids").tolist()  # 4.9 is refused, never item 4
             vals = _label_values(values)
             if len(ids) != len(vals):
                 raise InputError(f"{len(ids)} item ids but {len(vals)} label values")
-            first: dict[int, int] = {}
-            for i, v in zip(ids, vals):
-                if first.setdefault(i, v) != v:
-                    raise InputError(f"item {i} is given two different labels in one call; keep one")
+            check_one_label_each(ids, vals)
             known = set(self.get_ids_existing(ids))
             unknown = [i for i in ids if i not in known]
             if unknown:

@@ -27,6 +27,9 @@ Messages say what was expected and what came, e.g. ``k must be a positive intege
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
+
 __all__ = [
     "AssayError",
     "InputError",
@@ -41,6 +44,7 @@ __all__ = [
     "check_workspace",
     "check_encoder_name",
     "check_folder",
+    "check_one_label_each",
     "RowProblems",
     "IndexNotBuiltError",
     "NoEmbeddingsError",
@@ -222,6 +226,14 @@ def as_id_array(values: object, where: str = "item ids"):
     return np.asarray([as_item_id(v, where) for v in arr.tolist()], dtype=np.int64)
 
 
+def check_one_label_each(ids: Iterable[int], values: Iterable[int], what: str = "item") -> None:
+    """InputError when one call gives the same ``what`` (item, region) two different labels."""
+    first: dict[int, int] = {}
+    for i, v in zip(ids, values):
+        if first.setdefault(i, v) != v:
+            raise InputError(f"{what} {i} is given two different labels in one call; keep one")
+
+
 def check_folder(folder: object, label: str, *, create: bool = False) -> None:
     """Raise :class:`InputError` naming ``label`` when ``folder``, or the nearest existing folder above it,
     is a file; with ``create``, make the missing folders (a failure is an InputError too). For output paths
@@ -263,9 +275,13 @@ class RowProblems:
     def add(self, message: str) -> None:
         self.messages.append(message)
 
-    def row(self, where: str) -> "_RowContext":
+    @contextlib.contextmanager
+    def row(self, where: str) -> Iterator[None]:
         """A context in which an :class:`InputError` is recorded as ``where: message`` instead of raised."""
-        return _RowContext(self, where)
+        try:
+            yield
+        except InputError as exc:
+            self.add(f"{where}: {exc}")
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -279,17 +295,3 @@ class RowProblems:
         shown = "\n  ".join(self.messages[: self.show])
         more = f"\n  ... and {n - self.show} more" if n > self.show else ""
         raise InputError(f"{self.header}: {n} bad rows, nothing recorded:\n  {shown}{more}")
-
-
-class _RowContext:
-    def __init__(self, problems: RowProblems, where: str) -> None:
-        self.problems, self.where = problems, where
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
-        if isinstance(exc, InputError):
-            self.problems.add(f"{self.where}: {exc}")
-            return True
-        return False

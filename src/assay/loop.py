@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import (
     EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id, check_encoder_name,
-    check_workspace,
+    check_one_label_each, check_workspace,
 )
 from .index import _in_sorted
 from .workspace import Workspace
@@ -668,10 +668,7 @@ class Miner:
         val_list = [parse_label_value(v) for v in np.asarray(values, dtype=object).reshape(-1).tolist()]
         if len(id_list) != len(val_list):
             raise InputError(f"got {len(id_list)} ids and {len(val_list)} label values; give one label per id")
-        first: dict[int, int] = {}
-        for i, v in zip(id_list, val_list):
-            if first.setdefault(i, v) != v:
-                raise InputError(f"item {i} is given two different labels in one call; keep one")
+        check_one_label_each(id_list, val_list)
         ids = np.asarray(id_list, dtype=np.int64)
         values = np.asarray(val_list, dtype=np.int8)
         n = 0

@@ -49,7 +49,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from .embed import finite_rows, model_input, record_error
-from .errors import DecodeError, EmptyPoolError, InputError, NotFoundError, WorkspaceError, as_id_array
+from .errors import (
+    DecodeError, EmptyPoolError, InputError, NotFoundError, WorkspaceError, as_id_array, as_item_id, check_one_label_each,
+)
 from .loop import Miner
 from .vectors import VectorStore, encoder_key
 from .workspace import Workspace
@@ -941,8 +943,6 @@ def region_image_sizes(ws: Workspace, ids: Any, encoder: str | None = None) -> d
 
 def regions_of(ws: Workspace, item_id: int, encoder: str | None = None) -> list[dict[str, Any]]:
     """The stored regions of one image: ``[{"id", "slot", "scale", "box"}]`` in slot order."""
-    from .errors import as_item_id
-
     item_id = as_item_id(item_id, "item id")
     spec = region_spec_of(ws, encoder)
     if spec is None:
@@ -1108,10 +1108,7 @@ def add_region_labels(
         raise InputError(f"{len(rids)} region ids but {len(vals)} label values")
     if not len(rids):
         return 0
-    first: dict[int, int] = {}
-    for r, v in zip(rids.tolist(), vals.tolist()):
-        if first.setdefault(r, v) != v:
-            raise InputError(f"region {r} is given two different labels in one call; keep one")
+    check_one_label_each(rids.tolist(), vals.tolist(), "region")
     if not is_region_id(rids).all():
         raise InputError(f"region ids are >= 2**62; got item ids {rids[~is_region_id(rids)][:5].tolist()}")
     store = region_store(ws, encoder)
