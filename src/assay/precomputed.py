@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .embed import EmbedReport
-from .errors import InputError, NotFoundError
+from .errors import InputError, NotFoundError, check_workspace
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -222,8 +222,7 @@ def import_embeddings(
                          f"store of an encoder assay runs), got {name!r}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size <= 0:
         raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
-    if not isinstance(ws, Workspace):
-        raise InputError(f"import_embeddings needs a Workspace, got {type(ws).__name__}")
+    check_workspace(ws, "import_embeddings")
     parts = _discover(str(source))
     cat = ws.catalog
     known_ids = cat.ids(status=None)

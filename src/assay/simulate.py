@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from . import evaluate as E
-from .errors import EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id
+from .errors import EmptyPoolError, InputError, NotFoundError, RowProblems, UnknownNameError, as_item_id, check_workspace
 
 log = logging.getLogger(__name__)
 
@@ -427,8 +427,10 @@ class _Run:
 _NEIGHBOR_STRATEGIES = ("information-density",)
 
 
-def _needs_neighbors(name: str) -> bool:
-    return name.rsplit(":", 1)[-1].split("@", 1)[0].replace("_", "-").lower() in _NEIGHBOR_STRATEGIES
+def _uses_neighbors(strategy_name: str) -> bool:
+    """Whether a strategy (its canonical name, ``Strategy.name``) needs the pool index's neighbours: a SEALS
+    pool, or a base strategy that scores with them."""
+    return strategy_name.startswith("seals:") or strategy_name.rpartition(":")[2] in _NEIGHBOR_STRATEGIES
 
 
 def _run(
@@ -442,7 +444,7 @@ def _run(
     proxy = proxy_override or cfg.proxy
     strat = make_strategy(base_name, seals_k=cfg.seals_k)
     is_seals = strat.name.startswith("seals:")
-    uses_neighbors = is_seals or _needs_neighbors(strat.name)
+    uses_neighbors = _uses_neighbors(strat.name)
     rng = np.random.default_rng([seed, _name_key(name)])
     lookup = vectors_by_id(corpus.vectors, corpus.ids)
     N = corpus.ids.size
@@ -677,8 +679,8 @@ def simulate(
         raise InputError(f"budget ({config.budget}) exceeds the pool ({n_pool} items outside the test split)")
     test_vectors = truth.vectors[test_rows]  # [n_test, dim]
     say = progress or (lambda msg: None)
-    needs_index = any(make_strategy(split_spec(n)[0], seals_k=config.seals_k).name.startswith("seals:")
-                      or _needs_neighbors(split_spec(n)[0]) for n in config.strategies)
+    needs_index = any(_uses_neighbors(make_strategy(split_spec(n)[0], seals_k=config.seals_k).name)
+                      for n in config.strategies)
     index_seconds = 0.0
     if needs_index and index is None:
         t0 = time.perf_counter()
@@ -925,10 +927,7 @@ def simulate_workspace(
     """
     if not isinstance(config, SimulationConfig):
         raise InputError(f"config must be a SimulationConfig, got {type(config).__name__}")
-    from .workspace import Workspace
-
-    if not isinstance(ws, Workspace):
-        raise InputError(f"simulate_workspace needs a Workspace, got {type(ws).__name__}")
+    check_workspace(ws, "simulate_workspace")
     config.validate()
     if out is not None:
         from .errors import check_folder

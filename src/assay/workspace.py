@@ -26,7 +26,10 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog
-from .errors import DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, WorkspaceExistsError, as_id_array, check_folder
+from .errors import (
+    DamagedStoreError, InputError, NoWorkspaceError, WorkspaceError, WorkspaceExistsError, as_id_array, check_encoder_name,
+    check_folder,
+)
 from .vectors import StoreBusyError, VectorStore, encoder_key
 
 #: In an index folder: ids of items whose files changed (embeddings dropped) since the index was built.
@@ -257,8 +260,7 @@ class Workspace:
         return self.config.default_encoder
 
     def vectors(self, encoder: str | None = None) -> VectorStore:
-        if encoder is not None and (not isinstance(encoder, str) or not encoder.strip()):
-            raise InputError(f"an encoder name must be a non-empty string such as 'efficientnet-lite0', got {encoder!r}")
+        check_encoder_name(encoder)
         name = encoder or self.default_encoder
         return VectorStore(self.root / "vectors" / encoder_key(name), name=name)
 
@@ -360,8 +362,7 @@ class Workspace:
         return np.load(marker) if marker.exists() else None
 
     def index_dir(self, encoder: str | None = None) -> Path:
-        if encoder is not None and (not isinstance(encoder, str) or not encoder.strip()):
-            raise InputError(f"an encoder name must be a non-empty string such as 'efficientnet-lite0', got {encoder!r}")
+        check_encoder_name(encoder)
         return self.root / "index" / encoder_key(encoder or self.default_encoder)
 
     @property
