@@ -111,7 +111,7 @@ def _resolve_uris(cat: Any, uris: Sequence[str], base: Path | None = None) -> di
 def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None,
                problems: RowProblems) -> tuple[list[LabelEntry], int]:
     """The rows of a CSV / JSONL / Parquet labels file; a bad row is added to ``problems`` and left out."""
-    from .scores import column_hint, read_score_records
+    from .scores import column_hint, concept_of_row, read_score_records
 
     records = read_score_records(path)
     if not records:
@@ -147,12 +147,7 @@ def _parse_csv(ws: Any, path: Path, concept: str | None, annotator: str | None,
                 if str(uri) not in uri_ids:
                     raise InputError(f"uri {uri!r} is not in the catalog")
                 item_id = uri_ids[str(uri)]
-            c = rec.get("concept")
-            c = concept if c in (None, "") else str(c).strip()
-            if c is None:
-                raise InputError("concept is empty; fill the column or pass --concept")
-            if concept is not None and c != concept:
-                raise InputError(f"concept {c!r} differs from --concept {concept!r}")
+            c = concept_of_row(rec, concept)
             src = "pseudo" if str(rec.get("source") or "").strip() == "pseudo" else "import"
             who = annotator or (str(rec["annotator"]).strip() if rec.get("annotator") not in (None, "") else None)
             entries.append(LabelEntry(c, item_id, value, who, src, where))

@@ -458,6 +458,20 @@ def _refuse_repeated_columns(names: Sequence[str], p: Path) -> None:
         raise InputError(f"{p} has the column(s) {repeated} more than once; rename or drop the copies")
 
 
+def concept_of_row(rec: dict[str, Any], concept: str | None) -> str:
+    """The concept a file row is for: its ``concept`` cell, else ``concept`` (``--concept``); a row naming
+    another concept than ``--concept``, or naming none when there is no ``--concept``, raises InputError."""
+    cell = rec.get("concept")
+    if cell in (None, ""):
+        if concept is None:
+            raise InputError("concept is empty; fill the column or pass --concept")
+        return concept
+    name = str(cell).strip()
+    if concept is not None and name != concept:
+        raise InputError(f"concept {name!r} differs from --concept {concept!r}")
+    return name
+
+
 _SCORE_COLS = ("id", "uri", "concept", "score", "boxes")
 
 
@@ -634,15 +648,7 @@ def import_scores(
                     raise InputError(f"uri {uri!r} is not in the catalog")
                 item_id, *wh = uri_map[str(uri)]
                 size = (wh[0], wh[1])
-            row_concept = rec.get("concept")
-            if row_concept in (None, ""):
-                if concept is None:
-                    raise InputError("concept is empty; fill the column or pass --concept")
-                row_concept = concept
-            else:
-                row_concept = str(row_concept).strip()
-                if concept is not None and row_concept != concept:
-                    raise InputError(f"concept {row_concept!r} differs from --concept {concept!r}")
+            row_concept = concept_of_row(rec, concept)
             if row_concept not in checked_names:
                 Catalog.check_concept_name(row_concept)  # a name no concept could have would never be used
                 checked_names.add(row_concept)
