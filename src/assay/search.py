@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivf-pq")
 TEXT_BRIDGE_ENCODER = "minilm"
 CLASS_SCORES_EXTRA = "imagenet_logits"
+#: How text reaches an ImageNet classifier's logits: "wordnet" (class sets under the WordNet node the text
+#: names, an exact scan of the stored logits) or "conse" (the ConSE vectors' index, approximate, for huge corpora).
+TEXT_BRIDGES = ("wordnet", "conse")
 _MAIN, _BRIDGE, _PCA, _KNN = "main", "conse", "pca", "knn"
 
 
@@ -393,6 +396,50 @@ def _class_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     return emb, text_enc.version
 
 
+def _node_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
+    """Embeddings of the WordNet nodes above the ImageNet classes (``ClassHierarchy.node_texts``) with the
+    bridge text encoder, cached by its version and the node texts."""
+    import hashlib
+
+    from .encoders.base import get_encoder
+    from .zeroshot import ClassHierarchy
+
+    text_enc = get_encoder(TEXT_BRIDGE_ENCODER)
+    texts = ClassHierarchy.imagenet().node_texts()
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+    cache = ws.cache_dir / "conse" / f"wordnet-{digest}-{_safe(text_enc.version)}.npy"
+    if cache.exists():
+        emb = np.load(cache)
+        if emb.shape[0] == len(texts):
+            return emb, text_enc.version
+    text_enc.load()
+    emb = text_enc.embed_texts(texts).astype(np.float32)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npy")
+    np.save(tmp, emb)
+    os.replace(tmp, cache)
+    return emb, text_enc.version
+
+
+def _in_sorted(sorted_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``np.isin(x, sorted_ids)`` for a sorted array, by binary search (no hashing of the large side)."""
+    if not len(sorted_ids):
+        return np.zeros(len(x), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, x), len(sorted_ids) - 1)
+    return sorted_ids[pos] == x
+
+
+def _best_row_per_parent(scores: np.ndarray, parents: np.ndarray) -> np.ndarray:
+    """``[p, q]`` row indices: for each query, the best-scoring row of each distinct parent (``p`` parents)."""
+    uniq, inv = np.unique(parents, return_inverse=True)
+    out = np.empty((len(uniq), scores.shape[1]), dtype=np.int64)
+    for j in range(scores.shape[1]):
+        order = np.lexsort((-scores[:, j], inv))  # grouped by parent, best row first within a group
+        starts = np.searchsorted(inv[order], np.arange(len(uniq)))
+        out[:, j] = order[starts]
+    return out
+
+
 def _safe(s: str) -> str:
     import re
 
@@ -485,12 +532,18 @@ class Searcher:
     compressed codes' ranking as it is). Other kinds hold the vectors themselves and are never re-ranked.
     """
 
-    def __init__(self, ws: Workspace, encoder: str | None = None, *, rerank: int = RERANK_FACTOR) -> None:
+    def __init__(self, ws: Workspace, encoder: str | None = None, *, rerank: int = RERANK_FACTOR,
+                 text_bridge: str = "wordnet") -> None:
         check_workspace(ws, "Searcher")
         check_encoder_name(encoder)
         if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
             raise InputError(f"rerank must be a non-negative integer (0 = off), got {rerank!r}")
+        if text_bridge not in TEXT_BRIDGES:
+            from .errors import UnknownNameError
+
+            raise UnknownNameError("text bridge", str(text_bridge), TEXT_BRIDGES)
         self.rerank = int(rerank)
+        self.text_bridge = text_bridge
         self.ws = ws
         self.encoder_name = encoder or ws.default_encoder
         self.store = ws.vectors(self.encoder_name)
@@ -507,6 +560,7 @@ class Searcher:
         self._graph_order: np.ndarray | None = None
         self._graph_ids_sorted: np.ndarray | None = None
         self.stale_rows = 0  # embeddings stored since the index was built (0 when up to date or unknown)
+        self._hierarchy: Any = None  # (ClassHierarchy, node text embeddings), loaded on first use
 
     # -------------------------------------------------------------- parts
     def index(self) -> VectorIndex:
@@ -659,8 +713,9 @@ class Searcher:
         return enc.embed_images([image])[0]
 
     def text_route(self) -> str:
-        """How text queries reach this encoder's vectors: ``"tower"`` (a text tower) or ``"bridge"`` (ConSE over
-        stored ImageNet logits); InputError when neither exists. Nothing loads."""
+        """How text queries reach this encoder's vectors: ``"tower"`` (a text tower) or ``"bridge"`` (the stored
+        ImageNet logits, read through :attr:`text_bridge`: ``"wordnet"`` class sets or the ``"conse"`` index);
+        InputError when neither exists. Nothing loads."""
         return self._text_route()
 
     def _text_route(self) -> str:
@@ -692,6 +747,76 @@ class Searcher:
 
             self._text_encoder = load_encoder(TEXT_BRIDGE_ENCODER)
         return self._text_encoder.embed_texts(texts), route
+
+    def _class_weights(self, q: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """WordNet class weights ``[q, 1000]`` of bridge text embeddings, and the node each query matched best."""
+        from .zeroshot import ClassHierarchy, hierarchy_weights
+
+        if self._hierarchy is None:
+            self._hierarchy = (ClassHierarchy.imagenet(), _node_text_embeddings(self.ws)[0])
+        h, node_emb = self._hierarchy
+        w, best = hierarchy_weights(q, node_emb, h.members)
+        return w, [h.describe(int(b)) for b in best]
+
+    def text_matches(self, texts: list[str]) -> list[str] | None:
+        """What each text query means to the WordNet bridge (``"dog (118 classes)"``), or None when text goes
+        another way (a text tower, or ``text_bridge="conse"``)."""
+        texts = _text_list(texts)
+        if self._text_route() != "bridge" or self.text_bridge != "wordnet":
+            return None
+        return self._class_weights(self.vectors_for_texts(texts)[0])[1]
+
+    def _class_set_search(self, q: np.ndarray, k: int, keep_duplicates: bool, *, regions: bool
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact scan of the stored ImageNet logits: ``(scores, image ids, trigger ids)``, each ``[q, k]``.
+
+        An item (or, with ``regions``, an image by its best row among itself and its regions) scores by the
+        probability its classifier gives to the classes under the WordNet node(s) each query matched. The
+        rows scanned are those of the item index (or of the joint region index), so the corpus is the one the
+        other routes search.
+        """
+        from .regions import is_region_id, parent_ids, region_store
+        from .zeroshot import class_set_scores
+
+        k = _check_k(k)
+        weights, _ = self._class_weights(q)
+        allowed = np.sort(self.region_index().ids if regions else self.index().ids)
+        excluded = self.excluded_ids(keep_duplicates)
+        excluded = np.sort(excluded) if excluded is not None and len(excluded) else None
+        stores = [self.store] + ([region_store(self.ws, self.encoder_name)] if regions else [])
+        cand_s, cand_p, cand_t = [], [], []
+        for st in stores:
+            for ids, logits in st.iter_shards(extra=CLASS_SCORES_EXTRA):
+                keep = _in_sorted(allowed, ids)
+                parents = np.where(is_region_id(ids), parent_ids(ids), ids) if regions else ids
+                if excluded is not None:
+                    keep &= ~_in_sorted(excluded, parents)
+                rows = np.flatnonzero(keep)
+                if not len(rows):
+                    continue
+                sc = class_set_scores(logits[rows] if len(rows) < len(ids) else logits, weights)  # [r, q]
+                ids, parents = ids[rows], parents[rows]
+                if regions:  # an image's rows span shards and stores: keep each image's best row here
+                    part = _best_row_per_parent(sc, parents)
+                elif k < len(rows):  # a shard's k best rows per query
+                    part = np.argpartition(-sc, k - 1, axis=0)[:k]
+                else:
+                    part = np.tile(np.arange(len(rows))[:, None], (1, len(q)))
+                cand_s.append(np.take_along_axis(sc, part, axis=0))
+                cand_p.append(parents[part])
+                cand_t.append(ids[part])
+        nq = len(q)
+        out = [np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64), np.full((nq, k), -1, np.int64)]
+        if not cand_s:
+            return out[0], out[1], out[2]
+        S, P, T = (np.concatenate(a, axis=0) for a in (cand_s, cand_p, cand_t))  # [m, q]
+        for j in range(nq):
+            order = np.lexsort((T[:, j], -S[:, j]))  # best first; ties by id, stable across runs
+            _, first = np.unique(P[order, j], return_index=True)  # each image once, at its best row
+            pick = order[np.sort(first)][:k]
+            n = len(pick)
+            out[0][j, :n], out[1][j, :n], out[2][j, :n] = S[pick, j], P[pick, j], T[pick, j]
+        return out[0], out[1], out[2]
 
     def bridge_index(self) -> VectorIndex:
         if self._bridge is None:
@@ -778,7 +903,9 @@ class Searcher:
         if not texts:
             return []
         q, route = self.vectors_for_texts(texts)
-        if route == "bridge":
+        if route == "bridge" and self.text_bridge == "wordnet":
+            s, i, _ = self._class_set_search(q, k, keep_duplicates, regions=False)
+        elif route == "bridge":
             s, i = self.search_vectors(q, k, keep_duplicates=keep_duplicates, index=self.bridge_index(), reduce=False)
         else:
             s, i = self.search_vectors(q, k, keep_duplicates=keep_duplicates)
@@ -987,5 +1114,7 @@ class Searcher:
         if not texts:
             return []
         q, route = self.vectors_for_texts(texts)
+        if route == "bridge" and self.text_bridge == "wordnet":
+            return self._region_hits(*self._class_set_search(q, k, keep_duplicates, regions=True))
         idx = self.region_bridge_index() if route == "bridge" else None
         return self._region_hits(*self.search_regions_vectors(q, k, keep_duplicates=keep_duplicates, index=idx))

@@ -12,17 +12,28 @@ name ``y``. A text query ``q`` then scores an image by the cosine between ``s(q)
 is L2-normalised (so ``Z`` cancels) and the probabilities are a softmax of the logits divided by a
 temperature. Everything is pure numpy, processed in blocks of images so that memory stays
 ``O(block_size * (C + d))``.
+
+The hierarchy route (:class:`ClassHierarchy`, :func:`hierarchy_weights`, :func:`class_set_scores`) reads a
+text query as a node of the WordNet hierarchy above the classes instead: ImageNet-1k's classes are WordNet
+noun synsets, so "a photo of a dog" matches the synset *dog*, and an image scores by the probability the
+classifier gives to the 118 breeds under it, ``P(dog | x) = sum of p(y | x) over the classes y below dog``.
+ConSE averages the text embeddings of the image's top classes instead, and breed names ("Sealyham terrier")
+lie far from "dog" in a sentence encoder's space, so it finds the category poorly. A query matches the nodes
+softly (a softmax over their cosines to the query, temperature 0.02), so a query between two nodes weighs
+both; a specific query ("a golden retriever") matches one class.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError, UnknownNameError
 
-__all__ = ["conse_image_vectors", "conse_scores"]
+__all__ = ["ClassHierarchy", "class_set_scores", "conse_image_vectors", "conse_scores", "hierarchy_weights"]
 
 _SCORE_TYPES = ("logits", "probs")
 
@@ -167,3 +178,112 @@ def conse_scores(
         v = _conse_block(scores[s : s + bs], emb_unit, top_t, temperature, score_type)  # [b, d]
         out[:, s : s + bs] = qn @ v.T  # [q, b]
     return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------------- hierarchy
+@dataclass(frozen=True)
+class ClassHierarchy:
+    """A hierarchy above a classifier's classes: ``classes`` (node ids in class-index order), ``nodes`` (ids),
+    their ``lemmas`` (names, first is the usual one), and ``members [n_nodes, n_classes]`` (bool: the node is
+    the class or one of its ancestors)."""
+
+    classes: tuple[str, ...]
+    nodes: tuple[str, ...]
+    lemmas: tuple[tuple[str, ...], ...]
+    members: np.ndarray
+
+    @classmethod
+    def imagenet(cls) -> "ClassHierarchy":
+        """WordNet 3.0 above the 1000 ImageNet-1k classes (bundled: ``assay/data/imagenet_wordnet.json``,
+        made by ``scripts/make_imagenet_wordnet.py``; 1,860 nodes)."""
+        return _imagenet_hierarchy()
+
+    @classmethod
+    def from_parents(cls, classes: list[str], nodes: dict[str, dict[str, Any]]) -> "ClassHierarchy":
+        """From class ids in class-index order and ``{node: {"lemmas": [...], "parents": [...]}}``."""
+        order = sorted(nodes)
+        pos = {n: i for i, n in enumerate(order)}
+        missing = [c for c in classes if c not in pos]
+        if missing:
+            raise InputError(f"hierarchy: classes without a node: {missing[:5]}")
+        members = np.zeros((len(order), len(classes)), dtype=bool)
+        for j, c in enumerate(classes):
+            todo, seen = [c], set()
+            while todo:
+                n = todo.pop()
+                if n in seen:
+                    continue
+                seen.add(n)
+                members[pos[n], j] = True
+                todo.extend(p for p in nodes[n].get("parents", []) if p in pos)
+        lemmas = tuple(tuple(str(x) for x in nodes[n]["lemmas"]) or (n,) for n in order)
+        return cls(tuple(classes), tuple(order), lemmas, members)
+
+    def node_texts(self, template: str = "a photo of a {}") -> list[str]:
+        """One text per node, from its first lemma (what :func:`hierarchy_weights` compares queries with)."""
+        return [template.format(lem[0]) for lem in self.lemmas]
+
+    def describe(self, node: int) -> str:
+        """``"dog (118 classes)"``."""
+        n = int(self.members[node].sum())
+        return f"{self.lemmas[node][0]} ({n} class{'es' if n != 1 else ''})"
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_hierarchy() -> ClassHierarchy:
+    import json
+    from importlib import resources
+
+    doc = json.loads(resources.files("assay").joinpath("data/imagenet_wordnet.json").read_text(encoding="utf-8"))
+    return ClassHierarchy.from_parents(doc["classes"], doc["nodes"])
+
+
+def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, temperature: float = 0.02
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Class weights of text queries through a hierarchy: ``(weights [q, C] float32, best node [q])``.
+
+    Each query matches the nodes by a softmax of its cosines to their text embeddings over ``temperature``;
+    a class weighs the summed match of the nodes it falls under. A weight row sums to at most 1 per node
+    matched, so :func:`class_set_scores` is the probability of the matched node(s).
+    """
+    q = np.asarray(query_text_emb, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    e = np.asarray(node_text_emb, dtype=np.float32)
+    m = np.asarray(members)
+    if q.ndim != 2 or e.ndim != 2 or q.shape[1] != e.shape[1]:
+        raise InputError(f"query embeddings {q.shape} and node embeddings {e.shape} must be [q, d] and [n, d]")
+    if m.ndim != 2 or m.shape[0] != e.shape[0]:
+        raise InputError(f"members must be [n_nodes={e.shape[0]}, n_classes], got shape {m.shape}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) or not temperature > 0:
+        raise InputError(f"temperature must be a positive number, got {temperature!r}")
+    if not (np.isfinite(q).all() and np.isfinite(e).all()):
+        raise InputError("query or node embeddings contain NaN or inf")
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    en = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    sim = (qn @ en.T).astype(np.float64)  # [q, n]
+    w = np.exp((sim - sim.max(axis=1, keepdims=True)) / float(temperature))
+    w /= w.sum(axis=1, keepdims=True)
+    return (w @ m.astype(np.float64)).astype(np.float32), sim.argmax(axis=1)
+
+
+def class_set_scores(class_scores: Any, class_weights: Any, *, block_size: int = 8192) -> np.ndarray:
+    """``[n, q]``: for each item and query, ``sum_c weights[q, c] * softmax(logits)[c]`` (float32).
+
+    ``class_scores`` are logits ``[n, C]`` (float16 at rest is fine, e.g. a memory-mapped store extra).
+    """
+    w = np.asarray(class_weights, dtype=np.float32)
+    if w.ndim == 1:
+        w = w[None, :]
+    n, c = np.shape(class_scores)
+    if w.shape[1] != c:
+        raise InputError(f"class_scores has {c} classes but the weights have {w.shape[1]}")
+    out = np.empty((n, w.shape[0]), dtype=np.float32)
+    for s in range(0, n, block_size):
+        z = np.asarray(class_scores[s : s + block_size], dtype=np.float32)
+        if not np.isfinite(z).all():
+            raise InputError("class_scores contain NaN or inf")
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        z /= z.sum(axis=1, keepdims=True)
+        out[s : s + block_size] = z @ w.T
+    return out

@@ -97,12 +97,14 @@ def search(
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Also return non-representative duplicates.")] = False,
     regions: Annotated[bool, typer.Option("--regions", help="Score each image by its best region (needs `assay embed --regions`); results gain \"region\" and \"box\".")] = False,
     rerank: Annotated[int, typer.Option("--rerank", help="ivf-pq index only: re-score this many candidates per result with the stored vectors (0: off).")] = 50,
+    bridge: Annotated[str, typer.Option("--bridge", help="Text with an ImageNet classifier (no text tower): 'wordnet' scores each image by the probability of the classes under the WordNet node the text names (exact scan of the stored logits); 'conse' searches the ConSE index (approximate, for corpora of many millions).")] = "wordnet",
     json_: JsonOpt = False,
 ) -> None:
     """Search by item, image or text; --json prints {"results": [{"id", "score", "uri"}, ...]}, best first.
 
     With --regions each result also has "region" (the region id that scored best, null for the whole image)
-    and "box" (\\[x0, y0, x1, y1] in pixels, null for the whole image)."""
+    and "box" (\\[x0, y0, x1, y1] in pixels, null for the whole image). A text query through the WordNet
+    bridge also prints what it matched ("matched": "dog (118 classes)"); its scores are that probability."""
     from ..errors import InputError
     from ..search import Searcher
 
@@ -111,7 +113,7 @@ def search(
         if given != 1:
             raise InputError("give exactly one of --item ID, --image PATH, --text QUERY or --batch FILE")
         ws = open_workspace(workspace)
-        s = Searcher(ws, encoder, rerank=rerank)
+        s = Searcher(ws, encoder, rerank=rerank, text_bridge=bridge)
         if batch is not None:
             results = _run_batch(s, batch, k, keep_duplicates, regions)
             texts = _texts_of(ws, [h["id"] for r in results for h in r["results"]])
@@ -130,9 +132,13 @@ def search(
         fn = s.search_regions if regions else s.search
         hits = fn(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates)
         texts = _texts_of(ws, [h.id for h in hits])
+        matched = s.text_matches([text]) if text is not None else None
         if json_:
-            print_json({"results": [{**h.to_dict(), **({"text": texts[h.id]} if h.id in texts else {})} for h in hits]})
+            print_json({**({"matched": matched[0]} if matched else {}),
+                        "results": [{**h.to_dict(), **({"text": texts[h.id]} if h.id in texts else {})} for h in hits]})
             return
+        if matched:
+            out.print(f"# the text matched WordNet: {matched[0]}; scores are the probability of those classes")
         if not hits:
             out.print("no results: the index holds nothing searchable for this query (see `assay status`)")
         for h in hits:
@@ -178,6 +184,7 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
             raise InputError(f'{path} line {n}: expected {{"item": id}}, {{"image": path}} or {{"text": str}}, got {line.strip()}')
         queries.append(q)
     out_rows: list[dict] = [{}] * len(queries)
+    extra: dict[int, dict] = {}
     # Group by kind so each kind is one batched search.
     for kind in ("item", "text", "image"):
         pos = [i for i, q in enumerate(queries) if kind in q]
@@ -193,13 +200,17 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
         elif kind == "text":
             fn = s.search_regions_texts if regions else s.search_texts
             hits = fn(vals, k=k, keep_duplicates=keep_duplicates)
+            matched = s.text_matches(vals)
+            if matched:
+                for i, m in zip(pos, matched):
+                    extra[i] = {"matched": m}
         else:
             import numpy as np
 
             fn = s.search_regions_batch if regions else s.search_batch
             hits = fn(np.stack([s.vector_for_image(v) for v in vals]), k=k, keep_duplicates=keep_duplicates)
         for i, h in zip(pos, hits):
-            out_rows[i] = {"query": queries[i], "results": [x.to_dict() for x in h]}
+            out_rows[i] = {"query": queries[i], **extra.get(i, {}), "results": [x.to_dict() for x in h]}
     return out_rows
 
 

