@@ -46,7 +46,12 @@ def main() -> None:
                          "(8 animal concepts: dog, bird, insect, monkey, snake, fish, cat, lizard)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the workspace in this folder")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --keep: score the workspace a run with the same --n/--objects/--seed/--spec kept there "
+                         "(no embedding; the cost figures come out null)")
     args = ap.parse_args()
+    if args.reuse and not args.keep:
+        ap.error("--reuse needs --keep DIR")
     data = shared_data(args.data)
     if data is None:
         emit({"benchmark": "regions_dense", "skipped": "shared data not found (set ASSAY_SHARED_DATA)"})
@@ -55,24 +60,35 @@ def main() -> None:
     from assay.embed import load_encoder
     from assay.regions import embed_regions, parent_ids, parse_region_spec, region_store
     from assay.search import Searcher, _class_text_embeddings, build_index
-    from assay.zeroshot import conse_image_vectors
+    from assay.zeroshot import class_set_scores, conse_image_vectors
 
     rng = np.random.default_rng(args.seed)
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="assay-bench-dense-"))
     try:
-        rows, queries, classes = _make_corpus(data, tmp / "imgs", args.n, args.exemplars, rng, args.objects)
-        ws = Workspace.init(tmp / "ws")
-        ingest(ws.catalog, [tmp / "imgs"])
-        t0 = time.perf_counter()
-        embed(ws, batch_size=32)
-        t_whole = time.perf_counter() - t0
         spec = parse_region_spec(args.spec)
-        t0 = time.perf_counter()
-        rrep = embed_regions(ws, spec=spec)
-        t_regions = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        brep = build_index(ws, kind="flat")
-        t_index = time.perf_counter() - t0
+        reuse = args.reuse and (tmp / "ws" / "assay.json").exists()
+        rows, queries, classes = _make_corpus(data, tmp / ("imgs-check" if reuse else "imgs"), args.n, args.exemplars,
+                                              rng, args.objects)
+        if reuse:  # the kept corpus must be this run's: same files
+            same = all((tmp / "imgs" / r[0]).read_bytes() == (tmp / "imgs-check" / r[0]).read_bytes() for r in rows)
+            shutil.rmtree(tmp / "imgs-check")
+            if not same:
+                raise SystemExit(f"{tmp} holds another corpus than --n/--objects/--seed make")
+            ws = Workspace.open(tmp / "ws")
+            t_whole = t_regions = t_index = None
+            rrep = None
+        else:
+            ws = Workspace.init(tmp / "ws")
+            ingest(ws.catalog, [tmp / "imgs"])
+            t0 = time.perf_counter()
+            embed(ws, batch_size=32)
+            t_whole = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rrep = embed_regions(ws, spec=spec)
+            t_regions = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            build_index(ws, kind="flat")
+            t_index = time.perf_counter() - t0
 
         enc = load_encoder(ws.default_encoder)
         uri_row = {str(tmp / "imgs" / r[0]): k for k, r in enumerate(rows)}
@@ -92,11 +108,16 @@ def main() -> None:
         CV = conse_image_vectors(store.get(item_ids, extra="imagenet_logits", dtype=np.float16), class_emb)
         _, RL = rstore.load(extra="imagenet_logits", dtype=np.float16)
         RCV = conse_image_vectors(RL, class_emb)  # [M, 384]
-        del RL
 
         ex_q = {c: enc.embed_images(queries[c]) for c in range(len(classes))}  # [exemplars, d] per class
         searcher = Searcher(ws)
-        text_q, _route = searcher.vectors_for_texts([f"a photo of a {c}" for c in classes])  # [10, 384]
+        texts = [f"a photo of a {c}" for c in classes]
+        text_q, _route = searcher.vectors_for_texts(texts)  # [10, 384]
+        # the WordNet bridge (the default text route): P(classes under the matched node), from the logits
+        class_w, matched = searcher.class_weights(texts)  # [10, 1000]
+        WP = class_set_scores(store.get(item_ids, extra="imagenet_logits", dtype=np.float16), class_w)  # [N, 10]
+        _, RL = rstore.load(extra="imagenet_logits", dtype=np.float16)
+        RWP = class_set_scores(RL, class_w)  # [M, 10]
 
         def image_scores(item_vecs, region_vecs, q, regions: bool):
             s = item_vecs @ q  # [N]
@@ -113,10 +134,14 @@ def main() -> None:
                         out[f].append(_recall(s, (cls == c) & (frac == f), args.k))
             return {f"{int(f * 100)}%": round(float(np.mean(v)), 3) for f, v in out.items()}
 
+        del RL
         text_by_class = {c: text_q[c] for c in range(len(classes))}
+        onehot = {c: np.eye(len(classes), dtype=np.float32)[c] for c in range(len(classes))}  # picks a column
         results = {
-            "whole": {"exemplar": evaluate(V, RV, ex_q, False), "text": evaluate(CV, RCV, text_by_class, False)},
-            spec.key: {"exemplar": evaluate(V, RV, ex_q, True), "text": evaluate(CV, RCV, text_by_class, True)},
+            "whole": {"exemplar": evaluate(V, RV, ex_q, False), "text": evaluate(WP, RWP, onehot, False),
+                      "text_conse": evaluate(CV, RCV, text_by_class, False)},
+            spec.key: {"exemplar": evaluate(V, RV, ex_q, True), "text": evaluate(WP, RWP, onehot, True),
+                       "text_conse": evaluate(CV, RCV, text_by_class, True)},
         }
         # the library's region search on the flat joint index agrees with the numpy ranking
         check = []
@@ -127,7 +152,15 @@ def main() -> None:
             s = image_scores(V, RV, ex_q[c][0], True)
             want = set(item_ids[np.argsort(-s, kind="stable")[: args.k]].tolist())
             check.append(len(want & {h.id for h in lib_hits[c]}) / args.k)
-        text_hits = searcher.search_regions_texts([f"a photo of a {classes[0]}"], k=args.k)[0]
+        t0 = time.perf_counter()
+        wn_hits = searcher.search_regions_texts(texts, k=args.k)
+        t_text = (time.perf_counter() - t0) / len(texts)
+        for c, hits in enumerate(wn_hits):  # the WordNet bridge
+            s = image_scores(WP, RWP, onehot[c], True)
+            want = set(item_ids[np.argsort(-s, kind="stable")[: args.k]].tolist())
+            check.append(len(want & {h.id for h in hits}) / args.k)
+        conse = Searcher(ws, text_bridge="conse")
+        text_hits = conse.search_regions_texts([texts[0]], k=args.k)[0]
         s = image_scores(CV, RCV, text_q[0], True)
         want = set(item_ids[np.argsort(-s, kind="stable")[: args.k]].tolist())
         check.append(len(want & {h.id for h in text_hits}) / args.k)
@@ -144,13 +177,14 @@ def main() -> None:
 
         base = results["whole"]
         ratio = {how: {f: (round(results[spec.key][how][f] / base[how][f], 2) if base[how][f] > 0 else None)
-                       for f in ("10%", "20%")} for how in ("exemplar", "text")}
+                       for f in ("10%", "20%")} for how in ("exemplar", "text", "text_conse")}
         n_img = len(item_ids)
         emit({
             "benchmark": "regions_dense",
             "setup": {"corpus_images": n_img, "k": args.k, "random_recall_at_k": round(args.k / n_img, 3),
                       "exemplar_queries": len(classes) * args.exemplars, "text_queries": len(classes), "spec": spec.key,
-                      "encoder": enc.name, "text_route": "ConSE bridge (minilm)",
+                      "encoder": enc.name, "text_route": "text: the WordNet bridge (default; P(classes under the node the text names)); "
+                                    "text_conse: the ConSE bridge (minilm)", "text_matched": dict(zip(classes, matched)),
                       "object_side": "10 % or 20 % of the background's shorter side",
                       "backgrounds": "ImageNet sample, non-animal non-vehicle classes",
                       "objects": OBJECTS_TEXT[args.objects], "concepts": classes},
@@ -162,20 +196,22 @@ def main() -> None:
             "library_search_agrees_with_numpy": [round(x, 3) for x in check],
             "box_covers_object_fraction_mean": round(float(np.mean(cover)), 3) if cover else None,
             "cost": {
-                "whole_embed_s_per_image": round(t_whole / n_img, 4),
-                "region_pass_s_per_image": round(t_regions / n_img, 4),
-                "time_ratio_vs_whole": round((t_whole + t_regions) / t_whole, 1),
+                "whole_embed_s_per_image": None if t_whole is None else round(t_whole / n_img, 4),
+                "region_pass_s_per_image": None if t_regions is None else round(t_regions / n_img, 4),
+                "time_ratio_vs_whole": None if t_whole is None else round((t_whole + t_regions) / t_whole, 1),
                 "regions_per_image": {"mean": round(float(per_image.mean()), 1), "min": int(per_image.min()),
                                       "max": int(per_image.max())},
                 "region_store_bytes_per_image": round(_dir_bytes(rstore.root) / n_img),
                 "item_store_bytes_per_image": round(_dir_bytes(store.root) / n_img),
-                "joint_index_bytes_per_image": round(float(brep["regions"]["index"]["bytes_per_vector"])
+                "joint_index_bytes_per_image": round(float(searcher.region_index().info()["bytes_per_vector"])
                                                      * (1 + per_image.mean())),
                 "region_search_s_per_query": round(t_search, 4),
+                "region_text_search_wordnet_s_per_query": round(t_text, 4),
             },
-            "seconds": {"embed_whole": round(t_whole, 1), "embed_regions": round(t_regions, 1),
-                        "index": round(t_index, 1)},
-            "embed_report": rrep.to_dict() | {"error_samples": rrep.to_dict()["error_samples"][:3]},
+            "seconds": {"embed_whole": None if t_whole is None else round(t_whole, 1),
+                        "embed_regions": None if t_regions is None else round(t_regions, 1),
+                        "index": None if t_index is None else round(t_index, 1)},
+            "embed_report": None if rrep is None else rrep.to_dict() | {"error_samples": rrep.to_dict()["error_samples"][:3]},
             "peak_rss_mb": round(peak_rss_mb(), 1), "machine": machine(),
         })
         ws.close()

@@ -152,7 +152,7 @@ def test_a_category_query_finds_every_breed_and_scores_its_probability(dog_ws):
     assert all(0.9 < h.score <= 1.0 for h in dogs)  # P(some dog breed) of a red image
     # the score is the matched nodes' probability: mostly 'dog' itself, a little of its neighbours
     logits = dog_ws.vectors().get([dogs[0].id], extra="imagenet_logits")
-    w, _ = s._class_weights(s.vectors_for_texts(["a photo of a dog"])[0])
+    w, _ = s.class_weights(["a photo of a dog"])
     assert dogs[0].score == pytest.approx(float(class_set_scores(logits, w)[0, 0]), abs=1e-5)
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert dogs[0].score == pytest.approx(float(p[0, DOGS].sum()), abs=0.02)
@@ -197,7 +197,7 @@ def test_region_text_search_finds_the_small_dog_with_its_box(dog_ws):
     assert len(every) == 17 and len({h.id for h in every}) == 17
     from assay.regions import parent_ids, region_store
 
-    w, _ = s._class_weights(s.vectors_for_texts(["a dog"])[0])
+    w, _ = s.class_weights(["a dog"])
     best = {}
     for st in (dog_ws.vectors(), region_store(dog_ws)):
         for ids, lg in st.iter_shards(extra="imagenet_logits"):

@@ -758,13 +758,21 @@ class Searcher:
         w, best = hierarchy_weights(q, node_emb, h.members)
         return w, [h.describe(int(b)) for b in best]
 
+    def class_weights(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The WordNet bridge's reading of text queries: class weights ``[q, 1000]`` (an item scores
+        ``sum_c weights[c] * p(c | item)``) and what each query matched (``"dog (118 classes)"``)."""
+        texts = _text_list(texts)
+        if self._text_route() != "bridge":
+            raise InputError(f"encoder {self.encoder_name!r} reads text with its own text tower, not through ImageNet classes")
+        return self._class_weights(self.vectors_for_texts(texts)[0])
+
     def text_matches(self, texts: list[str]) -> list[str] | None:
         """What each text query means to the WordNet bridge (``"dog (118 classes)"``), or None when text goes
         another way (a text tower, or ``text_bridge="conse"``)."""
         texts = _text_list(texts)
         if self._text_route() != "bridge" or self.text_bridge != "wordnet":
             return None
-        return self._class_weights(self.vectors_for_texts(texts)[0])[1]
+        return self.class_weights(texts)[1]
 
     def _class_set_search(self, q: np.ndarray, k: int, keep_duplicates: bool, *, regions: bool
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
