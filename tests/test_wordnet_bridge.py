@@ -226,3 +226,25 @@ def test_cli_search_text_says_what_it_matched(dog_ws):
     r = runner.invoke(app, ["-w", root, "search", "--batch", str(dog_ws.root.parent / "q.jsonl"), "--json", "-k", "2"])
     q = json.loads(r.stdout)["queries"]
     assert [x["matched"] for x in q] == ["dog (118 classes)", "sports car (1 class)"]
+
+
+def test_region_text_contrast_ranks_the_small_dog_first(dog_ws):
+    from assay.regions import parent_ids, region_store
+
+    embed_regions(dog_ws, spec="grid:3")
+    build_index(dog_ws, kind="flat")
+    s = Searcher(dog_ws)
+    small = _uri_id(dog_ws, "small_dog.png")
+    hits = s.search_regions(text="a dog", k=17, score="contrast")
+    assert hits[0].id == small and hits[0].box == (64, 32, 96, 64) and hits[0].score > 0.5
+    reds = {_uri_id(dog_ws, f"{i:02d}.png") for i in range(4)}
+    assert all(h.score < 0.05 for h in hits if h.id in reds)  # a dog everywhere: no region stands out
+    w, _ = s.class_weights(["a dog"])
+    rid, lg = region_store(dog_ws).load(extra="imagenet_logits")
+    sc, par = class_set_scores(lg, w)[:, 0], parent_ids(rid)
+    for h in hits:
+        mine = sc[par == h.id]
+        assert h.score == pytest.approx(float(mine.max() - mine.mean()), abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    with pytest.raises(InputError, match="drop --bridge conse"):
+        Searcher(dog_ws, text_bridge="conse").search_regions(text="a dog", k=3, score="contrast")

@@ -49,6 +49,18 @@ CLASS_SCORES_EXTRA = "imagenet_logits"
 #: How text reaches an ImageNet classifier's logits: "wordnet" (class sets under the WordNet node the text
 #: names, an exact scan of the stored logits) or "conse" (the ConSE vectors' index, approximate, for huge corpora).
 TEXT_BRIDGES = ("wordnet", "conse")
+#: How region search scores an image: "max" (its best region, or the whole image) or "contrast" (that best
+#: score minus the query's similarity to the mean of the image's regions: how far the best region stands out
+#: from the rest of the image; finds small objects in busy scenes better, and ranks an image that the object
+#: fills lower, since all of its regions match).
+REGION_SCORES = ("max", "contrast")
+
+
+def _check_region_score(score: Any) -> None:
+    if score not in REGION_SCORES:
+        from .errors import UnknownNameError
+
+        raise UnknownNameError("region score", str(score), REGION_SCORES)
 _MAIN, _BRIDGE, _PCA, _KNN = "main", "conse", "pca", "knn"
 
 
@@ -421,14 +433,6 @@ def _node_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     return emb, text_enc.version
 
 
-def _in_sorted(sorted_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``np.isin(x, sorted_ids)`` for a sorted array, by binary search (no hashing of the large side)."""
-    if not len(sorted_ids):
-        return np.zeros(len(x), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, x), len(sorted_ids) - 1)
-    return sorted_ids[pos] == x
-
-
 def _best_row_per_parent(scores: np.ndarray, parents: np.ndarray) -> np.ndarray:
     """``[p, q]`` row indices: for each query, the best-scoring row of each distinct parent (``p`` parents)."""
     uniq, inv = np.unique(parents, return_inverse=True)
@@ -561,6 +565,7 @@ class Searcher:
         self._graph_ids_sorted: np.ndarray | None = None
         self.stale_rows = 0  # embeddings stored since the index was built (0 when up to date or unknown)
         self._hierarchy: Any = None  # (ClassHierarchy, node text embeddings), loaded on first use
+        self._region_means: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # -------------------------------------------------------------- parts
     def index(self) -> VectorIndex:
@@ -774,56 +779,80 @@ class Searcher:
             return None
         return self.class_weights(texts)[1]
 
-    def _class_set_search(self, q: np.ndarray, k: int, keep_duplicates: bool, *, regions: bool
+    def _class_set_search(self, q: np.ndarray, k: int, keep_duplicates: bool, *, regions: bool, score: str = "max"
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact scan of the stored ImageNet logits: ``(scores, image ids, trigger ids)``, each ``[q, k]``.
 
         An item (or, with ``regions``, an image by its best row among itself and its regions) scores by the
-        probability its classifier gives to the classes under the WordNet node(s) each query matched. The
-        rows scanned are those of the item index (or of the joint region index), so the corpus is the one the
-        other routes search.
+        probability its classifier gives to the classes under the WordNet node(s) each query matched; with
+        ``score="contrast"`` an image scores by that best row minus the mean over its regions. The rows
+        scanned are those of the item index (or of the joint region index), so the corpus is the one the other
+        routes search.
         """
-        from .regions import is_region_id, parent_ids, region_store
+        from .regions import in_sorted, is_region_id, parent_ids, region_store
         from .zeroshot import class_set_scores
 
         k = _check_k(k)
         weights, _ = self._class_weights(q)
+        nq = len(q)
         allowed = np.sort(self.region_index().ids if regions else self.index().ids)
+        images = allowed[~is_region_id(allowed)] if regions else allowed  # sorted image ids
         excluded = self.excluded_ids(keep_duplicates)
         excluded = np.sort(excluded) if excluded is not None and len(excluded) else None
         stores = [self.store] + ([region_store(self.ws, self.encoder_name)] if regions else [])
+        contrast = score == "contrast"
+        if contrast:  # per image: the sum and count of its regions' scores, and its own score
+            sums = np.zeros((len(images), nq), np.float64)
+            counts = np.zeros(len(images), np.int64)
+            own = np.zeros((len(images), nq), np.float32)
         cand_s, cand_p, cand_t = [], [], []
         for st in stores:
             for ids, logits in st.iter_shards(extra=CLASS_SCORES_EXTRA):
-                keep = _in_sorted(allowed, ids)
-                parents = np.where(is_region_id(ids), parent_ids(ids), ids) if regions else ids
+                keep = in_sorted(allowed, ids)
+                is_reg = is_region_id(ids)
+                parents = np.where(is_reg, parent_ids(ids), ids) if regions else ids
                 if excluded is not None:
-                    keep &= ~_in_sorted(excluded, parents)
+                    keep &= ~in_sorted(excluded, parents)
                 rows = np.flatnonzero(keep)
                 if not len(rows):
                     continue
                 sc = class_set_scores(logits[rows] if len(rows) < len(ids) else logits, weights)  # [r, q]
-                ids, parents = ids[rows], parents[rows]
+                ids, parents, is_reg = ids[rows], parents[rows], is_reg[rows]
+                if contrast:
+                    pidx = np.searchsorted(images, parents)
+                    np.add.at(sums, pidx[is_reg], sc[is_reg])
+                    np.add.at(counts, pidx[is_reg], 1)
+                    own[pidx[~is_reg]] = sc[~is_reg]
+                if contrast:  # the best *region*: the whole image is not one of them
+                    sc = np.where(is_reg[:, None], sc, -np.inf).astype(np.float32)
                 if regions:  # an image's rows span shards and stores: keep each image's best row here
                     part = _best_row_per_parent(sc, parents)
                 elif k < len(rows):  # a shard's k best rows per query
                     part = np.argpartition(-sc, k - 1, axis=0)[:k]
                 else:
-                    part = np.tile(np.arange(len(rows))[:, None], (1, len(q)))
+                    part = np.tile(np.arange(len(rows))[:, None], (1, nq))
                 cand_s.append(np.take_along_axis(sc, part, axis=0))
                 cand_p.append(parents[part])
                 cand_t.append(ids[part])
-        nq = len(q)
         out = [np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64), np.full((nq, k), -1, np.int64)]
         if not cand_s:
             return out[0], out[1], out[2]
         S, P, T = (np.concatenate(a, axis=0) for a in (cand_s, cand_p, cand_t))  # [m, q]
+        if contrast:
+            mean = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], own).astype(np.float32)
         for j in range(nq):
             order = np.lexsort((T[:, j], -S[:, j]))  # best first; ties by id, stable across runs
             _, first = np.unique(P[order, j], return_index=True)  # each image once, at its best row
-            pick = order[np.sort(first)][:k]
+            best = order[np.sort(first)]
+            value = S[best, j]
+            if contrast:  # an image without regions: its own row, contrast 0
+                bare = ~np.isfinite(value)
+                value = np.where(bare, 0.0, value - mean[np.searchsorted(images, P[best, j]), j]).astype(np.float32)
+                order = np.lexsort((T[best, j], -value))
+                best, value = best[order], value[order]
+            pick, value = best[:k], value[:k]
             n = len(pick)
-            out[0][j, :n], out[1][j, :n], out[2][j, :n] = S[pick, j], P[pick, j], T[pick, j]
+            out[0][j, :n], out[1][j, :n], out[2][j, :n] = value, P[pick, j], T[pick, j]
         return out[0], out[1], out[2]
 
     def bridge_index(self) -> VectorIndex:
@@ -1027,17 +1056,20 @@ class Searcher:
 
     def search_regions_vectors(
         self, queries: np.ndarray, k: int, *, exclude_items: np.ndarray | None = None, keep_duplicates: bool = False,
-        index: VectorIndex | None = None,
+        index: VectorIndex | None = None, score: str = "max",
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Images ranked by their best region: ``(scores [q, k], image ids [q, k], trigger ids [q, k])``.
 
         The score of an image is the max over the image and its regions; ``trigger`` is the id that gave it
         (a region id, or the image id when the whole image scored best). ``exclude_items`` ``[q]`` leaves one
-        image (and its regions) out of each query's results.
+        image (and its regions) out of each query's results. With ``score="contrast"`` an image scores by that
+        max minus the query's similarity to the mean of its region vectors: how far its best region stands
+        out from the rest of the image (see :data:`REGION_SCORES`).
         """
         from .regions import best_per_parent, region_ids
 
         k = _check_k(k)
+        _check_region_score(score)
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -1056,6 +1088,8 @@ class Searcher:
             ex = np.asarray(exclude_items, dtype=np.int64).reshape(-1, 1)  # [q, 1]
             per_query = np.concatenate([ex, region_ids(ex, np.arange(R)[None, :])], axis=1)  # [q, R + 1]
         excluded = self._region_exclusions(keep_duplicates)
+        if score == "contrast":
+            return self._contrast_search(q, k, idx, excluded, per_query)
         rows = np.arange(len(q))
         out = [np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64),
                np.full((len(q), k), -1, np.int64)]
@@ -1067,6 +1101,81 @@ class Searcher:
             for arr, val in zip(out, (bs, bp, bt)):
                 arr[rows[done]] = val[done]
             rows = rows[~done]
+            fetch = min(cap, fetch * 4)
+        return out[0], out[1], out[2]
+
+    def region_means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(image ids [N] sorted, means [N, d], region counts [N])``: per image of the joint index, the mean of
+        its region vectors (kept by `assay index` beside the index; contrast scoring subtracts the query's
+        similarity to it)."""
+        if self._region_means is None:
+            from .regions import IMAGE_MEANS_FILE, REGION_INDEX_DIR
+
+            idx = self.region_index()
+            path = self.ws.index_dir(self.encoder_name) / REGION_INDEX_DIR / IMAGE_MEANS_FILE
+            stale = IndexNotBuiltError("contrast scoring needs the per-image means of the region index, which are "
+                                       "missing or older than it; run `assay index`")
+            if not path.exists():
+                raise stale
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["version"]) != idx.encoder_version or "counts" not in z:
+                    raise stale
+                self._region_means = (np.asarray(z["ids"]), np.asarray(z["means"], dtype=np.float32),
+                                      np.asarray(z["counts"]))
+        return self._region_means
+
+    def _contrast_search(self, q: np.ndarray, k: int, idx: VectorIndex, excluded: Any, per_query: Any
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k images by ``best region - q . mean of the image's regions``, exact on an exact index.
+
+        Region rows come from the joint index best first (item rows are skipped: the whole image is not a
+        region). An image with a fetched region has its best region among them; one without has no region
+        above the last fetched score ``s_F``, so its contrast is at most ``s_F - min(q . mean)`` over such
+        images. Fetch more (4x) until the k-th contrast found reaches that bound, or the index is exhausted.
+        An image without regions scores 0 (the lowest contrast there is) and comes last.
+        """
+        from .regions import best_per_parent, in_sorted, is_region_id
+
+        mids, means, counts = self.region_means()
+        C = q @ means.T  # [nq, N] each image's mean similarity
+        cap = max(idx.ntotal, 1)
+        fetch = min(cap, max(4 * k, 64))
+        nq = len(q)
+        out = [np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64), np.full((nq, k), -1, np.int64)]
+        bare = mids[counts == 0]  # images without regions
+        if excluded is not None and len(excluded):
+            bare = bare[~np.isin(bare, excluded)]
+        rows = np.arange(nq)
+        while len(rows):
+            s, i = idx.search(q[rows], fetch, exclude_ids=excluded,
+                              exclude_per_query=None if per_query is None else per_query[rows])
+            reg = is_region_id(i) & (i >= 0)
+            bs, bp, bt = best_per_parent(np.where(reg, s, -np.inf), np.where(reg, i, -1), fetch)
+            still = []
+            for n, r in enumerate(rows):
+                valid = bp[n] >= 0
+                par, best, trig = bp[n][valid], bs[n][valid], bt[n][valid]
+                pos = np.minimum(np.searchsorted(mids, par), max(len(mids) - 1, 0))
+                value = best - C[r][pos]
+                order = np.lexsort((trig, -value))[:k]
+                if not (fetch >= cap or (i[n] < 0).any()):  # not exhausted: is the k-th provably final?
+                    unfetched = ~in_sorted(np.sort(par), mids) & (counts > 0)
+                    if per_query is not None:
+                        unfetched &= mids != per_query[r, 0]
+                    bound = float(s[n, -1]) - float(C[r][unfetched].min()) if unfetched.any() else -np.inf
+                    if len(order) < k or value[order[-1]] < bound:
+                        still.append(r)
+                        continue
+                par, value, trig = par[order], value[order], trig[order]
+                if len(par) < k and len(bare):  # images without regions: contrast 0, last
+                    extra = bare if per_query is None else bare[bare != per_query[r, 0]]
+                    extra = extra[: k - len(par)]
+                    par = np.concatenate([par, extra])
+                    trig = np.concatenate([trig, extra])
+                    value = np.concatenate([value, np.zeros(len(extra), np.float32)])
+                m = len(par)
+                out[0][r, :m], out[1][r, :m], out[2][r, :m] = value, par, trig
+            rows = np.asarray(still, dtype=np.int64)
             fetch = min(cap, fetch * 4)
         return out[0], out[1], out[2]
 
@@ -1089,40 +1198,53 @@ class Searcher:
 
     def search_regions(
         self, *, item: int | None = None, image: str | None = None, text: str | None = None,
-        vector: np.ndarray | None = None, k: int = 10, keep_duplicates: bool = False,
+        vector: np.ndarray | None = None, k: int = 10, keep_duplicates: bool = False, score: str = "max",
     ) -> list[RegionHit]:
-        """Like :meth:`search`, but images score by their best region and each hit names that region's box."""
+        """Like :meth:`search`, but images score by their best region and each hit names that region's box.
+
+        ``score``: ``"max"`` (the best region's score) or ``"contrast"`` (how far the best region stands out
+        from the image's other regions; for small objects in busy scenes, see :data:`REGION_SCORES`)."""
         given = [x is not None for x in (item, image, text, vector)]
         if sum(given) != 1:
             raise InputError("give exactly one query: an item id, an image path, a text or a vector")
+        kw = dict(k=k, keep_duplicates=keep_duplicates, score=score)
         if item is not None:
-            return self.search_regions_items([item], k=k, keep_duplicates=keep_duplicates)[0]
+            return self.search_regions_items([item], **kw)[0]
         if image is not None:
-            return self.search_regions_batch(self.vector_for_image(image)[None, :], k=k, keep_duplicates=keep_duplicates)[0]
+            return self.search_regions_batch(self.vector_for_image(image)[None, :], **kw)[0]
         if text is not None:
-            return self.search_regions_texts([text], k=k, keep_duplicates=keep_duplicates)[0]
-        return self.search_regions_batch(_query_vector(vector), k=k, keep_duplicates=keep_duplicates)[0]
+            return self.search_regions_texts([text], **kw)[0]
+        return self.search_regions_batch(_query_vector(vector), **kw)[0]
 
-    def search_regions_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
+    def search_regions_batch(self, queries: np.ndarray, *, k: int = 10, keep_duplicates: bool = False,
+                             score: str = "max") -> list[list[RegionHit]]:
         q = _query_batch(queries)
         if not len(q):
             return []
-        return self._region_hits(*self.search_regions_vectors(q, k, keep_duplicates=keep_duplicates))
+        return self._region_hits(*self.search_regions_vectors(q, k, keep_duplicates=keep_duplicates, score=score))
 
-    def search_regions_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
+    def search_regions_items(self, ids: list[int] | np.ndarray, *, k: int = 10, keep_duplicates: bool = False,
+                             score: str = "max") -> list[list[RegionHit]]:
         """Images most like each given image (its whole-image vector), by their best region; the query image is left out."""
         ids = as_id_array(ids, "item ids")
         if not len(ids):
             return []
         vecs = self.query_vectors_for_items(ids)
-        return self._region_hits(*self.search_regions_vectors(vecs, k, exclude_items=ids, keep_duplicates=keep_duplicates))
+        return self._region_hits(*self.search_regions_vectors(vecs, k, exclude_items=ids, keep_duplicates=keep_duplicates,
+                                                              score=score))
 
-    def search_regions_texts(self, texts: list[str], *, k: int = 10, keep_duplicates: bool = False) -> list[list[RegionHit]]:
+    def search_regions_texts(self, texts: list[str], *, k: int = 10, keep_duplicates: bool = False,
+                             score: str = "max") -> list[list[RegionHit]]:
         texts = _text_list(texts)
+        _check_region_score(score)
         if not texts:
             return []
         q, route = self.vectors_for_texts(texts)
         if route == "bridge" and self.text_bridge == "wordnet":
-            return self._region_hits(*self._class_set_search(q, k, keep_duplicates, regions=True))
+            return self._region_hits(*self._class_set_search(q, k, keep_duplicates, regions=True, score=score))
+        if route == "bridge" and score == "contrast":
+            raise InputError("contrast scoring of text works through the WordNet bridge or a text tower, not the "
+                             "ConSE index (drop --bridge conse)")
         idx = self.region_bridge_index() if route == "bridge" else None
-        return self._region_hits(*self.search_regions_vectors(q, k, keep_duplicates=keep_duplicates, index=idx))
+        return self._region_hits(*self.search_regions_vectors(q, k, keep_duplicates=keep_duplicates, index=idx,
+                                                              score=score))

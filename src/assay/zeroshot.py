@@ -267,7 +267,7 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
     return (w @ m.astype(np.float64)).astype(np.float32), sim.argmax(axis=1)
 
 
-def class_set_scores(class_scores: Any, class_weights: Any, *, block_size: int = 8192) -> np.ndarray:
+def class_set_scores(class_scores: Any, class_weights: Any, *, block_size: int = 2048) -> np.ndarray:
     """``[n, q]``: for each item and query, ``sum_c weights[q, c] * softmax(logits)[c]`` (float32).
 
     ``class_scores`` are logits ``[n, C]`` (float16 at rest is fine, e.g. a memory-mapped store extra).
@@ -280,10 +280,11 @@ def class_set_scores(class_scores: Any, class_weights: Any, *, block_size: int =
         raise InputError(f"class_scores has {c} classes but the weights have {w.shape[1]}")
     out = np.empty((n, w.shape[0]), dtype=np.float32)
     for s in range(0, n, block_size):
-        z = np.asarray(class_scores[s : s + block_size], dtype=np.float32)
-        if not np.isfinite(z).all():
+        z = np.array(class_scores[s : s + block_size], dtype=np.float32)  # a copy: changed in place below
+        m = z.max(axis=1, keepdims=True)  # [b, 1]
+        if not np.isfinite(m).all():  # (a NaN anywhere in a row makes its max NaN)
             raise InputError("class_scores contain NaN or inf")
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        z /= z.sum(axis=1, keepdims=True)
-        out[s : s + block_size] = z @ w.T
+        z -= m
+        np.exp(z, out=z)  # [b, C] softmax numerators
+        out[s : s + block_size] = (z @ w.T) / z.sum(axis=1, keepdims=True)
     return out

@@ -97,6 +97,7 @@ def search(
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Also return non-representative duplicates.")] = False,
     regions: Annotated[bool, typer.Option("--regions", help="Score each image by its best region (needs `assay embed --regions`); results gain \"region\" and \"box\".")] = False,
     rerank: Annotated[int, typer.Option("--rerank", help="ivf-pq index only: re-score this many candidates per result with the stored vectors (0: off).")] = 50,
+    score: Annotated[str, typer.Option("--score", help="With --regions: 'max' scores an image by its best region; 'contrast' by how far its best region stands out from the image's other regions (small objects in busy scenes; an image the object fills ranks lower).")] = "max",
     bridge: Annotated[str, typer.Option("--bridge", help="Text with an ImageNet classifier (no text tower): 'wordnet' scores each image by the probability of the classes under the WordNet node the text names (exact scan of the stored logits); 'conse' searches the ConSE index (approximate, for corpora of many millions).")] = "wordnet",
     json_: JsonOpt = False,
 ) -> None:
@@ -113,9 +114,14 @@ def search(
         if given != 1:
             raise InputError("give exactly one of --item ID, --image PATH, --text QUERY or --batch FILE")
         ws = open_workspace(workspace)
+        if score != "max" and not regions:
+            raise InputError(f"--score {score} ranks images by their regions; add --regions")
+        from ..search import _check_region_score
+
+        _check_region_score(score)
         s = Searcher(ws, encoder, rerank=rerank, text_bridge=bridge)
         if batch is not None:
-            results = _run_batch(s, batch, k, keep_duplicates, regions)
+            results = _run_batch(s, batch, k, keep_duplicates, regions, score)
             texts = _texts_of(ws, [h["id"] for r in results for h in r["results"]])
             for r in results:
                 for h in r["results"]:
@@ -129,8 +135,9 @@ def search(
                     for h in r["results"]:
                         out.print(f"{h['score']:.4f}  {h['id']}  {printable(h['uri'])}{_snippet(h.get('text'))}")
             return
+        kw = {"score": score} if regions else {}
         fn = s.search_regions if regions else s.search
-        hits = fn(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates)
+        hits = fn(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates, **kw)
         texts = _texts_of(ws, [h.id for h in hits])
         matched = s.text_matches([text]) if text is not None else None
         if json_:
@@ -161,7 +168,7 @@ def _snippet(text: str | None, width: int = 100) -> str:
     return "  " + (one if len(one) <= width else one[: width - 1] + "…")
 
 
-def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = False) -> list[dict]:
+def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = False, score: str = "max") -> list[dict]:
     from ..errors import InputError, NotFoundError
 
     if not path.exists():
@@ -196,10 +203,10 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
 
             vals = [as_item_id(v, f'{path}: "item"') for v in vals]
             fn = s.search_regions_items if regions else s.search_items
-            hits = fn(vals, k=k, keep_duplicates=keep_duplicates)
+            hits = fn(vals, k=k, keep_duplicates=keep_duplicates, **({"score": score} if regions else {}))
         elif kind == "text":
             fn = s.search_regions_texts if regions else s.search_texts
-            hits = fn(vals, k=k, keep_duplicates=keep_duplicates)
+            hits = fn(vals, k=k, keep_duplicates=keep_duplicates, **({"score": score} if regions else {}))
             matched = s.text_matches(vals)
             if matched:
                 for i, m in zip(pos, matched):
@@ -208,7 +215,8 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
             import numpy as np
 
             fn = s.search_regions_batch if regions else s.search_batch
-            hits = fn(np.stack([s.vector_for_image(v) for v in vals]), k=k, keep_duplicates=keep_duplicates)
+            hits = fn(np.stack([s.vector_for_image(v) for v in vals]), k=k, keep_duplicates=keep_duplicates,
+                      **({"score": score} if regions else {}))
         for i, h in zip(pos, hits):
             out_rows[i] = {"query": queries[i], **extra.get(i, {}), "results": [x.to_dict() for x in h]}
     return out_rows
