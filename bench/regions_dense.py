@@ -75,6 +75,7 @@ def main() -> None:
             if not same:
                 raise SystemExit(f"{tmp} holds another corpus than --n/--objects/--seed make")
             ws = Workspace.open(tmp / "ws")
+            build_index(ws, kind="flat")  # up to date (a workspace kept by an older version gains the image means)
             t_whole = t_regions = t_index = None
             rrep = None
         else:

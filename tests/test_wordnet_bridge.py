@@ -248,3 +248,19 @@ def test_region_text_contrast_ranks_the_small_dog_first(dog_ws):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     with pytest.raises(InputError, match="drop --bridge conse"):
         Searcher(dog_ws, text_bridge="conse").search_regions(text="a dog", k=3, score="contrast")
+
+
+def test_duplicates_are_left_out_unless_kept(dog_ws, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copies"
+    copy.mkdir()
+    shutil.copyfile(dog_ws.root.parent / "imgs" / "00.png", copy / "copy_of_00.png")
+    ingest(dog_ws.catalog, [copy])
+    embed(dog_ws)
+    build_index(dog_ws, kind="flat")
+    dup = int(dog_ws.catalog.id_for_uri(str(copy / "copy_of_00.png")))
+    assert dup in set(dog_ws.catalog.non_representative_ids())
+    s = Searcher(dog_ws)
+    assert dup not in {h.id for h in s.search_texts(["a dog"], k=100)[0]}
+    assert dup in {h.id for h in s.search_texts(["a dog"], k=100, keep_duplicates=True)[0]}
