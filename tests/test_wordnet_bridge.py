@@ -264,3 +264,15 @@ def test_duplicates_are_left_out_unless_kept(dog_ws, tmp_path):
     s = Searcher(dog_ws)
     assert dup not in {h.id for h in s.search_texts(["a dog"], k=100)[0]}
     assert dup in {h.id for h in s.search_texts(["a dog"], k=100, keep_duplicates=True)[0]}
+
+
+def test_the_labelling_server_says_what_a_text_search_matched(dog_ws):
+    from fastapi.testclient import TestClient
+
+    from assay.server.app import ServerConfig, create_app
+
+    with TestClient(create_app(dog_ws, ServerConfig(batch=4)), base_url="http://127.0.0.1") as c:
+        r = c.get("/api/search", params={"text": "a photo of a dog", "k": 4}).json()
+        assert r["matched"] == "dog (118 classes)" and len(r["hits"]) == 4
+        assert {h["id"] for h in r["hits"]} == {_uri_id(dog_ws, f"{i:02d}.png") for i in range(4)}
+        assert "matched" not in c.get("/api/search", params={"item": r["hits"][0]["id"], "k": 2}).json()

@@ -279,6 +279,7 @@ def _build_index_locked(
     if bridge and CLASS_SCORES_EXTRA in meta.get("extras", {}):
         try:
             report["text_bridge"] = _build_bridge(ws, store, name, root, rebuild or existing is None, rng)
+            _node_text_embeddings(ws)  # the WordNet bridge's node names, embedded once here, not at the first query
         except MissingDependencyError as exc:
             report["text_bridge"] = {"skipped": str(exc)}
     from .regions import build_region_index, region_store

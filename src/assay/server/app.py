@@ -903,7 +903,9 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
         s = proposer.searcher()
         hits = s.search(text=text, k=k) if text is not None else s.search(item=item, k=k)
         items = {it.id: it for it in cat.get_many([h.id for h in hits])}
+        matched = s.text_matches([text]) if text is not None else None
         return {"query": {"text": text, "item": item, "k": k},
+                **({"matched": matched[0]} if matched else {}),  # what the WordNet bridge read the text as
                 "hits": [{**_item_view(items[h.id], []), "score": h.score} for h in hits if h.id in items]}
 
     @app.get("/api/items/{item_id}", tags=["items"])

@@ -394,7 +394,8 @@ async function runSearch(params, label) {
   try {
     const data = await api(`/api/search?${new URLSearchParams({ ...params, k: "24" })}`);
     $("#results").replaceChildren(...data.hits.map((h, i) => card(h, i, { labelling: false })));
-    $("#search-info").textContent = `${data.hits.length} results for ${label}`;
+    const matched = data.matched ? ` (read as: ${data.matched})` : "";
+    $("#search-info").textContent = `${data.hits.length} results for ${label}${matched}`;
   } catch (e) { $("#search-info").textContent = ""; status(e.message, true); }
 }
 
