@@ -55,6 +55,18 @@ def test_cifar_text_queries_through_the_conse_bridge(cifar_ws):
     assert np.mean(list(precisions.values())) > 0.3, precisions
 
 
+def test_cifar_text_queries_through_the_wordnet_bridge(cifar_ws):
+    """The default text route reads "a photo of a dog" as WordNet's dog (118 ImageNet breeds)."""
+    wordnet, conse = Searcher(cifar_ws), Searcher(cifar_ws, text_bridge="conse")
+    assert wordnet.text_matches(["a photo of a dog"]) == ["dog (118 classes)"]
+    rows = {r.id: r.meta["label"] for r in cifar_ws.catalog.get_many(cifar_ws.catalog.ids())}
+    classes = ("bird", "dog", "frog", "horse", "truck")
+    prec = {name: np.mean([np.mean([rows[h.id] == c for h in hits])
+                           for c, hits in zip(classes, s.search_texts([f"a photo of a {c}" for c in classes], k=20))])
+            for name, s in (("wordnet", wordnet), ("conse", conse))}
+    assert prec["wordnet"] > 0.5 and prec["wordnet"] >= prec["conse"], prec
+
+
 def test_status_json_after_the_whole_path(cifar_ws):
     st = cifar_ws.status()
     assert st["items"]["total"] == 400 and st["embeddings"] == {"efficientnet-lite0": 400}
