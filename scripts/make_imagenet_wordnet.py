@@ -66,7 +66,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/assay/data/imagenet_wordnet.json")
     args = ap.parse_args()
     nouns = read_nouns(args.wordnet / "data.noun")
+    if nouns.get("02084071", ([""],))[0][:1] != ["dog"]:  # WordNet 3.0's offset of dog; 3.1 moved every offset
+        raise SystemExit(f"{args.wordnet} is not WordNet 3.0 (ImageNet's wnids are WordNet 3.0 offsets)")
     classes = read_wnids(args.wnids)
+    missing = [w for w in classes if w[1:] not in nouns]
+    if missing:
+        raise SystemExit(f"{len(missing)} wnids are not WordNet 3.0 noun synsets, e.g. {missing[:3]}")
     nodes: dict[str, dict] = {}
     todo = [w[1:] for w in classes]
     while todo:
@@ -81,8 +86,8 @@ def main() -> None:
         "classes": classes,
         "nodes": dict(sorted(nodes.items())),
     }
+    shutil.copyfile(args.wordnet / "LICENSE", args.out.with_name("WORDNET_LICENSE"))  # first: never data without it
     args.out.write_text(json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
-    shutil.copyfile(args.wordnet / "LICENSE", args.out.with_name("WORDNET_LICENSE"))
     print(f"{args.out}: {len(classes)} classes, {len(nodes)} nodes")
 
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from assay import Workspace, embed, ingest
 from assay.cli.main import app
-from assay.errors import IndexNotBuiltError, UnknownNameError
-from assay.regions import IMAGE_MEANS_FILE, REGION_INDEX_DIR, embed_regions, parent_ids, region_store
+from assay.errors import UnknownNameError
+from assay.regions import embed_regions, parent_ids, region_store
 from assay.search import Searcher, build_index
 
 
@@ -94,16 +94,27 @@ def test_contrast_by_item_leaves_the_query_out_and_images_without_regions_come_l
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
-def test_contrast_needs_the_image_means_and_a_known_score(cws):
-    path = cws.index_dir() / REGION_INDEX_DIR / IMAGE_MEANS_FILE
-    assert path.exists()
-    path.unlink()
-    with pytest.raises(IndexNotBuiltError, match="run `assay index`"):
-        Searcher(cws).search_regions(vector=_red_query(), k=3, score="contrast")
-    rep = build_index(cws, kind="flat")
-    assert rep["regions"]["image_means"] == {"images": 31, "computed": 31}
-    assert build_index(cws, kind="flat")["regions"]["image_means"]["computed"] == 0  # kept, not recomputed
-    assert Searcher(cws).search_regions(vector=_red_query(), k=1, score="contrast")[0].id == _id(cws, "scene_000.png")
+def test_contrast_follows_regions_embedded_after_indexing_and_a_known_score(cws, tmp_path):
+    """Contrast is computed from the stores at query time: regions embedded after `assay index` (and an
+    `assay index` again) count at once; nothing is cached that could go stale."""
+    more = tmp_path / "more"
+    more.mkdir()
+    arr = np.full((96, 96, 3), 120, np.uint8)
+    arr[0:32, 0:32] = (230, 20, 20)
+    Image.fromarray(arr).save(more / "corner.png")
+    ingest(cws.catalog, [more])
+    embed(cws)
+    build_index(cws, kind="flat")  # indexed before its regions exist: contrast 0
+    corner = int(cws.catalog.id_for_uri(str(more / "corner.png")))
+    hits = {h.id: h for h in Searcher(cws).search_regions(vector=_red_query(), k=100, score="contrast")}
+    assert hits[corner].score == 0.0 and hits[corner].region is None
+    embed_regions(cws, spec="grid:3")
+    build_index(cws, kind="flat")
+    hits = Searcher(cws).search_regions(vector=_red_query(), k=100, score="contrast")
+    assert len(hits) == len({h.id for h in hits}) == 32
+    got = {h.id: h for h in hits}
+    assert got[corner].score == pytest.approx(_brute(cws, _red_query())[corner], abs=1e-4) and got[corner].score > 0.1
+    assert got[corner].box == (0, 0, 32, 32)
     with pytest.raises(UnknownNameError, match="region score"):
         Searcher(cws).search_regions(vector=_red_query(), k=3, score="mean")
 

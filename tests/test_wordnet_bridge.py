@@ -65,6 +65,11 @@ def test_a_node_holds_every_class_below_it():
                  "husky": [1, 0, 0], "tabby": [0, 0, 1]}
     assert h.describe(h.nodes.index("dog")) == "dog (2 classes)" and h.describe(h.nodes.index("cat")) == "cat (1 class)"
     assert h.node_texts()[h.nodes.index("dog")] == "a photo of a dog"
+    # two nodes that share a first lemma are told apart, by a second lemma or by the parent
+    twin = ClassHierarchy.from_parents(["a", "b"], {"a": {"lemmas": ["crane"], "parents": ["bird"]},
+                                                   "b": {"lemmas": ["crane", "derrick"], "parents": []},
+                                                   "bird": {"lemmas": ["bird"], "parents": []}})
+    assert sorted(twin.names) == ["bird", "crane, a kind of bird", "crane, derrick"]
     with pytest.raises(InputError, match="classes without a node"):
         ClassHierarchy.from_parents(["husky", "poodle"], {"husky": {"lemmas": ["husky"], "parents": []}})
 
@@ -73,12 +78,14 @@ def test_weights_follow_the_matched_node_and_scores_are_its_probability():
     h = _toy()
     emb = np.eye(6, dtype=np.float32)  # node i's text embedding is axis i
     dog = h.nodes.index("dog")
-    w, best = hierarchy_weights(emb[dog] * 3.0, emb, h.members)  # any length: cosines are used
-    assert best.tolist() == [dog]
+    w, node_w = hierarchy_weights(emb[dog] * 3.0, emb, h.members)  # any length: cosines are used
+    assert node_w.argmax(axis=1).tolist() == [dog] and node_w.sum() == pytest.approx(1.0)
+    assert h.describe_match(node_w[0]) == "dog (2 classes)"
     np.testing.assert_allclose(w[0], [1, 1, 0], atol=1e-6)
     # a query halfway between 'dog' and 'cat' weighs both; a hot temperature spreads over every node
-    w2, _ = hierarchy_weights(emb[dog] + emb[h.nodes.index("cat")], emb, h.members)
+    w2, node_w2 = hierarchy_weights(emb[dog] + emb[h.nodes.index("cat")], emb, h.members)
     np.testing.assert_allclose(w2[0], [0.5, 0.5, 0.5], atol=1e-6)
+    assert h.describe_match(node_w2[0]) == "cat (1 class) 0.50 | dog (2 classes) 0.50"
     w3, _ = hierarchy_weights(emb[dog], emb, h.members, temperature=1e6)
     np.testing.assert_allclose(w3[0], h.members.sum(0) / 6, atol=1e-4)
     logits = np.log(np.array([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32))
@@ -276,3 +283,42 @@ def test_the_labelling_server_says_what_a_text_search_matched(dog_ws):
         assert r["matched"] == "dog (118 classes)" and len(r["hits"]) == 4
         assert {h["id"] for h in r["hits"]} == {_uri_id(dog_ws, f"{i:02d}.png") for i in range(4)}
         assert "matched" not in c.get("/api/search", params={"item": r["hits"][0]["id"], "k": 2}).json()
+
+
+class TenClassEncoder(DogOrCarEncoder):
+    """Class scores that are not ImageNet-1k's 1,000."""
+
+    name = "test-ten-classes"
+    extras_spec = {"imagenet_logits": 10}
+
+    def embed_batch(self, batch: np.ndarray) -> EncoderOutput:
+        out = super().embed_batch(batch)
+        return EncoderOutput(out.embeddings, {"imagenet_logits": out.extras["imagenet_logits"][:, :10]})
+
+
+register_encoder("test-ten-classes")(TenClassEncoder)
+
+
+def test_class_scores_that_are_not_imagenet_1k_are_refused_clearly(tmp_path):
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-ten-classes")
+    ingest(w.catalog, [_scenes(tmp_path / "imgs", n_grey=2)])
+    embed(w)
+    build_index(w, kind="flat", bridge=False)
+    with pytest.raises(InputError, match="stores 10 class scores, not the 1,000 ImageNet-1k classes"):
+        Searcher(w).search(text="a dog", k=3)
+    w.close()
+
+
+def test_cli_messages_for_contrast_and_a_bridge_that_does_nothing(dog_ws, tmp_path):
+    runner = CliRunner()
+    embed_regions(dog_ws, spec="grid:3")
+    build_index(dog_ws, kind="flat")
+    r = runner.invoke(app, ["-w", str(dog_ws.root), "search", "--regions", "--score", "contrast", "--text", "a dog", "-k", "2"])
+    assert r.exit_code == 0 and "stands out from the image's mean" in r.output
+    tower = Workspace.init(tmp_path / "tower", default_encoder="test-mean-color")
+    ingest(tower.catalog, [_scenes(tmp_path / "imgs2", n_grey=2)])
+    embed(tower)
+    build_index(tower, kind="flat")
+    r = runner.invoke(app, ["-w", str(tower.root), "search", "--text", "red", "--bridge", "conse", "-k", "2"])
+    assert r.exit_code == 0 and "--bridge conse has no effect" in r.output
+    tower.close()

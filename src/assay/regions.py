@@ -43,7 +43,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -1024,7 +1023,6 @@ def build_region_index(ws: Workspace, encoder: str | None = None, *, kind: str =
     report["index"] = index.info()
     report["items"] = len(want_items)
     report["regions"] = len(want_regions)
-    report["image_means"] = _update_image_means(d, version, istore, rstore, want_items, want_regions)
     from .search import CLASS_SCORES_EXTRA
 
     if bridge and CLASS_SCORES_EXTRA in rmeta.get("extras", {}) and CLASS_SCORES_EXTRA in imeta.get("extras", {}):
@@ -1037,9 +1035,6 @@ def build_region_index(ws: Workspace, encoder: str | None = None, *, kind: str =
     return report
 
 
-IMAGE_MEANS_FILE = "image_means.npz"
-
-
 def in_sorted(sorted_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``np.isin(x, sorted_ids)`` for a sorted array, by binary search (no hashing of the large side)."""
     x = np.asarray(x)
@@ -1047,53 +1042,6 @@ def in_sorted(sorted_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
         return np.zeros(x.shape, dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_ids, x), len(sorted_ids) - 1)
     return sorted_ids[pos] == x
-
-
-def _update_image_means(d: Path, version: str, istore: VectorStore, rstore: VectorStore, want_items: np.ndarray,
-                        want_regions: np.ndarray) -> dict[str, int]:
-    """Keep ``d/image_means.npz`` in step with the joint index: per image, the mean of its region vectors (the
-    image's own vector when it has none) and the number of its regions. Contrast scoring
-    (``score="contrast"``) subtracts the query's similarity to the mean. Images already there keep their row;
-    new images are computed from the region store."""
-    path = d / IMAGE_MEANS_FILE
-    ids, means = np.zeros(0, np.int64), np.zeros((0, int(istore.meta()["dim"])), np.float32)
-    n_regions = np.zeros(0, np.int64)
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["version"]) == version and "counts" in z:
-                ids, means, n_regions = z["ids"], z["means"], z["counts"]
-    items = np.sort(np.asarray(want_items, dtype=np.int64))
-    keep = np.isin(ids, items)
-    ids, means, n_regions = ids[keep], means[keep], n_regions[keep]
-    new = items[~np.isin(items, ids)]
-    if len(new):
-        sums = np.zeros((len(new), means.shape[1]), np.float64)
-        counts = np.zeros(len(new), np.int64)
-        ok_regions = np.sort(np.asarray(want_regions, dtype=np.int64))
-        for rid, vec in rstore.iter_shards():
-            par = parent_ids(rid)
-            pos = np.searchsorted(new, par)
-            hit = (pos < len(new)) & (new[np.minimum(pos, len(new) - 1)] == par)
-            hit &= in_sorted(ok_regions, rid)
-            if hit.any():
-                rows = np.flatnonzero(hit)
-                np.add.at(sums, pos[rows], np.asarray(vec[rows], dtype=np.float32))
-                np.add.at(counts, pos[rows], 1)
-        out = np.empty_like(sums, dtype=np.float32)
-        has = counts > 0
-        out[has] = (sums[has] / counts[has, None]).astype(np.float32)
-        if (~has).any():
-            out[~has] = istore.get(new[~has])
-        ids = np.concatenate([ids, new])
-        means = np.concatenate([means, out])
-        n_regions = np.concatenate([n_regions, counts])
-        order = np.argsort(ids)
-        ids, means, n_regions = ids[order], means[order], n_regions[order]
-    if len(new) or not path.exists() or int(keep.sum()) != len(keep):
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, ids=ids, means=means, counts=n_regions, version=np.asarray(version))
-        os.replace(tmp, path)
-    return {"images": int(len(ids)), "computed": int(len(new))}
 
 
 def _build_region_bridge(ws, name, istore, rstore, want_items, want_regions, version, rebuild, rng) -> dict[str, Any]:

@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -403,7 +404,7 @@ def _class_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     text_enc.load()
     emb = text_enc.embed_texts([f"a photo of a {n}" for n in names])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npy")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp.npy")  # one per writer
     np.save(tmp, emb.astype(np.float32))
     os.replace(tmp, cache)
     return emb, text_enc.version
@@ -428,21 +429,10 @@ def _node_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     text_enc.load()
     emb = text_enc.embed_texts(texts).astype(np.float32)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npy")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp.npy")  # one per writer
     np.save(tmp, emb)
     os.replace(tmp, cache)
     return emb, text_enc.version
-
-
-def _best_row_per_parent(scores: np.ndarray, parents: np.ndarray) -> np.ndarray:
-    """``[p, q]`` row indices: for each query, the best-scoring row of each distinct parent (``p`` parents)."""
-    uniq, inv = np.unique(parents, return_inverse=True)
-    out = np.empty((len(uniq), scores.shape[1]), dtype=np.int64)
-    for j in range(scores.shape[1]):
-        order = np.lexsort((-scores[:, j], inv))  # grouped by parent, best row first within a group
-        starts = np.searchsorted(inv[order], np.arange(len(uniq)))
-        out[:, j] = order[starts]
-    return out
 
 
 def _safe(s: str) -> str:
@@ -566,7 +556,8 @@ class Searcher:
         self._graph_ids_sorted: np.ndarray | None = None
         self.stale_rows = 0  # embeddings stored since the index was built (0 when up to date or unknown)
         self._hierarchy: Any = None  # (ClassHierarchy, node text embeddings), loaded on first use
-        self._region_means: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._scan_ids: tuple[Any, np.ndarray, np.ndarray] | None = None  # (region index, sorted ids, images)
+        self._lock = threading.Lock()
 
     # -------------------------------------------------------------- parts
     def index(self) -> VectorIndex:
@@ -755,14 +746,22 @@ class Searcher:
         return self._text_encoder.embed_texts(texts), route
 
     def _class_weights(self, q: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """WordNet class weights ``[q, 1000]`` of bridge text embeddings, and the node each query matched best."""
+        """WordNet class weights ``[q, 1000]`` of bridge text embeddings, and what each query matched."""
         from .zeroshot import ClassHierarchy, hierarchy_weights
 
-        if self._hierarchy is None:
-            self._hierarchy = (ClassHierarchy.imagenet(), _node_text_embeddings(self.ws)[0])
+        width = self.store.meta().get("extras", {}).get(CLASS_SCORES_EXTRA)
+        if width is not None and int(np.prod(np.atleast_1d(width))) != 1000:
+            raise InputError(
+                f"encoder {self.encoder_name!r} stores {width} class scores, not the 1,000 ImageNet-1k classes the "
+                "WordNet and ConSE text bridges read; text search needs an ImageNet-1k classifier or a text tower"
+            )
+
+        with self._lock:
+            if self._hierarchy is None:
+                self._hierarchy = (ClassHierarchy.imagenet(), _node_text_embeddings(self.ws)[0])
         h, node_emb = self._hierarchy
-        w, best = hierarchy_weights(q, node_emb, h.members)
-        return w, [h.describe(int(b)) for b in best]
+        w, node_w = hierarchy_weights(q, node_emb, h.members_f32)
+        return w, [h.describe_match(row) for row in node_w]
 
     def class_weights(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:
         """The WordNet bridge's reading of text queries: class weights ``[q, 1000]`` (an item scores
@@ -784,76 +783,141 @@ class Searcher:
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact scan of the stored ImageNet logits: ``(scores, image ids, trigger ids)``, each ``[q, k]``.
 
-        An item (or, with ``regions``, an image by its best row among itself and its regions) scores by the
-        probability its classifier gives to the classes under the WordNet node(s) each query matched; with
-        ``score="contrast"`` an image scores by that best row minus the mean over its regions. The rows
-        scanned are those of the item index (or of the joint region index), so the corpus is the one the other
-        routes search.
+        An item (or, with ``regions``, an image by its best row among itself and its regions, or with
+        ``score="contrast"`` by its best region minus the mean of its regions) scores by the probability its
+        classifier gives to the classes under the WordNet node(s) each query matched. The rows scanned are
+        those of the item index (or of the joint region index), so the corpus is the one the other routes
+        search.
         """
-        from .regions import in_sorted, is_region_id, parent_ids, region_store
+        from .regions import in_sorted
         from .zeroshot import class_set_scores
 
-        k = _check_k(k)
         weights, _ = self._class_weights(q)
         nq = len(q)
-        allowed = np.sort(self.region_index().ids if regions else self.index().ids)
-        images = allowed[~is_region_id(allowed)] if regions else allowed  # sorted image ids
+        if regions:
+            return self._region_scan(lambda block: class_set_scores(block, weights), nq, k, keep_duplicates,
+                                     score=score, extra=CLASS_SCORES_EXTRA)
+        if score != "max":
+            raise InputError("contrast scoring ranks images by their regions; use search_regions_texts")
+        k = _check_k(k)
+        allowed = self._sorted_ids(self.index())
+        k = max(1, min(k, len(allowed)))  # never more rows than the index holds
         excluded = self.excluded_ids(keep_duplicates)
         excluded = np.sort(excluded) if excluded is not None and len(excluded) else None
-        stores = [self.store] + ([region_store(self.ws, self.encoder_name)] if regions else [])
-        contrast = score == "contrast"
-        if contrast:  # per image: the sum and count of its regions' scores, and its own score
-            sums = np.zeros((len(images), nq), np.float64)
-            counts = np.zeros(len(images), np.int64)
-            own = np.zeros((len(images), nq), np.float32)
-        cand_s, cand_p, cand_t = [], [], []
-        for st in stores:
-            for ids, logits in st.iter_shards(extra=CLASS_SCORES_EXTRA):
-                keep = in_sorted(allowed, ids)
-                is_reg = is_region_id(ids)
-                parents = np.where(is_reg, parent_ids(ids), ids) if regions else ids
-                if excluded is not None:
-                    keep &= ~in_sorted(excluded, parents)
-                rows = np.flatnonzero(keep)
-                if not len(rows):
-                    continue
-                sc = class_set_scores(logits[rows] if len(rows) < len(ids) else logits, weights)  # [r, q]
-                ids, parents, is_reg = ids[rows], parents[rows], is_reg[rows]
-                if contrast:
-                    pidx = np.searchsorted(images, parents)
-                    np.add.at(sums, pidx[is_reg], sc[is_reg])
-                    np.add.at(counts, pidx[is_reg], 1)
-                    own[pidx[~is_reg]] = sc[~is_reg]
-                if contrast:  # the best *region*: the whole image is not one of them
-                    sc = np.where(is_reg[:, None], sc, -np.inf).astype(np.float32)
-                if regions:  # an image's rows span shards and stores: keep each image's best row here
-                    part = _best_row_per_parent(sc, parents)
-                elif k < len(rows):  # a shard's k best rows per query
-                    part = np.argpartition(-sc, k - 1, axis=0)[:k]
-                else:
-                    part = np.tile(np.arange(len(rows))[:, None], (1, nq))
-                cand_s.append(np.take_along_axis(sc, part, axis=0))
-                cand_p.append(parents[part])
-                cand_t.append(ids[part])
+        cand_s, cand_i = [], []
+        for ids, logits in self.store.iter_shards(extra=CLASS_SCORES_EXTRA):
+            keep = in_sorted(allowed, ids)
+            if excluded is not None:
+                keep &= ~in_sorted(excluded, ids)
+            rows = np.flatnonzero(keep)
+            if not len(rows):
+                continue
+            sc = class_set_scores(logits[rows] if len(rows) < len(ids) else logits, weights)  # [r, q]
+            part = np.argpartition(-sc, k - 1, axis=0)[:k] if k < len(rows) else np.tile(np.arange(len(rows))[:, None], (1, nq))
+            cand_s.append(np.take_along_axis(sc, part, axis=0))
+            cand_i.append(ids[rows][part])
+        out_s, out_i = np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+        if cand_s:
+            S, ids_ = np.concatenate(cand_s, axis=0), np.concatenate(cand_i, axis=0)  # [m, q]
+            for j in range(nq):
+                order = np.lexsort((ids_[:, j], -S[:, j]))  # best first; ties by id
+                _, first = np.unique(ids_[order, j], return_index=True)  # an id stored twice counts once
+                pick = order[np.sort(first)][:k]
+                out_s[j, : len(pick)], out_i[j, : len(pick)] = S[pick, j], ids_[pick, j]
+        return out_s, out_i, out_i.copy()
+
+    def _sorted_ids(self, index: VectorIndex) -> np.ndarray:
+        """The index's ids, sorted (cached per loaded index)."""
+        with self._lock:
+            if self._scan_ids is None or self._scan_ids[0] is not index:
+                from .regions import is_region_id
+
+                ids = np.sort(np.asarray(index.ids, dtype=np.int64))
+                self._scan_ids = (index, ids, ids[~is_region_id(ids)])
+            return self._scan_ids[1]
+
+    def _region_scan(self, score_rows: Callable[[np.ndarray], np.ndarray], nq: int, k: int, keep_duplicates: bool,
+                     *, score: str, extra: str | None = None, exclude_items: np.ndarray | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images ranked exactly by a scan of the item and region stores: ``(scores, image ids, triggers)``.
+
+        ``score_rows(block [r, C]) -> [r, nq]`` scores a block of stored rows (vectors, or the ``extra``). The
+        rows are those of the joint region index. Per image it keeps the best region (and its id), the sum and
+        count of its regions' scores, and its own row's score, in ``O(images x queries)`` memory; score
+        ``"max"`` ranks by the best of the image and its regions, ``"contrast"`` by the best region minus the
+        mean of the image's regions (0 for an image without regions).
+        """
+        from .regions import in_sorted, is_region_id, parent_ids, region_store
+
+        k = _check_k(k)
+        _check_region_score(score)
+        idx = self.region_index()
+        allowed = self._sorted_ids(idx)
+        images = self._scan_ids[2]
+        k = max(1, min(k, len(images)))
+        excluded = self.excluded_ids(keep_duplicates)
+        excluded = np.sort(excluded) if excluded is not None and len(excluded) else None
+        n = len(images)
+        best = np.full((n, nq), -np.inf, np.float32)  # the best region of each image
+        trig = np.full((n, nq), -1, np.int64)
+        sums = np.zeros((n, nq), np.float64)
+        counts = np.zeros(n, np.int64)
+        own = np.full((n, nq), -np.inf, np.float32)  # the image's own row
+        for ids, block in region_store(self.ws, self.encoder_name).iter_shards(extra=extra):
+            keep = in_sorted(allowed, ids) & is_region_id(ids)
+            par = parent_ids(ids)
+            if excluded is not None:
+                keep &= ~in_sorted(excluded, par)
+            rows = np.flatnonzero(keep)
+            if not len(rows):
+                continue
+            rows = rows[np.argsort(par[rows], kind="stable")]  # an image's regions together
+            ids_r, par_r = ids[rows], par[rows]
+            sc = np.asarray(score_rows(np.asarray(block[rows], dtype=np.float32)), dtype=np.float32)  # [r, nq]
+            starts = np.flatnonzero(np.r_[True, par_r[1:] != par_r[:-1]])  # [g] one run per image
+            lens = np.diff(np.r_[starts, len(rows)])
+            run_max = np.maximum.reduceat(sc, starts, axis=0)  # [g, nq]
+            at = np.arange(len(rows))[:, None]
+            first = -np.maximum.reduceat(np.where(sc >= np.repeat(run_max, lens, axis=0), -at, -len(rows)), starts, axis=0)
+            pidx = np.searchsorted(images, par_r[starts])  # each image once per shard
+            cur = best[pidx]
+            upd = run_max > cur
+            best[pidx] = np.where(upd, run_max, cur)
+            trig[pidx] = np.where(upd, ids_r[first], trig[pidx])
+            sums[pidx] += np.add.reduceat(sc, starts, axis=0)
+            counts[pidx] += lens
+        for ids, block in self.store.iter_shards(extra=extra):
+            keep = in_sorted(images, ids)
+            if excluded is not None:
+                keep &= ~in_sorted(excluded, ids)
+            rows = np.flatnonzero(keep)
+            if len(rows):
+                own[np.searchsorted(images, ids[rows])] = score_rows(np.asarray(block[rows], dtype=np.float32))
+        seen = (counts > 0) | np.isfinite(own[:, 0])  # images with any row to score
+        if score == "contrast":
+            value = np.where(counts[:, None] > 0, best - sums / np.maximum(counts, 1)[:, None], 0.0)
+            value = np.maximum(value, 0.0).astype(np.float32)  # (float rounding can dip below 0 = no contrast)
+            whole = counts == 0
+            trig = np.where(whole[:, None], images[:, None], trig)
+        else:
+            whole = own > best
+            value = np.where(whole, own, best)
+            trig = np.where(whole, images[:, None], trig)
+        value = np.where(seen[:, None], value, -np.inf)
+        if exclude_items is not None:
+            ex = np.asarray(exclude_items, dtype=np.int64).reshape(-1)
+            pos = np.searchsorted(images, ex)
+            hit = (pos < n) & (images[np.minimum(pos, n - 1)] == ex)
+            value[pos[hit], np.flatnonzero(hit)] = -np.inf
         out = [np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64), np.full((nq, k), -1, np.int64)]
-        if not cand_s:
-            return out[0], out[1], out[2]
-        S, P, T = (np.concatenate(a, axis=0) for a in (cand_s, cand_p, cand_t))  # [m, q]
-        if contrast:
-            mean = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], own).astype(np.float32)
         for j in range(nq):
-            order = np.lexsort((T[:, j], -S[:, j]))  # best first; ties by id, stable across runs
-            _, first = np.unique(P[order, j], return_index=True)  # each image once, at its best row
-            best = order[np.sort(first)]
-            value = S[best, j]
-            if contrast:  # an image without regions: its own row, contrast 0
-                bare = ~np.isfinite(value)
-                value = np.where(bare, 0.0, value - mean[np.searchsorted(images, P[best, j]), j]).astype(np.float32)
-                order = np.lexsort((T[best, j], -value))
-                best, value = best[order], value[order]
-            pick, value = best[:k], value[:k]
-            n = len(pick)
-            out[0][j, :n], out[1][j, :n], out[2][j, :n] = value, P[pick, j], T[pick, j]
+            v = value[:, j]
+            cand = np.flatnonzero(np.isfinite(v))
+            if len(cand) > k:
+                cand = cand[np.argpartition(-v[cand], k - 1)[:k]]
+            cand = cand[np.lexsort((images[cand], -v[cand]))]  # best first; ties by image id
+            m = len(cand)
+            out[0][j, :m], out[1][j, :m], out[2][j, :m] = v[cand], images[cand], trig[cand, j]
         return out[0], out[1], out[2]
 
     def bridge_index(self) -> VectorIndex:
@@ -1089,8 +1153,9 @@ class Searcher:
             ex = np.asarray(exclude_items, dtype=np.int64).reshape(-1, 1)  # [q, 1]
             per_query = np.concatenate([ex, region_ids(ex, np.arange(R)[None, :])], axis=1)  # [q, R + 1]
         excluded = self._region_exclusions(keep_duplicates)
-        if score == "contrast":
-            return self._contrast_search(q, k, idx, excluded, per_query)
+        if score == "contrast":  # an exact scan of the stored region vectors
+            return self._region_scan(lambda block: block @ q.T, len(q), k, keep_duplicates,
+                                     score="contrast", exclude_items=exclude_items)
         rows = np.arange(len(q))
         out = [np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64),
                np.full((len(q), k), -1, np.int64)]
@@ -1102,81 +1167,6 @@ class Searcher:
             for arr, val in zip(out, (bs, bp, bt)):
                 arr[rows[done]] = val[done]
             rows = rows[~done]
-            fetch = min(cap, fetch * 4)
-        return out[0], out[1], out[2]
-
-    def region_means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(image ids [N] sorted, means [N, d], region counts [N])``: per image of the joint index, the mean of
-        its region vectors (kept by `assay index` beside the index; contrast scoring subtracts the query's
-        similarity to it)."""
-        if self._region_means is None:
-            from .regions import IMAGE_MEANS_FILE, REGION_INDEX_DIR
-
-            idx = self.region_index()
-            path = self.ws.index_dir(self.encoder_name) / REGION_INDEX_DIR / IMAGE_MEANS_FILE
-            stale = IndexNotBuiltError("contrast scoring needs the per-image means of the region index, which are "
-                                       "missing or older than it; run `assay index`")
-            if not path.exists():
-                raise stale
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["version"]) != idx.encoder_version or "counts" not in z:
-                    raise stale
-                self._region_means = (np.asarray(z["ids"]), np.asarray(z["means"], dtype=np.float32),
-                                      np.asarray(z["counts"]))
-        return self._region_means
-
-    def _contrast_search(self, q: np.ndarray, k: int, idx: VectorIndex, excluded: Any, per_query: Any
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k images by ``best region - q . mean of the image's regions``, exact on an exact index.
-
-        Region rows come from the joint index best first (item rows are skipped: the whole image is not a
-        region). An image with a fetched region has its best region among them; one without has no region
-        above the last fetched score ``s_F``, so its contrast is at most ``s_F - min(q . mean)`` over such
-        images. Fetch more (4x) until the k-th contrast found reaches that bound, or the index is exhausted.
-        An image without regions scores 0 (the lowest contrast there is) and comes last.
-        """
-        from .regions import best_per_parent, in_sorted, is_region_id
-
-        mids, means, counts = self.region_means()
-        C = q @ means.T  # [nq, N] each image's mean similarity
-        cap = max(idx.ntotal, 1)
-        fetch = min(cap, max(4 * k, 64))
-        nq = len(q)
-        out = [np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64), np.full((nq, k), -1, np.int64)]
-        bare = mids[counts == 0]  # images without regions
-        if excluded is not None and len(excluded):
-            bare = bare[~np.isin(bare, excluded)]
-        rows = np.arange(nq)
-        while len(rows):
-            s, i = idx.search(q[rows], fetch, exclude_ids=excluded,
-                              exclude_per_query=None if per_query is None else per_query[rows])
-            reg = is_region_id(i) & (i >= 0)
-            bs, bp, bt = best_per_parent(np.where(reg, s, -np.inf), np.where(reg, i, -1), fetch)
-            still = []
-            for n, r in enumerate(rows):
-                valid = bp[n] >= 0
-                par, best, trig = bp[n][valid], bs[n][valid], bt[n][valid]
-                pos = np.minimum(np.searchsorted(mids, par), max(len(mids) - 1, 0))
-                value = best - C[r][pos]
-                order = np.lexsort((trig, -value))[:k]
-                if not (fetch >= cap or (i[n] < 0).any()):  # not exhausted: is the k-th provably final?
-                    unfetched = ~in_sorted(np.sort(par), mids) & (counts > 0)
-                    if per_query is not None:
-                        unfetched &= mids != per_query[r, 0]
-                    bound = float(s[n, -1]) - float(C[r][unfetched].min()) if unfetched.any() else -np.inf
-                    if len(order) < k or value[order[-1]] < bound:
-                        still.append(r)
-                        continue
-                par, value, trig = par[order], value[order], trig[order]
-                if len(par) < k and len(bare):  # images without regions: contrast 0, last
-                    extra = bare if per_query is None else bare[bare != per_query[r, 0]]
-                    extra = extra[: k - len(par)]
-                    par = np.concatenate([par, extra])
-                    trig = np.concatenate([trig, extra])
-                    value = np.concatenate([value, np.zeros(len(extra), np.float32)])
-                m = len(par)
-                out[0][r, :m], out[1][r, :m], out[2][r, :m] = value, par, trig
-            rows = np.asarray(still, dtype=np.int64)
             fetch = min(cap, fetch * 4)
         return out[0], out[1], out[2]
 

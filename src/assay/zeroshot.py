@@ -191,6 +191,7 @@ class ClassHierarchy:
     nodes: tuple[str, ...]
     lemmas: tuple[tuple[str, ...], ...]
     members: np.ndarray
+    parents: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
     def imagenet(cls) -> "ClassHierarchy":
@@ -217,16 +218,49 @@ class ClassHierarchy:
                 members[pos[n], j] = True
                 todo.extend(p for p in nodes[n].get("parents", []) if p in pos)
         lemmas = tuple(tuple(str(x) for x in nodes[n]["lemmas"]) or (n,) for n in order)
-        return cls(tuple(classes), tuple(order), lemmas, members)
+        parents = tuple(tuple(p for p in nodes[n].get("parents", []) if p in pos) for n in order)
+        return cls(tuple(classes), tuple(order), lemmas, members, parents)
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        """A name per node: its first lemma, told apart where two nodes share it (``"car, auto"`` /
+        ``"car, railcar"``; by a second lemma, else by its parent: ``"crane, a kind of wading bird"``)."""
+        first = [lem[0].lower() for lem in self.lemmas]
+        shared = {f for f in first if first.count(f) > 1}
+        pos = {n: i for i, n in enumerate(self.nodes)}
+        out = []
+        for i, lem in enumerate(self.lemmas):
+            if first[i] not in shared:
+                out.append(lem[0])
+            elif len(lem) > 1:
+                out.append(f"{lem[0]}, {lem[1]}")
+            elif self.parents and self.parents[i]:
+                out.append(f"{lem[0]}, a kind of {self.lemmas[pos[self.parents[i][0]]][0]}")
+            else:
+                out.append(lem[0])
+        return tuple(out)
+
+    @functools.cached_property
+    def members_f32(self) -> np.ndarray:
+        return self.members.astype(np.float32)
 
     def node_texts(self, template: str = "a photo of a {}") -> list[str]:
-        """One text per node, from its first lemma (what :func:`hierarchy_weights` compares queries with)."""
-        return [template.format(lem[0]) for lem in self.lemmas]
+        """One text per node, from its name (what :func:`hierarchy_weights` compares queries with)."""
+        return [template.format(n) for n in self.names]
 
     def describe(self, node: int) -> str:
         """``"dog (118 classes)"``."""
         n = int(self.members[node].sum())
-        return f"{self.lemmas[node][0]} ({n} class{'es' if n != 1 else ''})"
+        return f"{self.names[node]} ({n} class{'es' if n != 1 else ''})"
+
+    def describe_match(self, node_weights: np.ndarray, *, min_share: float = 0.2) -> str:
+        """What one query matched: the nodes holding at least ``min_share`` of its weight, most first
+        (``"car, auto (10 classes) 0.7 | car, railcar (2 classes) 0.3"``; one node alone is named without a share)."""
+        w = np.asarray(node_weights, dtype=np.float64)
+        top = [int(i) for i in np.argsort(-w, kind="stable")[:5] if w[i] >= min_share] or [int(np.argmax(w))]
+        if len(top) == 1:
+            return self.describe(top[0])
+        return " | ".join(f"{self.describe(i)} {w[i]:.2f}" for i in top)
 
 
 @functools.lru_cache(maxsize=1)
@@ -240,7 +274,7 @@ def _imagenet_hierarchy() -> ClassHierarchy:
 
 def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, temperature: float = 0.02
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Class weights of text queries through a hierarchy: ``(weights [q, C] float32, best node [q])``.
+    """Class weights of text queries through a hierarchy: ``(weights [q, C] float32, node weights [q, n])``.
 
     Each query matches the nodes by a softmax of its cosines to their text embeddings over ``temperature``;
     a class weighs the summed match of the nodes it falls under. A weight row sums to at most 1 per node
@@ -264,7 +298,8 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
     sim = (qn @ en.T).astype(np.float64)  # [q, n]
     w = np.exp((sim - sim.max(axis=1, keepdims=True)) / float(temperature))
     w /= w.sum(axis=1, keepdims=True)
-    return (w @ m.astype(np.float64)).astype(np.float32), sim.argmax(axis=1)
+    mf = m if m.dtype == np.float32 else m.astype(np.float32)
+    return (w.astype(np.float32) @ mf).astype(np.float32), w.astype(np.float32)
 
 
 def class_set_scores(class_scores: Any, class_weights: Any, *, block_size: int = 2048) -> np.ndarray:

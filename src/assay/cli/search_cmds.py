@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import JsonOpt, WorkspaceOpt, errors_to_exit, open_workspace, out, print_json, printable
+from ._common import JsonOpt, WorkspaceOpt, _escape, console, errors_to_exit, open_workspace, out, print_json, printable
 
 
 def index(
@@ -97,8 +97,8 @@ def search(
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Also return non-representative duplicates.")] = False,
     regions: Annotated[bool, typer.Option("--regions", help="Score each image by its best region (needs `assay embed --regions`); results gain \"region\" and \"box\".")] = False,
     rerank: Annotated[int, typer.Option("--rerank", help="ivf-pq index only: re-score this many candidates per result with the stored vectors (0: off).")] = 50,
-    score: Annotated[str, typer.Option("--score", help="With --regions: 'max' scores an image by its best region; 'contrast' by how far its best region stands out from the image's other regions (small objects in busy scenes; an image the object fills ranks lower).")] = "max",
-    bridge: Annotated[str, typer.Option("--bridge", help="Text with an ImageNet classifier (no text tower): 'wordnet' scores each image by the probability of the classes under the WordNet node the text names (exact scan of the stored logits); 'conse' searches the ConSE index (approximate, for corpora of many millions).")] = "wordnet",
+    score: Annotated[str, typer.Option("--score", help="max | contrast. With --regions: 'max' scores an image by its best region (or the whole image); 'contrast' by its best region minus the mean of all its regions, an exact scan of the region vectors (small objects in busy scenes; an image the object fills ranks lower).")] = "max",
+    bridge: Annotated[str, typer.Option("--bridge", help="wordnet | conse. Text with an ImageNet classifier (no text tower): 'wordnet' scores each image by the probability of the classes under the WordNet node the text names (exact scan of the stored logits); 'conse' searches the ConSE index (approximate, for corpora of many millions). No effect with a text tower.")] = "wordnet",
     json_: JsonOpt = False,
 ) -> None:
     """Search by item, image or text; --json prints {"results": [{"id", "score", "uri"}, ...]}, best first.
@@ -120,6 +120,9 @@ def search(
 
         _check_region_score(score)
         s = Searcher(ws, encoder, rerank=rerank, text_bridge=bridge)
+        if bridge != "wordnet" and s._text_route() == "tower":
+            console.print(f"[yellow]warning:[/] --bridge {bridge} has no effect: encoder "
+                          f"{_escape(repr(s.encoder_name))} reads text with its own text tower", markup=True)
         if batch is not None:
             results = _run_batch(s, batch, k, keep_duplicates, regions, score)
             texts = _texts_of(ws, [h["id"] for r in results for h in r["results"]])
@@ -145,7 +148,9 @@ def search(
                         "results": [{**h.to_dict(), **({"text": texts[h.id]} if h.id in texts else {})} for h in hits]})
             return
         if matched:
-            out.print(f"# the text matched WordNet: {matched[0]}; scores are the probability of those classes")
+            what = ("how far the best region's probability of those classes stands out from the image's mean"
+                    if regions and score == "contrast" else "the probability of those classes")
+            out.print(f"# the text matched WordNet: {matched[0]}; scores are {what}")
         if not hits:
             out.print("no results: the index holds nothing searchable for this query (see `assay status`)")
         for h in hits:
