@@ -322,3 +322,19 @@ def test_cli_messages_for_contrast_and_a_bridge_that_does_nothing(dog_ws, tmp_pa
     r = runner.invoke(app, ["-w", str(tower.root), "search", "--text", "red", "--bridge", "conse", "-k", "2"])
     assert r.exit_code == 0 and "--bridge conse has no effect" in r.output
     tower.close()
+
+
+def test_a_node_is_found_by_any_of_its_lemmas_and_shared_words_are_told_apart():
+    h = ClassHierarchy.from_parents(["a", "b"], {
+        "a": {"lemmas": ["car", "auto", "automobile"], "parents": []},
+        "b": {"lemmas": ["car", "railcar"], "parents": []},
+    })
+    texts, owner = h.lemma_texts()
+    assert list(zip(texts, owner.tolist())) == [("a photo of a car, auto", 0), ("a photo of a auto", 0),
+                                                ("a photo of a automobile", 0), ("a photo of a car, railcar", 1),
+                                                ("a photo of a railcar", 1)]
+    emb = np.eye(5, dtype=np.float32)
+    w, node_w = hierarchy_weights(emb[2], emb, h.members, text_node=owner)  # the query is "automobile"
+    assert node_w.argmax() == 0 and w[0].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    with pytest.raises(InputError, match="text_node"):
+        hierarchy_weights(emb[2], emb, h.members, text_node=owner[::-1])

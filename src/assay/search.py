@@ -411,15 +411,15 @@ def _class_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
 
 
 def _node_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
-    """Embeddings of the WordNet nodes above the ImageNet classes (``ClassHierarchy.node_texts``) with the
-    bridge text encoder, cached by its version and the node texts."""
+    """Embeddings of the lemmas of the WordNet nodes above the ImageNet classes (``ClassHierarchy.lemma_texts``)
+    with the bridge text encoder, cached by its version and the texts."""
     import hashlib
 
     from .encoders.base import get_encoder
     from .zeroshot import ClassHierarchy
 
     text_enc = get_encoder(TEXT_BRIDGE_ENCODER)
-    texts = ClassHierarchy.imagenet().node_texts()
+    texts, _ = ClassHierarchy.imagenet().lemma_texts()
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
     cache = ws.cache_dir / "conse" / f"wordnet-{digest}-{_safe(text_enc.version)}.npy"
     if cache.exists():
@@ -760,7 +760,7 @@ class Searcher:
             if self._hierarchy is None:
                 self._hierarchy = (ClassHierarchy.imagenet(), _node_text_embeddings(self.ws)[0])
         h, node_emb = self._hierarchy
-        w, node_w = hierarchy_weights(q, node_emb, h.members_f32)
+        w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=h.lemma_texts()[1])
         return w, [h.describe_match(row) for row in node_w]
 
     def class_weights(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:

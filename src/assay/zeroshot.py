@@ -245,8 +245,26 @@ class ClassHierarchy:
         return self.members.astype(np.float32)
 
     def node_texts(self, template: str = "a photo of a {}") -> list[str]:
-        """One text per node, from its name (what :func:`hierarchy_weights` compares queries with)."""
+        """One text per node, from its name."""
         return [template.format(n) for n in self.names]
+
+    def lemma_texts(self, template: str = "a photo of a {}") -> tuple[list[str], np.ndarray]:
+        """Every lemma of every node as a text, and the node of each (``[n_texts]``, nodes in order): what
+        :func:`hierarchy_weights` compares queries with, so that "automobile" finds the node *car, auto,
+        automobile, ...* by its own word. A lemma two nodes share is written as the node's name instead
+        (``"car, auto"`` / ``"car, railcar"``), so that a shared word does not tie unrelated senses."""
+        first_shared = {n.lower() for i, n in enumerate(self.names) if n != self.lemmas[i][0]}
+        texts, owner = [], []
+        for i, lem in enumerate(self.lemmas):
+            seen = set()
+            for j, word in enumerate(lem):
+                text = self.names[i] if (j == 0 or word.lower() in first_shared) else word
+                if text.lower() in seen:
+                    continue
+                seen.add(text.lower())
+                texts.append(template.format(text))
+                owner.append(i)
+        return texts, np.asarray(owner, dtype=np.int64)
 
     def describe(self, node: int) -> str:
         """``"dog (118 classes)"``."""
@@ -272,13 +290,15 @@ def _imagenet_hierarchy() -> ClassHierarchy:
     return ClassHierarchy.from_parents(doc["classes"], doc["nodes"])
 
 
-def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, temperature: float = 0.02
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, temperature: float = 0.02,
+                      text_node: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Class weights of text queries through a hierarchy: ``(weights [q, C] float32, node weights [q, n])``.
 
     Each query matches the nodes by a softmax of its cosines to their text embeddings over ``temperature``;
     a class weighs the summed match of the nodes it falls under. A weight row sums to at most 1 per node
-    matched, so :func:`class_set_scores` is the probability of the matched node(s).
+    matched, so :func:`class_set_scores` is the probability of the matched node(s). With ``text_node``
+    (``[n_texts]``, sorted: the node of each row of ``node_text_emb``, e.g. from
+    :meth:`ClassHierarchy.lemma_texts`) a node's cosine is the best of its texts'.
     """
     q = np.asarray(query_text_emb, dtype=np.float32)
     if q.ndim == 1:
@@ -287,15 +307,21 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
     m = np.asarray(members)
     if q.ndim != 2 or e.ndim != 2 or q.shape[1] != e.shape[1]:
         raise InputError(f"query embeddings {q.shape} and node embeddings {e.shape} must be [q, d] and [n, d]")
-    if m.ndim != 2 or m.shape[0] != e.shape[0]:
-        raise InputError(f"members must be [n_nodes={e.shape[0]}, n_classes], got shape {m.shape}")
+    owner = None if text_node is None else np.asarray(text_node, dtype=np.int64)
+    if owner is not None and (owner.shape != (e.shape[0],) or (np.diff(owner) < 0).any()):
+        raise InputError(f"text_node must be the sorted node of each of the {e.shape[0]} texts, got shape {owner.shape}")
+    n_nodes = e.shape[0] if owner is None else (int(owner[-1]) + 1 if len(owner) else 0)
+    if m.ndim != 2 or m.shape[0] != n_nodes:
+        raise InputError(f"members must be [n_nodes={n_nodes}, n_classes], got shape {m.shape}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) or not temperature > 0:
         raise InputError(f"temperature must be a positive number, got {temperature!r}")
     if not (np.isfinite(q).all() and np.isfinite(e).all()):
         raise InputError("query or node embeddings contain NaN or inf")
     qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     en = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-    sim = (qn @ en.T).astype(np.float64)  # [q, n]
+    sim = (qn @ en.T).astype(np.float64)  # [q, texts]
+    if owner is not None:  # a node matches as well as its best text
+        sim = np.maximum.reduceat(sim, np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]), axis=1)  # [q, n]
     w = np.exp((sim - sim.max(axis=1, keepdims=True)) / float(temperature))
     w /= w.sum(axis=1, keepdims=True)
     mf = m if m.dtype == np.float32 else m.astype(np.float32)
