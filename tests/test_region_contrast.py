@@ -129,3 +129,42 @@ def test_cli_search_score_contrast(cws):
     assert r.exit_code == 2 and "add --regions" in r.output
     r = runner.invoke(app, ["-w", root, "search", "--regions", "--score", "median", "--item", "1"])
     assert r.exit_code == 2 and "contrast" in r.output
+
+
+def test_regions_indexed_before_their_image_vector_count_for_their_own_image(tmp_path):
+    """`embed --limit` then `embed --regions`: the joint index holds regions of images whose own vector is not
+    embedded yet. Each region still counts for its own image, in max and contrast scoring alike."""
+    imgs = _write_scenes(tmp_path / "imgs", n=12)
+    w = Workspace.init(tmp_path / "ws", default_encoder="test-mean-color")
+    ingest(w.catalog, [imgs])
+    embed(w, limit=5)
+    embed_regions(w, spec="grid:3")
+    build_index(w, kind="flat")
+    target = int(w.catalog.id_for_uri(str(imgs / "scene_000.png")))
+    s = Searcher(w)
+    for score in ("max", "contrast"):
+        hits = s.search_regions(vector=_red_query(), k=20, score=score)
+        assert hits[0].id == target and hits[0].box == TARGET_BOX, score
+        assert len(hits) == len({h.id for h in hits}) == 12
+        for h in hits:
+            if h.region is not None:
+                assert int(parent_ids([h.region])[0]) == h.id
+    brute = _brute(w, _red_query())
+    for h in s.search_regions(vector=_red_query(), k=20, score="contrast"):
+        assert h.score == pytest.approx(brute[h.id], abs=1e-4)
+    w.close()
+
+
+def test_many_queries_are_scanned_in_blocks_with_the_same_results(cws, monkeypatch):
+    import assay.search as search_mod
+
+    rng = np.random.default_rng(7)
+    qs = rng.standard_normal((9, 12)).astype(np.float32)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    whole = Searcher(cws).search_regions_batch(qs, k=5, score="contrast")
+    monkeypatch.setattr(search_mod, "_SCAN_QUERY_BLOCK", 2)
+    blocked = Searcher(cws).search_regions_batch(qs, k=5, score="contrast")
+    assert [[(h.id, h.region) for h in r] for r in blocked] == [[(h.id, h.region) for h in r] for r in whole]
+    items = [int(i) for i in cws.catalog.ids()[:5]]
+    a = Searcher(cws).search_regions_items(items, k=4, score="contrast")
+    assert all(i not in {h.id for h in row} for i, row in zip(items, a))

@@ -69,7 +69,7 @@ def test_a_node_holds_every_class_below_it():
     twin = ClassHierarchy.from_parents(["a", "b"], {"a": {"lemmas": ["crane"], "parents": ["bird"]},
                                                    "b": {"lemmas": ["crane", "derrick"], "parents": []},
                                                    "bird": {"lemmas": ["bird"], "parents": []}})
-    assert sorted(twin.names) == ["bird", "crane, a kind of bird", "crane, derrick"]
+    assert sorted(twin.names) == ["bird", "crane", "crane, derrick"]  # (no sense numbers: the first node keeps it)
     with pytest.raises(InputError, match="classes without a node"):
         ClassHierarchy.from_parents(["husky", "poodle"], {"husky": {"lemmas": ["husky"], "parents": []}})
 
@@ -110,6 +110,9 @@ def test_the_bundled_imagenet_hierarchy_is_wordnet_above_the_1000_classes():
         own = h.nodes.index(h.classes[j])
         assert h.members[own].tolist() == (np.arange(1000) == j).tolist()
         assert name.split(" (")[0].lower() in [x.lower() for x in h.lemmas[own]]
+    assert len(set(h.names)) == len(h.names)  # every node is named apart
+    texts, _ = h.lemma_texts()
+    assert len(set(texts)) == len(texts)
     by_name = {lem[0]: i for i, lem in enumerate(h.lemmas)}
     assert h.members[by_name["dog"]].sum() == 118 and set(np.flatnonzero(h.members[by_name["dog"]])) == set(DOGS)
     assert h.members[by_name["entity"]].all()  # the root holds every class
@@ -306,6 +309,10 @@ def test_class_scores_that_are_not_imagenet_1k_are_refused_clearly(tmp_path):
     build_index(w, kind="flat", bridge=False)
     with pytest.raises(InputError, match="stores 10 class scores, not the 1,000 ImageNet-1k classes"):
         Searcher(w).search(text="a dog", k=3)
+    rep = build_index(w, kind="flat")  # the text bridge is skipped with a note, the index is built
+    assert "not the 1,000 ImageNet-1k classes" in rep["text_bridge"]["skipped"]
+    embed_regions(w, spec="grid:2")
+    assert "not the 1,000" in build_index(w, kind="flat")["regions"]["text_bridge"]["skipped"]
     w.close()
 
 
@@ -330,11 +337,27 @@ def test_a_node_is_found_by_any_of_its_lemmas_and_shared_words_are_told_apart():
         "b": {"lemmas": ["car", "railcar"], "parents": []},
     })
     texts, owner = h.lemma_texts()
-    assert list(zip(texts, owner.tolist())) == [("a photo of a car, auto", 0), ("a photo of a auto", 0),
+    assert list(zip(texts, owner.tolist())) == [("a photo of a car", 0), ("a photo of a auto", 0),
                                                 ("a photo of a automobile", 0), ("a photo of a car, railcar", 1),
                                                 ("a photo of a railcar", 1)]
+    # a synonym that names another node first is left out: "cat" means *cat*, not *big cat, cat*
+    cats = ClassHierarchy.from_parents(["c", "b"], {"c": {"lemmas": ["cat", "true cat"], "parents": []},
+                                                    "b": {"lemmas": ["big cat", "cat"], "parents": []}})
+    assert sorted(cats.lemma_texts()[0]) == ["a photo of a big cat", "a photo of a cat", "a photo of a true cat"]
+    # a shared word goes to its most frequent WordNet sense: "plane" is the airplane (sense 1), not the tool (4)
+    planes = ClassHierarchy.from_parents(["air", "tool"], {
+        "air": {"lemmas": ["airplane", "plane"], "parents": [], "senses": [1, 1]},
+        "tool": {"lemmas": ["plane", "carpenter's plane"], "parents": [], "senses": [4, 1]}})
+    p_texts, p_owner = planes.lemma_texts()
+    assert dict(zip(p_texts, p_owner.tolist())) == {"a photo of a airplane": 0, "a photo of a plane": 0,
+                                                "a photo of a plane, carpenter's plane": 1,
+                                                "a photo of a carpenter's plane": 1}
+    assert planes.names == ("airplane", "plane, carpenter's plane")
+    with pytest.raises(InputError, match="sense number per lemma"):
+        ClassHierarchy.from_parents(["x"], {"x": {"lemmas": ["a", "b"], "parents": [], "senses": [1]}})
     emb = np.eye(5, dtype=np.float32)
     w, node_w = hierarchy_weights(emb[2], emb, h.members, text_node=owner)  # the query is "automobile"
     assert node_w.argmax() == 0 and w[0].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
-    with pytest.raises(InputError, match="text_node"):
-        hierarchy_weights(emb[2], emb, h.members, text_node=owner[::-1])
+    for bad in (owner[::-1], owner * 2, owner + 1):
+        with pytest.raises(InputError, match="text_node"):
+            hierarchy_weights(emb[2], emb, h.members, text_node=bad)

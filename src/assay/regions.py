@@ -1025,7 +1025,11 @@ def build_region_index(ws: Workspace, encoder: str | None = None, *, kind: str =
     report["regions"] = len(want_regions)
     from .search import CLASS_SCORES_EXTRA
 
-    if bridge and CLASS_SCORES_EXTRA in rmeta.get("extras", {}) and CLASS_SCORES_EXTRA in imeta.get("extras", {}):
+    from .search import imagenet_1k_scores
+
+    if bridge and CLASS_SCORES_EXTRA in rmeta.get("extras", {}) and not imagenet_1k_scores(rmeta):
+        report["text_bridge"] = {"skipped": f"the stored {CLASS_SCORES_EXTRA} are not the 1,000 ImageNet-1k classes"}
+    elif bridge and CLASS_SCORES_EXTRA in rmeta.get("extras", {}) and CLASS_SCORES_EXTRA in imeta.get("extras", {}):
         from .errors import MissingDependencyError
 
         try:

@@ -277,7 +277,9 @@ def _build_index_locked(
         index.save(main_dir)  # (left as it is when nothing changed: a kNN graph built on it stays current)
     changed_marker = root / CHANGED_IDS_FILE
     report["index"] = index.info()
-    if bridge and CLASS_SCORES_EXTRA in meta.get("extras", {}):
+    if bridge and CLASS_SCORES_EXTRA in meta.get("extras", {}) and not imagenet_1k_scores(meta):
+        report["text_bridge"] = {"skipped": f"the stored {CLASS_SCORES_EXTRA} are not the 1,000 ImageNet-1k classes"}
+    elif bridge and CLASS_SCORES_EXTRA in meta.get("extras", {}):
         try:
             report["text_bridge"] = _build_bridge(ws, store, name, root, rebuild or existing is None, rng)
             _node_text_embeddings(ws)  # the WordNet bridge's node names, embedded once here, not at the first query
@@ -410,6 +412,12 @@ def _class_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     return emb, text_enc.version
 
 
+def imagenet_1k_scores(meta: dict[str, Any]) -> bool:
+    """Whether a store's metadata says its class scores are ImageNet-1k's 1,000 (what the text bridges read)."""
+    width = meta.get("extras", {}).get(CLASS_SCORES_EXTRA)
+    return width is not None and int(np.prod(np.atleast_1d(width))) == 1000
+
+
 def _node_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     """Embeddings of the lemmas of the WordNet nodes above the ImageNet classes (``ClassHierarchy.lemma_texts``)
     with the bridge text encoder, cached by its version and the texts."""
@@ -516,6 +524,7 @@ def load_knn_graph(ws: Workspace, encoder: str | None = None) -> KnnGraph:
 #: and re-scores them exactly with the stored vectors. On the 1M bench (bench/index.py) 10x reached recall@10
 #: 0.87 and 50x 0.97, against 0.48 for the compressed codes alone.
 RERANK_FACTOR = 50
+_SCAN_QUERY_BLOCK = 32  # queries per pass of a region scan (its memory is images x queries)
 RERANK_MAX_CANDIDATES = 1000
 
 
@@ -556,7 +565,7 @@ class Searcher:
         self._graph_ids_sorted: np.ndarray | None = None
         self.stale_rows = 0  # embeddings stored since the index was built (0 when up to date or unknown)
         self._hierarchy: Any = None  # (ClassHierarchy, node text embeddings), loaded on first use
-        self._scan_ids: tuple[Any, np.ndarray, np.ndarray] | None = None  # (region index, sorted ids, images)
+        self._scan_ids: dict[int, tuple[Any, np.ndarray, np.ndarray]] | None = None  # per index: sorted ids, images
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------- parts
@@ -750,7 +759,7 @@ class Searcher:
         from .zeroshot import ClassHierarchy, hierarchy_weights
 
         width = self.store.meta().get("extras", {}).get(CLASS_SCORES_EXTRA)
-        if width is not None and int(np.prod(np.atleast_1d(width))) != 1000:
+        if width is not None and not imagenet_1k_scores(self.store.meta()):
             raise InputError(
                 f"encoder {self.encoder_name!r} stores {width} class scores, not the 1,000 ImageNet-1k classes the "
                 "WordNet and ConSE text bridges read; text search needs an ImageNet-1k classifier or a text tower"
@@ -795,12 +804,12 @@ class Searcher:
         weights, _ = self._class_weights(q)
         nq = len(q)
         if regions:
-            return self._region_scan(lambda block: class_set_scores(block, weights), nq, k, keep_duplicates,
+            return self._region_scan(lambda block, sl: class_set_scores(block, weights[sl]), nq, k, keep_duplicates,
                                      score=score, extra=CLASS_SCORES_EXTRA)
         if score != "max":
             raise InputError("contrast scoring ranks images by their regions; use search_regions_texts")
         k = _check_k(k)
-        allowed = self._sorted_ids(self.index())
+        allowed = self._sorted_ids(self.index())[0]
         k = max(1, min(k, len(allowed)))  # never more rows than the index holds
         excluded = self.excluded_ids(keep_duplicates)
         excluded = np.sort(excluded) if excluded is not None and len(excluded) else None
@@ -826,22 +835,29 @@ class Searcher:
                 out_s[j, : len(pick)], out_i[j, : len(pick)] = S[pick, j], ids_[pick, j]
         return out_s, out_i, out_i.copy()
 
-    def _sorted_ids(self, index: VectorIndex) -> np.ndarray:
-        """The index's ids, sorted (cached per loaded index)."""
+    def _sorted_ids(self, index: VectorIndex) -> tuple[np.ndarray, np.ndarray]:
+        """``(the index's ids sorted, its images sorted)`` (cached per loaded index). An image is an item id of
+        the index or the parent of one of its region ids (a region can be indexed before its image's own
+        vector, e.g. after `embed --limit` then `embed --regions`)."""
         with self._lock:
-            if self._scan_ids is None or self._scan_ids[0] is not index:
-                from .regions import is_region_id
+            hit = self._scan_ids.get(id(index)) if self._scan_ids else None
+            if hit is None or hit[0] is not index:
+                from .regions import is_region_id, parent_ids
 
                 ids = np.sort(np.asarray(index.ids, dtype=np.int64))
-                self._scan_ids = (index, ids, ids[~is_region_id(ids)])
-            return self._scan_ids[1]
+                reg = is_region_id(ids)
+                images = np.union1d(ids[~reg], parent_ids(ids[reg]))
+                hit = (index, ids, images)
+                self._scan_ids = {**(self._scan_ids or {}), id(index): hit}
+            return hit[1], hit[2]
 
-    def _region_scan(self, score_rows: Callable[[np.ndarray], np.ndarray], nq: int, k: int, keep_duplicates: bool,
+    def _region_scan(self, score_rows: Callable[[np.ndarray, slice], np.ndarray], nq: int, k: int, keep_duplicates: bool,
                      *, score: str, extra: str | None = None, exclude_items: np.ndarray | None = None,
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Images ranked exactly by a scan of the item and region stores: ``(scores, image ids, triggers)``.
 
-        ``score_rows(block [r, C]) -> [r, nq]`` scores a block of stored rows (vectors, or the ``extra``). The
+        ``score_rows(block [r, C], queries: slice) -> [r, nq]`` scores a block of stored rows (vectors, or the
+        ``extra``) for a slice of the queries. The
         rows are those of the joint region index. Per image it keeps the best region (and its id), the sum and
         count of its regions' scores, and its own row's score, in ``O(images x queries)`` memory; score
         ``"max"`` ranks by the best of the image and its regions, ``"contrast"`` by the best region minus the
@@ -851,10 +867,19 @@ class Searcher:
 
         k = _check_k(k)
         _check_region_score(score)
-        idx = self.region_index()
-        allowed = self._sorted_ids(idx)
-        images = self._scan_ids[2]
-        k = max(1, min(k, len(images)))
+        allowed, images = self._sorted_ids(self.region_index())
+        k = max(1, min(k, max(len(images), 1)))
+        if nq > _SCAN_QUERY_BLOCK:  # memory grows as images x queries: a block of queries at a time
+            parts = []
+            for a in range(0, nq, _SCAN_QUERY_BLOCK):
+                sl = slice(a, min(a + _SCAN_QUERY_BLOCK, nq))
+                parts.append(self._region_scan(
+                    lambda block, part, sl=sl: score_rows(block, slice(sl.start + (part.start or 0),
+                                                                      sl.start + (part.stop or 0))),
+                    sl.stop - sl.start, k, keep_duplicates, score=score, extra=extra,
+                    exclude_items=None if exclude_items is None else np.asarray(exclude_items)[sl]))
+            return tuple(np.concatenate([p[i] for p in parts], axis=0) for i in range(3))  # type: ignore[return-value]
+        every = slice(0, nq)
         excluded = self.excluded_ids(keep_duplicates)
         excluded = np.sort(excluded) if excluded is not None and len(excluded) else None
         n = len(images)
@@ -873,7 +898,7 @@ class Searcher:
                 continue
             rows = rows[np.argsort(par[rows], kind="stable")]  # an image's regions together
             ids_r, par_r = ids[rows], par[rows]
-            sc = np.asarray(score_rows(np.asarray(block[rows], dtype=np.float32)), dtype=np.float32)  # [r, nq]
+            sc = np.asarray(score_rows(np.asarray(block[rows], dtype=np.float32), every), dtype=np.float32)  # [r, nq]
             starts = np.flatnonzero(np.r_[True, par_r[1:] != par_r[:-1]])  # [g] one run per image
             lens = np.diff(np.r_[starts, len(rows)])
             run_max = np.maximum.reduceat(sc, starts, axis=0)  # [g, nq]
@@ -887,12 +912,12 @@ class Searcher:
             sums[pidx] += np.add.reduceat(sc, starts, axis=0)
             counts[pidx] += lens
         for ids, block in self.store.iter_shards(extra=extra):
-            keep = in_sorted(images, ids)
+            keep = in_sorted(allowed, ids)  # the image's own row, where the index holds it
             if excluded is not None:
                 keep &= ~in_sorted(excluded, ids)
             rows = np.flatnonzero(keep)
             if len(rows):
-                own[np.searchsorted(images, ids[rows])] = score_rows(np.asarray(block[rows], dtype=np.float32))
+                own[np.searchsorted(images, ids[rows])] = score_rows(np.asarray(block[rows], dtype=np.float32), every)
         seen = (counts > 0) | np.isfinite(own[:, 0])  # images with any row to score
         if score == "contrast":
             value = np.where(counts[:, None] > 0, best - sums / np.maximum(counts, 1)[:, None], 0.0)
@@ -1154,7 +1179,7 @@ class Searcher:
             per_query = np.concatenate([ex, region_ids(ex, np.arange(R)[None, :])], axis=1)  # [q, R + 1]
         excluded = self._region_exclusions(keep_duplicates)
         if score == "contrast":  # an exact scan of the stored region vectors
-            return self._region_scan(lambda block: block @ q.T, len(q), k, keep_duplicates,
+            return self._region_scan(lambda block, sl: block @ q[sl].T, len(q), k, keep_duplicates,
                                      score="contrast", exclude_items=exclude_items)
         rows = np.arange(len(q))
         out = [np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64),

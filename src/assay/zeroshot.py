@@ -192,6 +192,7 @@ class ClassHierarchy:
     lemmas: tuple[tuple[str, ...], ...]
     members: np.ndarray
     parents: tuple[tuple[str, ...], ...] = ()
+    senses: tuple[tuple[int, ...], ...] = ()  # per lemma, WordNet's sense number (1 = most frequent; 0 unknown)
 
     @classmethod
     def imagenet(cls) -> "ClassHierarchy":
@@ -219,18 +220,34 @@ class ClassHierarchy:
                 todo.extend(p for p in nodes[n].get("parents", []) if p in pos)
         lemmas = tuple(tuple(str(x) for x in nodes[n]["lemmas"]) or (n,) for n in order)
         parents = tuple(tuple(p for p in nodes[n].get("parents", []) if p in pos) for n in order)
-        return cls(tuple(classes), tuple(order), lemmas, members, parents)
+        senses = tuple(tuple(int(x) for x in nodes[n].get("senses", [0] * len(lemmas[i])))
+                       for i, n in enumerate(order))
+        if any(len(sn) != len(lem) for sn, lem in zip(senses, lemmas)):
+            raise InputError("hierarchy: each node needs one sense number per lemma")
+        return cls(tuple(classes), tuple(order), lemmas, members, parents, senses)
+
+    @functools.cached_property
+    def word_owner(self) -> dict[str, int]:
+        """Each lemma (lower-cased) -> the node where it is WordNet's most frequent sense (ties: the node that
+        lists it first, then the first node)."""
+        rank: dict[str, tuple[int, int, int]] = {}
+        for i, lem in enumerate(self.lemmas):
+            sn = self.senses[i] if self.senses else (0,) * len(lem)
+            for j, word in enumerate(lem):
+                key = (sn[j] if sn[j] > 0 else 10**6, j, i)
+                rank[word.lower()] = min(rank.get(word.lower(), key), key)
+        return {w: r[2] for w, r in rank.items()}
 
     @functools.cached_property
     def names(self) -> tuple[str, ...]:
-        """A name per node: its first lemma, told apart where two nodes share it (``"car, auto"`` /
-        ``"car, railcar"``; by a second lemma, else by its parent: ``"crane, a kind of wading bird"``)."""
-        first = [lem[0].lower() for lem in self.lemmas]
-        shared = {f for f in first if first.count(f) > 1}
+        """A name per node: its first lemma, told apart where that word's most frequent sense is another node
+        (``"car"`` / ``"car, railcar"``; by a second lemma, else by its parent: ``"crane, a kind of wading
+        bird"``)."""
+        owner = self.word_owner
         pos = {n: i for i, n in enumerate(self.nodes)}
         out = []
         for i, lem in enumerate(self.lemmas):
-            if first[i] not in shared:
+            if owner[lem[0].lower()] == i:  # the word's own node keeps the plain word
                 out.append(lem[0])
             elif len(lem) > 1:
                 out.append(f"{lem[0]}, {lem[1]}")
@@ -251,20 +268,28 @@ class ClassHierarchy:
     def lemma_texts(self, template: str = "a photo of a {}") -> tuple[list[str], np.ndarray]:
         """Every lemma of every node as a text, and the node of each (``[n_texts]``, nodes in order): what
         :func:`hierarchy_weights` compares queries with, so that "automobile" finds the node *car, auto,
-        automobile, ...* by its own word. A lemma two nodes share is written as the node's name instead
-        (``"car, auto"`` / ``"car, railcar"``), so that a shared word does not tie unrelated senses."""
-        first_shared = {n.lower() for i, n in enumerate(self.names) if n != self.lemmas[i][0]}
-        texts, owner = [], []
+        automobile, ...* by its own word.
+
+        A word several nodes share goes to the node where it is WordNet's most frequent sense ("plane" to
+        *airplane*, not *carpenter's plane*; "cat" to *cat*, not *big cat*; "car" to *car, auto*, not *car,
+        railcar*; ties to the node that lists it first, then the first node). The other nodes keep their
+        other lemmas, and one whose own first lemma it is gets its told-apart name instead (``"plane,
+        carpenter's plane"``), so that a shared word does not tie unrelated senses."""
+        owner = self.word_owner
+        texts, owner_of_text = [], []
         for i, lem in enumerate(self.lemmas):
             seen = set()
             for j, word in enumerate(lem):
-                text = self.names[i] if (j == 0 or word.lower() in first_shared) else word
+                mine = owner[word.lower()] == i
+                if not mine and j > 0:
+                    continue  # the word means another node first
+                text = word if mine else self.names[i]  # (a first lemma that is not its own: the told-apart name)
                 if text.lower() in seen:
                     continue
                 seen.add(text.lower())
                 texts.append(template.format(text))
-                owner.append(i)
-        return texts, np.asarray(owner, dtype=np.int64)
+                owner_of_text.append(i)
+        return texts, np.asarray(owner_of_text, dtype=np.int64)
 
     def describe(self, node: int) -> str:
         """``"dog (118 classes)"``."""
@@ -308,8 +333,10 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
     if q.ndim != 2 or e.ndim != 2 or q.shape[1] != e.shape[1]:
         raise InputError(f"query embeddings {q.shape} and node embeddings {e.shape} must be [q, d] and [n, d]")
     owner = None if text_node is None else np.asarray(text_node, dtype=np.int64)
-    if owner is not None and (owner.shape != (e.shape[0],) or (np.diff(owner) < 0).any()):
-        raise InputError(f"text_node must be the sorted node of each of the {e.shape[0]} texts, got shape {owner.shape}")
+    if owner is not None and (owner.shape != (e.shape[0],) or (len(owner) and (owner[0] != 0 or (np.diff(owner) < 0).any()
+                                                                              or (np.diff(owner) > 1).any()))):
+        raise InputError(f"text_node must give each of the {e.shape[0]} texts its node, sorted, every node from 0 "
+                         f"at least once; got shape {owner.shape}")
     n_nodes = e.shape[0] if owner is None else (int(owner[-1]) + 1 if len(owner) else 0)
     if m.ndim != 2 or m.shape[0] != n_nodes:
         raise InputError(f"members must be [n_nodes={n_nodes}, n_classes], got shape {m.shape}")
