@@ -50,10 +50,10 @@ CLASS_SCORES_EXTRA = "imagenet_logits"
 #: How text reaches an ImageNet classifier's logits: "wordnet" (class sets under the WordNet node the text
 #: names, an exact scan of the stored logits) or "conse" (the ConSE vectors' index, approximate, for huge corpora).
 TEXT_BRIDGES = ("wordnet", "conse")
-#: How region search scores an image: "max" (its best region, or the whole image) or "contrast" (that best
-#: score minus the query's similarity to the mean of the image's regions: how far the best region stands out
-#: from the rest of the image; finds small objects in busy scenes better, and ranks an image that the object
-#: fills lower, since all of its regions match).
+#: How region search scores an image: "max" (its best region, or the whole image) or "contrast" (its best
+#: region minus the mean of its regions' scores: how far the best region stands out from the rest of the image;
+#: finds small objects in busy scenes better, and ranks an image that the object fills lower, since all of its
+#: regions match; computed by an exact scan of the stored regions).
 REGION_SCORES = ("max", "contrast")
 
 
@@ -1152,9 +1152,10 @@ class Searcher:
 
         The score of an image is the max over the image and its regions; ``trigger`` is the id that gave it
         (a region id, or the image id when the whole image scored best). ``exclude_items`` ``[q]`` leaves one
-        image (and its regions) out of each query's results. With ``score="contrast"`` an image scores by that
-        max minus the query's similarity to the mean of its region vectors: how far its best region stands
-        out from the rest of the image (see :data:`REGION_SCORES`).
+        image (and its regions) out of each query's results. With ``score="contrast"`` an image scores by its
+        best region minus the mean of its regions' scores: how far its best region stands out from the rest of
+        the image (see :data:`REGION_SCORES`); that is an exact scan of the stored region vectors, not an index
+        search (``index`` is not used).
         """
         from .regions import best_per_parent, region_ids
 
