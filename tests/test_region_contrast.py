@@ -125,6 +125,10 @@ def test_cli_search_score_contrast(cws):
     r = runner.invoke(app, ["-w", root, "search", "--regions", "--score", "contrast", "--item", str(_id(cws, "all_red.png")),
                             "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
+    (cws.root.parent / "q.jsonl").write_text(f'{{"item": {_id(cws, "all_red.png")}}}\n')
+    r = runner.invoke(app, ["-w", root, "search", "--regions", "--score", "contrast", "--batch",
+                            str(cws.root.parent / "q.jsonl"), "-k", "2"])
+    assert r.exit_code == 0 and "box [" in r.output, r.output
     r = runner.invoke(app, ["-w", root, "search", "--score", "contrast", "--item", "1"])
     assert r.exit_code == 2 and "add --regions" in r.output
     r = runner.invoke(app, ["-w", root, "search", "--regions", "--score", "median", "--item", "1"])

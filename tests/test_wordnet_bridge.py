@@ -236,6 +236,8 @@ def test_cli_search_text_says_what_it_matched(dog_ws):
     r = runner.invoke(app, ["-w", root, "search", "--batch", str(dog_ws.root.parent / "q.jsonl"), "--json", "-k", "2"])
     q = json.loads(r.stdout)["queries"]
     assert [x["matched"] for x in q] == ["dog (118 classes)", "sports car (1 class)"]
+    r = runner.invoke(app, ["-w", root, "search", "--batch", str(dog_ws.root.parent / "q.jsonl"), "-k", "2"])
+    assert r.exit_code == 0 and "(matched WordNet: dog (118 classes))" in r.output
 
 
 def test_region_text_contrast_ranks_the_small_dog_first(dog_ws):

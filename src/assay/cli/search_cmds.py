@@ -134,9 +134,12 @@ def search(
                 print_json({"queries": results})
             else:
                 for r in results:
-                    out.print(f"# {json.dumps(r['query'])}")
+                    out.print(f"# {json.dumps(r['query'])}" + (f"  (matched WordNet: {r['matched']})" if r.get("matched") else ""))
                     for h in r["results"]:
-                        out.print(f"{h['score']:.4f}  {h['id']}  {printable(h['uri'])}{_snippet(h.get('text'))}")
+                        where = ""
+                        if regions:
+                            where = f"  box {list(h['box'])}" if h.get("box") is not None else "  whole image"
+                        out.print(f"{h['score']:.4f}  {h['id']}  {printable(h['uri'])}{where}{_snippet(h.get('text'))}")
             return
         kw = {"score": score} if regions else {}
         fn = s.search_regions if regions else s.search
