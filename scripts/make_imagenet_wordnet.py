@@ -12,8 +12,8 @@ file was made; run it again only to regenerate it:
 1000 class wnids, one per line, or a tar/folder of files named ``<wnid>_<anything>`` (e.g.
 ``../shared/data/imagenet-sample/imagenet-sample.tar``); the classes are the sorted wnids (ImageNet-1k's class
 order). The output holds, per node (a class or an ancestor of one): its lemmas, each lemma's WordNet sense
-number (1 = the word's most frequent sense; 0 = unknown), and its hypernyms restricted to nodes in the file;
-and the class wnids in class-index order. WordNet's licence is copied beside it.
+number and tag count (how often that sense was tagged; 0 = never or unknown), and its hypernyms restricted to
+nodes in the file; and the class wnids in class-index order. WordNet's licence is copied beside it.
 """
 
 from __future__ import annotations
@@ -46,16 +46,17 @@ def read_nouns(path: Path) -> dict[str, tuple[list[str], list[str]]]:
     return out
 
 
-def read_sense_numbers(path: Path) -> dict[tuple[str, str], int]:
-    """(lemma lower-cased, noun offset) -> WordNet's sense number (1 = the word's most frequent sense), from
-    index.sense."""
-    out: dict[tuple[str, str], int] = {}
+def read_sense_numbers(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    """(lemma lower-cased, noun offset) -> (WordNet's sense number, tag count), from index.sense. The tag count
+    is how often the sense was tagged in WordNet's corpora (0 for most rare senses, whose order is then
+    arbitrary)."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
     with open(path, encoding="latin-1") as f:
         for line in f:
-            key, offset, number, _count = line.split()
+            key, offset, number, count = line.split()
             lemma, _, rest = key.partition("%")
             if rest.startswith("1:"):  # nouns
-                out[(lemma.replace("_", " ").lower(), offset)] = int(number)
+                out[(lemma.replace("_", " ").lower(), offset)] = (int(number), int(count))
     return out
 
 
@@ -94,8 +95,9 @@ def main() -> None:
         if "n" + off in nodes:
             continue
         lemmas, hyper = nouns[off]
+        sn = [senses.get((lem.lower(), off), (0, 0)) for lem in lemmas]
         nodes["n" + off] = {"lemmas": lemmas, "parents": ["n" + h for h in hyper],
-                            "senses": [senses.get((lem.lower(), off), 0) for lem in lemmas]}
+                            "senses": [x[0] for x in sn], "counts": [x[1] for x in sn]}
         todo.extend(hyper)
     doc = {
         "source": "WordNet 3.0 (Princeton University), hypernyms of the ImageNet-1k classes; see WORDNET_LICENSE",

@@ -69,7 +69,7 @@ def test_a_node_holds_every_class_below_it():
     twin = ClassHierarchy.from_parents(["a", "b"], {"a": {"lemmas": ["crane"], "parents": ["bird"]},
                                                    "b": {"lemmas": ["crane", "derrick"], "parents": []},
                                                    "bird": {"lemmas": ["bird"], "parents": []}})
-    assert sorted(twin.names) == ["bird", "crane", "crane, derrick"]  # (no sense numbers: the first node keeps it)
+    assert sorted(twin.names) == ["bird", "crane, a kind of bird", "crane, derrick"]
     with pytest.raises(InputError, match="classes without a node"):
         ClassHierarchy.from_parents(["husky", "poodle"], {"husky": {"lemmas": ["husky"], "parents": []}})
 
@@ -111,8 +111,10 @@ def test_the_bundled_imagenet_hierarchy_is_wordnet_above_the_1000_classes():
         assert h.members[own].tolist() == (np.arange(1000) == j).tolist()
         assert name.split(" (")[0].lower() in [x.lower() for x in h.lemmas[own]]
     assert len(set(h.names)) == len(h.names)  # every node is named apart
-    texts, _ = h.lemma_texts()
-    assert len(set(texts)) == len(texts)
+    texts, owner = h.lemma_texts()
+    assert len(set(zip(texts, owner.tolist()))) == len(texts)  # (a word nobody owns is every holder's text)
+    assert {h.names[h.word_owner[w]] for w in ("plane", "plate", "cat", "car")} == {
+        "airplane", "plate, a kind of entree", "cat, true cat", "car, auto"}
     by_name = {lem[0]: i for i, lem in enumerate(h.lemmas)}
     assert h.members[by_name["dog"]].sum() == 118 and set(np.flatnonzero(h.members[by_name["dog"]])) == set(DOGS)
     assert h.members[by_name["entity"]].all()  # the root holds every class
@@ -338,24 +340,30 @@ def test_a_node_is_found_by_any_of_its_lemmas_and_shared_words_are_told_apart():
         "a": {"lemmas": ["car", "auto", "automobile"], "parents": []},
         "b": {"lemmas": ["car", "railcar"], "parents": []},
     })
-    texts, owner = h.lemma_texts()
+    texts, owner = h.lemma_texts()  # no tag counts and two classes named "car": both keep it, and are named apart
     assert list(zip(texts, owner.tolist())) == [("a photo of a car", 0), ("a photo of a auto", 0),
-                                                ("a photo of a automobile", 0), ("a photo of a car, railcar", 1),
+                                                ("a photo of a automobile", 0), ("a photo of a car", 1),
                                                 ("a photo of a railcar", 1)]
+    assert h.names == ("car, auto", "car, railcar") and h.word_owner["car"] == -1
     # a synonym that names another node first is left out: "cat" means *cat*, not *big cat, cat*
     cats = ClassHierarchy.from_parents(["c", "b"], {"c": {"lemmas": ["cat", "true cat"], "parents": []},
                                                     "b": {"lemmas": ["big cat", "cat"], "parents": []}})
     assert sorted(cats.lemma_texts()[0]) == ["a photo of a big cat", "a photo of a cat", "a photo of a true cat"]
     # a shared word goes to its most frequent WordNet sense: "plane" is the airplane (sense 1), not the tool (4)
     planes = ClassHierarchy.from_parents(["air", "tool"], {
-        "air": {"lemmas": ["airplane", "plane"], "parents": [], "senses": [1, 1]},
-        "tool": {"lemmas": ["plane", "carpenter's plane"], "parents": [], "senses": [4, 1]}})
+        "air": {"lemmas": ["airplane", "plane"], "parents": [], "senses": [1, 1], "counts": [5, 21]},
+        "tool": {"lemmas": ["plane", "carpenter's plane"], "parents": [], "senses": [4, 1], "counts": [0, 0]}})
     p_texts, p_owner = planes.lemma_texts()
     assert dict(zip(p_texts, p_owner.tolist())) == {"a photo of a airplane": 0, "a photo of a plane": 0,
                                                 "a photo of a plane, carpenter's plane": 1,
                                                 "a photo of a carpenter's plane": 1}
     assert planes.names == ("airplane", "plane, carpenter's plane")
-    with pytest.raises(InputError, match="sense number per lemma"):
+    # weak evidence does not outweigh a class's own name: "plate" is the class, not a sheet tagged 4 times
+    plates = ClassHierarchy.from_parents(["dish"], {
+        "dish": {"lemmas": ["plate"], "parents": [], "counts": [0]},
+        "sheet": {"lemmas": ["plate"], "parents": [], "counts": [4]}})
+    assert plates.word_owner["plate"] == plates.nodes.index("dish")
+    with pytest.raises(InputError, match="one sense number and one tag count per lemma"):
         ClassHierarchy.from_parents(["x"], {"x": {"lemmas": ["a", "b"], "parents": [], "senses": [1]}})
     emb = np.eye(5, dtype=np.float32)
     w, node_w = hierarchy_weights(emb[2], emb, h.members, text_node=owner)  # the query is "automobile"
