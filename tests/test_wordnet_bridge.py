@@ -313,6 +313,8 @@ def test_class_scores_that_are_not_imagenet_1k_are_refused_clearly(tmp_path):
     build_index(w, kind="flat", bridge=False)
     with pytest.raises(InputError, match="stores 10 class scores, not the 1,000 ImageNet-1k classes"):
         Searcher(w).search(text="a dog", k=3)
+    with pytest.raises(InputError, match="stores 10 class scores"):
+        Searcher(w, text_bridge="conse").search(text="a dog", k=3)
     rep = build_index(w, kind="flat")  # the text bridge is skipped with a note, the index is built
     assert "not the 1,000 ImageNet-1k classes" in rep["text_bridge"]["skipped"]
     embed_regions(w, spec="grid:2")

@@ -758,12 +758,7 @@ class Searcher:
         """WordNet class weights ``[q, 1000]`` of bridge text embeddings, and what each query matched."""
         from .zeroshot import ClassHierarchy, hierarchy_weights
 
-        width = self.store.meta().get("extras", {}).get(CLASS_SCORES_EXTRA)
-        if width is not None and not imagenet_1k_scores(self.store.meta()):
-            raise InputError(
-                f"encoder {self.encoder_name!r} stores {width} class scores, not the 1,000 ImageNet-1k classes the "
-                "WordNet and ConSE text bridges read; text search needs an ImageNet-1k classifier or a text tower"
-            )
+        self._check_imagenet_scores()
 
         with self._lock:
             if self._hierarchy is None:
@@ -771,6 +766,14 @@ class Searcher:
         h, node_emb = self._hierarchy
         w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=h.lemma_texts()[1])
         return w, [h.describe_match(row) for row in node_w]
+
+    def _check_imagenet_scores(self) -> None:
+        width = self.store.meta().get("extras", {}).get(CLASS_SCORES_EXTRA)
+        if width is not None and not imagenet_1k_scores(self.store.meta()):
+            raise InputError(
+                f"encoder {self.encoder_name!r} stores {width} class scores, not the 1,000 ImageNet-1k classes the "
+                "WordNet and ConSE text bridges read; text search needs an ImageNet-1k classifier or a text tower"
+            )
 
     def class_weights(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:
         """The WordNet bridge's reading of text queries: class weights ``[q, 1000]`` (an item scores
@@ -946,6 +949,7 @@ class Searcher:
         return out[0], out[1], out[2]
 
     def bridge_index(self) -> VectorIndex:
+        self._check_imagenet_scores()
         if self._bridge is None:
             self.index()  # built with the bridge: warns when both are older than the embeddings
             d = self.ws.index_dir(self.encoder_name) / _BRIDGE
@@ -1118,6 +1122,7 @@ class Searcher:
         return self._region_index
 
     def region_bridge_index(self) -> VectorIndex:
+        self._check_imagenet_scores()
         if self._region_bridge is None:
             from .regions import REGION_BRIDGE_DIR
 
