@@ -395,19 +395,27 @@ def _sync(ws: Workspace, store: VectorStore, index: VectorIndex, reducer: Any) -
 
 def _class_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     """Embeddings of the 1000 ImageNet class names with the bridge text encoder, cached by its version."""
-    from .encoders.base import get_encoder
     from .encoders.efficientnet import imagenet_class_names
 
+    return _cached_text_embeddings(ws, "classes", [f"a photo of a {n}" for n in imagenet_class_names()])
+
+
+def _cached_text_embeddings(ws: Workspace, stem: str, texts: list[str]) -> tuple[np.ndarray, str]:
+    """``texts`` embedded by the bridge text encoder (float32), cached in the workspace as
+    ``cache/conse/<stem>-<encoder version>.npy``; a cache of another length is recomputed."""
+    from .encoders.base import get_encoder
+
     text_enc = get_encoder(TEXT_BRIDGE_ENCODER)
-    names = imagenet_class_names()
-    cache = ws.cache_dir / "conse" / f"classes-{_safe(text_enc.version)}.npy"
+    cache = ws.cache_dir / "conse" / f"{stem}-{_safe(text_enc.version)}.npy"
     if cache.exists():
-        return np.load(cache), text_enc.version
+        emb = np.load(cache)
+        if emb.shape[0] == len(texts):
+            return emb, text_enc.version
     text_enc.load()
-    emb = text_enc.embed_texts([f"a photo of a {n}" for n in names])
+    emb = text_enc.embed_texts(texts).astype(np.float32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp.npy")  # one per writer
-    np.save(tmp, emb.astype(np.float32))
+    np.save(tmp, emb)
     os.replace(tmp, cache)
     return emb, text_enc.version
 
@@ -423,24 +431,11 @@ def _node_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     with the bridge text encoder, cached by its version and the texts."""
     import hashlib
 
-    from .encoders.base import get_encoder
     from .zeroshot import ClassHierarchy
 
-    text_enc = get_encoder(TEXT_BRIDGE_ENCODER)
     texts, _ = ClassHierarchy.imagenet().lemma_texts()
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
-    cache = ws.cache_dir / "conse" / f"wordnet-{digest}-{_safe(text_enc.version)}.npy"
-    if cache.exists():
-        emb = np.load(cache)
-        if emb.shape[0] == len(texts):
-            return emb, text_enc.version
-    text_enc.load()
-    emb = text_enc.embed_texts(texts).astype(np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp.npy")  # one per writer
-    np.save(tmp, emb)
-    os.replace(tmp, cache)
-    return emb, text_enc.version
+    return _cached_text_embeddings(ws, f"wordnet-{digest}", texts)
 
 
 def _safe(s: str) -> str:
@@ -564,8 +559,8 @@ class Searcher:
         self._graph_order: np.ndarray | None = None
         self._graph_ids_sorted: np.ndarray | None = None
         self.stale_rows = 0  # embeddings stored since the index was built (0 when up to date or unknown)
-        self._hierarchy: Any = None  # (ClassHierarchy, node text embeddings), loaded on first use
-        self._scan_ids: dict[int, tuple[Any, np.ndarray, np.ndarray]] | None = None  # per index: sorted ids, images
+        self._hierarchy: Any = None  # (ClassHierarchy, lemma text embeddings, node of each text), on first use
+        self._scan_ids: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}  # per loaded index: sorted ids, images
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------- parts
@@ -648,6 +643,11 @@ class Searcher:
         ex = np.union1d(self.ws.pending_changes(), self.ws.catalog.ids(status="error"))
         changed = self.ws.changed_since_index(self.encoder_name)
         return ex if changed is None else np.union1d(ex, changed)
+
+    def _sorted_exclusions(self, keep_duplicates: bool) -> np.ndarray | None:
+        """:meth:`excluded_ids`, sorted for :func:`assay.regions.in_sorted`; None when there are none."""
+        ex = self.excluded_ids(keep_duplicates)
+        return np.sort(ex) if ex is not None and len(ex) else None
 
     def excluded_ids(self, keep_duplicates: bool) -> np.ndarray | None:
         """Ids never returned: non-representative duplicates (unless kept), and items whose files changed since
@@ -762,9 +762,10 @@ class Searcher:
 
         with self._lock:
             if self._hierarchy is None:
-                self._hierarchy = (ClassHierarchy.imagenet(), _node_text_embeddings(self.ws)[0])
-        h, node_emb = self._hierarchy
-        w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=h.lemma_texts()[1])
+                h = ClassHierarchy.imagenet()
+                self._hierarchy = (h, _node_text_embeddings(self.ws)[0], h.lemma_texts()[1])
+        h, node_emb, text_node = self._hierarchy
+        w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=text_node)
         return w, [h.describe_match(row) for row in node_w]
 
     def _check_imagenet_scores(self) -> None:
@@ -814,8 +815,7 @@ class Searcher:
         k = _check_k(k)
         allowed = self._sorted_ids(self.index())[0]
         k = max(1, min(k, len(allowed)))  # never more rows than the index holds
-        excluded = self.excluded_ids(keep_duplicates)
-        excluded = np.sort(excluded) if excluded is not None and len(excluded) else None
+        excluded = self._sorted_exclusions(keep_duplicates)
         cand_s, cand_i = [], []
         for ids, logits in self.store.iter_shards(extra=CLASS_SCORES_EXTRA):
             keep = in_sorted(allowed, ids)
@@ -843,7 +843,7 @@ class Searcher:
         the index or the parent of one of its region ids (a region can be indexed before its image's own
         vector, e.g. after `embed --limit` then `embed --regions`)."""
         with self._lock:
-            hit = self._scan_ids.get(id(index)) if self._scan_ids else None
+            hit = self._scan_ids.get(id(index))
             if hit is None or hit[0] is not index:
                 from .regions import is_region_id, parent_ids
 
@@ -851,7 +851,7 @@ class Searcher:
                 reg = is_region_id(ids)
                 images = np.union1d(ids[~reg], parent_ids(ids[reg]))
                 hit = (index, ids, images)
-                self._scan_ids = {**(self._scan_ids or {}), id(index): hit}
+                self._scan_ids[id(index)] = hit
             return hit[1], hit[2]
 
     def _region_scan(self, score_rows: Callable[[np.ndarray, slice], np.ndarray], nq: int, k: int, keep_duplicates: bool,
@@ -866,25 +866,24 @@ class Searcher:
         ``"max"`` ranks by the best of the image and its regions, ``"contrast"`` by the best region minus the
         mean of the image's regions (0 for an image without regions).
         """
-        from .regions import in_sorted, is_region_id, parent_ids, region_store
-
         k = _check_k(k)
         _check_region_score(score)
         allowed, images = self._sorted_ids(self.region_index())
         k = max(1, min(k, max(len(images), 1)))
-        if nq > _SCAN_QUERY_BLOCK:  # memory grows as images x queries: a block of queries at a time
-            parts = []
-            for a in range(0, nq, _SCAN_QUERY_BLOCK):
-                sl = slice(a, min(a + _SCAN_QUERY_BLOCK, nq))
-                parts.append(self._region_scan(
-                    lambda block, part, sl=sl: score_rows(block, slice(sl.start + (part.start or 0),
-                                                                      sl.start + (part.stop or 0))),
-                    sl.stop - sl.start, k, keep_duplicates, score=score, extra=extra,
-                    exclude_items=None if exclude_items is None else np.asarray(exclude_items)[sl]))
-            return tuple(np.concatenate([p[i] for p in parts], axis=0) for i in range(3))  # type: ignore[return-value]
-        every = slice(0, nq)
-        excluded = self.excluded_ids(keep_duplicates)
-        excluded = np.sort(excluded) if excluded is not None and len(excluded) else None
+        ex = None if exclude_items is None else np.asarray(exclude_items, dtype=np.int64).reshape(-1)
+        excluded = self._sorted_exclusions(keep_duplicates)
+        parts = [self._region_scan_block(score_rows, slice(a, min(a + _SCAN_QUERY_BLOCK, nq)), k, score, extra, ex,
+                                         excluded, allowed, images)
+                 for a in range(0, max(nq, 1), _SCAN_QUERY_BLOCK)]  # memory grows as images x queries: a block at a time
+        return tuple(np.concatenate([p[i] for p in parts], axis=0) for i in range(3))  # type: ignore[return-value]
+
+    def _region_scan_block(self, score_rows, sl: slice, k: int, score: str, extra: str | None,
+                           exclude_items: np.ndarray | None, excluded: np.ndarray | None, allowed: np.ndarray,
+                           images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_region_scan` for the queries ``sl`` (``excluded``: sorted ids never returned)."""
+        from .regions import in_sorted, is_region_id, parent_ids, region_store
+
+        nq = sl.stop - sl.start
         n = len(images)
         best = np.full((n, nq), -np.inf, np.float32)  # the best region of each image
         trig = np.full((n, nq), -1, np.int64)
@@ -901,7 +900,7 @@ class Searcher:
                 continue
             rows = rows[np.argsort(par[rows], kind="stable")]  # an image's regions together
             ids_r, par_r = ids[rows], par[rows]
-            sc = np.asarray(score_rows(np.asarray(block[rows], dtype=np.float32), every), dtype=np.float32)  # [r, nq]
+            sc = np.asarray(score_rows(np.asarray(block[rows], dtype=np.float32), sl), dtype=np.float32)  # [r, nq]
             starts = np.flatnonzero(np.r_[True, par_r[1:] != par_r[:-1]])  # [g] one run per image
             lens = np.diff(np.r_[starts, len(rows)])
             run_max = np.maximum.reduceat(sc, starts, axis=0)  # [g, nq]
@@ -920,7 +919,7 @@ class Searcher:
                 keep &= ~in_sorted(excluded, ids)
             rows = np.flatnonzero(keep)
             if len(rows):
-                own[np.searchsorted(images, ids[rows])] = score_rows(np.asarray(block[rows], dtype=np.float32), every)
+                own[np.searchsorted(images, ids[rows])] = score_rows(np.asarray(block[rows], dtype=np.float32), sl)
         seen = (counts > 0) | np.isfinite(own[:, 0])  # images with any row to score
         if score == "contrast":
             value = np.where(counts[:, None] > 0, best - sums / np.maximum(counts, 1)[:, None], 0.0)
@@ -933,7 +932,7 @@ class Searcher:
             trig = np.where(whole, images[:, None], trig)
         value = np.where(seen[:, None], value, -np.inf)
         if exclude_items is not None:
-            ex = np.asarray(exclude_items, dtype=np.int64).reshape(-1)
+            ex = exclude_items[sl]
             pos = np.searchsorted(images, ex)
             hit = (pos < n) & (images[np.minimum(pos, n - 1)] == ex)
             value[pos[hit], np.flatnonzero(hit)] = -np.inf
@@ -1169,6 +1168,9 @@ class Searcher:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
+        if score == "contrast":  # an exact scan of the stored region vectors
+            return self._region_scan(lambda block, sl: block @ q[sl].T, len(q), k, keep_duplicates,
+                                     score="contrast", exclude_items=exclude_items)
         idx = index if index is not None else self.region_index()
         k = max(1, min(k, idx.ntotal))  # images: at most as many as the index holds rows
         R = self.region_spec().n_regions
@@ -1184,9 +1186,6 @@ class Searcher:
             ex = np.asarray(exclude_items, dtype=np.int64).reshape(-1, 1)  # [q, 1]
             per_query = np.concatenate([ex, region_ids(ex, np.arange(R)[None, :])], axis=1)  # [q, R + 1]
         excluded = self._region_exclusions(keep_duplicates)
-        if score == "contrast":  # an exact scan of the stored region vectors
-            return self._region_scan(lambda block, sl: block @ q[sl].T, len(q), k, keep_duplicates,
-                                     score="contrast", exclude_items=exclude_items)
         rows = np.arange(len(q))
         out = [np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64),
                np.full((len(q), k), -1, np.int64)]

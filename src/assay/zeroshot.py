@@ -230,6 +230,19 @@ class ClassHierarchy:
         return cls(tuple(classes), tuple(order), lemmas, members, parents, senses, counts)
 
     @functools.cached_property
+    def word_holders(self) -> dict[str, list[tuple[int, int, bool]]]:
+        """Each lemma (lower-cased) -> the nodes that have it: ``[(node, its tag count, whether it is the name of
+        that node's class)]``."""
+        holders: dict[str, list[tuple[int, int, bool]]] = {}
+        class_nodes = set(self.classes)
+        for i, lem in enumerate(self.lemmas):
+            cnt = self.counts[i] if self.counts else (0,) * len(lem)
+            is_class = self.nodes[i] in class_nodes
+            for j, word in enumerate(lem):
+                holders.setdefault(word.lower(), []).append((i, cnt[j], is_class and j == 0))
+        return holders
+
+    @functools.cached_property
     def word_owner(self) -> dict[str, int]:
         """Each lemma (lower-cased) -> its node, or -1 when several nodes share it and none is clearly meant.
 
@@ -240,15 +253,8 @@ class ClassHierarchy:
         node tagged strictly most often. Else nobody: the nodes share the word and a query for it splits
         between them, which `describe_match` shows.
         """
-        holders: dict[str, list[tuple[int, int, bool]]] = {}  # word -> [(node, tag count, is its class name)]
-        class_nodes = set(self.classes)
-        for i, lem in enumerate(self.lemmas):
-            cnt = self.counts[i] if self.counts else (0,) * len(lem)
-            is_class = self.nodes[i] in class_nodes
-            for j, word in enumerate(lem):
-                holders.setdefault(word.lower(), []).append((i, cnt[j], is_class and j == 0))
         owner = {}
-        for word, hs in holders.items():
+        for word, hs in self.word_holders.items():
             if len({h[0] for h in hs}) == 1:
                 owner[word] = hs[0][0]
                 continue
@@ -271,16 +277,17 @@ class ClassHierarchy:
         """A name per node: its first lemma, told apart where other nodes have that word too (``"car, auto"`` /
         ``"car, railcar"``; by a second lemma, else by its parent: ``"crane, a kind of wading bird"``), so that
         what a query matched is always clear."""
-        held: dict[str, set[int]] = {}
-        for i, lem in enumerate(self.lemmas):
-            for word in lem:
-                held.setdefault(word.lower(), set()).add(i)
+        holders = self.word_holders
+
+        def alone(word: str) -> bool:  # no other node has the word
+            return len({h[0] for h in holders[word.lower()]}) == 1
+
         pos = {n: i for i, n in enumerate(self.nodes)}
         out = []
         for i, lem in enumerate(self.lemmas):
-            if len(held[lem[0].lower()]) == 1:
+            if alone(lem[0]):
                 out.append(lem[0])
-            elif len(lem) > 1 and len(held[lem[1].lower()]) == 1:
+            elif len(lem) > 1 and alone(lem[1]):
                 out.append(f"{lem[0]}, {lem[1]}")
             elif self.parents and self.parents[i]:
                 out.append(f"{lem[0]}, a kind of {self.lemmas[pos[self.parents[i][0]]][0]}")
@@ -315,8 +322,6 @@ class ClassHierarchy:
                 if not mine and j > 0:
                     continue  # the word means another node first
                 text = word if mine else self.names[i]  # (a first lemma that is not its own: the told-apart name)
-                if not mine and text.lower() == word.lower():
-                    continue
                 if text.lower() in seen:
                     continue
                 seen.add(text.lower())
