@@ -14,6 +14,15 @@ file was made; run it again only to regenerate it:
 order). The output holds, per node (a class or an ancestor of one): its lemmas, each lemma's WordNet sense
 number and tag count (how often that sense was tagged; 0 = never or unknown), and its hypernyms restricted to
 nodes in the file; and the class wnids in class-index order. WordNet's licence is copied beside it.
+
+It also writes ``backoff``: words for things ImageNet-1k has no class for ("deer", "helicopter", "woman"),
+each with the node it backs off to: the nearest hypernym in the file (*ruminant*, *heavier-than-air craft*,
+*person*). A word qualifies when no node in the file has it; it is a plain lower-case word (not a proper or
+Latin name such as "Cervus"); it names a physical object (a sense under *object, physical object*: not a
+location, a substance or a food); it is one word, or WordNet's corpora tagged it at least once (so common
+compounds, not every species name); and the node it backs off to holds at most ``--max-backoff-classes``
+classes (so that "road" does not stand for all 522 artifacts). Of its physical-object senses the most tagged counts
+(ties: WordNet's order); of equally near hypernyms the one with the fewest classes.
 """
 
 from __future__ import annotations
@@ -60,6 +69,71 @@ def read_sense_numbers(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
     return out
 
 
+MIN_TAGS = 1
+
+
+def backoff_words(nouns: dict[str, tuple[list[str], list[str]]], senses: dict[tuple[str, str], tuple[int, int]],
+                  nodes: dict[str, dict], classes: list[str], max_classes: int) -> dict[str, str]:
+    """word -> node: see the module's doc."""
+    children: dict[str, list[str]] = {}
+    for n, v in nodes.items():
+        for p in v["parents"]:
+            children.setdefault(p, []).append(n)
+    class_set = set(classes)
+    n_classes: dict[str, int] = {}
+
+    def count(node: str) -> int:  # classes at or under a node
+        if node not in n_classes:
+            seen, todo = set(), [node]
+            while todo:
+                x = todo.pop()
+                if x not in seen:
+                    seen.add(x)
+                    todo.extend(children.get(x, []))
+            n_classes[node] = len(seen & class_set)
+        return n_classes[node]
+
+    hyponyms: dict[str, list[str]] = {}
+    for off, (_, hyper) in nouns.items():
+        for h in hyper:
+            hyponyms.setdefault(h, []).append(off)
+    physical, todo = set(), ["00002684"]  # object, physical object (not a location, matter, process): and under it
+    while todo:
+        x = todo.pop()
+        if x not in physical:
+            physical.add(x)
+            todo.extend(hyponyms.get(x, []))
+
+    def nearest(off: str) -> str | None:  # the nearest hypernym in the file, the narrowest of equally near ones
+        frontier, seen = [off], {off}
+        while frontier:
+            hits = ["n" + f for f in frontier if "n" + f in nodes]
+            if hits:
+                return min(hits, key=lambda h: (count(h), h))
+            frontier = [h for f in frontier for h in nouns[f][1] if not (h in seen or seen.add(h))]
+        return None
+
+    known = {lem.lower() for v in nodes.values() for lem in v["lemmas"]}
+    best: dict[str, tuple[int, int, str]] = {}  # word -> (tags, -sense number, offset)
+    for off, (lemmas, _) in nouns.items():
+        if "n" + off in nodes or off not in physical:
+            continue
+        for lem in lemmas:
+            word = lem.lower()
+            if word in known or lem != word or not re.fullmatch(r"[a-z][a-z' -]*", word) or len(word.split()) > 3:
+                continue  # a node's word, a proper name ("Cervus"), or not a plain word
+            number, tags = senses.get((word, off), (0, 0))
+            key = (tags, -number if number else -999, off)
+            if word not in best or key > best[word]:
+                best[word] = key
+    out = {}
+    for word, (tags, _, off) in sorted(best.items()):
+        node = nearest(off) if tags >= MIN_TAGS or (" " not in word and "-" not in word) else None
+        if node is not None and count(node) <= max_classes:
+            out[word] = node
+    return out
+
+
 def read_wnids(src: Path) -> list[str]:
     if src.is_dir():
         names = [p.name for p in src.iterdir()]
@@ -78,6 +152,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wordnet", required=True, type=Path, help="WordNet 3.0 folder holding data.noun and LICENSE")
     ap.add_argument("--wnids", required=True, type=Path)
+    ap.add_argument("--max-backoff-classes", type=int, default=128,
+                    help="a back-off word may stand for a node of at most this many classes (default 128: dog's 118 fit)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/assay/data/imagenet_wordnet.json")
     args = ap.parse_args()
     nouns = read_nouns(args.wordnet / "data.noun")
@@ -99,14 +175,16 @@ def main() -> None:
         nodes["n" + off] = {"lemmas": lemmas, "parents": ["n" + h for h in hyper],
                             "senses": [x[0] for x in sn], "counts": [x[1] for x in sn]}
         todo.extend(hyper)
+    backoff = backoff_words(nouns, senses, nodes, classes, args.max_backoff_classes)
     doc = {
         "source": "WordNet 3.0 (Princeton University), hypernyms of the ImageNet-1k classes; see WORDNET_LICENSE",
         "classes": classes,
         "nodes": dict(sorted(nodes.items())),
+        "backoff": backoff,
     }
     shutil.copyfile(args.wordnet / "LICENSE", args.out.with_name("WORDNET_LICENSE"))  # first: never data without it
     args.out.write_text(json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"{args.out}: {len(classes)} classes, {len(nodes)} nodes")
+    print(f"{args.out}: {len(classes)} classes, {len(nodes)} nodes, {len(backoff)} back-off words")
 
 
 if __name__ == "__main__":

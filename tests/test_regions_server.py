@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the web stack is an optional extra: pip install 'assay[server]'")

@@ -256,9 +256,9 @@ def test_region_text_contrast_ranks_the_small_dog_first(dog_ws):
     w, _ = s.class_weights(["a dog"])
     rid, lg = region_store(dog_ws).load(extra="imagenet_logits")
     sc, par = class_set_scores(lg, w)[:, 0], parent_ids(rid)
-    for h in hits:
-        mine = sc[par == h.id]
-        assert h.score == pytest.approx(float(mine.max() - mine.mean()), abs=1e-5)
+    for h in hits:  # probabilities: the best region's lift over the image's regions, log(best / mean)
+        mine = sc[par == h.id].astype(np.float64)
+        assert h.score == pytest.approx(float(np.log(mine.max() + 1e-6) - np.log(mine.mean() + 1e-6)), abs=1e-4)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     with pytest.raises(InputError, match="drop --bridge conse"):
         Searcher(dog_ws, text_bridge="conse").search_regions(text="a dog", k=3, score="contrast")
@@ -373,3 +373,60 @@ def test_a_node_is_found_by_any_of_its_lemmas_and_shared_words_are_told_apart():
     for bad in (owner[::-1], owner * 2, owner + 1):
         with pytest.raises(InputError, match="text_node"):
             hierarchy_weights(emb[2], emb, h.members, text_node=bad)
+
+
+def test_a_thing_without_a_class_backs_off_to_its_nearest_parent_only_when_its_word_matches_best():
+    nodes = {
+        "husky": {"lemmas": ["husky"], "parents": ["dog"]},
+        "ox": {"lemmas": ["ox"], "parents": ["ruminant"]},
+        "dog": {"lemmas": ["dog"], "parents": []},
+        "ruminant": {"lemmas": ["ruminant"], "parents": []},
+    }
+    h = ClassHierarchy.from_parents(["husky", "ox"], nodes, {"deer": "ruminant", "dogsbody": "dog", "moose": "ruminant"})
+    texts, owner = h.lemma_texts()
+    # a node's back-off words follow its own lemmas, in node order
+    assert list(zip(texts, owner.tolist(), h.backoff_of_texts())) == [
+        ("a photo of a dog", 0, None), ("a photo of a dogsbody", 0, "dogsbody"), ("a photo of a husky", 1, None),
+        ("a photo of a ox", 2, None), ("a photo of a ruminant", 3, None), ("a photo of a deer", 3, "deer"),
+        ("a photo of a moose", 3, "moose")]
+    back = np.asarray([v is not None for v in h.backoff_of_texts()])
+    emb = np.eye(len(texts), dtype=np.float32)
+    deer, dog, dogsbody = texts.index("a photo of a deer"), texts.index("a photo of a dog"), texts.index("a photo of a dogsbody")
+    # "deer" matches its back-off word best: the query stands for the ruminants (the ox)
+    w, node_w = hierarchy_weights(emb[deer], emb, h.members, text_node=owner, backoff=back)
+    assert w[0].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
+    assert h.describe_match(node_w[0], via="deer") == "ruminant (1 class), for deer: no class"
+    # a query nearer a node's own word than any back-off word ignores the back-off words, however near
+    q = emb[dog] + 0.9 * emb[dogsbody]
+    w_gate, node_gate = hierarchy_weights(q, emb, h.members, text_node=owner, backoff=back)
+    w_open, _ = hierarchy_weights(q, emb, h.members, text_node=owner)  # (no gate: dogsbody shares the weight)
+    assert node_gate[0].argmax() == 0 and w_gate[0].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    q2 = emb[dogsbody] + 0.9 * emb[deer]  # nearest a back-off word: back-off words and own words all count
+    _, node_q2 = hierarchy_weights(q2, emb, h.members, text_node=owner, backoff=back)
+    assert node_q2[0, 0] > 0.5 and node_q2[0, 3] > 0.0
+    with pytest.raises(InputError, match="backoff"):
+        hierarchy_weights(q, emb, h.members, text_node=owner, backoff=back[:3])
+    with pytest.raises(InputError, match="already a node's lemma"):
+        ClassHierarchy.from_parents(["husky", "ox"], nodes, {"Dog": "ruminant"})
+    with pytest.raises(InputError, match="back-off word"):
+        ClassHierarchy.from_parents(["husky", "ox"], nodes, {"deer": "cervid"})
+
+
+def test_the_bundled_back_off_words_and_what_a_search_says_it_matched(dog_ws):
+    h = ClassHierarchy.imagenet()
+    node_of = dict(h.backoff)
+    for word, parent in [("deer", "ruminant"), ("helicopter", "heavier-than-air craft"), ("woman", "person"),
+                         ("puppy", "dog"), ("chicken", "gallinaceous bird")]:
+        assert h.lemmas[node_of[word]][0] == parent, word
+    assert not {"road", "kitten"} & set(node_of)  # nearest parents with classes too broad: animal (398), artifact (522)
+    assert all(h.members[n].sum() <= 128 for _, n in h.backoff)
+    s = Searcher(dog_ws)
+    assert s.text_matches(["a photo of a deer", "a dog", "a helicopter"]) == [
+        "ruminant (9 classes), for deer: no class", "dog (118 classes)",
+        "heavier-than-air craft (2 classes), for helicopter: no class"]
+    w, _ = s.class_weights(["a dog"])  # the breeds, not diluted by back-off words near "dog" ("dogsbody")
+    _, emb, owner, back, _ = s._hierarchy
+    q = s.vectors_for_texts(["a dog"])[0]
+    w_own, _ = hierarchy_weights(q, emb[~back], h.members, text_node=owner[~back])  # as if there were none
+    np.testing.assert_allclose(w, w_own, atol=1e-6)
+    assert w[0, DOGS].min() > 0.9

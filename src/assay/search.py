@@ -50,11 +50,16 @@ CLASS_SCORES_EXTRA = "imagenet_logits"
 #: How text reaches an ImageNet classifier's logits: "wordnet" (class sets under the WordNet node the text
 #: names, an exact scan of the stored logits) or "conse" (the ConSE vectors' index, approximate, for huge corpora).
 TEXT_BRIDGES = ("wordnet", "conse")
-#: How region search scores an image: "max" (its best region, or the whole image) or "contrast" (its best
-#: region minus the mean of its regions' scores: how far the best region stands out from the rest of the image;
-#: finds small objects in busy scenes better, and ranks an image that the object fills lower, since all of its
-#: regions match; computed by an exact scan of the stored regions).
+#: How region search scores an image: "max" (its best region, or the whole image) or "contrast" (how far its
+#: best region stands out from the rest of the image: the best region's score minus the mean of its regions'
+#: for cosines (exemplars, a text tower), and for probabilities (text through the WordNet bridge) the log of
+#: their ratio, ``log(best / mean)``, the region's lift over the image; finds small objects in busy scenes
+#: better, and ranks an image that the object fills lower, since all of its regions match; computed by an
+#: exact scan of the stored regions).
 REGION_SCORES = ("max", "contrast")
+#: Probabilities below this are noise to the lift of ``"contrast"`` scoring (it compares ``best + eps`` with
+#: ``mean + eps``, so that two near-zero probabilities give no lift).
+_LIFT_EPS = 1e-6
 
 
 def _check_region_score(score: Any) -> None:
@@ -402,22 +407,47 @@ def _class_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
 
 def _cached_text_embeddings(ws: Workspace, stem: str, texts: list[str]) -> tuple[np.ndarray, str]:
     """``texts`` embedded by the bridge text encoder (float32), cached in the workspace as
-    ``cache/conse/<stem>-<encoder version>.npy``; a cache of another length is recomputed."""
+    ``cache/conse/<stem>-<encoder version>.npy``; a cache of another length is recomputed.
+
+    The texts are fixed (bundled class names and WordNet words; ``stem`` names them, with a digest where they
+    can change), so the embeddings are also kept in the machine's cache (``$ASSAY_CACHE_DIR``, default
+    ``~/.cache/assay``, under ``text-embeddings/``): a new workspace copies them instead of embedding
+    20,000 texts again. That copy is best effort (an unwritable cache folder is skipped)."""
     from .encoders.base import get_encoder
+    from .encoders.cache import default_cache_dir
 
     text_enc = get_encoder(TEXT_BRIDGE_ENCODER)
-    cache = ws.cache_dir / "conse" / f"{stem}-{_safe(text_enc.version)}.npy"
-    if cache.exists():
-        emb = np.load(cache)
-        if emb.shape[0] == len(texts):
-            return emb, text_enc.version
+    name = f"{stem}-{_safe(text_enc.version)}.npy"
+    cache = ws.cache_dir / "conse" / name
+    shared = default_cache_dir() / "text-embeddings" / name
+    for path in (cache, shared):
+        try:
+            emb = np.load(path)
+        except (OSError, ValueError):
+            continue  # absent, unreadable or torn: the next place, else embed
+        if emb.ndim == 2 and emb.shape[0] == len(texts) and np.isfinite(emb).all():
+            if path is shared:
+                _save_npy(cache, emb)
+            return emb.astype(np.float32, copy=False), text_enc.version
     text_enc.load()
     emb = text_enc.embed_texts(texts).astype(np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp.npy")  # one per writer
-    np.save(tmp, emb)
-    os.replace(tmp, cache)
+    _save_npy(cache, emb)
+    try:
+        _save_npy(shared, emb)
+    except OSError:
+        pass  # the machine's cache is a convenience; the workspace's copy is what counts
     return emb, text_enc.version
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """Write ``arr`` to ``path`` atomically (a temporary file per writer, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+    try:
+        np.save(tmp, arr)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def imagenet_1k_scores(meta: dict[str, Any]) -> bool:
@@ -559,7 +589,8 @@ class Searcher:
         self._graph_order: np.ndarray | None = None
         self._graph_ids_sorted: np.ndarray | None = None
         self.stale_rows = 0  # embeddings stored since the index was built (0 when up to date or unknown)
-        self._hierarchy: Any = None  # (ClassHierarchy, lemma text embeddings, node of each text), on first use
+        self._hierarchy: Any = None  # (ClassHierarchy, unit lemma text embeddings, node of each text, which
+        # texts are back-off words, and their words), on first use
         self._scan_ids: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}  # per loaded index: sorted ids, images
         self._lock = threading.Lock()
 
@@ -763,10 +794,15 @@ class Searcher:
         with self._lock:
             if self._hierarchy is None:
                 h = ClassHierarchy.imagenet()
-                self._hierarchy = (h, _node_text_embeddings(self.ws)[0], h.lemma_texts()[1])
-        h, node_emb, text_node = self._hierarchy
-        w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=text_node)
-        return w, [h.describe_match(row) for row in node_w]
+                emb = _node_text_embeddings(self.ws)[0]
+                emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+                via = h.backoff_of_texts()
+                self._hierarchy = (h, emb, h.lemma_texts()[1], np.asarray([v is not None for v in via]), via)
+        h, node_emb, text_node, backoff, via = self._hierarchy
+        w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=text_node, backoff=backoff)
+        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        best = np.argmax(qn @ node_emb.T, axis=1)  # the text each query matched best: a back-off word?
+        return w, [h.describe_match(row, via=via[int(b)]) for row, b in zip(node_w, best)]
 
     def _check_imagenet_scores(self) -> None:
         width = self.store.meta().get("extras", {}).get(CLASS_SCORES_EXTRA)
@@ -797,7 +833,7 @@ class Searcher:
         """Exact scan of the stored ImageNet logits: ``(scores, image ids, trigger ids)``, each ``[q, k]``.
 
         An item (or, with ``regions``, an image by its best row among itself and its regions, or with
-        ``score="contrast"`` by its best region minus the mean of its regions) scores by the probability its
+        ``score="contrast"`` by the log of its best region's over the mean of its regions') scores by the probability its
         classifier gives to the classes under the WordNet node(s) each query matched. The rows scanned are
         those of the item index (or of the joint region index), so the corpus is the one the other routes
         search.
@@ -809,7 +845,7 @@ class Searcher:
         nq = len(q)
         if regions:
             return self._region_scan(lambda block, sl: class_set_scores(block, weights[sl]), nq, k, keep_duplicates,
-                                     score=score, extra=CLASS_SCORES_EXTRA)
+                                     score=score, extra=CLASS_SCORES_EXTRA, probabilities=True)
         if score != "max":
             raise InputError("contrast scoring ranks images by their regions; use search_regions_texts")
         k = _check_k(k)
@@ -856,7 +892,7 @@ class Searcher:
 
     def _region_scan(self, score_rows: Callable[[np.ndarray, slice], np.ndarray], nq: int, k: int, keep_duplicates: bool,
                      *, score: str, extra: str | None = None, exclude_items: np.ndarray | None = None,
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     probabilities: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Images ranked exactly by a scan of the item and region stores: ``(scores, image ids, triggers)``.
 
         ``score_rows(block [r, C], queries: slice) -> [r, nq]`` scores a block of stored rows (vectors, or the
@@ -864,7 +900,8 @@ class Searcher:
         rows are those of the joint region index. Per image it keeps the best region (and its id), the sum and
         count of its regions' scores, and its own row's score, in ``O(images x queries)`` memory; score
         ``"max"`` ranks by the best of the image and its regions, ``"contrast"`` by the best region minus the
-        mean of the image's regions (0 for an image without regions).
+        mean of the image's regions, or with ``probabilities`` (scores in [0, 1]) by the log of their ratio
+        (0 for an image without regions).
         """
         k = _check_k(k)
         _check_region_score(score)
@@ -873,13 +910,13 @@ class Searcher:
         ex = None if exclude_items is None else np.asarray(exclude_items, dtype=np.int64).reshape(-1)
         excluded = self._sorted_exclusions(keep_duplicates)
         parts = [self._region_scan_block(score_rows, slice(a, min(a + _SCAN_QUERY_BLOCK, nq)), k, score, extra, ex,
-                                         excluded, allowed, images)
+                                         excluded, allowed, images, probabilities)
                  for a in range(0, max(nq, 1), _SCAN_QUERY_BLOCK)]  # memory grows as images x queries: a block at a time
         return tuple(np.concatenate([p[i] for p in parts], axis=0) for i in range(3))  # type: ignore[return-value]
 
     def _region_scan_block(self, score_rows, sl: slice, k: int, score: str, extra: str | None,
                            exclude_items: np.ndarray | None, excluded: np.ndarray | None, allowed: np.ndarray,
-                           images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                           images: np.ndarray, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_region_scan` for the queries ``sl`` (``excluded``: sorted ids never returned)."""
         from .regions import in_sorted, is_region_id, parent_ids, region_store
 
@@ -922,7 +959,12 @@ class Searcher:
                 own[np.searchsorted(images, ids[rows])] = score_rows(np.asarray(block[rows], dtype=np.float32), sl)
         seen = (counts > 0) | np.isfinite(own[:, 0])  # images with any row to score
         if score == "contrast":
-            value = np.where(counts[:, None] > 0, best - sums / np.maximum(counts, 1)[:, None], 0.0)
+            mean = sums / np.maximum(counts, 1)[:, None]
+            if probabilities:  # the best region's lift over the image: log(best / mean)
+                lift = np.log(np.maximum(best, 0.0) + _LIFT_EPS) - np.log(np.maximum(mean, 0.0) + _LIFT_EPS)
+                value = np.where(counts[:, None] > 0, lift, 0.0)
+            else:
+                value = np.where(counts[:, None] > 0, best - mean, 0.0)
             value = np.maximum(value, 0.0).astype(np.float32)  # (float rounding can dip below 0 = no contrast)
             whole = counts == 0
             trig = np.where(whole[:, None], images[:, None], trig)

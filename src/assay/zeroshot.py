@@ -194,16 +194,21 @@ class ClassHierarchy:
     parents: tuple[tuple[str, ...], ...] = ()
     senses: tuple[tuple[int, ...], ...] = ()  # per lemma, WordNet's sense number (1 = most frequent; 0 unknown)
     counts: tuple[tuple[int, ...], ...] = ()  # per lemma, WordNet's tag count of that sense (0: never tagged)
+    #: Words for things without a class ("deer"), each with the node it backs off to (*ruminant*), sorted by node.
+    backoff: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def imagenet(cls) -> "ClassHierarchy":
         """WordNet 3.0 above the 1000 ImageNet-1k classes (bundled: ``assay/data/imagenet_wordnet.json``,
-        made by ``scripts/make_imagenet_wordnet.py``; 1,860 nodes)."""
+        made by ``scripts/make_imagenet_wordnet.py``; 1,860 nodes), with 21,517 back-off words for physical
+        things ImageNet has no class for ("deer" -> *ruminant*, "helicopter" -> *heavier-than-air craft*)."""
         return _imagenet_hierarchy()
 
     @classmethod
-    def from_parents(cls, classes: list[str], nodes: dict[str, dict[str, Any]]) -> "ClassHierarchy":
-        """From class ids in class-index order and ``{node: {"lemmas": [...], "parents": [...]}}``."""
+    def from_parents(cls, classes: list[str], nodes: dict[str, dict[str, Any]],
+                     backoff: dict[str, str] | None = None) -> "ClassHierarchy":
+        """From class ids in class-index order and ``{node: {"lemmas": [...], "parents": [...]}}``, and
+        optionally ``backoff``: ``{word: node}`` for words no node has (what a query for them stands for)."""
         order = sorted(nodes)
         pos = {n: i for i, n in enumerate(order)}
         missing = [c for c in classes if c not in pos]
@@ -227,7 +232,17 @@ class ClassHierarchy:
                        for i, n in enumerate(order))
         if any(len(sn) != len(lem) or len(c) != len(lem) for sn, c, lem in zip(senses, counts, lemmas)):
             raise InputError("hierarchy: each node needs one sense number and one tag count per lemma")
-        return cls(tuple(classes), tuple(order), lemmas, members, parents, senses, counts)
+        words = {w.lower() for lem in lemmas for w in lem}
+        back = []
+        for word, node in (backoff or {}).items():
+            if not isinstance(word, str) or not word.strip() or node not in pos:
+                raise InputError(f"hierarchy: a back-off word must be a non-empty string with a node of the "
+                                 f"hierarchy, got {word!r} -> {node!r}")
+            if word.lower() in words:
+                raise InputError(f"hierarchy: back-off word {word!r} is already a node's lemma")
+            back.append((word, pos[node]))
+        back.sort(key=lambda x: (x[1], x[0]))
+        return cls(tuple(classes), tuple(order), lemmas, members, parents, senses, counts, tuple(back))
 
     @functools.cached_property
     def word_holders(self) -> dict[str, list[tuple[int, int, bool]]]:
@@ -307,14 +322,37 @@ class ClassHierarchy:
     def lemma_texts(self, template: str = "a photo of a {}") -> tuple[list[str], np.ndarray]:
         """Every lemma of every node as a text, and the node of each (``[n_texts]``, nodes in order): what
         :func:`hierarchy_weights` compares queries with, so that "automobile" finds the node *car, auto,
-        automobile, ...* by its own word.
+        automobile, ...* by its own word. A node's back-off words follow its lemmas ("a photo of a deer" is a
+        text of *ruminant*), so that a query for a thing without a class finds its nearest parent, not a
+        class whose name looks like it (*Scottish deerhound*).
 
         A word several nodes share goes to its owner (:attr:`word_owner`: the class it names, else the sense
         WordNet tagged most: "plane" to *airplane*, "cat" to *cat*, "car" to *car*, not *car, railcar*); the
         other nodes keep their other lemmas, and one whose own first lemma it is gets its told-apart name
         instead (``"plane, carpenter's plane"``). A shared word without an owner stays with every holder."""
+        texts, owner_of_text, _ = self._texts(template)
+        return texts, owner_of_text
+
+    def backoff_of_texts(self, template: str = "a photo of a {}") -> list[str | None]:
+        """Per text of :meth:`lemma_texts`: its back-off word, or None for a node's own lemma."""
+        return self._texts(template)[2]
+
+    @functools.cached_property
+    def _text_cache(self) -> dict[str, tuple[list[str], np.ndarray, list[str | None]]]:
+        return {}
+
+    def _texts(self, template: str) -> tuple[list[str], np.ndarray, list[str | None]]:
+        if template not in self._text_cache:
+            self._text_cache[template] = self._build_texts(template)
+        texts, owner, via = self._text_cache[template]
+        return list(texts), owner.copy(), list(via)
+
+    def _build_texts(self, template: str) -> tuple[list[str], np.ndarray, list[str | None]]:
         owner = self.word_owner
-        texts, owner_of_text = [], []
+        backoff: dict[int, list[str]] = {}
+        for word, node in self.backoff:
+            backoff.setdefault(node, []).append(word)
+        texts, owner_of_text, via = [], [], []
         for i, lem in enumerate(self.lemmas):
             seen = set()
             for j, word in enumerate(lem):
@@ -327,20 +365,28 @@ class ClassHierarchy:
                 seen.add(text.lower())
                 texts.append(template.format(text))
                 owner_of_text.append(i)
-        return texts, np.asarray(owner_of_text, dtype=np.int64)
+                via.append(None)
+            for word in backoff.get(i, ()):
+                if word.lower() not in seen:
+                    seen.add(word.lower())
+                    texts.append(template.format(word))
+                    owner_of_text.append(i)
+                    via.append(word)
+        return texts, np.asarray(owner_of_text, dtype=np.int64), via
 
     def describe(self, node: int) -> str:
         """``"dog (118 classes)"``."""
         n = int(self.members[node].sum())
         return f"{self.names[node]} ({n} class{'es' if n != 1 else ''})"
 
-    def describe_match(self, node_weights: np.ndarray, *, min_share: float = 0.2) -> str:
+    def describe_match(self, node_weights: np.ndarray, *, min_share: float = 0.2, via: str | None = None) -> str:
         """What one query matched: the nodes holding at least ``min_share`` of its weight, most first
-        (``"car, auto (10 classes) 0.7 | car, railcar (2 classes) 0.3"``; one node alone is named without a share)."""
+        (``"car, auto (10 classes) 0.7 | car, railcar (2 classes) 0.3"``; one node alone is named without a share).
+        ``via``: the back-off word the query matched best, if any (``"ruminant (9 classes), for deer: no class"``)."""
         w = np.asarray(node_weights, dtype=np.float64)
         top = [int(i) for i in np.argsort(-w, kind="stable")[:5] if w[i] >= min_share] or [int(np.argmax(w))]
         if len(top) == 1:
-            return self.describe(top[0])
+            return self.describe(top[0]) + (f", for {via}: no class" if via else "")
         return " | ".join(f"{self.describe(i)} {w[i]:.2f}" for i in top)
 
 
@@ -353,18 +399,22 @@ def _imagenet_hierarchy() -> ClassHierarchy:
     from importlib import resources
 
     doc = json.loads(resources.files("assay").joinpath("data/imagenet_wordnet.json").read_text(encoding="utf-8"))
-    return ClassHierarchy.from_parents(doc["classes"], doc["nodes"])
+    return ClassHierarchy.from_parents(doc["classes"], doc["nodes"], doc.get("backoff"))
 
 
 def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, temperature: float = 0.02,
-                      text_node: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                      text_node: Any = None, backoff: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Class weights of text queries through a hierarchy: ``(weights [q, C] float32, node weights [q, n])``.
 
     Each query matches the nodes by a softmax of its cosines to their text embeddings over ``temperature``;
     a class weighs the summed match of the nodes it falls under. A weight row sums to at most 1 per node
     matched, so :func:`class_set_scores` is the probability of the matched node(s). With ``text_node``
     (``[n_texts]``, sorted: the node of each row of ``node_text_emb``, e.g. from
-    :meth:`ClassHierarchy.lemma_texts`) a node's cosine is the best of its texts'.
+    :meth:`ClassHierarchy.lemma_texts`) a node's cosine is the best of its texts'. ``backoff`` (``[n_texts]``
+    bool: the texts that are back-off words, :meth:`ClassHierarchy.backoff_of_texts`) gates those: a query
+    backs off only when a back-off word matches it better than every node's own words ("a deer" is *ruminant*
+    by the word deer), and otherwise matches as if they were not there ("a dog" is *dog*, however near
+    "dogsbody" is).
     """
     q = np.asarray(query_text_emb, dtype=np.float32)
     if q.ndim == 1:
@@ -378,6 +428,9 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
                                                                               or (np.diff(owner) > 1).any()))):
         raise InputError(f"text_node must give each of the {e.shape[0]} texts its node, sorted, every node from 0 "
                          f"at least once; got shape {owner.shape}")
+    back = None if backoff is None else np.asarray(backoff, dtype=bool)
+    if back is not None and (back.shape != (e.shape[0],) or back.all()):
+        raise InputError(f"backoff must flag each of the {e.shape[0]} texts, and not all of them; got shape {back.shape}")
     n_nodes = e.shape[0] if owner is None else (int(owner[-1]) + 1 if len(owner) else 0)
     if m.ndim != 2 or m.shape[0] != n_nodes:
         raise InputError(f"members must be [n_nodes={n_nodes}, n_classes], got shape {m.shape}")
@@ -388,6 +441,10 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
     qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     en = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
     sim = (qn @ en.T).astype(np.float64)  # [q, texts]
+    if back is not None and back.any():  # back off only where a back-off word matches best
+        own_best = sim[:, ~back].max(axis=1, keepdims=True)
+        stay = sim[:, back].max(axis=1, keepdims=True) <= own_best  # [q, 1]
+        sim = np.where(stay & back[None, :], -np.inf, sim)
     if owner is not None:  # a node matches as well as its best text
         sim = np.maximum.reduceat(sim, np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]), axis=1)  # [q, n]
     w = np.exp((sim - sim.max(axis=1, keepdims=True)) / float(temperature))
