@@ -133,7 +133,7 @@ def main() -> None:
                 np.maximum.at(best, owner, r)
                 mean = np.bincount(owner, weights=r, minlength=len(s)) / np.maximum(n_regions, 1)
                 if probabilities:  # class-set probabilities: the lift log(best / mean), as the library
-                    return np.where(n_regions > 0, np.log(best + 1e-6) - np.log(mean + 1e-6), 0.0)
+                    return np.where(n_regions > 0, np.log(np.maximum(best, 0) + 1e-3) - np.log(np.maximum(mean, 0) + 1e-3), 0.0)
                 return np.where(n_regions > 0, best - mean, 0.0)
             if regions:
                 np.maximum.at(s, owner, region_vecs @ q)

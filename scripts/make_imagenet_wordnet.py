@@ -18,11 +18,14 @@ nodes in the file; and the class wnids in class-index order. WordNet's licence i
 It also writes ``backoff``: words for things ImageNet-1k has no class for ("deer", "helicopter", "woman"),
 each with the node it backs off to: the nearest hypernym in the file (*ruminant*, *heavier-than-air craft*,
 *person*). A word qualifies when no node in the file has it; it is a plain lower-case word (not a proper or
-Latin name such as "Cervus"); it names a physical object (a sense under *object, physical object*: not a
-location, a substance or a food); it is one word, or WordNet's corpora tagged it at least once (so common
-compounds, not every species name); and the node it backs off to holds at most ``--max-backoff-classes``
-classes (so that "road" does not stand for all 522 artifacts). Of its physical-object senses the most tagged counts
-(ties: WordNet's order); of equally near hypernyms the one with the fewest classes.
+Latin name such as "Cervus"); its first meaning (the noun sense WordNet's corpora tagged most; ties: WordNet's
+order) is a thing: a sense under *object, physical object* but not a place (*location*, or an *area* of a
+building such as a kitchen: scenes, which ImageNet's object classes do not stand for), so "red" (a colour
+before a Bolshevik) and "chicken" (food before a bird) are not; it is one word, or a compound WordNet's
+corpora tagged at least once (not every species name); the node is at most ``MAX_STEPS`` (2) hypernym steps
+up from that sense (so "city" does not stand for a bakery, 5 steps up under *location*); and the node holds at
+most ``--max-backoff-classes`` classes (so that "kitten" does not stand for all 398 animals). Of equally near
+hypernyms the one with the fewest classes counts.
 """
 
 from __future__ import annotations
@@ -69,7 +72,9 @@ def read_sense_numbers(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
     return out
 
 
-MIN_TAGS = 1
+MIN_TAGS = 1  # a compound word qualifies when WordNet's corpora tagged it at least this often
+MAX_STEPS = 2  # hypernym steps from a word's sense up to the node it backs off to
+OBJECT, LOCATION, AREA = "00002684", "00027167", "02735688"  # object, physical object; location; area (of a building)
 
 
 def backoff_words(nouns: dict[str, tuple[list[str], list[str]]], senses: dict[tuple[str, str], tuple[int, int]],
@@ -97,16 +102,23 @@ def backoff_words(nouns: dict[str, tuple[list[str], list[str]]], senses: dict[tu
     for off, (_, hyper) in nouns.items():
         for h in hyper:
             hyponyms.setdefault(h, []).append(off)
-    physical, todo = set(), ["00002684"]  # object, physical object (not a location, matter, process): and under it
-    while todo:
-        x = todo.pop()
-        if x not in physical:
-            physical.add(x)
-            todo.extend(hyponyms.get(x, []))
 
-    def nearest(off: str) -> str | None:  # the nearest hypernym in the file, the narrowest of equally near ones
+    def under(root: str) -> set[str]:  # a synset and all its hyponyms
+        out, todo = set(), [root]
+        while todo:
+            x = todo.pop()
+            if x not in out:
+                out.add(x)
+                todo.extend(hyponyms.get(x, []))
+        return out
+
+    # things: synsets under object, physical object, except places (a location, a room or area of a building:
+    # scenes, which the ImageNet classes do not stand for; WordNet puts location under object)
+    things = under(OBJECT) - under(LOCATION) - under(AREA)
+
+    def nearest(off: str) -> str | None:  # the nearest hypernym in the file within MAX_STEPS, the narrowest of equally near
         frontier, seen = [off], {off}
-        while frontier:
+        for _ in range(MAX_STEPS + 1):
             hits = ["n" + f for f in frontier if "n" + f in nodes]
             if hits:
                 return min(hits, key=lambda h: (count(h), h))
@@ -114,21 +126,20 @@ def backoff_words(nouns: dict[str, tuple[list[str], list[str]]], senses: dict[tu
         return None
 
     known = {lem.lower() for v in nodes.values() for lem in v["lemmas"]}
-    best: dict[str, tuple[int, int, str]] = {}  # word -> (tags, -sense number, offset)
-    for off, (lemmas, _) in nouns.items():
-        if "n" + off in nodes or off not in physical:
-            continue
-        for lem in lemmas:
-            word = lem.lower()
-            if word in known or lem != word or not re.fullmatch(r"[a-z][a-z' -]*", word) or len(word.split()) > 3:
-                continue  # a node's word, a proper name ("Cervus"), or not a plain word
-            number, tags = senses.get((word, off), (0, 0))
-            key = (tags, -number if number else -999, off)
-            if word not in best or key > best[word]:
-                best[word] = key
+    primary: dict[str, tuple[int, int, str]] = {}  # word -> its most tagged noun sense: (tags, -sense number, offset)
+    for (word, off), (number, tags) in senses.items():
+        key = (tags, -number, off)
+        if word not in primary or key > primary[word]:
+            primary[word] = key
     out = {}
-    for word, (tags, _, off) in sorted(best.items()):
-        node = nearest(off) if tags >= MIN_TAGS or (" " not in word and "-" not in word) else None
+    for word, (tags, _, off) in sorted(primary.items()):
+        if word in known or off not in things or not re.fullmatch(r"[a-z][a-z' -]*", word) or len(word.split()) > 3:
+            continue  # a node's word, not a thing first ("red" is a colour before a Bolshevik), or not a plain word
+        if not (tags >= MIN_TAGS or (" " not in word and "-" not in word)):
+            continue  # a compound nobody tagged ("mule deer")
+        if not any(lem == word for lem in nouns[off][0]):
+            continue  # only a capitalised form is a lemma ("Cervus")
+        node = nearest(off)
         if node is not None and count(node) <= max_classes:
             out[word] = node
     return out

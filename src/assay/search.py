@@ -20,6 +20,7 @@ left out of results unless ``keep_duplicates=True``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -57,9 +58,11 @@ TEXT_BRIDGES = ("wordnet", "conse")
 #: better, and ranks an image that the object fills lower, since all of its regions match; computed by an
 #: exact scan of the stored regions).
 REGION_SCORES = ("max", "contrast")
-#: Probabilities below this are noise to the lift of ``"contrast"`` scoring (it compares ``best + eps`` with
-#: ``mean + eps``, so that two near-zero probabilities give no lift).
-_LIFT_EPS = 1e-6
+#: The floor of the lift of ``"contrast"`` scoring, which compares ``best + eps`` with ``mean + eps``: chance
+#: for one class of 1,000 (ImageNet), so that a faint blip among near-zero windows (1e-4 against 1e-6) is no
+#: lift, while a confident window (0.9 against 0.3) is.
+_LIFT_EPS = 1e-3
+_TEXT_VECTOR_MEMO = 256  # recent text queries' vectors kept per Searcher
 
 
 def _check_region_score(score: Any) -> None:
@@ -423,12 +426,17 @@ def _cached_text_embeddings(ws: Workspace, stem: str, texts: list[str]) -> tuple
     for path in (cache, shared):
         try:
             emb = np.load(path)
-        except (OSError, ValueError):
-            continue  # absent, unreadable or torn: the next place, else embed
-        if emb.ndim == 2 and emb.shape[0] == len(texts) and np.isfinite(emb).all():
-            if path is shared:
-                _save_npy(cache, emb)
+        except Exception:  # noqa: BLE001 - absent, unreadable, empty or torn (EOFError, ValueError, ...): next place
+            continue
+        if (emb.ndim == 2 and emb.shape[0] == len(texts) and emb.shape[1] == (text_enc.dim or emb.shape[1])
+                and np.isfinite(emb).all()):
+            with contextlib.suppress(OSError):  # each place gets the copy it lacks (the machine's: best effort)
+                other = cache if path is shared else shared
+                if not other.exists():
+                    _save_npy(other, emb)
             return emb.astype(np.float32, copy=False), text_enc.version
+    log.info("embedding %d texts for the text bridge with %s (once: kept in %s)", len(texts), TEXT_BRIDGE_ENCODER,
+             shared.parent)
     text_enc.load()
     emb = text_enc.embed_texts(texts).astype(np.float32)
     _save_npy(cache, emb)
@@ -582,6 +590,7 @@ class Searcher:
         self._reducer_loaded = False
         self._encoder: Any = None
         self._text_encoder: Any = None
+        self._text_vectors: collections.OrderedDict[tuple[str, str], np.ndarray] = collections.OrderedDict()  # recent
         self._region_index: VectorIndex | None = None
         self._region_bridge: VectorIndex | None = None
         self._region_spec: Any = None
@@ -777,17 +786,30 @@ class Searcher:
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise InputError(f"text queries must be non-empty strings, got {texts!r}")
         route = self._text_route()
+        with self._lock:  # a text searched and then described (CLI, server) is embedded once
+            hit = [self._text_vectors.get((route, t)) for t in texts]
+        if all(v is not None for v in hit):
+            return np.stack(hit), route
         if route == "tower":
-            return self.encoder().embed_texts(texts), route
-        if self._text_encoder is None:
-            from .embed import load_encoder
+            q = self.encoder().embed_texts(texts)
+        else:
+            if self._text_encoder is None:
+                from .embed import load_encoder
 
-            self._text_encoder = load_encoder(TEXT_BRIDGE_ENCODER)
-        return self._text_encoder.embed_texts(texts), route
+                self._text_encoder = load_encoder(TEXT_BRIDGE_ENCODER)
+            q = self._text_encoder.embed_texts(texts)
+        q = np.asarray(q, dtype=np.float32)
+        with self._lock:
+            for t, v in zip(texts, q):
+                self._text_vectors[(route, t)] = v.copy()
+                self._text_vectors.move_to_end((route, t))
+            while len(self._text_vectors) > _TEXT_VECTOR_MEMO:
+                self._text_vectors.popitem(last=False)
+        return q, route
 
     def _class_weights(self, q: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """WordNet class weights ``[q, 1000]`` of bridge text embeddings, and what each query matched."""
-        from .zeroshot import ClassHierarchy, hierarchy_weights
+        from .zeroshot import ClassHierarchy, backoff_texts_used, hierarchy_weights
 
         self._check_imagenet_scores()
 
@@ -800,9 +822,8 @@ class Searcher:
                 self._hierarchy = (h, emb, h.lemma_texts()[1], np.asarray([v is not None for v in via]), via)
         h, node_emb, text_node, backoff, via = self._hierarchy
         w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=text_node, backoff=backoff)
-        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        best = np.argmax(qn @ node_emb.T, axis=1)  # the text each query matched best: a back-off word?
-        return w, [h.describe_match(row, via=via[int(b)]) for row, b in zip(node_w, best)]
+        used = backoff_texts_used(q, node_emb, backoff)  # the back-off word each query backed off by, if any
+        return w, [h.describe_match(row, via=via[int(b)] if b >= 0 else None) for row, b in zip(node_w, used)]
 
     def _check_imagenet_scores(self) -> None:
         width = self.store.meta().get("extras", {}).get(CLASS_SCORES_EXTRA)

@@ -26,6 +26,7 @@ both; a specific query ("a golden retriever") matches one class.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,7 +201,7 @@ class ClassHierarchy:
     @classmethod
     def imagenet(cls) -> "ClassHierarchy":
         """WordNet 3.0 above the 1000 ImageNet-1k classes (bundled: ``assay/data/imagenet_wordnet.json``,
-        made by ``scripts/make_imagenet_wordnet.py``; 1,860 nodes), with 21,517 back-off words for physical
+        made by ``scripts/make_imagenet_wordnet.py``; 1,860 nodes), with 7,511 back-off words for physical
         things ImageNet has no class for ("deer" -> *ruminant*, "helicopter" -> *heavier-than-air craft*)."""
         return _imagenet_hierarchy()
 
@@ -233,13 +234,16 @@ class ClassHierarchy:
         if any(len(sn) != len(lem) or len(c) != len(lem) for sn, c, lem in zip(senses, counts, lemmas)):
             raise InputError("hierarchy: each node needs one sense number and one tag count per lemma")
         words = {w.lower() for lem in lemmas for w in lem}
-        back = []
+        back, seen = [], set()
         for word, node in (backoff or {}).items():
             if not isinstance(word, str) or not word.strip() or node not in pos:
                 raise InputError(f"hierarchy: a back-off word must be a non-empty string with a node of the "
                                  f"hierarchy, got {word!r} -> {node!r}")
             if word.lower() in words:
                 raise InputError(f"hierarchy: back-off word {word!r} is already a node's lemma")
+            if word.lower() in seen:
+                raise InputError(f"hierarchy: back-off word {word!r} is given twice (words are matched case-blind)")
+            seen.add(word.lower())
             back.append((word, pos[node]))
         back.sort(key=lambda x: (x[1], x[0]))
         return cls(tuple(classes), tuple(order), lemmas, members, parents, senses, counts, tuple(back))
@@ -337,14 +341,12 @@ class ClassHierarchy:
         """Per text of :meth:`lemma_texts`: its back-off word, or None for a node's own lemma."""
         return self._texts(template)[2]
 
-    @functools.cached_property
-    def _text_cache(self) -> dict[str, tuple[list[str], np.ndarray, list[str | None]]]:
-        return {}
-
     def _texts(self, template: str) -> tuple[list[str], np.ndarray, list[str | None]]:
-        if template not in self._text_cache:
-            self._text_cache[template] = self._build_texts(template)
-        texts, owner, via = self._text_cache[template]
+        with _TEXTS_LOCK:  # (one hierarchy is shared by every Searcher of a process, threads included)
+            cache = self.__dict__.setdefault("_text_cache", {})  # (frozen: not through setattr)
+            if template not in cache:
+                cache[template] = self._build_texts(template)
+            texts, owner, via = cache[template]
         return list(texts), owner.copy(), list(via)
 
     def _build_texts(self, template: str) -> tuple[list[str], np.ndarray, list[str | None]]:
@@ -385,12 +387,16 @@ class ClassHierarchy:
         ``via``: the back-off word the query matched best, if any (``"ruminant (9 classes), for deer: no class"``)."""
         w = np.asarray(node_weights, dtype=np.float64)
         top = [int(i) for i in np.argsort(-w, kind="stable")[:5] if w[i] >= min_share] or [int(np.argmax(w))]
+        note = f", for {via}: no class" if via else ""
         if len(top) == 1:
-            return self.describe(top[0]) + (f", for {via}: no class" if via else "")
-        return " | ".join(f"{self.describe(i)} {w[i]:.2f}" for i in top)
+            return self.describe(top[0]) + note
+        return " | ".join(f"{self.describe(i)} {w[i]:.2f}" for i in top) + note
 
 
 _STRONG_TAGS = 10  # tags of a sense in WordNet's corpora that outweigh a class's own name
+_TEXTS_LOCK = threading.Lock()
+#: How much better (in cosine) a back-off word must match a query than every node's own words to be used.
+BACKOFF_MARGIN = 0.05
 
 
 @functools.lru_cache(maxsize=1)
@@ -403,7 +409,8 @@ def _imagenet_hierarchy() -> ClassHierarchy:
 
 
 def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, temperature: float = 0.02,
-                      text_node: Any = None, backoff: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                      text_node: Any = None, backoff: Any = None, backoff_margin: float = BACKOFF_MARGIN,
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Class weights of text queries through a hierarchy: ``(weights [q, C] float32, node weights [q, n])``.
 
     Each query matches the nodes by a softmax of its cosines to their text embeddings over ``temperature``;
@@ -412,9 +419,10 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
     (``[n_texts]``, sorted: the node of each row of ``node_text_emb``, e.g. from
     :meth:`ClassHierarchy.lemma_texts`) a node's cosine is the best of its texts'. ``backoff`` (``[n_texts]``
     bool: the texts that are back-off words, :meth:`ClassHierarchy.backoff_of_texts`) gates those: a query
-    backs off only when a back-off word matches it better than every node's own words ("a deer" is *ruminant*
-    by the word deer), and otherwise matches as if they were not there ("a dog" is *dog*, however near
-    "dogsbody" is).
+    backs off only when a back-off word matches it better than every node's own words, by more than
+    ``backoff_margin`` in cosine ("a deer" is *ruminant* by the word deer, 0.84 against *deerhound*'s 0.76),
+    and otherwise matches as if they were not there ("a dog" is *dog*, however near "dogsbody" is; the bare
+    word "ship" is *ship*, 0.51, though "a photo of a shipping" is 0.54).
     """
     q = np.asarray(query_text_emb, dtype=np.float32)
     if q.ndim == 1:
@@ -442,8 +450,7 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
     en = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
     sim = (qn @ en.T).astype(np.float64)  # [q, texts]
     if back is not None and back.any():  # back off only where a back-off word matches best
-        own_best = sim[:, ~back].max(axis=1, keepdims=True)
-        stay = sim[:, back].max(axis=1, keepdims=True) <= own_best  # [q, 1]
+        stay = (_backoff_used(sim, back, backoff_margin) < 0)[:, None]  # [q, 1]
         sim = np.where(stay & back[None, :], -np.inf, sim)
     if owner is not None:  # a node matches as well as its best text
         sim = np.maximum.reduceat(sim, np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]), axis=1)  # [q, n]
@@ -451,6 +458,27 @@ def hierarchy_weights(query_text_emb: Any, node_text_emb: Any, members: Any, *, 
     w /= w.sum(axis=1, keepdims=True)
     mf = m if m.dtype == np.float32 else m.astype(np.float32)
     return (w.astype(np.float32) @ mf).astype(np.float32), w.astype(np.float32)
+
+
+def _backoff_used(sim: np.ndarray, back: np.ndarray, margin: float) -> np.ndarray:
+    """``[q]``: per query (rows of the cosines ``sim [q, texts]``), the back-off text it backs off by, or -1."""
+    if not back.any() or back.all():
+        return np.full(sim.shape[0], -1, np.int64)
+    b_idx = np.flatnonzero(back)
+    own_best = sim[:, ~back].max(axis=1)
+    j = b_idx[np.argmax(sim[:, b_idx], axis=1)]
+    return np.where(sim[np.arange(sim.shape[0]), j] > own_best + float(margin), j, -1)
+
+
+def backoff_texts_used(query_text_emb: Any, node_text_emb: Any, backoff: Any, *,
+                       backoff_margin: float = BACKOFF_MARGIN) -> np.ndarray:
+    """``[q]``: the index of the back-off text each query backs off by in :func:`hierarchy_weights` (its best
+    back-off word, when that beats every node's own words by more than ``backoff_margin``), else -1."""
+    q = np.atleast_2d(np.asarray(query_text_emb, dtype=np.float32))
+    e = np.asarray(node_text_emb, dtype=np.float32)
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    en = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return _backoff_used((qn @ en.T).astype(np.float64), np.asarray(backoff, dtype=bool), backoff_margin)
 
 
 def class_set_scores(class_scores: Any, class_weights: Any, *, block_size: int = 2048) -> np.ndarray:

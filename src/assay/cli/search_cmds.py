@@ -97,7 +97,7 @@ def search(
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Also return non-representative duplicates.")] = False,
     regions: Annotated[bool, typer.Option("--regions", help="Score each image by its best region (needs `assay embed --regions`); results gain \"region\" and \"box\".")] = False,
     rerank: Annotated[int, typer.Option("--rerank", help="ivf-pq index only: re-score this many candidates per result with the stored vectors (0: off).")] = 50,
-    score: Annotated[str, typer.Option("--score", help="max | contrast. With --regions: 'max' scores an image by its best region (or the whole image); 'contrast' by its best region minus the mean of all its regions, an exact scan of the region vectors (small objects in busy scenes; an image the object fills ranks lower).")] = "max",
+    score: Annotated[str, typer.Option("--score", help="max | contrast. With --regions: 'max' scores an image by its best region (or the whole image); 'contrast' by how far its best region stands out from all its regions (best minus mean for exemplars; log(best / mean) of the class probability for text through WordNet), an exact scan of the stored regions (small objects in busy scenes; an image the object fills ranks lower).")] = "max",
     bridge: Annotated[str, typer.Option("--bridge", help="wordnet | conse. Text with an ImageNet classifier (no text tower): 'wordnet' scores each image by the probability of the classes under the WordNet node the text names (exact scan of the stored logits); 'conse' searches the ConSE index (approximate, for corpora of many millions). No effect with a text tower.")] = "wordnet",
     json_: JsonOpt = False,
 ) -> None:
@@ -151,7 +151,7 @@ def search(
                         "results": [{**h.to_dict(), **({"text": texts[h.id]} if h.id in texts else {})} for h in hits]})
             return
         if matched:
-            what = ("how far the best region's probability of those classes stands out from the image's mean"
+            what = ("log(best region's / mean region's probability of those classes): how far the best region stands out"
                     if regions and score == "contrast" else "the probability of those classes")
             out.print(f"# the text matched WordNet: {matched[0]}; scores are {what}")
         if not hits:
