@@ -254,6 +254,15 @@ def test_search_by_text_and_more_like_this(ws, client):
     assert client.get("/api/search", params={"text": "a", "item": 1}).status_code == 400
     assert client.get("/api/search", params={"item": 999999}).status_code == 404
     assert client.get("/api/search", params={"text": "red", "k": 0}).status_code == 422
+    # several items: one query by all of them (their mean vector), each left out
+    two = [int(ids[0]), int(ids[1])]
+    r = client.get("/api/search", params={"item": two, "k": 5}).json()
+    assert r["query"]["item"] == two and len(r["hits"]) == 5 and set(two).isdisjoint(h["id"] for h in r["hits"])
+    from assay.search import Searcher
+
+    assert [h["id"] for h in r["hits"]] == [h.id for h in Searcher(ws).search(item=two, k=5)]
+    for bad in ([0], [1, -2], [2**63]):
+        assert client.get("/api/search", params={"item": bad}).status_code in (400, 422)
 
 
 def test_exemplars_are_recorded_as_positive_labels(ws, client):

@@ -65,6 +65,11 @@ _LIFT_EPS = 1e-3
 _TEXT_VECTOR_MEMO = 256  # recent text queries' vectors kept per Searcher
 
 
+def _several(x: Any) -> bool:
+    """Whether a query argument is a list of exemplars (not one id or one path)."""
+    return isinstance(x, (list, tuple, np.ndarray)) and not isinstance(x, (str, bytes))
+
+
 def _check_region_score(score: Any) -> None:
     if score not in REGION_SCORES:
         from .errors import UnknownNameError
@@ -928,7 +933,7 @@ class Searcher:
         _check_region_score(score)
         allowed, images = self._sorted_ids(self.region_index())
         k = max(1, min(k, max(len(images), 1)))
-        ex = None if exclude_items is None else np.asarray(exclude_items, dtype=np.int64).reshape(-1)
+        ex = None if exclude_items is None else np.asarray(exclude_items, dtype=np.int64).reshape(nq, -1)  # [q, m]
         excluded = self._sorted_exclusions(keep_duplicates)
         parts = [self._region_scan_block(score_rows, slice(a, min(a + _SCAN_QUERY_BLOCK, nq)), k, score, extra, ex,
                                          excluded, allowed, images, probabilities)
@@ -995,10 +1000,10 @@ class Searcher:
             trig = np.where(whole, images[:, None], trig)
         value = np.where(seen[:, None], value, -np.inf)
         if exclude_items is not None:
-            ex = exclude_items[sl]
+            ex = exclude_items[sl]  # [nq, m]
             pos = np.searchsorted(images, ex)
             hit = (pos < n) & (images[np.minimum(pos, n - 1)] == ex)
-            value[pos[hit], np.flatnonzero(hit)] = -np.inf
+            value[pos[hit], np.broadcast_to(np.arange(nq)[:, None], ex.shape)[hit]] = -np.inf
         out = [np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64), np.full((nq, k), -1, np.int64)]
         for j in range(nq):
             v = value[:, j]
@@ -1058,14 +1063,46 @@ class Searcher:
             for srow, irow in zip(scores, ids)
         ]
 
+    def exemplar_query(self, *, items: Any = None, images: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """One query from several exemplars, ``(vector [d], the item ids among them)``: the mean of their unit
+        vectors, normalised (their prototype: what they share weighs more than what each has of its own).
+        ``items``: item ids of the corpus (left out of the results); ``images``: image files."""
+        if (items is None) == (images is None):
+            raise InputError("give exemplars as item ids or as image files, not both")
+        if items is not None:
+            ids = as_id_array(items, "exemplar item ids")
+            if not len(ids):
+                raise InputError("give at least one exemplar item id")
+            vecs = self.query_vectors_for_items(ids)
+        else:
+            paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+            if not paths:
+                raise InputError("give at least one exemplar image")
+            vecs = np.stack([self.vector_for_image(p) for p in paths])
+            ids = np.zeros(0, np.int64)
+        v = np.asarray(vecs, dtype=np.float32)
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        proto = v.mean(axis=0)
+        norm = float(np.linalg.norm(proto))
+        if not norm > 1e-6:
+            raise InputError("the exemplars cancel out (their mean vector is zero): give exemplars of one concept")
+        return proto / norm, ids
+
     def search(
-        self, *, item: int | None = None, image: str | None = None, text: str | None = None,
+        self, *, item: Any = None, image: Any = None, text: str | None = None,
         vector: np.ndarray | None = None, k: int = 10, keep_duplicates: bool = False,
     ) -> list[Hit]:
-        """One query by exactly one of ``item``, ``image``, ``text`` or ``vector``; best first."""
+        """One query by exactly one of ``item``, ``image``, ``text`` or ``vector``; best first. ``item`` or
+        ``image`` may be a list: several exemplars make one query (:meth:`exemplar_query`), and the exemplar
+        items are left out."""
         given = [x is not None for x in (item, image, text, vector)]
         if sum(given) != 1:
             raise InputError("give exactly one query: an item id, an image path, a text or a vector")
+        if _several(item) or _several(image):
+            q, ids = self.exemplar_query(items=item, images=image)
+            s, i = self.search_vectors(q[None, :], k, exclude_per_query=ids[None, :] if len(ids) else None,
+                                       keep_duplicates=keep_duplicates)
+            return self._hits(s, i)[0]
         if item is not None:  # one id (search_items takes several)
             return self.search_items([as_item_id(item, "item")], k=k, keep_duplicates=keep_duplicates)[0]
         if image is not None:
@@ -1218,8 +1255,8 @@ class Searcher:
         """Images ranked by their best region: ``(scores [q, k], image ids [q, k], trigger ids [q, k])``.
 
         The score of an image is the max over the image and its regions; ``trigger`` is the id that gave it
-        (a region id, or the image id when the whole image scored best). ``exclude_items`` ``[q]`` leaves one
-        image (and its regions) out of each query's results. With ``score="contrast"`` an image scores by its
+        (a region id, or the image id when the whole image scored best). ``exclude_items`` ``[q]`` (or ``[q, m]``)
+        leaves one image (or m) and its regions out of each query's results. With ``score="contrast"`` an image scores by its
         best region minus the mean of its regions' scores: how far its best region stands out from the rest of
         the image (see :data:`REGION_SCORES`); that is an exact scan of the stored region vectors, not an index
         search (``index`` is not used).
@@ -1246,8 +1283,9 @@ class Searcher:
         fetch = min(cap, max(4 * k, k * min(R + 1, 16)))
         per_query = None
         if exclude_items is not None:
-            ex = np.asarray(exclude_items, dtype=np.int64).reshape(-1, 1)  # [q, 1]
-            per_query = np.concatenate([ex, region_ids(ex, np.arange(R)[None, :])], axis=1)  # [q, R + 1]
+            ex = np.asarray(exclude_items, dtype=np.int64).reshape(len(q), -1)  # [q, m]
+            per_query = np.concatenate([ex, region_ids(ex[:, :, None], np.arange(R)[None, None, :]).reshape(len(q), -1)],
+                                       axis=1)  # [q, m * (R + 1)]
         excluded = self._region_exclusions(keep_duplicates)
         rows = np.arange(len(q))
         out = [np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64),
@@ -1281,17 +1319,24 @@ class Searcher:
         return out
 
     def search_regions(
-        self, *, item: int | None = None, image: str | None = None, text: str | None = None,
+        self, *, item: Any = None, image: Any = None, text: str | None = None,
         vector: np.ndarray | None = None, k: int = 10, keep_duplicates: bool = False, score: str = "max",
     ) -> list[RegionHit]:
         """Like :meth:`search`, but images score by their best region and each hit names that region's box.
 
         ``score``: ``"max"`` (the best region's score) or ``"contrast"`` (how far the best region stands out
-        from the image's other regions; for small objects in busy scenes, see :data:`REGION_SCORES`)."""
+        from the image's other regions; for small objects in busy scenes, see :data:`REGION_SCORES`). Several
+        exemplars (``item`` or ``image`` a list) make one query, their prototype (:meth:`exemplar_query`)."""
         given = [x is not None for x in (item, image, text, vector)]
         if sum(given) != 1:
             raise InputError("give exactly one query: an item id, an image path, a text or a vector")
         kw = dict(k=k, keep_duplicates=keep_duplicates, score=score)
+        if _several(item) or _several(image):
+            _check_region_score(score)
+            q, ids = self.exemplar_query(items=item, images=image)
+            return self._region_hits(*self.search_regions_vectors(
+                q[None, :], k, exclude_items=ids[None, :] if len(ids) else None, keep_duplicates=keep_duplicates,
+                score=score))[0]
         if item is not None:
             return self.search_regions_items([item], **kw)[0]
         if image is not None:

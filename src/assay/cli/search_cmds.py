@@ -88,8 +88,8 @@ def index(
 
 def search(
     workspace: WorkspaceOpt = None,
-    item: Annotated[Optional[int], typer.Option("--item", min=0, max=2**63 - 1, help="Find items like this item id.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Find items like this image file.")] = None,
+    item: Annotated[Optional[list[int]], typer.Option("--item", min=0, max=2**63 - 1, help="Find items like this item id. Give it several times for one query by several exemplars (their mean vector); they are left out of the results.")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="Find items like this image file. Give it several times for one query by several exemplars (their mean vector).")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Find items matching this text.")] = None,
     batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line: {\"item\": id} | {\"image\": path} | {\"text\": str}.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="How many results.")] = 10,
@@ -103,6 +103,8 @@ def search(
 ) -> None:
     """Search by item, image or text; --json prints {"results": [{"id", "score", "uri"}, ...]}, best first.
 
+    Several --item or --image options make one query by several exemplars: the mean of their vectors.
+
     With --regions each result also has "region" (the region id that scored best, null for the whole image)
     and "box" (\\[x0, y0, x1, y1] in pixels, null for the whole image). A text query through the WordNet
     bridge also prints what it matched ("matched": "dog (118 classes)"); its scores are that probability."""
@@ -110,6 +112,8 @@ def search(
     from ..search import Searcher
 
     with errors_to_exit():
+        item = (item[0] if len(item) == 1 else list(item)) if item else None  # several: one query by exemplars
+        image = (image[0] if len(image) == 1 else list(image)) if image else None
         given = sum(x is not None for x in (item, image, text, batch))
         if given != 1:
             raise InputError("give exactly one of --item ID, --image PATH, --text QUERY or --batch FILE")
@@ -143,7 +147,8 @@ def search(
             return
         kw = {"score": score} if regions else {}
         fn = s.search_regions if regions else s.search
-        hits = fn(item=item, image=str(image) if image else None, text=text, k=k, keep_duplicates=keep_duplicates, **kw)
+        img = None if image is None else ([str(p) for p in image] if isinstance(image, list) else str(image))
+        hits = fn(item=item, image=img, text=text, k=k, keep_duplicates=keep_duplicates, **kw)
         texts = _texts_of(ws, [h.id for h in hits])
         matched = s.text_matches([text]) if text is not None else None
         if json_:

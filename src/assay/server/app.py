@@ -16,7 +16,7 @@ Routes (all under one optional bearer token; the OpenAPI spec is at ``/openapi.j
     GET  /api/concepts/{name}/labels             label history (?item_id=)
     GET  /api/concepts/{name}/conflicts          items where annotators disagree
     GET  /api/concepts/{name}/progress           labels spent, positives found, pre-label quality, per round
-    GET  /api/search                             ?text= or ?item= (more like this), k
+    GET  /api/search                             ?text= or ?item= (more like this; repeat it for several), k
     GET  /api/items/{id}                         one item's metadata
     GET  /api/items/{id}/thumb                   its JPEG thumbnail (?size=), made and cached server side
 
@@ -894,17 +894,21 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
     # ------------------------------------------------------------------ search and items
     @app.get("/api/search", tags=["search"])
     def search(text: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
-               item: Annotated[int | None, Query(ge=1, le=MAX_ID, description="More like this item")] = None,
+               item: Annotated[list[int] | None, Query(description="More like this item; several (?item=1&item=2): "
+                                                             "one query by all of them, their mean vector")] = None,
                k: Annotated[int, Query(ge=1, le=200)] = 24) -> dict[str, Any]:
-        if (text is None) == (item is None):
+        if (text is None) == (not item):
             raise InputError("give exactly one of ?text= or ?item=")
         if text is not None and not text.strip():
             raise InputError("the text query must not be blank")
+        if item and (len(item) > 100 or any(not 1 <= i <= MAX_ID for i in item)):
+            raise InputError(f"?item= takes 1 to 100 item ids, each in [1, {MAX_ID}]")
         s = proposer.searcher()
-        hits = s.search(text=text, k=k) if text is not None else s.search(item=item, k=k)
+        query_item: Any = None if not item else (item[0] if len(item) == 1 else item)
+        hits = s.search(text=text, k=k) if text is not None else s.search(item=query_item, k=k)
         items = {it.id: it for it in cat.get_many([h.id for h in hits])}
         matched = s.text_matches([text]) if text is not None else None
-        return {"query": {"text": text, "item": item, "k": k},
+        return {"query": {"text": text, "item": query_item, "k": k},
                 **({"matched": matched[0]} if matched else {}),  # what the WordNet bridge read the text as
                 "hits": [{**_item_view(items[h.id], []), "score": h.score} for h in hits if h.id in items]}
 

@@ -1,0 +1,90 @@
+"""Several exemplars as one query: the normalised mean of their vectors (their prototype), in whole-image and
+region search, from Python and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_region_contrast import _brute, _id, cws  # noqa: F401  (the fixture: 30 scenes and an all-red image)
+from test_regions import _red_query
+from typer.testing import CliRunner
+
+from assay.cli.main import app
+from assay.errors import InputError
+from assay.search import Searcher
+
+runner = CliRunner()
+
+
+def _proto(vecs):
+    v = np.asarray(vecs, dtype=np.float32)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    m = v.mean(axis=0)
+    return m / np.linalg.norm(m)
+
+
+def test_several_items_are_one_query_by_their_mean_and_are_left_out(cws):  # noqa: F811
+    s = Searcher(cws)
+    a, b = _id(cws, "scene_001.png"), _id(cws, "scene_002.png")
+    q, ids = s.exemplar_query(items=[a, b])
+    np.testing.assert_allclose(q, _proto(s.query_vectors_for_items(np.array([a, b]))), atol=1e-6)
+    assert ids.tolist() == [a, b]
+    hits = s.search(item=[a, b], k=40)
+    assert {a, b}.isdisjoint(h.id for h in hits) and len(hits) == 29  # 31 images less the two exemplars
+    want = [h.id for h in s.search(vector=q, k=40) if h.id not in (a, b)]
+    assert [h.id for h in hits] == want
+    assert [h.id for h in s.search(item=[a], k=5)] == [h.id for h in s.search(item=a, k=5)]  # one is the usual query
+
+
+@pytest.mark.parametrize("score", ["max", "contrast"])
+def test_several_exemplars_in_region_search_match_the_prototype_query(cws, score):  # noqa: F811
+    s = Searcher(cws)
+    a, b = _id(cws, "scene_003.png"), _id(cws, "all_red.png")
+    q, _ = s.exemplar_query(items=[a, b])
+    hits = s.search_regions(item=[a, b], k=40, score=score)
+    assert {a, b}.isdisjoint(h.id for h in hits) and len(hits) == 29
+    want = [h.id for h in s.search_regions(vector=q, k=40, score=score) if h.id not in (a, b)]
+    assert [h.id for h in hits] == want
+    if score == "contrast":  # exact: the brute-force contrast of the prototype
+        brute = _brute(cws, q)
+        assert [h.score for h in hits] == pytest.approx([brute[h.id] for h in hits], abs=1e-4)
+
+
+def test_several_image_files_and_bad_exemplar_sets(cws, monkeypatch):  # noqa: F811
+    s = Searcher(cws)
+    imgs = cws.root.parent / "imgs"
+    paths = [str(imgs / "scene_000.png"), str(imgs / "all_red.png")]
+    q, ids = s.exemplar_query(images=paths)
+    assert len(ids) == 0
+    np.testing.assert_allclose(q, _proto([s.vector_for_image(p) for p in paths]), atol=1e-6)
+    assert [h.id for h in s.search(image=paths, k=5)] == [h.id for h in s.search(vector=q, k=5)]
+    assert [h.id for h in s.search_regions(image=paths, k=5)] == [h.id for h in s.search_regions(vector=q, k=5)]
+    for kw, msg in [({"items": []}, "at least one exemplar item"), ({"images": []}, "at least one exemplar image"),
+                    ({}, "not both"), ({"items": [1], "images": paths}, "not both"), ({"items": [-3]}, "item ids")]:
+        with pytest.raises(InputError, match=msg):
+            s.exemplar_query(**kw)
+    with pytest.raises(InputError, match="exactly one query"):
+        s.search(item=[1, 2], text="red")
+    red = _red_query()
+    monkeypatch.setattr(Searcher, "query_vectors_for_items", lambda self, ids: np.stack([red, -red]))
+    with pytest.raises(InputError, match="cancel out"):
+        s.exemplar_query(items=[1, 2])
+
+
+def test_cli_repeated_item_and_image_make_one_query(cws):  # noqa: F811
+    root = str(cws.root)
+    a, b = _id(cws, "scene_001.png"), _id(cws, "scene_002.png")
+    r = runner.invoke(app, ["-w", root, "search", "--item", str(a), "--item", str(b), "-k", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    got = [h["id"] for h in json.loads(r.stdout)["results"]]
+    assert got == [h.id for h in Searcher(cws).search(item=[a, b], k=5)] and {a, b}.isdisjoint(got)
+    imgs = cws.root.parent / "imgs"
+    r = runner.invoke(app, ["-w", root, "search", "--image", str(imgs / "scene_000.png"), "--image",
+                            str(imgs / "all_red.png"), "--regions", "--score", "contrast", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]
+    assert len(res) == 3 and all("box" in h for h in res)
+    r = runner.invoke(app, ["-w", root, "search", "--item", str(a), "--image", str(imgs / "all_red.png")])
+    assert r.exit_code == 2 and "exactly one of" in r.output
