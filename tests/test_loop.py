@@ -258,3 +258,18 @@ def test_harvest_needs_both_classes(ws):
         m.harvest(top=5)
     with pytest.raises(NotFoundError):
         Miner(ws, "ghost").harvest(top=5)
+
+
+def test_a_cold_start_searches_its_exemplars_together_first(ws):
+    from assay.search import Searcher
+
+    truth = _truth(ws)
+    reds = sorted(i for i, t in truth.items() if t)[:3]
+    ws.catalog.add_concept("red", exemplars=reds)
+    m = Miner(ws, "red")
+    s = Searcher(ws)
+    lists = m._seed_hits(s, m.concept, np.zeros(0, np.int64), batch=4)
+    assert len(lists) == 1 + len(reds)  # the prototype of the three, then each one's own neighbours
+    assert lists[0].tolist() == [h.id for h in s.search(item=reds, k=50)] and not set(reds) & set(lists[0].tolist())
+    _, out = m.propose(strategy="most-likely-positive", batch=4, seed=0, random_fraction=0.0)
+    assert out.cold_start and out.ids[0] == lists[0][0]  # the round-robin starts with the prototype's best

@@ -642,6 +642,8 @@ class Miner:
             except InputError as exc:
                 log.warning("text seeding skipped: %s", exc)
         seeds = list(dict.fromkeys(list(concept.exemplars) + [int(i) for i in positives]))
+        if len(seeds) > 1:  # all of them together first: their prototype finds what they share
+            hits.append(np.asarray([h.id for h in searcher.search(item=seeds, k=k)], dtype=np.int64))
         if seeds:
             hits.extend(np.asarray([h.id for h in row], dtype=np.int64) for row in searcher.search_items(seeds, k=k))
         return hits

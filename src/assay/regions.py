@@ -1407,7 +1407,9 @@ class RegionMiner(Miner):
                     hit_rows += searcher.search_regions_texts([concept.text], k=k)
                 except InputError as exc:
                     log.warning("text seeding skipped: %s", exc)
-            seeds = list(concept.exemplars) + [int(i) for i in labelled[labels == 1]]
+            seeds = list(dict.fromkeys(list(concept.exemplars) + [int(i) for i in labelled[labels == 1]]))
+            if len(seeds) > 1:  # all of them together first: their prototype finds what they share
+                hit_rows.append(searcher.search_regions(item=seeds, k=k))
             if seeds:
                 hit_rows += searcher.search_regions_items(seeds, k=k)
             for hits in hit_rows:
