@@ -82,7 +82,9 @@ def test_concepts_are_checked_on_update_too(ws):
 def test_searcher_refuses_misshaped_queries(ws):
     s = Searcher(ws)
     with pytest.raises(InputError, match="must be an integer"):
-        s.search(item=[1, 2], k=3)
+        s.search(item=1.5, k=3)
+    with pytest.raises(InputError, match="exemplar item ids"):
+        s.search(item=[1, "x"], k=3)  # (a list is several exemplars: each must be an id)
     with pytest.raises(InputError, match="texts must be a list of strings"):
         s.search_texts("red", k=2)
     with pytest.raises(InputError, match="not a finite, non-zero vector"):

@@ -35,7 +35,10 @@ def test_several_items_are_one_query_by_their_mean_and_are_left_out(cws):  # noq
     assert {a, b}.isdisjoint(h.id for h in hits) and len(hits) == 29  # 31 images less the two exemplars
     want = [h.id for h in s.search(vector=q, k=40) if h.id not in (a, b)]
     assert [h.id for h in hits] == want
+    assert [h.id for h in s.search(item=[a, b], k=5)] == want[:5]  # left out before the cut: still 5 hits
     assert [h.id for h in s.search(item=[a], k=5)] == [h.id for h in s.search(item=a, k=5)]  # one is the usual query
+    for same in ([a, b, a, a], (b, a), {a, b}, np.array([a, b]), iter([a, b])):  # each exemplar counts once
+        assert [h.id for h in s.search(item=same, k=5)] == want[:5]
 
 
 @pytest.mark.parametrize("score", ["max", "contrast"])
@@ -47,6 +50,14 @@ def test_several_exemplars_in_region_search_match_the_prototype_query(cws, score
     assert {a, b}.isdisjoint(h.id for h in hits) and len(hits) == 29
     want = [h.id for h in s.search_regions(vector=q, k=40, score=score) if h.id not in (a, b)]
     assert [h.id for h in hits] == want
+    assert [h.id for h in s.search_regions(item=[a, b], k=5, score=score)] == want[:5]
+    # several queries, each with its own exclusions (-1 pads a shorter list)
+    c = _id(cws, "scene_000.png")
+    red = _red_query()
+    S, ids, _ = s.search_regions_vectors(np.stack([q, red]), 5, exclude_items=np.array([[a, b], [c, -1]]), score=score)
+    assert ids[0].tolist() == want[:5]
+    full = [h.id for h in s.search_regions(vector=red, k=40, score=score) if h.id != c]
+    assert ids[1].tolist() == full[:5] and c not in ids[1].tolist()
     if score == "contrast":  # exact: the brute-force contrast of the prototype
         brute = _brute(cws, q)
         assert [h.score for h in hits] == pytest.approx([brute[h.id] for h in hits], abs=1e-4)

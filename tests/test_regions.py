@@ -867,3 +867,41 @@ def test_a_run_with_nothing_to_embed_does_not_fix_the_region_spec(ws):
     assert rep.pending == 0 and rep.total_regions == 0 and not region_store(ws).exists()
     rep = embed_regions(ws, spec="grid:3")  # another spec is still free to choose
     assert rep.spec == "grid:3" and rep.regions == 30 * 9
+
+
+def test_a_region_cold_start_searches_its_exemplars_together_first(ws, tmp_path, monkeypatch):
+    """With several exemplars the first ranked list is the region search by their prototype; its best image
+    opens the batch, with the box that search found."""
+    from PIL import Image
+
+    extra = tmp_path / "exemplars"
+    extra.mkdir()
+    for j, c in enumerate([(230, 20, 20), (200, 40, 30)]):
+        Image.new("RGB", (48, 48), c).save(extra / f"red{j}.png")
+    ingest(ws.catalog, [extra])
+    embed(ws)
+    embed_regions(ws, spec="grid:3")
+    build_index(ws, kind="flat")
+    reds = [int(ws.catalog.id_for_uri(str(extra / f"red{j}.png"))) for j in range(2)]
+    ws.catalog.add_concept("red", exemplars=reds)
+    calls = []
+    real = Searcher.search_regions
+
+    def spy(self, **kw):
+        calls.append(kw.get("item"))
+        return real(self, **kw)
+
+    monkeypatch.setattr(Searcher, "search_regions", spy)
+    row, out = RegionMiner(ws, "red").propose(strategy="entropy", batch=4, seed=0, random_fraction=0.0)
+    assert calls and calls[0] == reds  # the prototype's search, before each exemplar's own
+    # the prototype's best image, by brute force over the stores, opens the batch
+    proto = ws.vectors().get(reds, dtype=np.float32).mean(axis=0)
+    rid, rv = region_store(ws).load()
+    best = {}
+    for r, sc in zip(parent_ids(rid).tolist(), (rv.astype(np.float32) @ proto).tolist()):
+        best[r] = max(best.get(r, -9.0), sc)
+    ids, V = ws.vectors().load()
+    for i, sc in zip(ids.tolist(), (V.astype(np.float32) @ proto).tolist()):
+        best[i] = max(best.get(i, -9.0), sc)
+    top = max((i for i in best if i not in reds), key=lambda i: best[i])
+    assert out.cold_start and int(out.ids[0]) == top

@@ -643,7 +643,10 @@ class Miner:
                 log.warning("text seeding skipped: %s", exc)
         seeds = list(dict.fromkeys(list(concept.exemplars) + [int(i) for i in positives]))
         if len(seeds) > 1:  # all of them together first: their prototype finds what they share
-            hits.append(np.asarray([h.id for h in searcher.search(item=seeds, k=k)], dtype=np.int64))
+            try:
+                hits.append(np.asarray([h.id for h in searcher.search(item=seeds, k=k)], dtype=np.int64))
+            except InputError as exc:  # e.g. exemplars that cancel out: each still seeds on its own
+                log.warning("seeding by the exemplars together skipped: %s", exc)
         if seeds:
             hits.extend(np.asarray([h.id for h in row], dtype=np.int64) for row in searcher.search_items(seeds, k=k))
         return hits

@@ -1409,7 +1409,10 @@ class RegionMiner(Miner):
                     log.warning("text seeding skipped: %s", exc)
             seeds = list(dict.fromkeys(list(concept.exemplars) + [int(i) for i in labelled[labels == 1]]))
             if len(seeds) > 1:  # all of them together first: their prototype finds what they share
-                hit_rows.append(searcher.search_regions(item=seeds, k=k))
+                try:
+                    hit_rows.append(searcher.search_regions(item=seeds, k=k))
+                except InputError as exc:  # e.g. exemplars that cancel out: each still seeds on its own
+                    log.warning("seeding by the exemplars together skipped: %s", exc)
             if seeds:
                 hit_rows += searcher.search_regions_items(seeds, k=k)
             for hits in hit_rows:

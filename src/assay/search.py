@@ -21,6 +21,7 @@ left out of results unless ``keep_duplicates=True``.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import contextlib
 import logging
 import os
@@ -66,8 +67,13 @@ _TEXT_VECTOR_MEMO = 256  # recent text queries' vectors kept per Searcher
 
 
 def _several(x: Any) -> bool:
-    """Whether a query argument is a list of exemplars (not one id or one path)."""
-    return isinstance(x, (list, tuple, np.ndarray)) and not isinstance(x, (str, bytes))
+    """Whether a query argument is a collection of exemplars (a list, tuple, set, range, array, ...), not one
+    id or one path."""
+    if isinstance(x, (str, bytes, os.PathLike)) or x is None:
+        return False
+    if isinstance(x, np.ndarray):
+        return x.ndim > 0
+    return isinstance(x, collections.abc.Iterable)
 
 
 def _check_region_score(score: Any) -> None:
@@ -1028,10 +1034,12 @@ class Searcher:
     # -------------------------------------------------------------- search
     def search_vectors(
         self, queries: np.ndarray, k: int, *, exclude_per_query: Any = None, keep_duplicates: bool = False,
-        index: VectorIndex | None = None, reduce: bool = True,
+        index: VectorIndex | None = None, reduce: bool = True, exclude_ids: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Batch search: ``(scores [q, k'], ids [q, k'])``, best first, ``-1`` padding, where ``k' = min(k, the
-        index's size)`` (at least 1): a ``k`` beyond the corpus asks for every item, never for memory it lacks."""
+        index's size)`` (at least 1): a ``k`` beyond the corpus asks for every item, never for memory it lacks.
+        ``exclude_ids``: ids left out of every query's results (a filter of the index, besides duplicates);
+        ``exclude_per_query`` ``[q, m]``: per query."""
         k = _check_k(k)
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
@@ -1042,6 +1050,9 @@ class Searcher:
         if reduce and index is None:
             q = self._reduce(q)
         excluded = self.excluded_ids(keep_duplicates)
+        if exclude_ids is not None and len(exclude_ids):
+            mine = np.asarray(exclude_ids, dtype=np.int64).reshape(-1)
+            excluded = mine if excluded is None else np.union1d(excluded, mine)
         if index is None and idx.kind == "ivf-pq" and self.rerank > 1:
             fetch = min(k * self.rerank, max(k, RERANK_MAX_CANDIDATES))
             if fetch > k:
@@ -1066,16 +1077,18 @@ class Searcher:
     def exemplar_query(self, *, items: Any = None, images: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """One query from several exemplars, ``(vector [d], the item ids among them)``: the mean of their unit
         vectors, normalised (their prototype: what they share weighs more than what each has of its own).
-        ``items``: item ids of the corpus (left out of the results); ``images``: image files."""
+        ``items``: item ids of the corpus (left out of the results); ``images``: image files (searched as
+        given: a file of the corpus is not left out, as with one ``image``). Each exemplar counts once."""
         if (items is None) == (images is None):
             raise InputError("give exemplars as item ids or as image files, not both")
-        if items is not None:
-            ids = as_id_array(items, "exemplar item ids")
+        if items is not None:  # (an exemplar given twice counts once)
+            ids = as_id_array(list(dict.fromkeys(items.tolist() if isinstance(items, np.ndarray) else items))
+                              if _several(items) else [items], "exemplar item ids")
             if not len(ids):
                 raise InputError("give at least one exemplar item id")
             vecs = self.query_vectors_for_items(ids)
         else:
-            paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+            paths = list(dict.fromkeys(str(p) for p in ([images] if not _several(images) else images)))
             if not paths:
                 raise InputError("give at least one exemplar image")
             vecs = np.stack([self.vector_for_image(p) for p in paths])
@@ -1100,7 +1113,7 @@ class Searcher:
             raise InputError("give exactly one query: an item id, an image path, a text or a vector")
         if _several(item) or _several(image):
             q, ids = self.exemplar_query(items=item, images=image)
-            s, i = self.search_vectors(q[None, :], k, exclude_per_query=ids[None, :] if len(ids) else None,
+            s, i = self.search_vectors(q[None, :], k, exclude_ids=ids if len(ids) else None,
                                        keep_duplicates=keep_duplicates)
             return self._hits(s, i)[0]
         if item is not None:  # one id (search_items takes several)
@@ -1255,8 +1268,8 @@ class Searcher:
         """Images ranked by their best region: ``(scores [q, k], image ids [q, k], trigger ids [q, k])``.
 
         The score of an image is the max over the image and its regions; ``trigger`` is the id that gave it
-        (a region id, or the image id when the whole image scored best). ``exclude_items`` ``[q]`` (or ``[q, m]``)
-        leaves one image (or m) and its regions out of each query's results. With ``score="contrast"`` an image scores by its
+        (a region id, or the image id when the whole image scored best). ``exclude_items`` ``[q]`` (or ``[q, m]``,
+        -1 padded) leaves one image (or m) and its regions out of each query's results. With ``score="contrast"`` an image scores by its
         best region minus the mean of its regions' scores: how far its best region stands out from the rest of
         the image (see :data:`REGION_SCORES`); that is an exact scan of the stored region vectors, not an index
         search (``index`` is not used).
@@ -1282,11 +1295,15 @@ class Searcher:
         cap = min(k * (R + 1), max(idx.ntotal, 1))
         fetch = min(cap, max(4 * k, k * min(R + 1, 16)))
         per_query = None
-        if exclude_items is not None:
-            ex = np.asarray(exclude_items, dtype=np.int64).reshape(len(q), -1)  # [q, m]
-            per_query = np.concatenate([ex, region_ids(ex[:, :, None], np.arange(R)[None, None, :]).reshape(len(q), -1)],
-                                       axis=1)  # [q, m * (R + 1)]
         excluded = self._region_exclusions(keep_duplicates)
+        if exclude_items is not None:
+            ex = np.asarray(exclude_items, dtype=np.int64).reshape(len(q), -1)  # [q, m], -1 padded
+            rid = region_ids(np.maximum(ex, 0)[:, :, None], np.arange(R)[None, None, :])  # [q, m, R]
+            per_query = np.concatenate([ex, np.where(ex[:, :, None] >= 0, rid, -1).reshape(len(q), -1)], axis=1)
+            if len(q) == 1:  # one query (several exemplars): a filter of the index, not a larger fetch
+                mine = per_query[0][per_query[0] >= 0]
+                excluded = mine if excluded is None else np.union1d(excluded, mine)
+                per_query = None
         rows = np.arange(len(q))
         out = [np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64),
                np.full((len(q), k), -1, np.int64)]

@@ -894,15 +894,14 @@ def create_app(ws: Workspace, config: ServerConfig | None = None) -> FastAPI:
     # ------------------------------------------------------------------ search and items
     @app.get("/api/search", tags=["search"])
     def search(text: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
-               item: Annotated[list[int] | None, Query(description="More like this item; several (?item=1&item=2): "
-                                                             "one query by all of them, their mean vector")] = None,
+               item: Annotated[list[ItemId] | None,
+                               Query(max_length=100, description="More like this item; several (?item=1&item=2): "
+                                                                 "one query by all of them, their mean vector")] = None,
                k: Annotated[int, Query(ge=1, le=200)] = 24) -> dict[str, Any]:
         if (text is None) == (not item):
             raise InputError("give exactly one of ?text= or ?item=")
         if text is not None and not text.strip():
             raise InputError("the text query must not be blank")
-        if item and (len(item) > 100 or any(not 1 <= i <= MAX_ID for i in item)):
-            raise InputError(f"?item= takes 1 to 100 item ids, each in [1, {MAX_ID}]")
         s = proposer.searcher()
         query_item: Any = None if not item else (item[0] if len(item) == 1 else item)
         hits = s.search(text=text, k=k) if text is not None else s.search(item=query_item, k=k)
