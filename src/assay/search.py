@@ -426,7 +426,7 @@ def _cached_text_embeddings(ws: Workspace, stem: str, texts: list[str]) -> tuple
     The texts are fixed (bundled class names and WordNet words; ``stem`` names them, with a digest where they
     can change), so the embeddings are also kept in the machine's cache (``$ASSAY_CACHE_DIR``, default
     ``~/.cache/assay``, under ``text-embeddings/``): a new workspace copies them instead of embedding
-    20,000 texts again. That copy is best effort (an unwritable cache folder is skipped)."""
+    11,000 texts again. That copy is best effort (an unwritable cache folder is skipped)."""
     from .encoders.base import get_encoder
     from .encoders.cache import default_cache_dir
 
