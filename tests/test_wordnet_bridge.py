@@ -479,6 +479,15 @@ def test_the_bridge_text_embeddings_are_shared_through_the_machine_cache(tmp_pat
     d = Workspace.init(tmp_path / "d")
     np.testing.assert_allclose(_cached_text_embeddings(d, "t-1", texts)[0], first, atol=1e-5)
     assert list((d.cache_dir / "conse").glob("t-1-*.npy"))
+    # a family keeps one list per encoder: an older digest's files go, another writer's temporary file stays
+    monkeypatch.setenv("ASSAY_CACHE_DIR", str(tmp_path / "machine"))
+    version = _cached_text_embeddings(d, "fam-aaa", texts, family="fam")[1]
+    tmp_file = d.cache_dir / "conse" / f"fam-ccc-{version}.npy.1.2.tmp.npy"
+    tmp_file.write_bytes(b"")
+    _cached_text_embeddings(d, "fam-bbb", texts, family="fam")
+    left = sorted(p.name for p in (d.cache_dir / "conse").glob("fam-*"))
+    assert [n for n in left if ".tmp" not in n] == [f"fam-bbb-{version}.npy"] and tmp_file.exists()
+    assert [p.name for p in (tmp_path / "machine" / "text-embeddings").glob("fam-*")] == [f"fam-bbb-{version}.npy"]
 
 
 def test_a_text_searched_then_described_is_embedded_once(dog_ws, monkeypatch):

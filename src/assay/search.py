@@ -419,14 +419,16 @@ def _class_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
     return _cached_text_embeddings(ws, "classes", [f"a photo of a {n}" for n in imagenet_class_names()])
 
 
-def _cached_text_embeddings(ws: Workspace, stem: str, texts: list[str]) -> tuple[np.ndarray, str]:
+def _cached_text_embeddings(ws: Workspace, stem: str, texts: list[str], *, family: str | None = None
+                            ) -> tuple[np.ndarray, str]:
     """``texts`` embedded by the bridge text encoder (float32), cached in the workspace as
     ``cache/conse/<stem>-<encoder version>.npy``; a cache of another length is recomputed.
 
     The texts are fixed (bundled class names and WordNet words; ``stem`` names them, with a digest where they
     can change), so the embeddings are also kept in the machine's cache (``$ASSAY_CACHE_DIR``, default
     ``~/.cache/assay``, under ``text-embeddings/``): a new workspace copies them instead of embedding
-    11,000 texts again. That copy is best effort (an unwritable cache folder is skipped)."""
+    11,000 texts again. That copy is best effort (an unwritable cache folder is skipped). With ``family``, the
+    family's files for the same encoder under another name (an older digest) are removed from both places."""
     from .encoders.base import get_encoder
     from .encoders.cache import default_cache_dir
 
@@ -434,6 +436,12 @@ def _cached_text_embeddings(ws: Workspace, stem: str, texts: list[str]) -> tuple
     name = f"{stem}-{_safe(text_enc.version)}.npy"
     cache = ws.cache_dir / "conse" / name
     shared = default_cache_dir() / "text-embeddings" / name
+    if family:  # older lists of the family for this encoder (another digest: an older assay's texts) go
+        pattern = f"{family}-*-{_safe(text_enc.version)}.npy"
+        for old in (*cache.parent.glob(pattern), *shared.parent.glob(pattern)):
+            if old.name != name and ".tmp" not in old.name:  # (never another writer's temporary file)
+                with contextlib.suppress(OSError):
+                    old.unlink()
     for path in (cache, shared):
         try:
             emb = np.load(path)
@@ -484,7 +492,7 @@ def _node_text_embeddings(ws: Workspace) -> tuple[np.ndarray, str]:
 
     texts, _ = ClassHierarchy.imagenet().lemma_texts()
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
-    return _cached_text_embeddings(ws, f"wordnet-{digest}", texts)
+    return _cached_text_embeddings(ws, f"wordnet-{digest}", texts, family="wordnet")
 
 
 def _safe(s: str) -> str:
