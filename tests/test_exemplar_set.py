@@ -99,3 +99,28 @@ def test_cli_repeated_item_and_image_make_one_query(cws):  # noqa: F811
     assert len(res) == 3 and all("box" in h for h in res)
     r = runner.invoke(app, ["-w", root, "search", "--item", str(a), "--image", str(imgs / "all_red.png")])
     assert r.exit_code == 2 and "exactly one of" in r.output
+
+
+def test_cli_batch_takes_exemplar_sets_beside_single_queries(cws, tmp_path):  # noqa: F811
+    root = str(cws.root)
+    s = Searcher(cws)
+    a, b = _id(cws, "scene_001.png"), _id(cws, "scene_002.png")
+    imgs = cws.root.parent / "imgs"
+    paths = [str(imgs / "scene_000.png"), str(imgs / "all_red.png")]
+    f = tmp_path / "q.jsonl"
+    f.write_text("\n".join(json.dumps(q) for q in [{"item": [a, b]}, {"item": a}, {"image": paths}, {"text": "red"}]) + "\n")
+    for regions in (False, True):
+        args = ["-w", root, "search", "--batch", str(f), "-k", "4", "--json"] + (["--regions"] if regions else [])
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        q = json.loads(r.stdout)["queries"]
+        fn = s.search_regions if regions else s.search
+        assert [x["query"] for x in q] == [{"item": [a, b]}, {"item": a}, {"image": paths}, {"text": "red"}]
+        assert [h["id"] for h in q[0]["results"]] == [h.id for h in fn(item=[a, b], k=4)]
+        assert [h["id"] for h in q[1]["results"]] == [h.id for h in fn(item=a, k=4)]
+        assert [h["id"] for h in q[2]["results"]] == [h.id for h in fn(image=paths, k=4)]
+        assert len(q[3]["results"]) == 4
+    for bad, msg in [({"item": []}, "1 to 1,000 entries"), ({"image": [3]}, "file paths"), ({"item": [a, "x"]}, "exemplar item ids")]:
+        f.write_text(json.dumps(bad) + "\n")
+        r = runner.invoke(app, ["-w", root, "search", "--batch", str(f)])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output

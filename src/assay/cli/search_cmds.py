@@ -91,7 +91,7 @@ def search(
     item: Annotated[Optional[list[int]], typer.Option("--item", min=0, max=2**63 - 1, help="Find items like this item id. Give it several times for one query by several exemplars (their mean vector); they are left out of the results.")] = None,
     image: Annotated[Optional[list[Path]], typer.Option("--image", help="Find items like this image file. Give it several times for one query by several exemplars (their mean vector).")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Find items matching this text.")] = None,
-    batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line: {\"item\": id} | {\"image\": path} | {\"text\": str}.")] = None,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line: {\"item\": id} | {\"image\": path} | {\"text\": str}; a list of ids or paths is one query by those exemplars.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="How many results.")] = 10,
     encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Also return non-representative duplicates.")] = False,
@@ -202,12 +202,25 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
             raise InputError(f"{path} line {n}: not JSON: {exc}") from exc
         if not isinstance(q, dict) or len(q) != 1 or next(iter(q)) not in ("item", "image", "text"):
             raise InputError(f'{path} line {n}: expected {{"item": id}}, {{"image": path}} or {{"text": str}}, got {line.strip()}')
+        kind, val = next(iter(q.items()))
+        if isinstance(val, list) and kind in ("item", "image"):  # several exemplars: one query, checked here
+            if not val or len(val) > 1000:
+                raise InputError(f'{path} line {n}: a list of exemplars needs 1 to 1,000 entries, got {len(val)}')
+            if kind == "image" and not all(isinstance(v, str) and v for v in val):
+                raise InputError(f'{path} line {n}: "image" lists must hold file paths, got {line.strip()}')
         queries.append(q)
     out_rows: list[dict] = [{}] * len(queries)
     extra: dict[int, dict] = {}
-    # Group by kind so each kind is one batched search.
+    kw = {"score": score} if regions else {}
+    for i, q in enumerate(queries):  # exemplar sets: a query each (their prototype)
+        kind, val = next(iter(q.items()))
+        if isinstance(val, list) and kind in ("item", "image"):
+            fn = s.search_regions if regions else s.search
+            h = fn(**{kind: val}, k=k, keep_duplicates=keep_duplicates, **kw)
+            out_rows[i] = {"query": q, "results": [x.to_dict() for x in h]}
+    # Group the rest by kind so each kind is one batched search.
     for kind in ("item", "text", "image"):
-        pos = [i for i, q in enumerate(queries) if kind in q]
+        pos = [i for i, q in enumerate(queries) if kind in q and not (kind != "text" and isinstance(q[kind], list))]
         if not pos:
             continue
         vals = [queries[i][kind] for i in pos]
