@@ -124,3 +124,28 @@ def test_cli_batch_takes_exemplar_sets_beside_single_queries(cws, tmp_path):  # 
         f.write_text(json.dumps(bad) + "\n")
         r = runner.invoke(app, ["-w", root, "search", "--batch", str(f)])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
+
+
+def test_cli_batch_names_the_line_that_failed_and_reads_paths_beside_the_file(cws, tmp_path):  # noqa: F811
+    root = str(cws.root)
+    a = _id(cws, "scene_001.png")
+    sub = tmp_path / "queries"
+    sub.mkdir()
+    import shutil
+
+    shutil.copy(cws.root.parent / "imgs" / "scene_000.png", sub / "here.png")
+    f = sub / "q.jsonl"
+    f.write_text("\n".join(json.dumps(q) for q in [{"item": a}, {"image": "here.png"}, {"image": ["here.png", "here.png"]}]) + "\n")
+    r = runner.invoke(app, ["-w", root, "search", "--batch", str(f), "-k", "2", "--json"])  # run from elsewhere
+    assert r.exit_code == 0, r.output
+    assert [len(x["results"]) for x in json.loads(r.stdout)["queries"]] == [2, 2, 2]
+    for lines, line_no, msg in [([{"item": a}, {"text": "red"}, {"item": 999999}], 3, "unknown item id"),
+                                ([{"item": a}, {"image": "nope.png"}], 2, "not found"),
+                                ([{"text": "red"}, {"item": [a, 999999]}], 2, "unknown item id"),
+                                ([{"item": a}, {"item": "x"}], 2, "integer")]:
+        f.write_text("\n".join(json.dumps(q) for q in lines) + "\n")
+        r = runner.invoke(app, ["-w", root, "search", "--batch", str(f)])
+        assert r.exit_code != 0 and f"line {line_no}:" in r.output and msg in r.output and "Traceback" not in r.output, r.output
+    f.write_text("\n\n")
+    r = runner.invoke(app, ["-w", root, "search", "--batch", str(f), "--json"])
+    assert r.exit_code == 0 and "holds no queries" in r.output

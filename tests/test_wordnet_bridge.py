@@ -327,7 +327,7 @@ def test_cli_messages_for_contrast_and_a_bridge_that_does_nothing(dog_ws, tmp_pa
     embed_regions(dog_ws, spec="grid:3")
     build_index(dog_ws, kind="flat")
     r = runner.invoke(app, ["-w", str(dog_ws.root), "search", "--regions", "--score", "contrast", "--text", "a dog", "-k", "2"])
-    assert r.exit_code == 0 and "how far the best region stands out" in r.output
+    assert r.exit_code == 0 and "how far the best region stands out" in r.output and "use --score max for photos" in r.output
     tower = Workspace.init(tmp_path / "tower", default_encoder="test-mean-color")
     ingest(tower.catalog, [_scenes(tmp_path / "imgs2", n_grey=2)])
     embed(tower)
@@ -436,6 +436,8 @@ def test_the_bundled_back_off_words_and_what_a_search_says_it_matched(dog_ws):
     assert m[:3] == ["ruminant (9 classes), for deer: no class", "dog (118 classes)",
                      "heavier-than-air craft (2 classes), for helicopter: no class"]
     assert all(x.startswith("car, auto (10 classes)") and "no class" not in x for x in m[3:])  # not "red" the Bolshevik
+    weak = s.text_matches(["!!!???", "xyzzy", "a photo of a dog"])  # nonsense is matched, and said to be weak
+    assert all("a weak match (cosine" in x for x in weak[:2]) and "weak" not in weak[2]
     w, _ = s.class_weights(["a dog"])  # the breeds, not diluted by back-off words near "dog" ("dogsbody")
     _, emb, owner, back, _ = s._hierarchy
     q = s.vectors_for_texts(["a dog"])[0]

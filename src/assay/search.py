@@ -64,6 +64,9 @@ REGION_SCORES = ("max", "contrast")
 #: lift, while a confident window (0.9 against 0.3) is.
 _LIFT_EPS = 1e-3
 _TEXT_VECTOR_MEMO = 256  # recent text queries' vectors kept per Searcher
+#: Below this cosine between a text query and the WordNet word it matched, the match is reported as weak
+#: (nonsense, emoji and most non-English text score 0.2-0.43; "a dog" 0.77, the bare word "ship" 0.51).
+_WEAK_MATCH = 0.45
 
 
 def _several(x: Any) -> bool:
@@ -842,7 +845,17 @@ class Searcher:
         h, node_emb, text_node, backoff, via = self._hierarchy
         w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=text_node, backoff=backoff)
         used = backoff_texts_used(q, node_emb, backoff)  # the back-off word each query backed off by, if any
-        return w, [h.describe_match(row, via=via[int(b)] if b >= 0 else None) for row, b in zip(node_w, used)]
+        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        sim = qn @ node_emb.T  # [q, texts]
+        best = np.where(used >= 0, sim[np.arange(len(q)), np.maximum(used, 0)], np.where(backoff, -1.0, sim).max(axis=1))
+        out = []
+        for row, b, c in zip(node_w, used, best):
+            m = h.describe_match(row, via=via[int(b)] if b >= 0 else None)
+            if c < _WEAK_MATCH:  # nonsense, another language, a scene: say so rather than look sure
+                m += (f"; a weak match (cosine {c:.2f} to its nearest WordNet word): the text names no ImageNet class "
+                      "or English noun for a thing well")
+            out.append(m)
+        return w, out
 
     def _check_imagenet_scores(self) -> None:
         width = self.store.meta().get("extras", {}).get(CLASS_SCORES_EXTRA)

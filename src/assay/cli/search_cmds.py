@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -159,6 +159,9 @@ def search(
             what = ("log(best region's / mean region's probability of those classes): how far the best region stands out"
                     if regions and score == "contrast" else "the probability of those classes")
             out.print(f"# the text matched WordNet: {matched[0]}; scores are {what}")
+        if regions and score == "contrast" and not json_:
+            out.print("# contrast ranks small objects in busy scenes first; an image the object fills ranks low, and a "
+                      "region the model misreads can stand out: use --score max for photos of the object itself")
         if not hits:
             out.print("no results: the index holds nothing searchable for this query (see `assay status`)")
         for h in hits:
@@ -192,7 +195,7 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"--batch {path} is not UTF-8 text ({exc}); save it as UTF-8 JSON lines") from None
-    queries = []
+    queries, line_of = [], []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -201,7 +204,8 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
         except json.JSONDecodeError as exc:
             raise InputError(f"{path} line {n}: not JSON: {exc}") from exc
         if not isinstance(q, dict) or len(q) != 1 or next(iter(q)) not in ("item", "image", "text"):
-            raise InputError(f'{path} line {n}: expected {{"item": id}}, {{"image": path}} or {{"text": str}}, got {line.strip()}')
+            raise InputError(f'{path} line {n}: expected {{"item": id}}, {{"image": path}} or {{"text": str}} (an '
+                             f'"item" or "image" may be a list: one query by those exemplars), got {line.strip()}')
         kind, val = next(iter(q.items()))
         if isinstance(val, list) and kind in ("item", "image"):  # several exemplars: one query, checked here
             if not val or len(val) > 1000:
@@ -209,14 +213,46 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
             if kind == "image" and not all(isinstance(v, str) and v for v in val):
                 raise InputError(f'{path} line {n}: "image" lists must hold file paths, got {line.strip()}')
         queries.append(q)
+        line_of.append(n)
+    if not queries:
+        console.print(f"[yellow]warning:[/] {_escape(str(path))} holds no queries", markup=True)
+
+    def near_file(p: Any) -> Any:  # a relative image path: beside the batch file first, as label files are read
+        if isinstance(p, str) and p and not Path(p).is_absolute() and (path.parent / p).exists():
+            return str(path.parent / p)
+        return p
+
+    def at_line(i: int, exc: Exception) -> Exception:  # the same kind of error (and exit code), with its line
+        return (NotFoundError if isinstance(exc, NotFoundError) else InputError)(f"{path} line {line_of[i]}: {exc}")
+
     out_rows: list[dict] = [{}] * len(queries)
     extra: dict[int, dict] = {}
     kw = {"score": score} if regions else {}
+
+    def run(kind: str, vals: list) -> list:
+        if kind == "item":
+            from ..errors import as_item_id
+
+            vals = [as_item_id(v, '"item"') for v in vals]
+            fn = s.search_regions_items if regions else s.search_items
+            return fn(vals, k=k, keep_duplicates=keep_duplicates, **kw)
+        if kind == "text":
+            fn = s.search_regions_texts if regions else s.search_texts
+            return fn(vals, k=k, keep_duplicates=keep_duplicates, **kw)
+        import numpy as np
+
+        fn = s.search_regions_batch if regions else s.search_batch
+        return fn(np.stack([s.vector_for_image(near_file(v)) for v in vals]), k=k, keep_duplicates=keep_duplicates, **kw)
+
     for i, q in enumerate(queries):  # exemplar sets: a query each (their prototype)
         kind, val = next(iter(q.items()))
         if isinstance(val, list) and kind in ("item", "image"):
             fn = s.search_regions if regions else s.search
-            h = fn(**{kind: val}, k=k, keep_duplicates=keep_duplicates, **kw)
+            try:
+                h = fn(**{kind: val if kind == "item" else [near_file(v) for v in val]}, k=k,
+                       keep_duplicates=keep_duplicates, **kw)
+            except (InputError, NotFoundError) as exc:
+                raise at_line(i, exc) from None
             out_rows[i] = {"query": q, "results": [x.to_dict() for x in h]}
     # Group the rest by kind so each kind is one batched search.
     for kind in ("item", "text", "image"):
@@ -224,25 +260,20 @@ def _run_batch(s, path: Path, k: int, keep_duplicates: bool, regions: bool = Fal
         if not pos:
             continue
         vals = [queries[i][kind] for i in pos]
-        if kind == "item":
-            from ..errors import as_item_id
-
-            vals = [as_item_id(v, f'{path}: "item"') for v in vals]
-            fn = s.search_regions_items if regions else s.search_items
-            hits = fn(vals, k=k, keep_duplicates=keep_duplicates, **({"score": score} if regions else {}))
-        elif kind == "text":
-            fn = s.search_regions_texts if regions else s.search_texts
-            hits = fn(vals, k=k, keep_duplicates=keep_duplicates, **({"score": score} if regions else {}))
+        try:
+            hits = run(kind, vals)
+        except (InputError, NotFoundError):  # which line: each of the group alone, the first that fails
+            for i in pos:
+                try:
+                    run(kind, [queries[i][kind]])
+                except (InputError, NotFoundError) as one:
+                    raise at_line(i, one) from None
+            raise
+        if kind == "text":
             matched = s.text_matches(vals)
             if matched:
                 for i, m in zip(pos, matched):
                     extra[i] = {"matched": m}
-        else:
-            import numpy as np
-
-            fn = s.search_regions_batch if regions else s.search_batch
-            hits = fn(np.stack([s.vector_for_image(v) for v in vals]), k=k, keep_duplicates=keep_duplicates,
-                      **({"score": score} if regions else {}))
         for i, h in zip(pos, hits):
             out_rows[i] = {"query": queries[i], **extra.get(i, {}), "results": [x.to_dict() for x in h]}
     return out_rows
