@@ -237,3 +237,15 @@ def test_a_batch_file_that_cannot_be_written_says_how_to_write_it_again(tmp_path
     r = _run("-w", ws, "mine", "x", "--batch", "3", "--out", str(tmp_path / "b.csv"))
     assert r.exit_code == 1 and "round 1 of 'x' was recorded" in r.output
     assert "assay rounds x --round 1 --out" in r.output
+
+
+def test_init_takes_its_folder_from_w_as_other_commands_do(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    r = _run("-w", a, "init", "--encoder", "test-mean-color")
+    assert r.exit_code == 0 and (tmp_path / "a" / "assay.json").exists(), r.output
+    r = _run("-w", b, "init", b)  # the same folder twice is fine
+    assert r.exit_code == 0 and (tmp_path / "b" / "assay.json").exists(), r.output
+    r = _run("-w", a, "init", str(tmp_path / "c"))
+    assert r.exit_code == 2 and "two folders" in r.output and not (tmp_path / "c").exists()
+    r = _run("init")
+    assert r.exit_code == 2 and "assay -w DIR init" in r.output

@@ -11,7 +11,7 @@ from ._common import JsonOpt, WorkspaceOpt, console, errors_to_exit, open_worksp
 
 
 def init(
-    directory: Annotated[str, typer.Argument(help="Folder for the new workspace (created if missing).")],
+    directory: Annotated[Optional[str], typer.Argument(help="Folder for the new workspace (created if missing); or give it as `assay -w DIR init`.", show_default=False)] = None,
     catalog: Annotated[
         Optional[str], typer.Option("--catalog", help="Catalog database URL, e.g. postgresql://user@host/db (default: SQLite in the workspace).")
     ] = None,
@@ -20,7 +20,19 @@ def init(
     """Create a workspace: config, catalog, embedding store."""
     from ..workspace import Workspace
 
+    from ._common import State
+
     with errors_to_exit():
+        if directory is None:  # `assay -w DIR init`, as every other command takes its workspace
+            if State.workspace is None:
+                from ..errors import InputError
+
+                raise InputError("give the folder of the new workspace: `assay init DIR` (or `assay -w DIR init`)")
+            directory = str(State.workspace)
+        elif State.workspace is not None and Path(directory).resolve() != Path(State.workspace).resolve():
+            from ..errors import InputError
+
+            raise InputError(f"two folders for the new workspace: -w {State.workspace} and {directory}; give one")
         if not directory.strip():  # Path("") is the current folder: an empty argument is a mistake, not "here"
             from ..errors import InputError
 
