@@ -77,10 +77,21 @@ MAX_STEPS = 2  # hypernym steps from a word's sense up to the node it backs off 
 OBJECT, LOCATION, AREA = "00002684", "00027167", "02735688"  # object, physical object; location; area (of a building)
 
 
+def _descendants(root: str, children: dict[str, list[str]]) -> set[str]:
+    """``root`` and everything below it, following ``children``."""
+    out, todo = set(), [root]
+    while todo:
+        x = todo.pop()
+        if x not in out:
+            out.add(x)
+            todo.extend(children.get(x, []))
+    return out
+
+
 def backoff_words(nouns: dict[str, tuple[list[str], list[str]]], senses: dict[tuple[str, str], tuple[int, int]],
                   nodes: dict[str, dict], classes: list[str], max_classes: int) -> dict[str, str]:
     """word -> node: see the module's doc."""
-    children: dict[str, list[str]] = {}
+    children: dict[str, list[str]] = {}  # among the file's nodes
     for n, v in nodes.items():
         for p in v["parents"]:
             children.setdefault(p, []).append(n)
@@ -89,28 +100,16 @@ def backoff_words(nouns: dict[str, tuple[list[str], list[str]]], senses: dict[tu
 
     def count(node: str) -> int:  # classes at or under a node
         if node not in n_classes:
-            seen, todo = set(), [node]
-            while todo:
-                x = todo.pop()
-                if x not in seen:
-                    seen.add(x)
-                    todo.extend(children.get(x, []))
-            n_classes[node] = len(seen & class_set)
+            n_classes[node] = len(_descendants(node, children) & class_set)
         return n_classes[node]
 
-    hyponyms: dict[str, list[str]] = {}
+    hyponyms: dict[str, list[str]] = {}  # all of WordNet's nouns, by offset
     for off, (_, hyper) in nouns.items():
         for h in hyper:
             hyponyms.setdefault(h, []).append(off)
 
     def under(root: str) -> set[str]:  # a synset and all its hyponyms
-        out, todo = set(), [root]
-        while todo:
-            x = todo.pop()
-            if x not in out:
-                out.add(x)
-                todo.extend(hyponyms.get(x, []))
-        return out
+        return _descendants(root, hyponyms)
 
     # things: synsets under object, physical object, except places (a location, a room or area of a building:
     # scenes, which the ImageNet classes do not stand for; WordNet puts location under object)

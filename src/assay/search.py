@@ -831,7 +831,7 @@ class Searcher:
 
     def _class_weights(self, q: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """WordNet class weights ``[q, 1000]`` of bridge text embeddings, and what each query matched."""
-        from .zeroshot import ClassHierarchy, backoff_texts_used, hierarchy_weights
+        from .zeroshot import BACKOFF_MARGIN, ClassHierarchy, _backoff_used, hierarchy_weights
 
         self._check_imagenet_scores()
 
@@ -844,9 +844,9 @@ class Searcher:
                 self._hierarchy = (h, emb, h.lemma_texts()[1], np.asarray([v is not None for v in via]), via)
         h, node_emb, text_node, backoff, via = self._hierarchy
         w, node_w = hierarchy_weights(q, node_emb, h.members_f32, text_node=text_node, backoff=backoff)
-        used = backoff_texts_used(q, node_emb, backoff)  # the back-off word each query backed off by, if any
         qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        sim = qn @ node_emb.T  # [q, texts]
+        sim = (qn @ node_emb.T).astype(np.float64)  # [q, texts], once for the back-off word and the match's cosine
+        used = _backoff_used(sim, backoff, BACKOFF_MARGIN)  # the back-off word each query backed off by, if any
         best = np.where(used >= 0, sim[np.arange(len(q)), np.maximum(used, 0)], np.where(backoff, -1.0, sim).max(axis=1))
         out = []
         for row, b, c in zip(node_w, used, best):
