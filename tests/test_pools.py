@@ -218,3 +218,52 @@ def test_cached_neighbors_serves_repeats_from_memory():
     assert cache.n_computed == 4
     with pytest.raises(InputError, match="positive integer"):
         cache(np.array([1]), 0)
+
+
+def test_seals_gives_positives_a_wider_neighbourhood():
+    X = _unit(500, 12, 11)
+    ids = np.arange(500, dtype=np.int64)
+    labelled = np.arange(0, 500, 25, dtype=np.int64)  # 20 items
+    positives = labelled[:3]
+    pool = SealsPool(k=5, k_positive=20)
+    pool.update(labelled, exact_neighbors(X), positive_ids=positives)
+    # the union of the 20 nearest of each positive and the 5 nearest of each other labelled item
+    wide = set(_brute_force_seals(X, ids, positives, 20).tolist()) | set(
+        _brute_force_seals(X, ids, labelled[3:], 5).tolist())
+    wide -= set(labelled.tolist())
+    assert np.array_equal(pool.ids, np.array(sorted(wide), dtype=np.int64))
+    assert pool.ids.size > seals_pool(labelled, exact_neighbors(X), k=5).size
+    assert "k_positive=20" in repr(pool)
+    # without positive_ids, or with k_positive = k, it is the paper's pool
+    plain = SealsPool(k=5, k_positive=20)
+    plain.update(labelled, exact_neighbors(X))
+    assert np.array_equal(plain.ids, seals_pool(labelled, exact_neighbors(X), k=5))
+    same = SealsPool(k=5)
+    same.update(labelled, exact_neighbors(X), positive_ids=positives)
+    assert np.array_equal(same.ids, plain.ids)
+    with pytest.raises(InputError, match="k_positive"):
+        SealsPool(k=5, k_positive=0)
+
+
+def test_seals_strategy_reads_positives_from_the_context():
+    from assay.select.strategies import SealsStrategy, SelectionContext, get_strategy
+
+    X = _unit(400, 8, 3)
+    nfn = exact_neighbors(X)
+    labelled = np.arange(0, 400, 20, dtype=np.int64)
+    y = np.zeros(labelled.size, dtype=np.int8)
+    y[:2] = 1
+    strat = get_strategy("seals:random", pool_params={"k": 4})
+    assert isinstance(strat, SealsStrategy) and strat.k_positive == 16  # 4 x k unless given
+    ctx = SelectionContext(labelled_ids=labelled, labelled_labels=y, neighbors=nfn, corpus_size=400)
+    strat.select(ctx, 5, 0)
+    expected = set(_brute_force_seals(X, np.arange(400), labelled[:2], 16).tolist()) | set(
+        _brute_force_seals(X, np.arange(400), labelled[2:], 4).tolist())
+    assert set(strat.pool.ids.tolist()) == expected - set(labelled.tolist())
+    paper = get_strategy("seals:random", pool_params={"k": 4, "k_positive": 4})
+    paper.select(ctx, 5, 0)
+    assert np.array_equal(paper.pool.ids, seals_pool(labelled, nfn, k=4))
+    with pytest.raises(InputError, match="at least k"):
+        SealsStrategy(get_strategy("random"), k=10, k_positive=5)
+    with pytest.raises(InputError, match="one number or bool per labelled id"):
+        SelectionContext(labelled_ids=labelled, labelled_labels=y[:3])

@@ -99,7 +99,7 @@ def test_bad_parameters_are_input_errors():
         get_strategy("entropy", lam=0.3)
     with pytest.raises(InputError, match="does not take parameter\\(s\\) lamda; it takes: lam, relevance"):
         get_strategy("mmr", lamda=0.3)
-    with pytest.raises(InputError, match="'seals' does not take parameter\\(s\\) kk; it takes: k$"):
+    with pytest.raises(InputError, match="'seals' does not take parameter\\(s\\) kk; it takes: k, k_positive$"):
         get_strategy("seals:entropy", pool_params={"kk": 3})
     with pytest.raises(InputError, match="lam"):
         get_strategy("mmr", lam=2.0)

@@ -214,6 +214,7 @@ def select_round(
         proba=proba_fn(model, vectors),
         ensemble_proba=ensemble_proba_fn(ensemble, vectors) if ensemble is not None else None,
         labelled_ids=labelled_ids,
+        labelled_labels=np.asarray(labels),
         labelled_vectors=X,
         query_vectors=query_vectors,
         neighbors=neighbors,

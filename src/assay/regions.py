@@ -1327,7 +1327,8 @@ def select_round_regions(
     ctx = SelectionContext(
         pool_ids=pool, vectors=vectors, proba=proba,
         ensemble_proba=ensemble_proba_fn(ensemble, vectors) if ensemble is not None else None,
-        labelled_ids=labelled_ids, labelled_vectors=X, query_vectors=query_vectors, neighbors=neighbors,
+        labelled_ids=labelled_ids, labelled_labels=np.asarray(labels), labelled_vectors=X,
+        query_vectors=query_vectors, neighbors=neighbors,
         non_representative=excluded if len(excluded) else None, corpus_size=len(corpus_ids),
     )
     timings["pool"] = time.perf_counter() - t0

@@ -192,6 +192,11 @@ class SealsPool:
     k : int
         Neighbours per labelled item (the paper uses 100). ``neighbors_fn`` is asked for ``k + 1``
         so that a self-match can be dropped and ``k`` others remain.
+    k_positive : int, optional
+        Neighbours per labelled *positive* given to :meth:`update` as ``positive_ids`` (default ``k``).
+        A rare concept's positives are few and clustered, so a wider neighbourhood around them costs little
+        and holds most of the boundary that uncertainty strategies look for (see :class:`SealsStrategy
+        <assay.select.strategies.SealsStrategy>`). An item is looked up once, with the label it had then.
 
     Attributes
     ----------
@@ -203,14 +208,16 @@ class SealsPool:
         Labelled items whose neighbours were looked up so far.
     """
 
-    def __init__(self, *, k: int = 100) -> None:
+    def __init__(self, *, k: int = 100, k_positive: int | None = None) -> None:
         self.k = _check_k(k)
+        self.k_positive = self.k if k_positive is None else _check_k(k_positive, "k_positive")
         self._labelled = np.empty(0, dtype=np.int64)
         self._pool = np.empty(0, dtype=np.int64)
         self.n_queries = 0
 
     def __repr__(self) -> str:
-        return f"SealsPool(k={self.k}, size={self.size}, labelled={self._labelled.size})"
+        kp = f", k_positive={self.k_positive}" if self.k_positive != self.k else ""
+        return f"SealsPool(k={self.k}{kp}, size={self.size}, labelled={self._labelled.size})"
 
     @property
     def ids(self) -> np.ndarray:
@@ -235,7 +242,8 @@ class SealsPool:
         return float(self.stats(corpus_size).scanned_fraction)
 
     def update(
-        self, labelled_ids: Any, neighbors_fn: NeighborsFn, *, non_representative: Any | None = None
+        self, labelled_ids: Any, neighbors_fn: NeighborsFn, *, non_representative: Any | None = None,
+        positive_ids: Any | None = None,
     ) -> np.ndarray:
         """Grow the pool from the labelled ids not seen before; drop items labelled since.
 
@@ -245,6 +253,8 @@ class SealsPool:
             Newly labelled ids (ids already processed are skipped, so all labelled ids also work).
         neighbors_fn : callable ``(ids [m], k) -> (sims [m, k], nbr_ids [m, k])``
         non_representative : bool mask [corpus_size] or array of ids, optional
+        positive_ids : array int64, optional
+            Labelled positives: those not seen before get ``k_positive`` neighbours instead of ``k``.
 
         Returns
         -------
@@ -257,9 +267,15 @@ class SealsPool:
         new = np.setdiff1d(lab, self._labelled, assume_unique=True)  # [m] never seen
         found = np.empty(0, dtype=np.int64)
         if new.size:
-            _, nbrs = _check_neighbor_result(neighbors_fn(new, self.k + 1), new.size)  # [m, k+1]
-            keep = _first_k_others(new, nbrs, self.k)  # [m, k+1]
-            found = _sorted_unique(nbrs[keep])  # [<= m*k]
+            wide = np.zeros(new.size, dtype=bool)  # [m] positives that get k_positive neighbours
+            if positive_ids is not None and self.k_positive != self.k:
+                wide = np.isin(new, _check_ids(positive_ids, "positive_ids", unique=False))
+            parts = []
+            for ids, k in ((new[~wide], self.k), (new[wide], self.k_positive)):
+                if ids.size:
+                    _, nbrs = _check_neighbor_result(neighbors_fn(ids, k + 1), ids.size)  # [m, k+1]
+                    parts.append(nbrs[_first_k_others(ids, nbrs, k)])  # [<= m*k]
+            found = _sorted_unique(np.concatenate(parts))
             found = found[~_excluded(found, non_representative)]
             self.n_queries += int(new.size)
         self._labelled = _sorted_unique(np.concatenate([self._labelled, new]))
