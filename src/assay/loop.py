@@ -624,7 +624,8 @@ class Miner:
         meta = store.meta()
         row = cat.add_round(
             concept.id, strategy=out.strategy,
-            params={"batch": batch, "proxy": proxy, "seals_k": seals_k, "random_fraction": random_fraction,
+            params={"batch": batch, "proxy": proxy, "seals_k": seals_k,
+                    "seals_k_positive": getattr(strat, "k_positive", None), "random_fraction": random_fraction,
                     "seed": seed, "keep_duplicates": keep_duplicates, "strategy_params": params,
                     "include_pseudo": include_pseudo,
                     "model_scores": None if use is None else {**use.to_dict(), "band_candidates": int(len(band))}},

@@ -1444,7 +1444,8 @@ class RegionMiner(Miner):
         out.seconds["total"] = time.perf_counter() - t_all
         row = cat.add_round(
             concept.id, strategy=out.strategy,
-            params={"batch": batch, "proxy": proxy, "seals_k": seals_k, "random_fraction": random_fraction,
+            params={"batch": batch, "proxy": proxy, "seals_k": seals_k,
+                    "seals_k_positive": getattr(strat, "k_positive", None), "random_fraction": random_fraction,
                     "seed": seed, "keep_duplicates": keep_duplicates, "regions": spec.key,
                     "strategy_params": dict(strategy_params or {}), "include_pseudo": include_pseudo},
             encoder=self.encoder_name, encoder_version=store.meta()["version"], proxy=out.proxy,
