@@ -157,3 +157,31 @@ def test_workspace_round_trip_with_options(tmp_path, multi, monkeypatch):
     from assay import Workspace
 
     assert Workspace.open(ws).embedded_encoders() == {name: 6}
+
+
+def test_any_spelling_of_the_options_finds_the_same_store(tmp_path, multi, monkeypatch):
+    from typer.testing import CliRunner
+
+    from assay import Workspace
+    from assay.cli.main import app
+    from assay.encoders.base import canonical_encoder_name
+
+    assert canonical_encoder_name("efficientnet-lite0:levels=3, crop=1.0,size=128") == multi["onnx"].name
+    assert canonical_encoder_name("efficientnet-lite0:size=224") == "efficientnet-lite0"
+    assert canonical_encoder_name("test-mean-color") == "test-mean-color"
+    assert get_encoder("efficientnet-lite0:crop=0.87500001").name == "efficientnet-lite0"  # 4 decimals
+    monkeypatch.setenv("ASSAY_CACHE_DIR", str(multi["onnx"].cache_dir))
+    write_images(tmp_path / "imgs", 4)
+    ws = str(tmp_path / "ws")
+    run = CliRunner().invoke
+    spelled = "efficientnet-lite0:levels=3,size=128,crop=1.0"  # not the canonical order or spelling
+    assert run(app, ["init", ws, "--encoder", spelled]).exit_code == 0
+    assert Workspace.open(ws).default_encoder == multi["onnx"].name
+    assert run(app, ["-w", ws, "ingest", str(tmp_path / "imgs")]).exit_code == 0
+    assert run(app, ["-w", ws, "embed", "--encoder", "efficientnet-lite0:crop=1, size=128, levels=3"]).exit_code == 0
+    assert run(app, ["-w", ws, "index", "--encoder", spelled]).exit_code == 0
+    r = run(app, ["-w", ws, "search", "--encoder", spelled, "--item", "1", "-k", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    w = Workspace.open(ws)
+    assert w.embedded_encoders() == {multi["onnx"].name: 4}
+    assert w.vectors(spelled).root == w.vectors().root and w.index_dir(spelled) == w.index_dir()

@@ -235,7 +235,7 @@ def test_workspace_and_encoder_errors_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="unknown encoder"):
         Workspace.init(tmp_path / "w", default_encoder="bogus")
     with pytest.raises(InputError, match="takes no argument"):
-        get_encoder("efficientnet-lite0:foo")
+        get_encoder("minilm:foo")
     with pytest.raises(NoWorkspaceError):
         Workspace.open(tmp_path / "nowhere")
     (tmp_path / "g").mkdir()

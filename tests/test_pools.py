@@ -267,3 +267,23 @@ def test_seals_strategy_reads_positives_from_the_context():
         SealsStrategy(get_strategy("random"), k=10, k_positive=5)
     with pytest.raises(InputError, match="one number or bool per labelled id"):
         SelectionContext(labelled_ids=labelled, labelled_labels=y[:3])
+
+
+def test_seals_caps_positive_neighbourhoods_at_the_corpus_and_reads_exact_positives():
+    from assay.select.strategies import SelectionContext, get_strategy
+
+    X = _unit(30, 6, 2)
+    asked = []
+
+    def nfn(q, k):
+        asked.append(k)
+        return exact_neighbors(X)(q, k)
+
+    labelled = np.array([0, 5, 9], dtype=np.int64)
+    strat = get_strategy("seals:random", pool_params={"k": 10})  # k_positive 40 > 30 items
+    ctx = SelectionContext(labelled_ids=labelled, labelled_labels=np.array([1.0, 0.2, -1.0]), neighbors=nfn,
+                           corpus_size=30)
+    strat.select(ctx, 3, 0)
+    assert max(asked) == 31  # capped at the corpus (+1 for the self-match), not 41
+    # only an exact 1 is a positive: the 0.2 and -1 items got the plain neighbourhood
+    assert sorted(asked) == [11, 31]

@@ -541,7 +541,10 @@ def best_per_parent(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.nda
 # ---------------------------------------------------------------------------------------------- stores
 def region_store(ws: Workspace, encoder: str | None = None) -> VectorStore:
     """The embedding store of ``encoder``'s region vectors (``vectors/<key>@regions``; never an encoder key)."""
-    return VectorStore(ws.root / "vectors" / (encoder_key(encoder or ws.default_encoder) + "@regions"))
+    from .encoders.base import canonical_encoder_name
+
+    return VectorStore(ws.root / "vectors" / (encoder_key(canonical_encoder_name(encoder or ws.default_encoder))
+                                              + "@regions"))
 
 
 def _store_version(enc_version: str, spec: RegionSpec) -> str:

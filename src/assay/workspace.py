@@ -134,9 +134,10 @@ class Workspace:
             raise InputError(f"workspace path {root} exists and is not a folder")
         check_folder(root.parent, f"cannot create workspace {root}")
         if not isinstance(default_encoder, str) or default_encoder.split(":", 1)[0] != "precomputed":
-            from .encoders.base import get_encoder
+            from .encoders.base import canonical_encoder_name, get_encoder
 
             get_encoder(default_encoder)  # an unknown name fails now, not at the first embed (nothing is loaded)
+            default_encoder = canonical_encoder_name(default_encoder)  # the spelling its embeddings go under
         if catalog is not None and "://" not in catalog:
             raise InputError(f"--catalog must be a database URL such as postgresql://user@host/db, got {catalog!r}")
         made = [p for p in (root, root / "vectors", root / "index", root / "cache") if not p.exists()]
@@ -261,7 +262,9 @@ class Workspace:
 
     def vectors(self, encoder: str | None = None) -> VectorStore:
         check_encoder_name(encoder)
-        name = encoder or self.default_encoder
+        from .encoders.base import canonical_encoder_name
+
+        name = canonical_encoder_name(encoder or self.default_encoder)
         return VectorStore(self.root / "vectors" / encoder_key(name), name=name)
 
     def embedded_encoders(self) -> dict[str, int]:
@@ -363,7 +366,9 @@ class Workspace:
 
     def index_dir(self, encoder: str | None = None) -> Path:
         check_encoder_name(encoder)
-        return self.root / "index" / encoder_key(encoder or self.default_encoder)
+        from .encoders.base import canonical_encoder_name
+
+        return self.root / "index" / encoder_key(canonical_encoder_name(encoder or self.default_encoder))
 
     @property
     def cache_dir(self) -> Path:

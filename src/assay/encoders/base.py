@@ -34,6 +34,7 @@ __all__ = [
     "encoder_names",
     "l2_normalize",
     "draft_size",
+    "canonical_encoder_name",
 ]
 
 
@@ -171,6 +172,19 @@ def get_encoder(name: str, **kwargs) -> Encoder:
             raise InputError(f"encoder {name!r}: expected an argument after {prefix!r}:, got nothing")
         return factory(arg, **kwargs)
     return factory(**kwargs)
+
+
+def canonical_encoder_name(name: str) -> str:
+    """The name an encoder stores its embeddings under: ``efficientnet-lite2:crop=1.0, size=224`` and
+    ``efficientnet-lite2:size=224,crop=1`` are one encoder, ``efficientnet-lite0:size=224`` is
+    ``efficientnet-lite0``. Other names come back as they are (nothing is built for them). Bad options are
+    an :class:`InputError`."""
+    if not isinstance(name, str):
+        return name
+    prefix, sep, _ = name.partition(":")
+    if not sep or prefix.strip() not in _OPTIONAL_ARG:
+        return name
+    return get_encoder(name).name
 
 
 _TAKES_ARG = {"clip", "efficientnet-lite0", "efficientnet-lite2"}

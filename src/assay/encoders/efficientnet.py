@@ -418,7 +418,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
             raise InputError(f"{arch} levels must be an integer in [1, {MAX_LEVELS}] (1: the head alone), "
                              f"got {levels!r}")
         s = int(size) if size is not None else int(ARCHS[arch]["size"])
-        c = float(crop) if crop is not None else CROP_FRACTION
+        c = round(float(crop), 4) if crop is not None else CROP_FRACTION  # 4 decimals: the name spells it exactly
         opts = []
         if s != ARCHS[arch]["size"]:
             opts.append(f"size={s}")

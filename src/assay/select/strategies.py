@@ -290,7 +290,8 @@ class SelectionContext:
         An ensemble's per-member P(positive), for ``disagreement``.
     labelled_ids : array [n_labelled] int64
     labelled_labels : array [n_labelled], optional
-        The labels of ``labelled_ids`` (1 or True: positive). ``seals:`` gives positives a wider neighbourhood.
+        The labels of ``labelled_ids`` (exactly 1 or True: positive). ``seals:`` gives positives a wider
+        neighbourhood.
     labelled_vectors : array [n_labelled, dim], optional
         Looked up through ``vectors`` when omitted.
     query_vectors : array [q, dim] or [dim], optional
@@ -994,7 +995,9 @@ class SealsStrategy(Strategy):
         nfn = ctx.require("neighbors", self.name, "a function (ids, k) -> (sims, nbr_ids)")
         positives = None
         if ctx.labelled_labels is not None:
-            positives = ctx.labelled_ids[np.asarray(ctx.labelled_labels) > 0]
+            positives = ctx.labelled_ids[np.asarray(ctx.labelled_labels) == 1]
+        if ctx.corpus_size:  # no more neighbours than the corpus holds
+            self.pool.k_positive = min(self.k_positive, max(self.k, int(ctx.corpus_size)))
         self.pool.update(ctx.labelled_ids, nfn, non_representative=ctx.non_representative, positive_ids=positives)
         cand = self.pool.ids
         if ctx.extra_candidates is not None and ctx.extra_candidates.size:
