@@ -192,6 +192,13 @@ def test_strategy_spelling_proxy_and_seed_are_checked_up_front(ws):
     assert ws.catalog.rounds(m.concept.id) == []
     ids = list(truth)[:20]
     m.record_labels(ids, [truth[i] for i in ids])
+    with pytest.raises(InputError, match="k_positive must be at least k"):
+        m.propose(strategy="seals:entropy", batch=3, seed=0, seals_k=5, seals_k_positive=2)
+    row, _ = m.propose(strategy="seals:entropy", batch=3, seed=0, seals_k=2, seals_k_positive=2)
+    assert row.params["seals_k_positive"] == 2  # the provenance records the pool used
+    ws.catalog.add_concept("red1", text="red")
+    m = Miner(ws, "red1")
+    m.record_labels(ids, [truth[i] for i in ids])
     _, lower = m.propose(strategy="seals:entropy", batch=3, seed=0, seals_k=1)
     ws.catalog.add_concept("red2", text="red")
     m2 = Miner(ws, "red2")

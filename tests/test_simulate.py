@@ -361,6 +361,8 @@ def test_cli_truth_file(ws, tmp_path, truth):
         (["--positive", "red", "--strategies", "seals:nope"], "unknown strategy"),
         # messages name the options as typed
         (["--positive", "red", "--seals-k", "0"], "--seals-k must be an integer >= 1, got 0"),
+        (["--positive", "red", "--seals-k", "10", "--seals-k-positive", "5"],
+         "--seals-k-positive must be at least --seals-k (10), got 5"),
         (["--positive", "red", "--seed-negatives", "0"], "--seed-negatives must be an integer >= 1"),
         (["--positive", "red", "--novelty-threshold", "5"], "--novelty-threshold must be a cosine in [-1, 1]"),
         (["--positive", "red", "--test-fraction", "1.5"], "--test-fraction must be a number strictly between 0 and 1"),
@@ -486,3 +488,12 @@ def test_the_report_of_a_text_corpus_shows_the_words(tmp_path):
     assert "zzzz card arrived" in page or any(w in page for w in ("aa ", "bb ", "cc "))
     assert not (tmp_path / "rep" / "thumbs").exists()  # no image was read for a text item
     w.close()
+
+
+def test_seals_k_positive_reaches_the_pool_and_the_protocol(truth):
+    paper = simulate(truth, _cfg(seeds=1, strategies=("seals:most-likely-positive",), seals_k_positive=10))
+    wide = simulate(truth, _cfg(seeds=1, strategies=("seals:most-likely-positive",)))
+    assert paper.protocol["seals_k_positive"] == 10 and wide.protocol["seals_k_positive"] == 40
+    # positives' wider neighbourhoods make a pool at least as large, and larger here
+    assert wide.summary["seals:most-likely-positive"]["scanned_fraction"] > \
+        paper.summary["seals:most-likely-positive"]["scanned_fraction"]

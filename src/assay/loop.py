@@ -101,6 +101,11 @@ def _check_batch(n: Any) -> int:
     return int(n)
 
 
+def _seals_pool_params(k: Any, k_positive: Any) -> dict[str, Any]:
+    """``pool_params`` of a SEALS strategy: ``k``, and ``k_positive`` where given (checked by the strategy)."""
+    return {"k": k} if k_positive is None else {"k": k, "k_positive": k_positive}
+
+
 def select_round(
     *,
     strategy: Any,
@@ -523,7 +528,8 @@ class Miner:
 
     def propose(
         self, *, strategy: str = "seals:entropy", batch: int = 50, seed: int | None = None, proxy: str = "logistic",
-        random_fraction: float = 0.2, seals_k: int = 100, keep_duplicates: bool = False,
+        random_fraction: float = 0.2, seals_k: int = 100, seals_k_positive: int | None = None,
+        keep_duplicates: bool = False,
         model_scores: Any = None, strategy_params: dict[str, Any] | None = None, include_pseudo: bool = False,
     ) -> tuple[Any, RoundOutcome]:
         """Run one round and record it; returns ``(round row, outcome)``.
@@ -538,12 +544,14 @@ class Miner:
         """
         with self._round_lock():
             return self._propose(strategy=strategy, batch=batch, seed=seed, proxy=proxy,
-                random_fraction=random_fraction, seals_k=seals_k, keep_duplicates=keep_duplicates,
+                random_fraction=random_fraction, seals_k=seals_k, seals_k_positive=seals_k_positive,
+                keep_duplicates=keep_duplicates,
                 model_scores=model_scores, strategy_params=strategy_params, include_pseudo=include_pseudo)
 
     def _propose(
         self, *, strategy: str = "seals:entropy", batch: int = 50, seed: int | None = None, proxy: str = "logistic",
-        random_fraction: float = 0.2, seals_k: int = 100, keep_duplicates: bool = False,
+        random_fraction: float = 0.2, seals_k: int = 100, seals_k_positive: int | None = None,
+        keep_duplicates: bool = False,
         model_scores: Any = None, strategy_params: dict[str, Any] | None = None, include_pseudo: bool = False,
     ) -> tuple[Any, RoundOutcome]:
         from .select.strategies import get_strategy
@@ -576,7 +584,8 @@ class Miner:
         is_seals = strategy.strip().lower().startswith("seals:")
         searcher = self._searcher()
         seals_k, params = self._capped(searcher, strategy, seals_k, params)
-        strat = get_strategy(strategy, pool_params={"k": seals_k} if is_seals else None, **params)
+        strat = get_strategy(strategy, pool_params=_seals_pool_params(seals_k, seals_k_positive) if is_seals else None,
+                             **params)
         store = searcher.store
         t0 = time.perf_counter()
         stale = searcher.stale_ids()  # read once: left out of the corpus and never proposed

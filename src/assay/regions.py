@@ -1360,7 +1360,8 @@ class RegionMiner(Miner):
 
     def propose(  # type: ignore[override]
         self, *, strategy: str = "seals:entropy", batch: int = 50, seed: int | None = None, proxy: str = "logistic",
-        random_fraction: float = 0.2, seals_k: int = 100, keep_duplicates: bool = False,
+        random_fraction: float = 0.2, seals_k: int = 100, seals_k_positive: int | None = None,
+        keep_duplicates: bool = False,
         strategy_params: dict[str, Any] | None = None, include_pseudo: bool = False, model_scores: Any = None,
     ) -> tuple[Any, Any]:
         """Run one round with region evidence and record it (with each proposal's triggering box).
@@ -1370,12 +1371,14 @@ class RegionMiner(Miner):
         """
         with self._round_lock():
             return self._propose(strategy=strategy, batch=batch, seed=seed, proxy=proxy,
-                random_fraction=random_fraction, seals_k=seals_k, keep_duplicates=keep_duplicates,
+                random_fraction=random_fraction, seals_k=seals_k, seals_k_positive=seals_k_positive,
+                keep_duplicates=keep_duplicates,
                 strategy_params=strategy_params, include_pseudo=include_pseudo, model_scores=model_scores)
 
     def _propose(  # type: ignore[override]
         self, *, strategy: str = "seals:entropy", batch: int = 50, seed: int | None = None, proxy: str = "logistic",
-        random_fraction: float = 0.2, seals_k: int = 100, keep_duplicates: bool = False,
+        random_fraction: float = 0.2, seals_k: int = 100, seals_k_positive: int | None = None,
+        keep_duplicates: bool = False,
         strategy_params: dict[str, Any] | None = None, include_pseudo: bool = False, model_scores: Any = None,
     ) -> tuple[Any, Any]:
         from .select.strategies import get_strategy
@@ -1392,7 +1395,10 @@ class RegionMiner(Miner):
         cat = self.ws.catalog
         searcher = self._searcher()
         seals_k, params = self._capped(searcher, strategy, seals_k, dict(strategy_params or {}))
-        strat = get_strategy(strategy, pool_params={"k": seals_k} if strategy.startswith("seals:") else None, **params)
+        from .loop import _seals_pool_params
+
+        strat = get_strategy(strategy, pool_params=_seals_pool_params(seals_k, seals_k_positive)
+                             if strategy.startswith("seals:") else None, **params)
         store, rstore = searcher.store, region_store(self.ws, self.encoder_name)
         stale = searcher.stale_ids()  # read once: left out of the corpus and never proposed
         corpus = self._corpus(searcher, stale)

@@ -168,6 +168,8 @@ class SimulationConfig:
         The proxy of strategies that do not name one.
     seals_k : int
         Neighbours per labelled item in a SEALS pool.
+    seals_k_positive : int or None
+        Neighbours per labelled positive in a SEALS pool (None: 4 x ``seals_k``; ``seals_k``: the paper's pool).
     seed_positives, seed_negatives : int
     n_clusters : int
         k-means clusters of the concept's positives, for coverage.
@@ -185,6 +187,7 @@ class SimulationConfig:
     strategies: Sequence[str] = DEFAULT_STRATEGIES
     proxy: str = "logistic"
     seals_k: int = 100
+    seals_k_positive: int | None = None
     seed_positives: int = 5
     seed_negatives: int = 95
     n_clusters: int = 10
@@ -213,6 +216,10 @@ class SimulationConfig:
         pos_int(self.budget, "budget")
         pos_int(self.batch, "batch")
         pos_int(self.seals_k, "seals_k")
+        if self.seals_k_positive is not None:
+            pos_int(self.seals_k_positive, "seals_k_positive")
+            if self.seals_k_positive < self.seals_k:
+                raise InputError(f"seals_k_positive must be at least seals_k ({self.seals_k}), got {self.seals_k_positive}")
         pos_int(self.seed_positives, "seed_positives")
         pos_int(self.seed_negatives, "seed_negatives")
         pos_int(self.n_clusters, "n_clusters")
@@ -249,7 +256,7 @@ class SimulationConfig:
             raise InputError(f"strategies must be distinct, got {names}")
         for name in names:
             base, proxy = split_spec(name)
-            make_strategy(base, seals_k=self.seals_k)
+            make_strategy(base, seals_k=self.seals_k, seals_k_positive=self.seals_k_positive)
             if proxy is not None and proxy not in PROXIES:
                 raise UnknownNameError("proxy", proxy, PROXIES)
 
@@ -264,11 +271,11 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return name.strip(), (proxy.strip() if sep else None)
 
 
-def make_strategy(name: str, *, seals_k: int = 100):
+def make_strategy(name: str, *, seals_k: int = 100, seals_k_positive: int | None = None):
     """A fresh strategy instance by name (one per simulated run: a SEALS pool keeps state).
 
     Names are those of :func:`assay.select.strategies.get_strategy`, with ``seals:`` pools of ``seals_k``
-    neighbours per labelled item, plus the strategies of :mod:`assay.select.mixed` (bare or under
+    neighbours per labelled item (``seals_k_positive`` per labelled positive, default 4 x ``seals_k``), plus the strategies of :mod:`assay.select.mixed` (bare or under
     ``seals:``) when that module does not register them itself.
     """
     from .select.strategies import get_strategy
@@ -277,11 +284,12 @@ def make_strategy(name: str, *, seals_k: int = 100):
         raise InputError(f"strategy name must be a string, got {type(name).__name__}")
     prefix = name.strip().lower().rpartition(":")[0]
     try:
-        return get_strategy(name, pool_params={"k": seals_k} if prefix == "seals" else None)
+        pool = {"k": seals_k, **({"k_positive": seals_k_positive} if seals_k_positive is not None else {})}
+        return get_strategy(name, pool_params=pool if prefix == "seals" else None)
     except UnknownNameError as exc:
         from .select import mixed
 
-        strat = mixed.make(name, seals_k=seals_k)
+        strat = mixed.make(name, seals_k=seals_k, seals_k_positive=seals_k_positive)
         if strat is None:
             raise UnknownNameError("strategy", name, list(exc.valid) + mixed.names()) from None
         return strat
@@ -442,7 +450,7 @@ def _run(
 
     base_name, proxy_override = split_spec(name)
     proxy = proxy_override or cfg.proxy
-    strat = make_strategy(base_name, seals_k=cfg.seals_k)
+    strat = make_strategy(base_name, seals_k=cfg.seals_k, seals_k_positive=cfg.seals_k_positive)
     is_seals = strat.name.startswith("seals:")
     uses_neighbors = _uses_neighbors(strat.name)
     rng = np.random.default_rng([seed, _name_key(name)])
@@ -734,6 +742,7 @@ def simulate(
     protocol = {
         "positive": config.positive, "prevalence": float(config.prevalence), "budget": int(config.budget),
         "batch": int(config.batch), "seeds": config.seed_list, "proxy": config.proxy, "seals_k": int(config.seals_k),
+        "seals_k_positive": int(config.seals_k_positive if config.seals_k_positive is not None else 4 * config.seals_k),
         "seed_positives": int(config.seed_positives), "seed_negatives": int(config.seed_negatives),
         "budget_counts_seed": True, "n_clusters": int(config.n_clusters), "index_kind": index.spec.kind if index is not None else None,
         "novelty_threshold": config.novelty_threshold if config.novelty_threshold is not None else "median nearest-positive cosine",

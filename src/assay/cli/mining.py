@@ -145,6 +145,7 @@ def mine(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Items to propose.")] = 50,
     proxy: Annotated[str, typer.Option("--proxy", help="logistic | mlp | ensemble | svm")] = "logistic",
     seals_k: Annotated[int, typer.Option("--seals-k", min=1, help="Neighbours per labelled item in a SEALS pool.")] = 100,
+    seals_k_positive: Annotated[Optional[int], typer.Option("--seals-k-positive", min=1, help="Neighbours per labelled positive in a SEALS pool (default: 4 x --seals-k; equal to it: the paper's pool).")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="A parameter of the strategy, KEY=VALUE (repeatable): e.g. --strategy value --param a=1 --param b=0.5 --param c=2 weighs relevance, uncertainty and novelty.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     encoder: Annotated[Optional[str], typer.Option("--encoder")] = None,
@@ -180,8 +181,8 @@ def mine(
         labelled_now, _ = ws.catalog.current_labels(miner.concept.id)
         unanswered = len(miner._pending(miner.concept.id, labelled_now))
         row, outcome = miner.propose(
-            strategy=strategy, batch=batch, seed=seed, proxy=proxy, seals_k=seals_k, keep_duplicates=keep_duplicates,
-            strategy_params=_strategy_params(param or []),
+            strategy=strategy, batch=batch, seed=seed, proxy=proxy, seals_k=seals_k, seals_k_positive=seals_k_positive,
+            keep_duplicates=keep_duplicates, strategy_params=_strategy_params(param or []),
         )
         if unanswered and not json_:
             from ._common import console

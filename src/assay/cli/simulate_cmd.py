@@ -26,6 +26,7 @@ def simulate(
     ),
     proxy: Annotated[str, typer.Option("--proxy", help="logistic | mlp | ensemble | svm")] = "logistic",
     seals_k: Annotated[int, typer.Option("--seals-k", help="Neighbours per labelled item in a SEALS pool.")] = 100,
+    seals_k_positive: Annotated[int | None, typer.Option("--seals-k-positive", help="Neighbours per labelled positive in a SEALS pool (default: 4 x --seals-k; equal to it: the paper's pool).")] = None,
     seed_positives: Annotated[int, typer.Option("--seed-positives", help="Positives in the seed.")] = 5,
     seed_negatives: Annotated[int, typer.Option("--seed-negatives", help="Negatives in the seed.")] = 95,
     novelty_threshold: Annotated[float | None, typer.Option("--novelty-threshold", help="Cosine below which a new positive counts as novel (default: the median nearest-positive cosine).")] = None,
@@ -43,7 +44,7 @@ def simulate(
         names = [s.strip() for s in strategies.split(",") if s.strip()]
         cfg = SimulationConfig(
             positive=positive, prevalence=prevalence, budget=budget, batch=batch, seeds=seeds, strategies=tuple(names),
-            proxy=proxy, seals_k=seals_k, seed_positives=seed_positives, seed_negatives=seed_negatives,
+            proxy=proxy, seals_k=seals_k, seals_k_positive=seals_k_positive, seed_positives=seed_positives, seed_negatives=seed_negatives,
             novelty_threshold=novelty_threshold,
         )
         try:
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
 
 
-_OPTION_NAMES = ("seals_k", "seed_positives", "seed_negatives", "novelty_threshold", "prevalence", "budget", "batch",
+_OPTION_NAMES = ("seals_k_positive", "seals_k", "seed_positives", "seed_negatives", "novelty_threshold", "prevalence", "budget", "batch",
                  "seeds", "positive", "proxy")
 
 

@@ -135,11 +135,11 @@ def names() -> list[str]:
     return list(MIXED_STRATEGIES) + [f"seals:{n}" for n in MIXED_STRATEGIES]
 
 
-def make(name: str, *, seals_k: int = 100, **params: Any) -> Strategy | None:
+def make(name: str, *, seals_k: int = 100, seals_k_positive: int | None = None, **params: Any) -> Strategy | None:
     """A strategy of this module by name (``mixed``, ``seals:mixed``, ...); None for another name."""
     key = str(name).strip().lower().replace("_", "-")
     prefix, _, base = key.rpartition(":")
     if base not in MIXED_STRATEGIES or prefix not in ("", "seals"):
         return None
     strat = MIXED_STRATEGIES[base](**params)
-    return SealsStrategy(strat, k=seals_k) if prefix == "seals" else strat
+    return SealsStrategy(strat, k=seals_k, k_positive=seals_k_positive) if prefix == "seals" else strat
