@@ -101,11 +101,6 @@ def _check_batch(n: Any) -> int:
     return int(n)
 
 
-def _seals_pool_params(k: Any, k_positive: Any) -> dict[str, Any]:
-    """``pool_params`` of a SEALS strategy: ``k``, and ``k_positive`` where given (checked by the strategy)."""
-    return {"k": k} if k_positive is None else {"k": k, "k_positive": k_positive}
-
-
 def select_round(
     *,
     strategy: Any,
@@ -584,7 +579,7 @@ class Miner:
         is_seals = strategy.strip().lower().startswith("seals:")
         searcher = self._searcher()
         seals_k, params = self._capped(searcher, strategy, seals_k, params)
-        strat = get_strategy(strategy, pool_params=_seals_pool_params(seals_k, seals_k_positive) if is_seals else None,
+        strat = get_strategy(strategy, pool_params={"k": seals_k, "k_positive": seals_k_positive} if is_seals else None,
                              **params)
         store = searcher.store
         t0 = time.perf_counter()

@@ -1395,9 +1395,7 @@ class RegionMiner(Miner):
         cat = self.ws.catalog
         searcher = self._searcher()
         seals_k, params = self._capped(searcher, strategy, seals_k, dict(strategy_params or {}))
-        from .loop import _seals_pool_params
-
-        strat = get_strategy(strategy, pool_params=_seals_pool_params(seals_k, seals_k_positive)
+        strat = get_strategy(strategy, pool_params={"k": seals_k, "k_positive": seals_k_positive}
                              if strategy.startswith("seals:") else None, **params)
         store, rstore = searcher.store, region_store(self.ws, self.encoder_name)
         stale = searcher.stale_ids()  # read once: left out of the corpus and never proposed

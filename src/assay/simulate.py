@@ -284,7 +284,7 @@ def make_strategy(name: str, *, seals_k: int = 100, seals_k_positive: int | None
         raise InputError(f"strategy name must be a string, got {type(name).__name__}")
     prefix = name.strip().lower().rpartition(":")[0]
     try:
-        pool = {"k": seals_k, **({"k_positive": seals_k_positive} if seals_k_positive is not None else {})}
+        pool = {"k": seals_k, "k_positive": seals_k_positive}  # None: the strategy's default
         return get_strategy(name, pool_params=pool if prefix == "seals" else None)
     except UnknownNameError as exc:
         from .select import mixed
@@ -739,10 +739,13 @@ def simulate(
     summary, curves = summarize(rows, list(config.strategies))
     for name, n in truncated.items():
         summary[name]["truncated_batches"] = n
+    from .select.strategies import SealsStrategy
+
     protocol = {
         "positive": config.positive, "prevalence": float(config.prevalence), "budget": int(config.budget),
         "batch": int(config.batch), "seeds": config.seed_list, "proxy": config.proxy, "seals_k": int(config.seals_k),
-        "seals_k_positive": int(config.seals_k_positive if config.seals_k_positive is not None else 4 * config.seals_k),
+        "seals_k_positive": int(config.seals_k_positive if config.seals_k_positive is not None
+                                else SealsStrategy.POSITIVE_FACTOR * config.seals_k),
         "seed_positives": int(config.seed_positives), "seed_negatives": int(config.seed_negatives),
         "budget_counts_seed": True, "n_clusters": int(config.n_clusters), "index_kind": index.spec.kind if index is not None else None,
         "novelty_threshold": config.novelty_threshold if config.novelty_threshold is not None else "median nearest-positive cosine",
