@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 INPUT_SIZE = 224
+HEAD_DIM = 1280  # width of the head's pooled features (the plain embedding), for every Lite network
 CROP_FRACTION = 0.875  # centre crop of 224/256 of the shorter side, as TF EfficientNet eval does
 #: ONNX sessions by default (``replicas``), and the fewest items a session gets when a batch is split.
 DEFAULT_REPLICAS = 4
@@ -351,7 +352,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
     """
 
     name = _ARCH
-    dim = 1280
+    dim = HEAD_DIM
     modalities = frozenset({"image"})
     extras_spec: ClassVar[dict[str, int]] = {"imagenet_logits": 1000}
     input_size = INPUT_SIZE
@@ -432,7 +433,7 @@ class EfficientNetLiteEncoder(BaseEncoder):
         self.pixels_shape = (s, s, 3)
         self.draft_size = (round(s / c), round(s / c))
         #: widths of the parts of the embedding: the head, then the last ``levels - 1`` blocks (oldest first)
-        self.parts = (1280, *ARCHS[arch]["blocks"][n_blocks - (levels - 1):]) if levels > 1 else (1280,)
+        self.parts = (HEAD_DIM, *ARCHS[arch]["blocks"][n_blocks - (levels - 1):]) if levels > 1 else (HEAD_DIM,)
         self.dim = int(sum(self.parts))
 
     @property
@@ -719,8 +720,8 @@ class EfficientNetLiteEncoder(BaseEncoder):
         """ImageNet logits ``[m, 1000]`` of pooled, *unnormalised* features ``[m, 1280]`` (means of cells of
         :meth:`feature_map`): the final linear layer alone."""
         f = np.asarray(features)
-        if f.ndim != 2 or f.shape[1] != 1280:
-            raise InputError(f"features must be [m, 1280], got {list(f.shape)}")
+        if f.ndim != 2 or f.shape[1] != HEAD_DIM:
+            raise InputError(f"features must be [m, {HEAD_DIM}], got {list(f.shape)}")
         self._load_dense()
         f = np.ascontiguousarray(f, dtype=np.float32)
         if self._dense is not None:
